@@ -1,0 +1,24 @@
+"""glonet-keras: Globally Connected Neural Networks (GloNets) for Keras 3.
+
+A GloNet is a plain chain of blocks whose outputs are all summed (`GlobalAggregation`) before a
+linear head, so every block gets the head's gradient through a path of length one.
+"""
+
+from glonet_keras.layers import GlobalAggregation
+from glonet_keras.models.cnn import GloNetCNN, PlainCNN, ResNetCNN
+from glonet_keras.models.mlp import GloNetMLP, PlainMLP, ResNetMLP
+from glonet_keras.models.vit import ViT, GloNetViT
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GlobalAggregation",
+    "GloNetMLP",
+    "ResNetMLP",
+    "PlainMLP",
+    "GloNetCNN",
+    "ResNetCNN",
+    "PlainCNN",
+    "GloNetViT",
+    "ViT",
+]

@@ -1,0 +1,254 @@
+"""Fully connected models: GloNetMLP and its baselines ResNetMLP (pre-activation, v2) and PlainMLP.
+
+All three share one layout: a linear `stem` (Flatten + Dense to `width`), then `num_blocks` blocks
+of constant width, then a linear `head`. They differ only in how blocks are connected and what the
+head reads:
+
+- GloNetMLP: block i = act(norm(Dense(x_{i-1}))); the head reads the sum of every block's output.
+- ResNetMLP: block i = x_{i-1} + Dense(act(norm(x_{i-1}))) (ResNet-v2, BN by default); the head
+  reads act(norm(x_L)).
+- PlainMLP: the GloNet chain with the head on the last block only.
+"""
+
+import keras
+
+from glonet_keras.models import common
+
+
+class _MLPBase(common.GloNetModelBase):
+    input_name = "features"
+
+    def _stem(self, input_shape, *, width, initializer, dtype):
+        if not isinstance(input_shape, (tuple, list)) or any(
+            d is None or int(d) < 1 for d in input_shape
+        ):
+            raise ValueError(
+                "`input_shape` of an MLP must be a tuple of known positive sizes (without the batch "
+                f"dimension), received {input_shape!r}."
+            )
+        inputs = keras.Input(shape=tuple(input_shape), name=self.input_name)
+        x = inputs
+        if len(input_shape) > 1:
+            x = keras.layers.Flatten(name="stem_flatten", dtype=dtype)(x)
+        x = common.dense(x, width, initializer=initializer, name="stem", dtype=dtype)
+        return inputs, x
+
+
+def _plain_blocks(x, *, num_blocks, width, activation, normalization, initializer, dtype):
+    """The chain x_i = act(norm(Dense(x_{i-1}))), returning each block's output."""
+    outputs = []
+    for i in range(1, num_blocks + 1):
+        x = common.dense(x, width, initializer=initializer, name=f"block_{i}_dense", dtype=dtype)
+        x = common.norm(x, normalization, name=f"block_{i}_norm", dtype=dtype)
+        x = common.activation(x, f"block_{i}_act", act=activation, dtype=dtype)
+        outputs.append(x)
+    return outputs
+
+
+@keras.saving.register_keras_serializable(package="glonet_keras")
+class GloNetMLP(_MLPBase):
+    """A fully connected GloNet: a plain chain of dense blocks whose outputs are summed into the head.
+
+    Args:
+        num_blocks: number of dense blocks L (the depth; the model has L + 2 Dense layers).
+        width: width of the stem and every block.
+        num_classes: outputs of the linear head (logits); 1 for regression.
+        input_shape: shape of one example, e.g. `(64,)` or `(8, 8, 1)` (flattened by the stem).
+        activation: any `keras.activations` name. The paper uses `"leaky_relu"` (slope 0.2).
+        normalization: `None` (default, the paper's BN-free GloNet), `"batch"` or `"layer"`.
+        initializer: `"he"` (default) or `"torch"` (PyTorch's default init, as the paper's code).
+        aggregation: `"sum"` (default, the paper) or `"mean"`.
+        include_stem: also feed the stem's output into the aggregation (as `tap_0`).
+        dropout: dropout rate before the head.
+        dtype: dtype or dtype policy name (e.g. `"mixed_float16"`).
+
+    Example:
+    >>> model = GloNetMLP(num_blocks=30, width=32, num_classes=10, input_shape=(64,))
+    >>> logits = model.predict(np.zeros((2, 64)))          # (2, 10)
+    >>> model.block_outputs["block_30"]                     # the last block's KerasTensor
+    """
+
+    def __init__(
+        self,
+        num_blocks=10,
+        width=32,
+        num_classes=10,
+        input_shape=(784,),
+        activation="relu",
+        normalization=None,
+        initializer="he",
+        aggregation="sum",
+        include_stem=False,
+        dropout=0.0,
+        dtype=None,
+        **kwargs,
+    ):
+        common.check_positive_int("num_blocks", num_blocks)
+        common.check_positive_int("width", width)
+        common.check_common(
+            activation=activation,
+            normalization=normalization,
+            initializer=initializer,
+            dropout=dropout,
+            num_classes=num_classes,
+        )
+        inputs, stem = self._stem(input_shape, width=width, initializer=initializer, dtype=dtype)
+        blocks = _plain_blocks(
+            stem,
+            num_blocks=num_blocks,
+            width=width,
+            activation=activation,
+            normalization=normalization,
+            initializer=initializer,
+            dtype=dtype,
+        )
+        taps = [common.tap(x, i, dtype=dtype) for i, x in enumerate(blocks, start=1)]
+        if include_stem:
+            taps.insert(0, common.tap(stem, 0, dtype=dtype))
+        outputs = common.glonet_head(
+            taps,
+            aggregation=aggregation,
+            num_classes=num_classes,
+            dropout=dropout,
+            initializer=initializer,
+            dtype=dtype,
+        )
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+        self._finish(
+            dict(
+                num_blocks=num_blocks,
+                width=width,
+                num_classes=num_classes,
+                input_shape=tuple(input_shape),
+                activation=activation,
+                normalization=normalization,
+                initializer=initializer,
+                aggregation=aggregation,
+                include_stem=include_stem,
+                dropout=dropout,
+            ),
+            num_blocks,
+            {f"block_{i}": x for i, x in enumerate(blocks, start=1)},
+        )
+
+
+@keras.saving.register_keras_serializable(package="glonet_keras")
+class PlainMLP(_MLPBase):
+    """The GloNet MLP's chain with the head on the last block only (the paper's plain baseline).
+
+    Args: as `GloNetMLP`, without `aggregation` and `include_stem`.
+    """
+
+    def __init__(
+        self,
+        num_blocks=10,
+        width=32,
+        num_classes=10,
+        input_shape=(784,),
+        activation="relu",
+        normalization=None,
+        initializer="he",
+        dropout=0.0,
+        dtype=None,
+        **kwargs,
+    ):
+        common.check_positive_int("num_blocks", num_blocks)
+        common.check_positive_int("width", width)
+        common.check_common(
+            activation=activation,
+            normalization=normalization,
+            initializer=initializer,
+            dropout=dropout,
+            num_classes=num_classes,
+        )
+        inputs, stem = self._stem(input_shape, width=width, initializer=initializer, dtype=dtype)
+        blocks = _plain_blocks(
+            stem,
+            num_blocks=num_blocks,
+            width=width,
+            activation=activation,
+            normalization=normalization,
+            initializer=initializer,
+            dtype=dtype,
+        )
+        outputs = common.head(
+            blocks[-1], num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
+        )
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+        self._finish(
+            dict(
+                num_blocks=num_blocks,
+                width=width,
+                num_classes=num_classes,
+                input_shape=tuple(input_shape),
+                activation=activation,
+                normalization=normalization,
+                initializer=initializer,
+                dropout=dropout,
+            ),
+            num_blocks,
+            {f"block_{i}": x for i, x in enumerate(blocks, start=1)},
+        )
+
+
+@keras.saving.register_keras_serializable(package="glonet_keras")
+class ResNetMLP(_MLPBase):
+    """Pre-activation (v2) residual MLP: x_i = x_{i-1} + Dense(act(norm(x_{i-1}))).
+
+    The baseline the paper compares GloNet's speed and depth resilience against. Batch norm by
+    default (`normalization=None` gives the BN-free ResNet of the paper's depth sweep). After the
+    last block: act(norm(x_L)), then the linear head.
+
+    Args: as `PlainMLP`; `normalization` defaults to `"batch"`.
+    """
+
+    def __init__(
+        self,
+        num_blocks=10,
+        width=32,
+        num_classes=10,
+        input_shape=(784,),
+        activation="relu",
+        normalization="batch",
+        initializer="he",
+        dropout=0.0,
+        dtype=None,
+        **kwargs,
+    ):
+        common.check_positive_int("num_blocks", num_blocks)
+        common.check_positive_int("width", width)
+        common.check_common(
+            activation=activation,
+            normalization=normalization,
+            initializer=initializer,
+            dropout=dropout,
+            num_classes=num_classes,
+        )
+        inputs, x = self._stem(input_shape, width=width, initializer=initializer, dtype=dtype)
+        blocks = {}
+        for i in range(1, num_blocks + 1):
+            y = common.norm(x, normalization, name=f"block_{i}_norm", dtype=dtype)
+            y = common.activation(y, f"block_{i}_act", act=activation, dtype=dtype)
+            y = common.dense(y, width, initializer=initializer, name=f"block_{i}_dense", dtype=dtype)
+            x = keras.layers.Add(name=f"block_{i}_add", dtype=dtype)([x, y])
+            blocks[f"block_{i}"] = x
+        x = common.norm(x, normalization, name="post_norm", dtype=dtype)
+        x = common.activation(x, "post_act", act=activation, dtype=dtype)
+        outputs = common.head(
+            x, num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
+        )
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+        self._finish(
+            dict(
+                num_blocks=num_blocks,
+                width=width,
+                num_classes=num_classes,
+                input_shape=tuple(input_shape),
+                activation=activation,
+                normalization=normalization,
+                initializer=initializer,
+                dropout=dropout,
+            ),
+            num_blocks,
+            blocks,
+        )

@@ -1,0 +1,196 @@
+"""Vision transformers: GloNetViT and the standard ViT baseline.
+
+Both: a patch embedding (a `patch_size` strided convolution), a learned class token and position
+embedding, then `num_blocks` pre-LN transformer blocks
+    y = x + MHA(LN(x));   x' = y + MLP(LN(y)).
+The blocks keep their internal residuals: GloNet is superimposed on the transformer, as the paper's
+ViT does. GloNetViT taps every block's class token (a linear selection) and sums them into a linear
+head; nothing nonlinear (no final LayerNorm) sits between the sum and the head, which keeps the
+per-block decomposition of the logits exact. ViT reads LN(class token of the last block).
+"""
+
+import keras
+
+from glonet_keras.layers import ClassToken, PositionEmbedding, TokenPooling
+from glonet_keras.models import common
+
+
+def _check_vit_args(input_shape, patch_size, hidden_dim, num_heads, mlp_dim, num_blocks):
+    common.check_positive_int("num_blocks", num_blocks)
+    common.check_positive_int("patch_size", patch_size)
+    common.check_positive_int("hidden_dim", hidden_dim)
+    common.check_positive_int("num_heads", num_heads)
+    common.check_positive_int("mlp_dim", mlp_dim)
+    if (
+        not isinstance(input_shape, (tuple, list))
+        or len(input_shape) != 3
+        or any(d is None or int(d) < 1 for d in input_shape)
+    ):
+        raise ValueError(
+            "`input_shape` of a ViT must be a fully known (height, width, channels), received "
+            f"{input_shape!r}."
+        )
+    height, width, _ = input_shape
+    if height % patch_size or width % patch_size:
+        raise ValueError(
+            f"The image size {height}x{width} must be divisible by `patch_size`={patch_size}."
+        )
+    if hidden_dim % num_heads:
+        raise ValueError(
+            f"`hidden_dim`={hidden_dim} must be divisible by `num_heads`={num_heads}."
+        )
+
+
+def _embed_and_encode(
+    self_input_shape, *, patch_size, hidden_dim, num_heads, mlp_dim, num_blocks, activation,
+    initializer, dtype,
+):
+    inputs = keras.Input(shape=tuple(self_input_shape), name="images")
+    x = keras.layers.Conv2D(
+        hidden_dim, patch_size, strides=patch_size, padding="valid",
+        kernel_initializer=common.kernel_initializer(initializer),
+        name="patch_embedding", dtype=dtype,
+    )(inputs)
+    num_patches = x.shape[1] * x.shape[2]
+    x = keras.layers.Reshape((num_patches, hidden_dim), name="patch_flatten", dtype=dtype)(x)
+    x = ClassToken(name="class_token", dtype=dtype)(x)
+    embedded = PositionEmbedding(name="position_embedding", dtype=dtype)(x)
+    blocks = []
+    x = embedded
+    for i in range(1, num_blocks + 1):
+        name = f"block_{i}"
+        y = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_norm_1", dtype=dtype)(x)
+        y = keras.layers.MultiHeadAttention(
+            num_heads, hidden_dim // num_heads, name=f"{name}_attention", dtype=dtype
+        )(y, y)
+        x = keras.layers.Add(name=f"{name}_add_1", dtype=dtype)([x, y])
+        y = keras.layers.LayerNormalization(epsilon=1e-6, name=f"{name}_norm_2", dtype=dtype)(x)
+        y = common.dense(y, mlp_dim, initializer=initializer, name=f"{name}_mlp_dense_1", dtype=dtype)
+        y = common.activation(y, f"{name}_mlp_act", act=activation, dtype=dtype)
+        y = common.dense(y, hidden_dim, initializer=initializer, name=f"{name}_mlp_dense_2", dtype=dtype)
+        x = keras.layers.Add(name=f"{name}_add_2", dtype=dtype)([x, y])
+        blocks.append(x)
+    return inputs, embedded, blocks
+
+
+class _ViTBase(common.GloNetModelBase):
+    input_name = "images"
+
+    def _build_encoder(self, args):
+        common.check_common(
+            activation=args["activation"], normalization=None, initializer=args["initializer"],
+            dropout=args["dropout"], num_classes=args["num_classes"],
+        )
+        _check_vit_args(
+            args["input_shape"], args["patch_size"], args["hidden_dim"], args["num_heads"],
+            args["mlp_dim"], args["num_blocks"],
+        )
+        return _embed_and_encode(
+            args["input_shape"], patch_size=args["patch_size"], hidden_dim=args["hidden_dim"],
+            num_heads=args["num_heads"], mlp_dim=args["mlp_dim"], num_blocks=args["num_blocks"],
+            activation=args["activation"], initializer=args["initializer"], dtype=args["dtype"],
+        )
+
+    @staticmethod
+    def _constructor_config(args, extra=()):
+        names = ["num_blocks", "hidden_dim", "num_heads", "mlp_dim", "patch_size", "num_classes",
+                 "input_shape", "activation", "initializer", *extra, "dropout"]
+        config = {name: args[name] for name in names}
+        config["input_shape"] = tuple(config["input_shape"])
+        return config
+
+
+@keras.saving.register_keras_serializable(package="glonet_keras")
+class GloNetViT(_ViTBase):
+    """A ViT whose head reads the sum of every block's class token (see the module docstring).
+
+    Args:
+        num_blocks: transformer blocks.
+        hidden_dim: token width (the paper's CIFAR-10 ViT: 128).
+        num_heads: attention heads; must divide `hidden_dim`.
+        mlp_dim: hidden width of each block's MLP.
+        patch_size: side of the square patches; must divide the image size.
+        num_classes: outputs of the linear head (logits).
+        input_shape: fully known `(H, W, C)`.
+        activation: the MLP's activation (default `"gelu"`).
+        initializer: `"he"` or `"torch"`, for the patch embedding and MLP dense layers.
+        aggregation, include_stem, dropout, dtype: as in `GloNetMLP`; the stem's tap is the class
+            token of the embedded sequence.
+
+    Example:
+    >>> model = GloNetViT(num_blocks=6, hidden_dim=128, num_heads=4, mlp_dim=256, patch_size=4,
+    ...                   input_shape=(32, 32, 3))
+    """
+
+    def __init__(
+        self,
+        num_blocks=6,
+        hidden_dim=128,
+        num_heads=4,
+        mlp_dim=256,
+        patch_size=4,
+        num_classes=10,
+        input_shape=(32, 32, 3),
+        activation="gelu",
+        initializer="he",
+        aggregation="sum",
+        include_stem=False,
+        dropout=0.0,
+        dtype=None,
+        **kwargs,
+    ):
+        args = dict(locals())
+        inputs, embedded, blocks = self._build_encoder(args)
+        taps = [
+            TokenPooling("cls", name=f"tap_{i}", dtype=dtype)(x)
+            for i, x in enumerate(blocks, start=1)
+        ]
+        if include_stem:
+            taps.insert(0, TokenPooling("cls", name="tap_0", dtype=dtype)(embedded))
+        outputs = common.glonet_head(
+            taps, aggregation=aggregation, num_classes=num_classes, dropout=dropout,
+            initializer=initializer, dtype=dtype,
+        )
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+        self._finish(
+            self._constructor_config(args, extra=("aggregation", "include_stem")),
+            num_blocks,
+            {f"block_{i}": x for i, x in enumerate(blocks, start=1)},
+        )
+
+
+@keras.saving.register_keras_serializable(package="glonet_keras")
+class ViT(_ViTBase):
+    """The standard ViT baseline: the head reads LN(class token) of the last block.
+
+    Args: as `GloNetViT`, without `aggregation` and `include_stem`.
+    """
+
+    def __init__(
+        self,
+        num_blocks=6,
+        hidden_dim=128,
+        num_heads=4,
+        mlp_dim=256,
+        patch_size=4,
+        num_classes=10,
+        input_shape=(32, 32, 3),
+        activation="gelu",
+        initializer="he",
+        dropout=0.0,
+        dtype=None,
+        **kwargs,
+    ):
+        args = dict(locals())
+        inputs, _, blocks = self._build_encoder(args)
+        x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm", dtype=dtype)(blocks[-1])
+        x = TokenPooling("cls", name="pool", dtype=dtype)(x)
+        outputs = common.head(
+            x, num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
+        )
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+        self._finish(
+            self._constructor_config(args),
+            num_blocks,
+            {f"block_{i}": x for i, x in enumerate(blocks, start=1)},
+        )
