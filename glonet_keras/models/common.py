@@ -142,6 +142,8 @@ class GloNetModelBase(keras.Model):
 
     def _finish(self, constructor_args, num_blocks, block_outputs):
         self._constructor_args = dict(constructor_args)
+        # keras.Model does not keep a functional model's `dtype` argument: record it here.
+        self._constructor_args["dtype"] = dtype_name(self._constructor_args.get("dtype"))
         self.num_blocks = num_blocks
         # Stable keys ("block_1", ...) so downstream code never slices `model.layers`.
         self.block_outputs = dict(block_outputs)
@@ -156,9 +158,26 @@ class GloNetModelBase(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": dtype_name(self.dtype_policy),
             **self._constructor_args,
         }
+
+    @classmethod
+    def from_preset(cls, preset, *, cache_dir=None, origin=None):
+        """Loads a pretrained model: a registered name, a preset directory or `.keras` file, or a URL.
+
+        Called on a subclass (e.g. `GloNetCNN.from_preset`), the preset must hold that class.
+        Example: `GloNetModelBase.from_preset("glonet_cnn_digits")` (see `glonet_keras.presets`).
+        """
+        from glonet_keras import presets  # Lazy: presets imports the model classes.
+
+        expected = None if cls is GloNetModelBase else cls
+        return presets.from_preset(preset, expected, cache_dir=cache_dir, origin=origin)
+
+    def save_to_preset(self, preset_dir):
+        """Writes config.json, model.weights.h5 and metadata.json to `preset_dir` (from_preset reads it)."""
+        from glonet_keras import presets
+
+        return presets.save_preset(self, preset_dir)
 
     @classmethod
     def from_config(cls, config):
