@@ -8,10 +8,13 @@ from glonet_keras.layers import GlobalAggregation
 from glonet_keras.models.cnn import GloNetCNN, PlainCNN, ResNetCNN
 from glonet_keras.models.mlp import GloNetMLP, PlainMLP, ResNetMLP
 from glonet_keras.models.vit import ViT, GloNetViT
+from glonet_keras.presets import create_model, list_models
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "create_model",
+    "list_models",
     "GlobalAggregation",
     "GloNetMLP",
     "ResNetMLP",
