@@ -183,16 +183,17 @@ def create_model(name, pretrained=False, num_classes=None, *, cache_dir=None, or
     if config == {**variant.config}:
         return pretrained_model
     model = _build(model_class, config, f"variant {name!r}")
-    _transfer_body(pretrained_model, model, name)
+    new_head = config.get("num_classes") != pretrained_model.get_config().get("num_classes")
+    _transfer_weights(pretrained_model, model, name, skip_head=new_head)
     model.preset_metadata = pretrained_model.preset_metadata
     return model
 
 
-def _transfer_body(source, target, name):
-    """Copies every layer's weights by layer name, except the head's (it stays freshly initialised)."""
+def _transfer_weights(source, target, name, skip_head):
+    """Copies every layer's weights by layer name; with `skip_head`, the head stays freshly initialised."""
     source_layers = {layer.name: layer for layer in source.layers}
     for layer in target.layers:
-        if layer.name == "head" or not layer.weights:
+        if (skip_head and layer.name == "head") or not layer.weights:
             continue
         if layer.name not in source_layers:
             raise PresetError(

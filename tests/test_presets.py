@@ -1,0 +1,350 @@
+"""The registry, preset directories, and the verified, cached, lock-protected download path.
+
+Everything is served from an HTTP server the tests start on 127.0.0.1; the presets are tiny models
+created in a temporary directory (the real zoo is tested in test_zoo.py).
+"""
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import glonet_keras
+from glonet_keras import presets
+from glonet_keras.models.common import GloNetModelBase
+
+TINY = "tiny_mlp_for_tests"
+
+
+class _PresetServer:
+    """Serves `root` on 127.0.0.1; `faults[file name]` makes one file misbehave."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.faults = {}
+        self.requests = []
+        self.delay_s = 0.0
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                owner.requests.append(self.path)
+                name = self.path.rsplit("/", 1)[-1]
+                fault = owner.faults.get(name)
+                if isinstance(fault, int):
+                    self.send_error(fault)
+                    return
+                path = owner.root / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                body = path.read_bytes()
+                time.sleep(owner.delay_s)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if fault == "truncate":
+                    self.wfile.write(body[: len(body) // 2])  # ...then the connection closes.
+                elif fault == "corrupt":  # Right length, one byte flipped.
+                    self.wfile.write(body[:-1] + bytes([body[-1] ^ 0xFF]))
+                else:
+                    self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _tiny_model():
+    return glonet_keras.GloNetMLP(num_blocks=3, width=8, num_classes=4, input_shape=(6,))
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path):
+    """A zoo folder with one tiny preset, registered (for this test only) as TINY."""
+    model = _tiny_model()
+    directory = model.save_to_preset(tmp_path / "zoo" / TINY)
+    files = {name: presets.sha256_of(directory / name) for name in presets.PRESET_FILES}
+    presets.register_model(TINY, "GloNetMLP", model.get_config(), files=files, dataset="random")
+    yield model, tmp_path / "zoo"
+    presets._REGISTRY.pop(TINY, None)
+
+
+@pytest.fixture
+def server(tiny_zoo):
+    serving = _PresetServer(tiny_zoo[1])
+    yield serving
+    serving.stop()
+
+
+def _inputs():
+    return np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+
+
+def _cache_listing(cache):
+    return sorted(str(p.relative_to(cache)) for p in Path(cache).rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------------------------------- registry
+
+
+def test_list_models_filters_by_pattern_and_pretrained(tiny_zoo):
+    everything = glonet_keras.list_models()
+    assert "glonet_cnn20_cifar" in everything and TINY in everything
+    assert everything == sorted(everything)
+    assert TINY in glonet_keras.list_models(pretrained=True)
+    assert "glonet_cnn20_cifar" not in glonet_keras.list_models(pretrained=True)
+    assert glonet_keras.list_models("resnet_cnn*") == ["resnet_cnn20_cifar", "resnet_cnn56_cifar"]
+
+
+def test_unknown_name_lists_the_closest_names():
+    with pytest.raises(presets.PresetError) as error:
+        glonet_keras.create_model("glonet_cnn20_cifr")
+    assert "Closest known names" in str(error.value)
+    assert "'glonet_cnn20_cifar'" in str(error.value)
+    with pytest.raises(presets.PresetError, match="Unknown model 'no_such_thing'"):
+        GloNetModelBase.from_preset("no_such_thing")
+
+
+def test_create_model_without_weights_applies_overrides():
+    model = glonet_keras.create_model("glonet_cnn20_cifar", num_classes=3, width=4)
+    assert isinstance(model, glonet_keras.GloNetCNN)
+    assert model.output.shape == (None, 3)
+    assert model.get_config()["width"] == 4 and model.num_blocks == 9
+    with pytest.raises(presets.PresetError, match="no pretrained weights"):
+        glonet_keras.create_model("glonet_cnn20_cifar", pretrained=True)
+    with pytest.raises(presets.PresetError, match="num_blocks"):
+        glonet_keras.create_model("glonet_mlp_30x32", num_blocks=0)
+
+
+def test_register_model_rejects_bad_entries():
+    with pytest.raises(presets.PresetError, match="Allowed"):
+        presets.register_model("bad_class", "Lambda", {})
+    with pytest.raises(presets.PresetError, match="sha256"):
+        presets.register_model("bad_hash", "GloNetMLP", {}, files={"config.json": "x"})
+    with pytest.raises(presets.PresetError, match="already registered"):
+        presets.register_model("glonet_cnn20_cifar", "GloNetCNN", {})
+
+
+# ------------------------------------------------------------------------ preset directories
+
+
+def test_save_to_preset_round_trip_and_class_check(tmp_path):
+    model = _tiny_model()
+    directory = model.save_to_preset(tmp_path / "p")
+    assert sorted(os.listdir(directory)) == ["config.json", "metadata.json", "model.weights.h5"]
+    metadata = json.loads((directory / "metadata.json").read_text())
+    assert metadata["files"]["model.weights.h5"] == presets.sha256_of(directory / "model.weights.h5")
+    assert metadata["versions"]["keras"] and metadata["num_parameters"] == model.count_params()
+    loaded = glonet_keras.GloNetMLP.from_preset(directory)
+    np.testing.assert_array_equal(model.predict(_inputs(), verbose=0), loaded.predict(_inputs(), verbose=0))
+    with pytest.raises(presets.PresetError, match="not a GloNetCNN"):
+        glonet_keras.GloNetCNN.from_preset(directory)
+
+
+def test_a_modified_preset_directory_is_refused(tmp_path):
+    directory = _tiny_model().save_to_preset(tmp_path / "p")
+    with open(directory / "model.weights.h5", "r+b") as stream:
+        stream.seek(-1, os.SEEK_END)
+        last = stream.read(1)
+        stream.seek(-1, os.SEEK_END)
+        stream.write(bytes([last[0] ^ 0xFF]))
+    with pytest.raises(presets.PresetError, match="model.weights.h5 does not match"):
+        GloNetModelBase.from_preset(directory)
+
+
+def test_config_cannot_name_a_foreign_class(tmp_path):
+    directory = _tiny_model().save_to_preset(tmp_path / "p")
+    config = json.loads((directory / "config.json").read_text())
+    config["class_name"] = "Lambda"
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(presets.PresetError, match="config.json does not match"):
+        GloNetModelBase.from_preset(directory)
+    with pytest.raises(presets.PresetError, match="Unknown model class 'Lambda'"):
+        presets.load_preset_directory(directory, verify=False)
+
+
+def test_keras_file_loads_with_safe_mode(tmp_path):
+    model = _tiny_model()
+    model.save(tmp_path / "tiny.keras")
+    loaded = GloNetModelBase.from_preset(tmp_path / "tiny.keras")
+    np.testing.assert_array_equal(model.predict(_inputs(), verbose=0), loaded.predict(_inputs(), verbose=0))
+
+
+# ------------------------------------------------------------------- download, cache, verification
+
+
+def test_download_verifies_caches_and_warm_cache_needs_no_server(tiny_zoo, server, tmp_path):
+    model, _ = tiny_zoo
+    cache = tmp_path / "cache"
+    loaded = glonet_keras.create_model(TINY, pretrained=True, origin=server.url, cache_dir=cache)
+    np.testing.assert_array_equal(model.predict(_inputs(), verbose=0), loaded.predict(_inputs(), verbose=0))
+    assert _cache_listing(cache) == [f"{TINY}/{name}" for name in sorted(presets.PRESET_FILES)]
+    assert len(server.requests) == 3
+    assert loaded.preset_metadata["files"]["config.json"]
+
+    glonet_keras.create_model(TINY, pretrained=True, origin=server.url, cache_dir=cache)
+    assert len(server.requests) == 3  # A cached file with the right hash never touches the network.
+    server.stop()
+    again = glonet_keras.create_model(TINY, pretrained=True, origin=server.url, cache_dir=cache)
+    np.testing.assert_array_equal(model.predict(_inputs(), verbose=0), again.predict(_inputs(), verbose=0))
+
+
+@pytest.mark.parametrize(
+    "fault, message",
+    [(404, "HTTP 404"), (500, "HTTP 500"), ("truncate", "truncated|broke off"),
+     ("corrupt", "sha256 mismatch")],
+)
+def test_failed_download_names_file_and_url_leaves_nothing_and_retry_works(
+    tiny_zoo, server, tmp_path, fault, message
+):
+    cache = tmp_path / "cache"
+    server.faults["model.weights.h5"] = fault
+    with pytest.raises(presets.PresetDownloadError, match=message) as error:
+        glonet_keras.create_model(TINY, pretrained=True, origin=server.url, cache_dir=cache)
+    assert "'model.weights.h5'" in str(error.value)
+    assert f"{server.url}/{TINY}/model.weights.h5" in str(error.value)
+    # The config was fetched and verified; of the weights, nothing: no partial or lock file.
+    assert _cache_listing(cache) == [f"{TINY}/config.json"]
+
+    del server.faults["model.weights.h5"]
+    model = tiny_zoo[0]
+    loaded = glonet_keras.create_model(TINY, pretrained=True, origin=server.url, cache_dir=cache)
+    np.testing.assert_array_equal(model.predict(_inputs(), verbose=0), loaded.predict(_inputs(), verbose=0))
+    assert _cache_listing(cache) == [f"{TINY}/{name}" for name in sorted(presets.PRESET_FILES)]
+
+
+def test_a_corrupted_cached_file_is_fetched_again(tiny_zoo, server, tmp_path):
+    cache = tmp_path / "cache"
+    glonet_keras.create_model(TINY, pretrained=True, origin=server.url, cache_dir=cache)
+    (cache / TINY / "model.weights.h5").write_bytes(b"not the weights")
+    glonet_keras.create_model(TINY, pretrained=True, origin=server.url, cache_dir=cache)
+    assert server.requests.count(f"/{TINY}/model.weights.h5") == 2
+    assert presets.sha256_of(cache / TINY / "model.weights.h5") == presets.get_variant(TINY).files[
+        "model.weights.h5"
+    ]
+
+
+def test_unreachable_origin_is_a_clear_error(tiny_zoo, tmp_path):
+    with pytest.raises(presets.PresetDownloadError, match="config.json.*127.0.0.1:9"):
+        glonet_keras.create_model(TINY, pretrained=True, origin="http://127.0.0.1:9",
+                                  cache_dir=tmp_path / "cache")
+    assert _cache_listing(tmp_path / "cache") == []
+
+
+def test_origin_and_cache_from_environment_and_local_directories(tiny_zoo, tmp_path, monkeypatch):
+    model, zoo = tiny_zoo
+    expected = model.predict(_inputs(), verbose=0)
+    # A plain directory, and the same as a file:// URL, both through the environment variables.
+    for origin in (str(zoo), zoo.as_uri()):
+        cache = tmp_path / f"cache_{len(origin)}"
+        monkeypatch.setenv(presets.ORIGIN_ENV, origin)
+        monkeypatch.setenv(presets.CACHE_ENV, str(cache))
+        assert presets.resolve_origin() == zoo.resolve().as_uri()
+        loaded = glonet_keras.create_model(TINY, pretrained=True)
+        np.testing.assert_array_equal(expected, loaded.predict(_inputs(), verbose=0))
+        assert (cache / TINY / "model.weights.h5").is_file()
+    monkeypatch.delenv(presets.ORIGIN_ENV)
+    monkeypatch.delenv(presets.CACHE_ENV)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    assert presets.resolve_cache_dir() == tmp_path / "keras_home" / "glonet_keras"
+    assert presets.resolve_cache_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_from_preset_url_downloads_and_checks_metadata_hashes(tiny_zoo, server, tmp_path):
+    model, _ = tiny_zoo
+    url = f"{server.url}/{TINY}"
+    loaded = GloNetModelBase.from_preset(url, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(model.predict(_inputs(), verbose=0), loaded.predict(_inputs(), verbose=0))
+    server.faults["model.weights.h5"] = "corrupt"
+    with pytest.raises(presets.PresetDownloadError, match="sha256 mismatch"):
+        GloNetModelBase.from_preset(url, cache_dir=tmp_path / "other_cache")
+
+
+def test_new_head_keeps_the_pretrained_body(tiny_zoo, server, tmp_path):
+    model, _ = tiny_zoo
+    cache = tmp_path / "cache"
+    tuned = glonet_keras.create_model(TINY, pretrained=True, num_classes=3, origin=server.url,
+                                      cache_dir=cache)
+    assert tuned.output.shape == (None, 3)
+    assert tuned.get_layer("head").kernel.shape == (8, 3)
+    for layer in model.layers:
+        if layer.weights and layer.name != "head":
+            for ours, theirs in zip(tuned.get_layer(layer.name).get_weights(), layer.get_weights()):
+                np.testing.assert_array_equal(ours, theirs)
+    # Shape-preserving overrides keep every weight, the head included.
+    dropped = glonet_keras.create_model(TINY, pretrained=True, dropout=0.5, origin=server.url,
+                                        cache_dir=cache)
+    assert dropped.get_layer("head_dropout").rate == 0.5
+    for ours, theirs in zip(dropped.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+    assert not np.allclose(tuned.get_layer("head").kernel.numpy()[:, :3],
+                           model.get_layer("head").kernel.numpy()[:, :3])
+    with pytest.raises(presets.PresetError, match="layer 'stem'"):
+        glonet_keras.create_model(TINY, pretrained=True, width=16, origin=server.url, cache_dir=cache)
+
+
+_CONCURRENT_LOADER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    import numpy as np
+    from glonet_keras import presets
+    name, origin, cache, ready_dir, me, hashes = sys.argv[1:7]
+    presets.register_model(name, "GloNetMLP",
+        dict(num_blocks=3, width=8, num_classes=4, input_shape=(6,)),
+        files=dict(h.split("=") for h in hashes.split(",")))
+    Path(ready_dir, me).touch()
+    while len(os.listdir(ready_dir)) < 2:  # Start the download together with the other process.
+        time.sleep(0.01)
+    model = presets.create_model(name, pretrained=True, origin=origin, cache_dir=cache)
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+    np.save(Path(ready_dir).parent / (me + ".npy"), model.predict(x, verbose=0))
+    """
+)
+
+
+def test_two_processes_loading_at_once_share_one_verified_download(tiny_zoo, server, tmp_path):
+    model, _ = tiny_zoo
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    server.delay_s = 0.5  # Long enough for both processes to be inside the fetch at once.
+    hashes = ",".join(f"{k}={v}" for k, v in presets.get_variant(TINY).files.items())
+    # The numpy backend: the cache logic is backend-free, and it spares each process a TF import.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="numpy")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONCURRENT_LOADER, TINY, server.url, str(tmp_path / "cache"),
+             str(ready), me, hashes],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for me in ("first", "second")
+    ]
+    for process in processes:
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, output
+    expected = model.predict(_inputs(), verbose=0)
+    for me in ("first", "second"):
+        np.testing.assert_allclose(np.load(tmp_path / f"{me}.npy"), expected, rtol=1e-5, atol=1e-6)
+    # The lock made the second process wait and then reuse the first one's verified file.
+    for name in presets.PRESET_FILES:
+        assert server.requests.count(f"/{TINY}/{name}") == 1, server.requests
+    assert _cache_listing(tmp_path / "cache") == [
+        f"{TINY}/{name}" for name in sorted(presets.PRESET_FILES)
+    ]
