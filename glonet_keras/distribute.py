@@ -1,0 +1,237 @@
+"""Distribution strategies for training: one device, all local devices, several workers.
+
+`get_strategy(name)` returns an object with `.scope()` and `.num_replicas_in_sync`:
+
+| name | TensorFlow backend | JAX backend |
+|---|---|---|
+| `auto` | `mirrored` when more than one GPU (or logical CPU) is visible, else `one_device` | `data_parallel` over all devices |
+| `one_device` | `tf.distribute.OneDeviceStrategy` on the first GPU, else the CPU | one device |
+| `mirrored` | `tf.distribute.MirroredStrategy` over all GPUs, else all logical CPUs | `keras.distribution.DataParallel` |
+| `multi_worker` | `tf.distribute.MultiWorkerMirroredStrategy` from `TF_CONFIG` | `keras.distribution.initialize()` (from `KERAS_DISTRIBUTION_*`), then DataParallel |
+
+Rules the trainer follows (and any caller must):
+- Build AND compile the model inside `strategy.scope()` (Keras raises otherwise).
+- Feed the global batch: per-replica batch x `num_replicas_in_sync`.
+- With BatchNormalization and more than one replica, use `synchronized_batch_norm(model)` so the
+  statistics are those of the global batch (otherwise each replica normalises by its own share).
+
+Splitting a CPU into logical devices (how a CPU-only machine runs `mirrored`) must happen before
+TensorFlow initialises its devices, once per process: call `configure_logical_cpus(n)` first thing.
+"""
+
+import contextlib
+import json
+import os
+
+import keras
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+
+
+def configure_logical_cpus(count):
+    """Splits the host CPU into `count` logical devices (TF) or XLA host devices (JAX).
+
+    Must run before the backend initialises its devices (before any tensor is created). Calling it
+    again with the same count is a no-op; a different count after initialisation raises
+    RuntimeError, because TensorFlow fixes its devices once per process.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"`count` must be an integer >= 1, received {count!r}.")
+    if keras.backend.backend() == "jax":
+        return _configure_jax_host_devices(count)
+    import tensorflow as tf
+
+    (cpu,) = tf.config.list_physical_devices("CPU")
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == count:
+        return count
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+        )
+    except RuntimeError as error:
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have == count:
+            return count
+        raise RuntimeError(
+            f"Cannot split the CPU into {count} logical devices: TensorFlow already initialised "
+            f"{have}. Call configure_logical_cpus() at the start of the process, before any "
+            "TensorFlow op runs."
+        ) from error
+    return count
+
+
+def _configure_jax_host_devices(count):
+    import sys
+
+    flag = f"--xla_force_host_platform_device_count={count}"
+    if "jax" in sys.modules and getattr(sys.modules["jax"], "_src", None) is not None:
+        import jax
+
+        try:
+            initialised = bool(jax._src.xla_bridge._backends)  # Set once a device was touched.
+        except AttributeError:
+            initialised = True
+        if initialised:
+            have = len(jax.devices("cpu"))
+            if have != count:
+                raise RuntimeError(
+                    f"JAX already initialised {have} CPU devices; set XLA_FLAGS={flag} before "
+                    "the first JAX computation."
+                )
+            return count
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+    os.environ["XLA_FLAGS"] = " ".join(flags + [flag])
+    return count
+
+
+class JaxDataParallel:
+    """`keras.distribution.DataParallel` with the tf.distribute-style interface the trainer uses."""
+
+    def __init__(self, devices=None):
+        if devices is None:
+            devices = keras.distribution.list_devices()
+        self.devices = list(devices)
+        self.distribution = keras.distribution.DataParallel(devices=self.devices)
+
+    @property
+    def num_replicas_in_sync(self):
+        return len(self.devices)
+
+    def scope(self):
+        return self.distribution.scope()
+
+    def __repr__(self):
+        return f"JaxDataParallel(devices={self.devices})"
+
+
+def _local_gpus():
+    import tensorflow as tf
+
+    return tf.config.list_logical_devices("GPU")
+
+
+def _check_tf_config():
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise ValueError(
+            "Strategy 'multi_worker' needs TF_CONFIG, e.g. "
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", '
+            '"index": 0}}.'
+        )
+    try:
+        config = json.loads(raw)
+        workers = config["cluster"]["worker"]
+        task = config["task"]
+        assert task["type"] in config["cluster"] and 0 <= int(task["index"])
+    except (ValueError, KeyError, TypeError, AssertionError) as error:
+        raise ValueError(
+            f"TF_CONFIG is not a valid cluster spec ({error!r}): need cluster.worker (list of "
+            f"host:port) and task.type/task.index. Received {raw!r}."
+        ) from None
+    return workers, task
+
+
+def get_strategy(name="auto", devices=None):
+    """Returns a distribution strategy by name (see the module table).
+
+    Args:
+        name: one of `STRATEGIES`.
+        devices: optional explicit device names for `one_device` (first is used) and `mirrored`.
+
+    Returns:
+        An object with `.scope()` and `.num_replicas_in_sync`: a `tf.distribute.Strategy` on the
+        TensorFlow backend, a `JaxDataParallel` on JAX.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {name!r}. Available: {list(STRATEGIES)}.")
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return _jax_strategy(name, devices)
+    if backend != "tensorflow":
+        raise ValueError(
+            f"Strategies need the tensorflow or jax backend; KERAS_BACKEND is {backend!r}."
+        )
+    import tensorflow as tf
+
+    if name == "multi_worker":
+        _check_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = [d.name for d in _local_gpus()]
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    local = list(devices) if devices else (gpus or cpus)
+    if name == "auto":
+        name = "mirrored" if len(local) > 1 else "one_device"
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(local[0])
+    return tf.distribute.MirroredStrategy(local)
+
+
+def _jax_strategy(name, devices):
+    if name == "multi_worker":
+        # Reads KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID.
+        missing = [v for v in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                               "KERAS_DISTRIBUTION_PROCESS_ID") if v not in os.environ]
+        if missing:
+            raise ValueError(
+                f"Strategy 'multi_worker' on JAX needs the environment variables {missing} "
+                "(see keras.distribution.initialize)."
+            )
+        keras.distribution.initialize()
+        return JaxDataParallel()
+    local = list(devices) if devices else keras.distribution.list_devices()
+    if name == "one_device":
+        return JaxDataParallel(local[:1])
+    return JaxDataParallel(local)
+
+
+def is_chief():
+    """True on the process that should write files (the only one outside multi-worker runs).
+
+    With TF_CONFIG, the chief is the task of type "chief", or worker 0 when the cluster has none.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index() == 0
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    config = json.loads(raw)
+    task = config.get("task", {})
+    if "chief" in config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+@contextlib.contextmanager
+def synchronized_batch_norm(model, enabled=True):
+    """Makes the model's BatchNormalization layers use global-batch statistics while inside.
+
+    On TensorFlow, `BatchNormalization(synchronized=True)` all-reduces the moments across replicas.
+    The flag is read when the training step is traced, so enter this before `fit`. It is switched
+    back on exit, so a saved `.keras` file keeps `synchronized=False` and loads on every backend
+    (Keras rejects `synchronized=True` outside TensorFlow). Yields the number of layers changed.
+    """
+    layers = []
+    if enabled and keras.backend.backend() == "tensorflow":
+        layers = [
+            layer for layer in _all_layers(model)
+            if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+        ]
+    for layer in layers:
+        layer.synchronized = True
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            layer.synchronized = False
+
+
+def _all_layers(model):
+    stack, seen = list(model.layers), []
+    while stack:
+        layer = stack.pop()
+        seen.append(layer)
+        stack.extend(getattr(layer, "layers", []) or [])
+    return seen
