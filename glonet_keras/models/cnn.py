@@ -119,7 +119,7 @@ class _CNNBase(common.GloNetModelBase):
 
     def _constructor_config(self, local_args, extra=()):
         names = ["depth", "layout", "width", "blocks_per_stage", "num_classes", "input_shape",
-                 "activation", "normalization", "initializer", *extra, "dropout"]
+                 "activation", "normalization", "initializer", *extra, "dropout", "dtype"]
         config = {name: local_args[name] for name in names}
         config["input_shape"] = tuple(config["input_shape"])
         if config["blocks_per_stage"] is not None:

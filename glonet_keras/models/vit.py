@@ -94,7 +94,7 @@ class _ViTBase(common.GloNetModelBase):
     @staticmethod
     def _constructor_config(args, extra=()):
         names = ["num_blocks", "hidden_dim", "num_heads", "mlp_dim", "patch_size", "num_classes",
-                 "input_shape", "activation", "initializer", *extra, "dropout"]
+                 "input_shape", "activation", "initializer", *extra, "dropout", "dtype"]
         config = {name: args[name] for name in names}
         config["input_shape"] = tuple(config["input_shape"])
         return config

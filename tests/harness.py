@@ -1,0 +1,115 @@
+"""One reusable set of checks applied to every model builder (in the spirit of keras-hub's TestCase).
+
+Each builder's test is a tiny config plus calls into these functions.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def random_inputs(model, batch=4, seed=0):
+    shape = tuple(8 if d is None else d for d in model.inputs[0].shape[1:])
+    return np.random.default_rng(seed).uniform(size=(batch,) + shape).astype("float32")
+
+
+def check_config_round_trip(cls, kwargs):
+    model = cls(**kwargs)
+    config = model.get_config()
+    for key, value in kwargs.items():
+        expected = tuple(value) if isinstance(value, list) else value
+        assert config[key] == expected, f"get_config()[{key!r}] = {config[key]!r}, expected {value!r}"
+    # The config is plain JSON: what a preset's config.json stores.
+    restored = cls.from_config(json.loads(json.dumps(config)))
+    assert restored.get_config() == config
+    restored.set_weights(model.get_weights())
+    x = random_inputs(model)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def check_saved_model_file(cls, kwargs, tmp_path):
+    model = cls(**kwargs)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # safe_mode stays on: no lambdas, nothing pickled.
+    assert type(loaded) is cls
+    assert loaded.get_config() == model.get_config()
+    assert loaded.num_blocks == model.num_blocks
+    assert sorted(loaded.block_outputs) == sorted(model.block_outputs)
+    x = random_inputs(model)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def check_predict_arrays_and_dataset(cls, kwargs):
+    model = cls(**kwargs)
+    x = random_inputs(model, batch=6)
+    from_arrays = model.predict(x, batch_size=4, verbose=0)
+    assert from_arrays.shape == (6, kwargs.get("num_classes", 10))
+    assert np.all(np.isfinite(from_arrays))
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(4)
+    np.testing.assert_allclose(model.predict(dataset, verbose=0), from_arrays, rtol=1e-5, atol=1e-6)
+
+
+def check_training_step_lowers_loss(cls, kwargs):
+    model = cls(**kwargs)
+    x = random_inputs(model, batch=16)
+    num_classes = kwargs.get("num_classes", 10)
+    y = np.arange(16) % num_classes
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    # train_on_batch reports the loss of the forward pass before its update, in training mode (so
+    # batch norm uses the batch's statistics, not moving averages that barely move in a few steps).
+    losses = [float(model.train_on_batch(x, y)) for _ in range(5)]
+    assert losses[-1] < losses[0], f"loss did not decrease: {losses}"
+
+
+def check_mixed_precision(cls, kwargs):
+    model = cls(**kwargs, dtype="mixed_float16")
+    assert model.get_layer("head").compute_dtype == "float16"
+    assert model.get_layer("head").kernel.dtype == "float32"  # variables stay float32
+    assert model.get_config()["dtype"] == "mixed_float16"
+    x = random_inputs(model)
+    reference = cls(**kwargs)
+    reference.set_weights(model.get_weights())
+    y16 = model.predict(x, verbose=0)
+    assert np.all(np.isfinite(y16))
+    np.testing.assert_allclose(
+        y16.astype("float32"), reference.predict(x, verbose=0), rtol=0.05, atol=0.05
+    )
+
+
+def check_wrong_input_shape(cls, kwargs):
+    model = cls(**kwargs)
+    good = random_inputs(model)
+    bad = np.concatenate([good, good], axis=-1)  # one more channel / feature than expected
+    try:
+        model.predict(bad, verbose=0)
+    except ValueError as error:
+        message = str(error)
+        assert "expected shape" in message and str(tuple(bad.shape)) in message, message
+    else:
+        raise AssertionError(f"{cls.__name__} accepted an input of shape {bad.shape}")
+
+
+def run_on_backend(backend, script, timeout=240):
+    """Runs `script` in a fresh interpreter with KERAS_BACKEND=backend; returns its stdout."""
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, f"{backend} run failed:\n{result.stdout}\n{result.stderr[-4000:]}"
+    return result.stdout

@@ -1,0 +1,189 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import glonet_keras as g
+from glonet_keras.data import load_arrays
+from tests import harness
+
+TINY_MLP = dict(num_blocks=3, width=8, num_classes=5, input_shape=(6,))
+TINY_CNN = dict(depth=8, width=4, num_classes=5, input_shape=(8, 8, 2))
+TINY_VIT = dict(num_blocks=2, hidden_dim=8, num_heads=2, mlp_dim=16, patch_size=4, num_classes=5,
+                input_shape=(8, 8, 2))
+
+# Every builder, each with a tiny config (and the GloNet-only knobs on the GloNets).
+CASES = {
+    "GloNetMLP": (g.GloNetMLP, dict(TINY_MLP, include_stem=True, dropout=0.1)),
+    "GloNetMLP-mean-torch": (g.GloNetMLP, dict(TINY_MLP, aggregation="mean", initializer="torch",
+                                               activation="leaky_relu", normalization="layer")),
+    "ResNetMLP": (g.ResNetMLP, TINY_MLP),
+    "PlainMLP": (g.PlainMLP, dict(TINY_MLP, normalization="batch")),
+    "GloNetCNN": (g.GloNetCNN, dict(TINY_CNN, include_stem=True)),
+    "GloNetCNN-imagenet": (g.GloNetCNN, dict(TINY_CNN, layout="imagenet", depth=None,
+                                             blocks_per_stage=(1, 1, 1, 1), width=2,
+                                             input_shape=(16, 16, 2), normalization="batch")),
+    "GloNetCNN-1d": (g.GloNetCNN, dict(TINY_CNN, input_shape=(12, 1))),
+    "ResNetCNN": (g.ResNetCNN, TINY_CNN),
+    "PlainCNN": (g.PlainCNN, TINY_CNN),
+    "GloNetViT": (g.GloNetViT, dict(TINY_VIT, include_stem=True)),
+    "ViT": (g.ViT, TINY_VIT),
+}
+IDS = sorted(CASES)
+
+
+@pytest.fixture(params=IDS)
+def case(request):
+    return CASES[request.param]
+
+
+def test_config_round_trip(case):
+    harness.check_config_round_trip(*case)
+
+
+def test_keras_file_round_trip(case, tmp_path):
+    harness.check_saved_model_file(*case, tmp_path)
+
+
+def test_predict_arrays_and_dataset(case):
+    harness.check_predict_arrays_and_dataset(*case)
+
+
+def test_training_step_lowers_loss(case):
+    harness.check_training_step_lowers_loss(*case)
+
+
+def test_mixed_float16(case):
+    harness.check_mixed_precision(*case)
+
+
+def test_wrong_input_shape_names_both_shapes(case):
+    harness.check_wrong_input_shape(*case)
+
+
+def test_every_builder_runs_on_jax_backend():
+    cases = {name: (cls.__name__, kwargs) for name, (cls, kwargs) in CASES.items()}
+    output = harness.run_on_backend(
+        "jax",
+        f"""
+        import json, keras, numpy as np
+        import glonet_keras as g
+        assert keras.backend.backend() == "jax"
+        results = {{}}
+        for name, (cls_name, kwargs) in json.loads({json.dumps(json.dumps(cases))}).items():
+            kwargs = {{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}}
+            model = getattr(g, cls_name)(**kwargs)
+            shape = (4,) + tuple(8 if d is None else d for d in model.inputs[0].shape[1:])
+            x = np.random.default_rng(0).uniform(size=shape).astype("float32")
+            y = np.arange(4) % kwargs["num_classes"]
+            model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            loss = model.train_on_batch(x, y)
+            out = model.predict(x, verbose=0)
+            results[name] = [list(out.shape), bool(np.isfinite(out).all()), bool(np.isfinite(loss))]
+        print("RESULTS", json.dumps(results))
+        """,
+    )
+    results = json.loads(output.split("RESULTS", 1)[1])
+    assert sorted(results) == IDS
+    for name, (shape, finite_out, finite_loss) in results.items():
+        assert shape == [4, CASES[name][1]["num_classes"]], name
+        assert finite_out and finite_loss, name
+
+
+def test_skeleton_names_and_block_outputs():
+    model = g.GloNetCNN(**TINY_CNN)
+    assert model.num_blocks == 3
+    assert list(model.block_outputs) == ["block_1", "block_2", "block_3"]
+    assert model.inputs[0].name == "images"
+    aggregation = model.get_layer("glonet_aggregation")
+    tap_names = [t._keras_history.operation.name for t in aggregation.input]
+    assert tap_names == ["tap_1", "tap_2", "tap_3"]
+    assert model.get_layer("head").units == 5
+    # The last stage needs no projection; earlier stages share one each.
+    names = {layer.name for layer in model.layers}
+    assert {"stage_1_projection", "stage_2_projection"} <= names
+    assert "stage_3_projection" not in names
+    assert g.GloNetMLP(**TINY_MLP).inputs[0].name == "features"
+
+
+def test_glonet_sums_the_taps_before_a_linear_head():
+    """The output is exactly head(sum of taps): the GloNet definition, checked from the outside."""
+    model = g.GloNetMLP(**TINY_MLP)
+    x = harness.random_inputs(model)
+    taps = keras.Model(model.inputs, [model.get_layer(f"tap_{i}").output for i in (1, 2, 3)])
+    total = np.sum(taps.predict(x, verbose=0), axis=0)
+    kernel, bias = model.get_layer("head").get_weights()
+    np.testing.assert_allclose(model.predict(x, verbose=0), total @ kernel + bias, rtol=1e-5, atol=1e-5)
+
+
+def test_resnet20_layout_parameter_counts():
+    """CIFAR GloNet-CNN-20 stays within 10 % of ResNet-20's ~0.27 M parameters."""
+    glonet = g.GloNetCNN(depth=20).count_params()
+    resnet = g.ResNetCNN(depth=20).count_params()
+    assert abs(glonet - 270_000) / 270_000 < 0.10, glonet
+    assert abs(glonet - resnet) / resnet < 0.10, (glonet, resnet)
+    assert g.GloNetCNN(depth=56).num_blocks == 27
+
+
+def test_spatial_dims_may_be_none():
+    model = g.GloNetCNN(**dict(TINY_CNN, input_shape=(None, None, 2)))
+    for size in (8, 12):
+        assert model.predict(np.zeros((1, size, size, 2)), verbose=0).shape == (1, 5)
+
+
+def test_regression_output():
+    model = g.GloNetMLP(num_blocks=2, width=4, num_classes=1, input_shape=(14,))
+    assert model.predict(np.zeros((3, 14)), verbose=0).shape == (3, 1)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, message",
+    [
+        (g.GloNetCNN, dict(depth=21), "6n + 2"),
+        (g.GloNetCNN, dict(depth=18, layout="imagenet", blocks_per_stage=(2, 2, 2, 2)), "not both"),
+        (g.GloNetCNN, dict(layout="imagenet", depth=50), "[10, 18, 34]"),
+        (g.GloNetCNN, dict(layout="mobile"), "['cifar', 'imagenet']"),
+        (g.GloNetCNN, dict(width=0), "`width` must be an integer >= 1"),
+        (g.GloNetCNN, dict(input_shape=(32, 32, None)), "known channel count"),
+        (g.GloNetMLP, dict(width=0), "`width` must be an integer >= 1"),
+        (g.GloNetMLP, dict(num_blocks=2.5), "`num_blocks`"),
+        (g.GloNetMLP, dict(aggregation="max"), "['sum', 'mean']"),
+        (g.GloNetMLP, dict(normalization="group"), "[None, 'batch', 'layer']"),
+        (g.GloNetMLP, dict(initializer="xavier"), "['he', 'torch']"),
+        (g.GloNetMLP, dict(activation="nope"), "Unknown `activation`"),
+        (g.GloNetMLP, dict(dropout=1.0), "`dropout`"),
+        (g.GloNetMLP, dict(input_shape=(None,)), "known positive sizes"),
+        (g.ResNetMLP, dict(num_classes=0), "`num_classes`"),
+        (g.GloNetViT, dict(input_shape=(30, 30, 3)), "divisible by `patch_size`=4"),
+        (g.GloNetViT, dict(hidden_dim=10, num_heads=4), "divisible by `num_heads`=4"),
+        (g.ViT, dict(input_shape=(None, None, 3)), "fully known"),
+    ],
+)
+def test_bad_configurations_fail_at_construction(cls, kwargs, message):
+    with pytest.raises(ValueError) as error:
+        cls(**kwargs)
+    assert message in str(error.value)
+
+
+def test_deep_glonet_trains_where_the_plain_chain_does_not():
+    """On the offline digits: a 30-block BN-free GloNet MLP learns, the same plain chain collapses.
+
+    PyTorch's default init and LeakyReLU(0.2), as in the paper's MLP: it shrinks a plain chain's
+    signal layer after layer, which the GloNet's length-one gradient paths do not care about.
+    """
+    (x_train, y_train), (x_test, y_test) = load_arrays("digits")
+    accuracies = {}
+    for cls in (g.GloNetMLP, g.PlainMLP):
+        keras.utils.set_random_seed(0)
+        model = cls(num_blocks=30, width=32, input_shape=(8, 8, 1), activation="leaky_relu",
+                    initializer="torch")
+        model.compile(
+            keras.optimizers.Adam(1e-3),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.fit(x_train, y_train, epochs=10, batch_size=32, verbose=0)
+        accuracies[cls.__name__] = model.evaluate(x_test, y_test, verbose=0)[1]
+    assert accuracies["GloNetMLP"] >= 0.90, accuracies
+    assert accuracies["PlainMLP"] <= 0.30, accuracies
