@@ -548,6 +548,14 @@ def save_preset(model, directory, metadata=None):
         "versions": library_versions(),
         **(metadata or {}),
     }
+    write_metadata(directory, record)
+    return directory
+
+
+def write_metadata(directory, record):
+    """Writes `record` as `directory`/metadata.json, its "files" the sha256 of every other file."""
+    directory = Path(directory)
+    record = dict(record)
     record["files"] = {
         p.name: sha256_of(p)
         for p in sorted(directory.iterdir())
@@ -556,7 +564,7 @@ def save_preset(model, directory, metadata=None):
     with open(directory / METADATA_FILE, "w", encoding="utf-8") as stream:
         json.dump(_jsonable(record), stream, indent=2, sort_keys=True)
         stream.write("\n")
-    return directory
+    return directory / METADATA_FILE
 
 
 def _jsonable(value):

@@ -1,0 +1,481 @@
+"""Reproduces the model zoo: trains every preset with training/train.py, measures it, publishes it.
+
+Steps (`--steps`, in this order):
+  train    run `python training/train.py <recipe flags> --model_dir=runs/zoo/<name>` per preset
+  package  load the run's model.keras (safe_mode), re-measure it on the held-out test split (accuracy
+           and the early-exit accuracy of every k-block prefix), write zoo/<name>/ (config.json,
+           model.weights.h5, README.md model card, metadata.json with the sha256 of every file)
+  docs     rewrite, from zoo/*/metadata.json only: the registry lines in glonet_keras/presets.py
+           (name, class, config, sha256 of each file, data set, preprocessing, metric, licence), the
+           zoo table in docs/zoo.md and in the README's zoo section
+  export   (only with --export_dir) a TF Serving SavedModel of each preset, preprocessing inside:
+           <export_dir>/<name>/1/
+
+Examples:
+  python training/make_zoo.py                                   # the whole zoo, ~15 min on 2 cores
+  python training/make_zoo.py --names=glonet_mlp_digits --steps=train,package,docs
+  python training/make_zoo.py --steps=docs                      # tables and registry only
+  python training/make_zoo.py --steps=export --export_dir=/tmp/serving
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+REPO = Path(__file__).resolve().parent.parent
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("names", None, "Presets to (re)make; default: all recipes.")
+flags.DEFINE_list("steps", ["train", "package", "docs"],
+                  "Any of train, package, docs, export (export needs --export_dir).")
+flags.DEFINE_string("zoo_dir", str(REPO / "zoo"), "Where the published presets live.")
+flags.DEFINE_string("runs_dir", str(REPO / "runs" / "zoo"),
+                    "Where train.py writes its runs (git-ignored).")
+flags.DEFINE_string("export_dir", None, "Write a SavedModel of each preset under this directory.")
+flags.DEFINE_integer("export_version", 1, "Version folder of the exported SavedModels.")
+
+# One recipe per preset: the exact train.py flags. Every run uses seed 0, which is also the seed of
+# the data split (digits: sklearn's stratified 80/20 split with random_state=0; mnist1d: the
+# benchmark's standard 4,000/1,000 split); train.py carves its validation set (10 %) out of train.
+RECIPES = {
+    "glonet_mlp_digits": dict(
+        summary="GloNet MLP, 8 dense blocks of width 64, on the 8x8 scikit-learn digits.",
+        flags=dict(model="glonet_mlp", depth=8, width=64, dataset="digits", epochs=40,
+                   batch_size=64, learning_rate=0.002, schedule="cosine", seed=0),
+    ),
+    "glonet_cnn_digits": dict(
+        summary="Convolutional GloNet (CIFAR layout, depth 14: 6 blocks, 16/32/64 channels) on "
+                "the 8x8 digits.",
+        flags=dict(model="glonet_cnn", depth=14, width=16, dataset="digits", epochs=30,
+                   batch_size=64, learning_rate=0.002, schedule="cosine", seed=0),
+    ),
+    "resnet_cnn_digits": dict(
+        summary="ResNet-v2 baseline of glonet_cnn_digits (same layout, depth and width; batch "
+                "norm and identity skips) on the 8x8 digits.",
+        flags=dict(model="resnet_cnn", depth=14, width=16, dataset="digits", epochs=30,
+                   batch_size=64, learning_rate=0.002, schedule="cosine", seed=0),
+    ),
+    "glonet_vit_digits": dict(
+        summary="GloNet ViT (4 blocks, 64-d tokens, 2x2 patches) on the 8x8 digits.",
+        flags=dict(model="glonet_vit", depth=4, width=64, dataset="digits", epochs=40,
+                   batch_size=64, learning_rate=0.001, schedule="cosine", seed=0,
+                   model_kwargs={"patch_size": 2, "num_heads": 4, "mlp_dim": 128}),
+    ),
+    "glonet_mlp_mnist1d": dict(
+        summary="GloNet MLP, 8 dense blocks of width 128, on MNIST-1D signals.",
+        flags=dict(model="glonet_mlp", depth=8, width=128, dataset="mnist1d", epochs=40,
+                   batch_size=64, learning_rate=0.002, schedule="cosine", seed=0),
+    ),
+    "glonet_cnn_mnist1d": dict(
+        summary="1-D convolutional GloNet (CIFAR layout, depth 14: 6 blocks, 32/64/128 channels) "
+                "on MNIST-1D signals.",
+        flags=dict(model="glonet_cnn", depth=14, width=32, dataset="mnist1d", epochs=30,
+                   batch_size=64, learning_rate=0.002, schedule="cosine", seed=0),
+    ),
+}
+
+DATASETS = {
+    "digits": dict(
+        description="scikit-learn's bundled 8x8 handwritten digits (UCI 'Optical Recognition of "
+                    "Handwritten Digits', test part: 1,797 images of 43 writers, 10 classes)",
+        source="sklearn.datasets.load_digits",
+        split="stratified 80/20 train/test split (sklearn train_test_split, random_state=0): "
+              "1,437 train (of which train.py holds out 10 % for validation) / 360 test",
+        raw_input="float32 images of shape (8, 8, 1): the 0..16 pixel counts divided by 16, in "
+                  "[0, 1]",
+        license="CC BY 4.0 (UCI Machine Learning Repository)",
+        labels=[str(i) for i in range(10)],
+    ),
+    "mnist1d": dict(
+        description="MNIST-1D (Greydanus & Kobak): procedurally generated 1-D signals of length "
+                    "40, 10 classes, made locally by the mnist1d package with its standard "
+                    "arguments (seed 42)",
+        source="mnist1d.data.make_dataset(get_dataset_args())",
+        split="the benchmark's standard split: 4,000 train (of which train.py holds out 10 % for "
+              "validation) / 1,000 test",
+        raw_input="float32 signals of shape (40, 1), as generated (roughly zero-centred)",
+        license="Apache-2.0 (mnist1d package)",
+        labels=[str(i) for i in range(10)],
+    ),
+}
+
+LICENSE = "Apache-2.0"
+EARLY_EXIT_FRACTIONS = (0.25, 0.5, 0.75)  # The table shows k = L/2; the metadata has every k.
+
+
+def train_command(name, run_dir):
+    """The exact train.py command of a preset, as a list (argv[0] is the interpreter)."""
+    recipe_flags = RECIPES[name]["flags"]
+    args = []
+    for key, value in recipe_flags.items():
+        if isinstance(value, dict):
+            value = json.dumps(value, separators=(",", ":"), sort_keys=True)
+        args.append(f"--{key}={value}")
+    return ["python", "training/train.py", *args, f"--model_dir={run_dir}"]
+
+
+def run_training(name):
+    run_dir = Path(FLAGS.runs_dir) / name
+    if run_dir.exists():
+        # A fresh run: train.py would otherwise resume from the old run's backup.
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    command = train_command(name, _display_path(run_dir))
+    print(f"[{name}] {shlex.join(command)}", flush=True)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    start = time.perf_counter()
+    with open(run_dir.parent / f"{name}.log", "w") as log:
+        process = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+    if process.returncode:
+        raise SystemExit(f"[{name}] train.py failed (exit {process.returncode}); see "
+                         f"{run_dir.parent / (name + '.log')}")
+    seconds = time.perf_counter() - start
+    with open(run_dir / "command.json", "w") as handle:
+        json.dump({"command": shlex.join(command), "wall_seconds": seconds}, handle)
+    print(f"[{name}] trained in {seconds:.0f} s", flush=True)
+
+
+def _display_path(path):
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def measure(model, preprocessing, dataset, seed=0):
+    """Held-out accuracy and the early-exit accuracy of every k-prefix, on preprocessed test data."""
+    import numpy as np
+
+    from glonet_keras import analysis
+    from glonet_keras.data import load_arrays
+
+    _, (x_test, y_test) = load_arrays(dataset, seed)
+    x = np.asarray(preprocessing(x_test))
+    logits = model.predict(x, batch_size=256, verbose=0)
+    metrics = {
+        "test_accuracy": float(np.mean(np.argmax(logits, -1) == y_test)),
+        "num_test_examples": int(len(y_test)),
+    }
+    try:
+        analysis.glonet_parts(model)
+    except ValueError:
+        return metrics  # A baseline without GlobalAggregation has no early exits.
+    exits = analysis.early_exit_logits(model, x)
+    metrics["early_exit_accuracy"] = {
+        str(k): float(np.mean(np.argmax(exits[:, k - 1], -1) == y_test))
+        for k in range(1, exits.shape[1] + 1)
+    }
+    return metrics
+
+
+def package(name):
+    import keras
+
+    from glonet_keras import data as data_lib
+    from glonet_keras import presets
+
+    recipe = RECIPES[name]
+    run_dir = Path(FLAGS.runs_dir) / name
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False, safe_mode=True)
+    with open(run_dir / "metrics.json") as handle:
+        train_record = json.load(handle)
+    with open(run_dir / "command.json") as handle:
+        command = json.load(handle)
+    preprocessing = data_lib.load_preprocessing(run_dir / "preprocessing.json")
+    dataset = recipe["flags"]["dataset"]
+    metrics = measure(model, preprocessing, dataset, seed=recipe["flags"].get("seed", 0))
+    metrics["train_py_test_accuracy"] = train_record["test"].get("accuracy")
+    metrics["validation_accuracy"] = train_record["validation"].get("accuracy")
+    data_info = DATASETS[dataset]
+    record = {
+        "name": name,
+        "summary": recipe["summary"],
+        "task": "classification",
+        "dataset": {
+            "name": dataset,
+            "description": data_info["description"],
+            "source": data_info["source"],
+            "split": data_info["split"],
+            "evaluated_on": "test",
+            "num_examples": train_record["dataset"]["num_examples"],
+            "num_classes": train_record["dataset"]["num_classes"],
+            "labels": data_info["labels"],
+            "license": data_info["license"],
+        },
+        "preprocessing": {
+            **preprocessing.to_dict(),
+            "raw_input": data_info["raw_input"],
+            "input_shape": list(model.input_shape[1:]),
+            "formula": "model_input = (raw * scale - mean) / std (per channel, last axis)",
+        },
+        "metrics": metrics,
+        "training": {
+            "command": command["command"],
+            "program": "training/train.py",
+            "epochs": train_record["epochs"],
+            "wall_seconds": round(command["wall_seconds"], 1),
+            "seconds_per_epoch": [round(s, 3) for s in train_record["seconds_per_epoch"]],
+            "machine": "2 shared CPU cores, no GPU (timings noisy)",
+            "replicas": train_record["replicas"],
+            "config": train_record["config"],
+        },
+        "training_versions": train_record["versions"],
+        "license": LICENSE,
+        "export_command": f"python training/make_zoo.py --steps=export --names={name} "
+                          "--export_dir=/tmp/glonet_serving",
+    }
+    directory = Path(FLAGS.zoo_dir) / name
+    if directory.exists():
+        import shutil
+
+        shutil.rmtree(directory)
+    presets.save_preset(model, directory, metadata=record)
+    metadata = json.loads((directory / presets.METADATA_FILE).read_text())
+    metadata["size_bytes"] = (directory / presets.WEIGHTS_FILE).stat().st_size
+    (directory / presets.CARD_FILE).write_text(model_card(metadata))
+    presets.write_metadata(directory, metadata)
+    print(f"[{name}] packaged: test accuracy {metrics['test_accuracy']:.4f}", flush=True)
+
+
+def headline_k(num_blocks):
+    return max(1, num_blocks // 2)
+
+
+def model_card(metadata):
+    name = metadata["name"]
+    metrics = metadata["metrics"]
+    dataset = metadata["dataset"]
+    pre = metadata["preprocessing"]
+    with open(Path(FLAGS.zoo_dir) / name / "config.json") as handle:
+        config = json.load(handle)
+    lines = [
+        f"# {name}",
+        "",
+        metadata["summary"],
+        "",
+        "| | |",
+        "|---|---|",
+        f"| class | `glonet_keras.{metadata['class_name']}` |",
+        f"| parameters | {metadata['num_parameters']:,} |",
+        f"| blocks | {metadata['num_blocks']} |",
+        f"| data set | `{dataset['name']}` ({dataset['num_classes']} classes) |",
+        f"| held-out accuracy | {100 * metrics['test_accuracy']:.2f} % on {metrics['num_test_examples']:,} "
+        "test examples |",
+        f"| weights | {metadata['size_bytes'] / 1024:.0f} KiB (`model.weights.h5`) |",
+        f"| licence | {metadata['license']} (weights); data: {dataset['license']} |",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import glonet_keras",
+        "from glonet_keras.data import Preprocessing",
+        "",
+        f'model = glonet_keras.create_model("{name}", pretrained=True)',
+        'preprocess = Preprocessing.from_dict(model.preset_metadata["preprocessing"])',
+        "logits = model.predict(preprocess(raw_inputs))",
+        "",
+        "# Fine-tune on 3 classes: the pretrained body, a fresh head.",
+        f'tuned = glonet_keras.create_model("{name}", pretrained=True, num_classes=3)',
+        "```",
+        "",
+        f"Serving: `{metadata['export_command']}` writes a TF Serving SavedModel (raw inputs in, "
+        "`logits` and `probabilities` out, plus an `early_exits` signature).",
+        "",
+        "## Data and preprocessing",
+        "",
+        f"- {dataset['description']}.",
+        f"- Split: {dataset['split']}. Metrics below are on the test split, which training never saw.",
+        f"- Raw input: {pre['raw_input']}.",
+        f"- The model takes `(raw * {pre['scale']:g} - mean) / std` per channel, mean "
+        f"{_round_list(pre['mean'])}, std {_round_list(pre['std'])} (statistics of the training "
+        "split); `preset_metadata[\"preprocessing\"]` carries them exactly.",
+        "",
+        "## Metrics (held-out test split)",
+        "",
+        f"- Accuracy: **{100 * metrics['test_accuracy']:.2f} %** (train.py's own evaluation: "
+        f"{100 * metrics['train_py_test_accuracy']:.2f} %; validation "
+        f"{100 * metrics['validation_accuracy']:.2f} %).",
+    ]
+    if "early_exit_accuracy" in metrics:
+        exits = metrics["early_exit_accuracy"]
+        lines += [
+            "- Early exit (the first k blocks with the same head, `glonet_keras.analysis.truncate`):",
+            "",
+            "| k | " + " | ".join(exits) + " |",
+            "|---|" + "---|" * len(exits),
+            "| accuracy (%) | " + " | ".join(f"{100 * v:.1f}" for v in exits.values()) + " |",
+        ]
+    else:
+        lines.append("- No early exits: a baseline without global aggregation.")
+    training = metadata["training"]
+    versions = metadata["training_versions"]
+    lines += [
+        "",
+        "## Training",
+        "",
+        "Produced only by the training program, with this exact command (from the repository root):",
+        "",
+        "```",
+        training["command"],
+        "```",
+        "",
+        f"{training['epochs']} epochs, {training['wall_seconds']:.0f} s wall time on "
+        f"{training['machine']}. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + ". `python training/make_zoo.py --names=" + name + "` reproduces this preset.",
+        "",
+        "## Architecture",
+        "",
+        "```json",
+        json.dumps(config["config"], indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Limitations",
+        "",
+        "A small model trained in minutes on a small data set, to demonstrate and test the library "
+        "(loading, early exit, fine-tuning, serving). It is not meant for real handwriting or signal "
+        "recognition beyond the distribution of its data set.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _round_list(values):
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+# --------------------------------------------------------------------------------- docs step
+
+README_BEGIN, README_END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
+REGISTRY_BEGIN, REGISTRY_END = "# BEGIN ZOO REGISTRY", "# END ZOO REGISTRY"
+
+
+def load_zoo(zoo_dir):
+    """(name, metadata, config) of every preset under `zoo_dir`, sorted by name."""
+    entries = []
+    for directory in sorted(Path(zoo_dir).iterdir()):
+        if (directory / "metadata.json").is_file():
+            metadata = json.loads((directory / "metadata.json").read_text())
+            config = json.loads((directory / "config.json").read_text())
+            entries.append((directory.name, metadata, config))
+    return entries
+
+
+def zoo_table(entries):
+    rows = [
+        "| name | class | parameters | data set | accuracy | early exit: k of L blocks | size |",
+        "|---|---|---:|---|---:|---|---:|",
+    ]
+    for name, metadata, _ in entries:
+        metrics = metadata["metrics"]
+        exits = metrics.get("early_exit_accuracy")
+        if exits:
+            blocks = len(exits)
+            k = headline_k(blocks)
+            exit_text = f"{100 * exits[str(k)]:.1f} % at k={k} of {blocks}"
+        else:
+            exit_text = "n/a (baseline)"
+        rows.append(
+            f"| `{name}` | {metadata['class_name']} | {metadata['num_parameters']:,} | "
+            f"{metadata['dataset']['name']} | {100 * metrics['test_accuracy']:.2f} % | {exit_text} | "
+            f"{metadata['size_bytes'] / 1024:.0f} KiB |"
+        )
+    return "\n".join(rows)
+
+
+def registry_lines(entries):
+    from glonet_keras import presets
+
+    lines = []
+    for name, metadata, config in entries:
+        architecture = {k: v for k, v in config["config"].items() if k not in ("name", "trainable")}
+        files = {f: presets.sha256_of(Path(FLAGS.zoo_dir) / name / f) for f in presets.PRESET_FILES}
+        lines.append(
+            f"register_model({name!r}, {config['class_name']!r}, {architecture!r}, files={files!r}, "
+            f"dataset={metadata['dataset']['name']!r}, "
+            f"preprocessing={_registry_preprocessing(metadata)!r}, "
+            f"metrics={{'test_accuracy': {metadata['metrics']['test_accuracy']!r}}}, "
+            f"license={metadata['license']!r})  # noqa: E501"
+        )
+    return lines
+
+
+def _registry_preprocessing(metadata):
+    keys = ("input_dtype", "scale", "mean", "std", "image_size", "input_shape")
+    return {k: metadata["preprocessing"][k] for k in keys}
+
+
+def replace_between(path, begin, end, body):
+    text = Path(path).read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path} lacks the markers {begin!r} ... {end!r}.")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    Path(path).write_text(f"{head}{begin}\n{body}\n{end}{tail}")
+
+
+def write_docs():
+    entries = load_zoo(FLAGS.zoo_dir)
+    replace_between(REPO / "glonet_keras" / "presets.py", REGISTRY_BEGIN, REGISTRY_END,
+                    "\n".join(registry_lines(entries)))
+    table = zoo_table(entries)
+    for path in (REPO / "docs" / "zoo.md", REPO / "README.md"):
+        if path.exists() and README_BEGIN in path.read_text():
+            replace_between(path, README_BEGIN, README_END, table)
+            print(f"zoo table written to {_display_path(path)}")
+    print(table)
+
+
+# ------------------------------------------------------------------------------- export step
+
+
+def export(name):
+    from glonet_keras import data as data_lib
+    from glonet_keras import presets
+    from glonet_keras.export import export_saved_model
+
+    directory = Path(FLAGS.zoo_dir) / name
+    model = presets.load_preset_directory(directory)
+    preprocessing = data_lib.Preprocessing.from_dict(
+        {k: model.preset_metadata["preprocessing"][k]
+         for k in ("input_dtype", "scale", "mean", "std", "image_size")}
+    )
+    path = export_saved_model(model, FLAGS.export_dir, version=FLAGS.export_version,
+                              preprocessing=preprocessing, model_name=name, overwrite=True)
+    print(f"[{name}] SavedModel: {path}", flush=True)
+
+
+def main(argv):
+    del argv
+    names = FLAGS.names or list(RECIPES)
+    unknown = sorted(set(names) - set(RECIPES))
+    if unknown:
+        raise SystemExit(f"Unknown preset(s) {unknown}. Recipes: {sorted(RECIPES)}.")
+    steps = set(FLAGS.steps)
+    bad = sorted(steps - {"train", "package", "docs", "export"})
+    if bad:
+        raise SystemExit(f"Unknown step(s) {bad}: use train, package, docs, export.")
+    if "export" in steps and not FLAGS.export_dir:
+        raise SystemExit("--steps=export needs --export_dir.")
+    for name in names:
+        if "train" in steps:
+            run_training(name)
+        if "package" in steps:
+            package(name)
+    if "docs" in steps:
+        write_docs()
+    if "export" in steps:
+        for name in names:
+            export(name)
+
+
+if __name__ == "__main__":
+    app.run(main)
