@@ -371,6 +371,8 @@ class _TFDSSource:
             },
             source=str(self.builder.data_dir),
         )
+        if not download:
+            self.raw_dataset("test")  # Fails now, in well under a second, if nothing is prepared.
 
     def raw_dataset(self, split):
         try:
@@ -565,6 +567,7 @@ def get_dataset(
     one_hot=False,
     drop_remainder=False,
     start_epoch=None,
+    num_epochs=None,
     validation_fraction=0.1,
     shuffle_buffer=10_000,
     max_examples=None,
@@ -584,10 +587,10 @@ def get_dataset(
         augment: names from `AUGMENTATIONS` (or a comma-separated string); "train" only.
         one_hot: return one-hot float labels (forced on by MixUp / CutMix).
         drop_remainder: drop the last partial batch.
-        start_epoch: if set (and shuffling), return an endless stream of epochs starting with
-            epoch `start_epoch`, epoch e shuffled with a seed derived from (seed, e). A run resumed
-            at epoch e then sees exactly the batches an uninterrupted run sees; use it with
-            `steps_per_epoch = steps_per_epoch(...)`.
+        start_epoch, num_epochs: if set (and shuffling), return the batches of epochs
+            `start_epoch .. num_epochs - 1` as one stream, epoch e shuffled with its own seed
+            derived from (seed, e). A run resumed at epoch e then sees exactly the batches an
+            uninterrupted run sees; fit it with `steps_per_epoch = steps_per_epoch(...)`.
         validation_fraction: share of the training examples held out as "validation" where the
             source has no validation split.
         shuffle_buffer: examples in the shuffle buffer (the whole split for in-memory data).
@@ -625,14 +628,8 @@ def get_dataset(
         return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
     if shuffle and start_epoch is not None:
-        start = int(start_epoch)
-
-        def one_epoch(epoch):
-            epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + epoch
-            return batched(raw.shuffle(shuffle_buffer, seed=epoch_seed,
-                                       reshuffle_each_iteration=False))
-
-        dataset = tf.data.Dataset.range(start, 2**62).flat_map(one_epoch)
+        dataset = _epoch_stream(raw, source, split, batched, seed, shuffle_buffer, max_examples,
+                                batch_size, drop_remainder, int(start_epoch), num_epochs)
     else:
         if shuffle:
             dataset = raw.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -654,6 +651,31 @@ def get_dataset(
         else:
             dataset = dataset.map(lambda x, y: (x, tf.cast(y, "int32")))
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _epoch_stream(raw, source, split, batched, seed, shuffle_buffer, max_examples, batch_size,
+                  drop_remainder, start_epoch, num_epochs):
+    """Epochs start..num_epochs-1, each shuffled with a Python-int seed of its own, back to back."""
+    import tensorflow as tf
+
+    if num_epochs is None or not start_epoch < num_epochs:
+        raise ValueError(
+            f"`start_epoch` needs `num_epochs` > start_epoch, received {start_epoch}, {num_epochs}."
+        )
+    count = source.info.num_examples.get(split) or int(source.raw_dataset(split).cardinality())
+    if count is None or count < 0:
+        raise ValueError("`start_epoch` needs a split of known size; this one has none.")
+    count = min(count, max_examples) if max_examples else count
+    steps = steps_per_epoch(count, batch_size, drop_remainder)
+    # Python-int seeds: a tensor seed breaks `shuffle` once a global seed of 0 is set.
+    epochs = [
+        batched(raw.shuffle(shuffle_buffer, seed=seed * 1_000_003 + epoch,
+                            reshuffle_each_iteration=False))
+        for epoch in range(start_epoch, num_epochs)
+    ]
+    choice = tf.data.Dataset.range(len(epochs)).flat_map(
+        lambda index: tf.data.Dataset.from_tensors(index).repeat(steps))
+    return tf.data.Dataset.choose_from_datasets(epochs, choice)
 
 
 def steps_per_epoch(num_examples, batch_size, drop_remainder=False):

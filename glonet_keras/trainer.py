@@ -309,12 +309,13 @@ def train(config):
     if config.max_examples is not None and num_train is not None:
         num_train = min(num_train, config.max_examples)
     dataset_kwargs = dict(source_kwargs, max_examples=config.max_examples, one_hot=one_hot)
-    if num_train is not None:
-        # An endless, per-epoch-seeded stream: a resumed run sees the same batches.
+    if num_train is not None and initial_epoch < config.epochs:
+        # A per-epoch-seeded, per-epoch-seeded stream of the remaining epochs: a resumed run sees the same batches.
         steps = data_lib.steps_per_epoch(num_train, global_batch)
         train_data = data_lib.get_dataset(
             config.dataset, "train", global_batch, augment=config.augment,
-            start_epoch=initial_epoch, **dataset_kwargs)
+            start_epoch=initial_epoch, num_epochs=config.epochs,
+            **dataset_kwargs)
     else:
         steps = None
         train_data = data_lib.get_dataset(config.dataset, "train", global_batch,

@@ -1,0 +1,192 @@
+"""Data pipelines: offline sets, tfds under mock data, image folders, the SGEMM CSV, failing fast."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from glonet_keras import data
+
+
+def _first_batch(dataset):
+    x, y = next(iter(dataset))
+    return x.numpy(), y.numpy()
+
+
+def test_load_arrays_still_works():
+    (x_train, y_train), (x_test, y_test) = data.load_arrays("digits")
+    assert x_train.shape[1:] == (8, 8, 1) and x_train.dtype == np.float32
+    assert len(y_train) + len(y_test) == 1797
+
+
+@pytest.mark.parametrize("name, shape", [("digits", (8, 8, 1)), ("mnist1d", (40, 1))])
+def test_offline_pipelines_are_normalised_and_disjoint(name, shape):
+    info = data.dataset_info(name)
+    assert info.input_shape == shape and info.num_classes == 10
+    counts = info.num_examples
+    (x_train, _), (x_test, _) = data.load_arrays(name)
+    assert counts["train"] + counts["validation"] == len(x_train)
+    assert counts["test"] == len(x_test)
+    x, y = _first_batch(data.get_dataset(name, "train", 10_000))
+    assert x.shape == (counts["train"],) + shape and y.dtype == np.int32
+    # The pipeline normalises with the training statistics it records.
+    np.testing.assert_allclose(x.mean(axis=(0, 1) if len(shape) == 2 else (0, 1, 2)), 0, atol=1e-4)
+    np.testing.assert_allclose(x.std(), 1, atol=1e-3)
+    # Validation examples are not training examples.
+    x_validation, _ = _first_batch(data.get_dataset(name, "validation", 10_000))
+    train_rows = {row.tobytes() for row in x.reshape(len(x), -1)}
+    assert not any(row.tobytes() in train_rows for row in x_validation.reshape(len(x_validation), -1))
+
+
+def test_shuffle_and_epoch_stream_are_seeded():
+    def labels(dataset, batches):
+        return np.concatenate([y.numpy() for _, y in dataset.take(batches)])
+
+    steps = data.steps_per_epoch(256, 64)
+    stream = data.get_dataset("digits", "train", 64, max_examples=256, start_epoch=0, num_epochs=3)
+    epochs_0_to_2 = labels(stream, 3 * steps)
+    resumed = data.get_dataset("digits", "train", 64, max_examples=256, start_epoch=1, num_epochs=3)
+    # A run resumed at epoch 1 sees exactly the batches of epochs 1 and 2 of the full run.
+    np.testing.assert_array_equal(labels(resumed, 2 * steps), epochs_0_to_2[256:])
+    assert not np.array_equal(epochs_0_to_2[:256], epochs_0_to_2[256:512])  # reshuffled per epoch
+    test_a = labels(data.get_dataset("digits", "test", 64), 2)
+    test_b = labels(data.get_dataset("digits", "test", 64), 2)
+    np.testing.assert_array_equal(test_a, test_b)
+
+
+@pytest.mark.parametrize(
+    "name, split, image_size, shape",
+    [
+        ("mnist", "train", None, (28, 28, 1)),
+        ("cifar10", "test", None, (32, 32, 3)),
+        # Mock imagenette images have random sizes: the pipeline resizes them.
+        ("imagenette/160px-v2", "train", (24, 20), (24, 20, 3)),
+        ("imagenette/160px-v2", "test", None, (160, 160, 3)),
+    ],
+)
+def test_tfds_pipelines_under_mock_data(tmp_path, name, split, image_size, shape):
+    with tfds.testing.mock_data(num_examples=12):
+        dataset = data.get_dataset(name, split, 5, data_dir=str(tmp_path), image_size=image_size)
+        batches = list(dataset)
+    assert [len(y) for _, y in batches] == [5, 5, 2] or split == "train"
+    x, y = batches[0][0].numpy(), batches[0][1].numpy()
+    assert x.shape == (5,) + shape and x.dtype == np.float32
+    assert y.dtype == np.int32 and 0 <= y.min() and y.max() < 10
+    # uint8 pixels were scaled and normalised, not passed through.
+    assert np.abs(x).max() < 10
+
+
+def test_augmentations_run_in_the_pipeline(tmp_path):
+    with tfds.testing.mock_data(num_examples=16):
+        plain = data.get_dataset("cifar10", "train", 8, data_dir=str(tmp_path), shuffle=False)
+        augmented = data.get_dataset(
+            "cifar10", "train", 8, data_dir=str(tmp_path), shuffle=False,
+            augment="flip,crop,randaugment,mixup,cutmix",
+        )
+        x_plain, _ = _first_batch(plain)
+        x_aug, y_aug = _first_batch(augmented)
+        # Validation data is never augmented, labels stay sparse.
+        _, y_validation = _first_batch(data.get_dataset(
+            "cifar10", "validation", 8, data_dir=str(tmp_path), augment="mixup"))
+    assert x_aug.shape == x_plain.shape and not np.allclose(x_aug, x_plain)
+    assert y_aug.shape == (8, 10)
+    np.testing.assert_allclose(y_aug.sum(axis=1), 1.0, atol=1e-5)  # label mixtures
+    assert y_validation.shape == (8,)
+
+
+def test_unknown_augmentation_and_wrong_input_kind():
+    with pytest.raises(ValueError, match="Unknown augmentation 'blur'"):
+        data.get_dataset("digits", "train", 8, augment=["blur"])
+    with pytest.raises(ValueError, match="need images"):
+        data.get_dataset("mnist1d", "train", 8, augment=["flip"])
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar100", "imagenette/160px-v2", "imagenet2012"])
+def test_missing_tfds_data_fails_fast_naming_it(tmp_path, name):
+    start = time.perf_counter()
+    with pytest.raises(data.DatasetUnavailableError) as error:
+        data.get_dataset(name, "train", 8, data_dir=str(tmp_path))
+    assert time.perf_counter() - start < 5
+    message = str(error.value)
+    assert repr(name.split("/")[0])[1:-1] in message and str(tmp_path) in message
+
+
+def test_unknown_names_and_splits():
+    with pytest.raises(ValueError, match="Unknown data set 'mnist2'"):
+        data.get_dataset("mnist2", "train", 8)
+    with pytest.raises(ValueError, match="Unknown split 'dev'"):
+        data.get_dataset("digits", "dev", 8)
+    with pytest.raises(ValueError, match="batch_size"):
+        data.get_dataset("digits", "train", 0)
+
+
+def _write_sgemm(path, rows, seed=0):
+    rng = np.random.default_rng(seed)
+    parameters = ["MWG", "NWG", "KWG", "MDIMC", "NDIMC", "MDIMA", "NDIMB", "KWI", "VWM", "VWN",
+                  "STRM", "STRN", "SA", "SB"]
+    header = parameters + ["Run1 (ms)", "Run2 (ms)", "Run3 (ms)", "Run4 (ms)"]
+    x = rng.integers(1, 128, size=(rows, 14))
+    runs = rng.uniform(10, 300, size=(rows, 4)).round(2)
+    with open(path, "w") as handle:
+        handle.write(",".join(header) + "\n")
+        for features, times in zip(x, runs):
+            handle.write(",".join(map(str, features)) + "," + ",".join(map(str, times)) + "\n")
+    return x, runs
+
+
+def test_sgemm_csv_reader_and_pipeline(tmp_path):
+    x, runs = _write_sgemm(tmp_path / data.SGEMM_FILE, rows=50)
+    features, target = data.read_sgemm_csv(str(tmp_path / data.SGEMM_FILE))
+    np.testing.assert_array_equal(features, x.astype("float32"))
+    np.testing.assert_allclose(target, np.log(runs.mean(axis=1)), rtol=1e-6)
+    info = data.dataset_info("sgemm", data_dir=str(tmp_path))
+    assert info.task == "regression" and info.num_classes == 1 and info.input_shape == (14,)
+    assert sum(info.num_examples.values()) == 50 and info.num_examples["test"] == 10
+    batch_x, batch_y = _first_batch(data.get_dataset("sgemm", "train", 100, data_dir=str(tmp_path)))
+    assert batch_x.shape == (info.num_examples["train"], 14) and batch_y.dtype == np.float32
+    np.testing.assert_allclose(batch_x.mean(axis=0), 0, atol=1e-4)  # standardised features
+
+
+def test_sgemm_errors(tmp_path):
+    with pytest.raises(data.DatasetUnavailableError, match="no CSV file"):
+        data.get_dataset("sgemm", "train", 8, data_dir=str(tmp_path))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,Run1,Run2,Run3,Run4\n1,2,3,4,5,6\n")
+    with pytest.raises(ValueError, match="expected 14 parameter columns"):
+        data.read_sgemm_csv(str(bad))
+
+
+def test_image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 5), ("test", 2)):
+        for class_name in ("cat", "dog"):
+            folder = tmp_path / split / class_name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                size = rng.integers(10, 30, size=2)  # images of different sizes
+                image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+                tf.io.write_file(str(folder / f"{i}.png"), tf.io.encode_png(image))
+    info = data.dataset_info("image_folder", data_dir=str(tmp_path), image_size=(16, 16),
+                             validation_fraction=0.2)
+    assert info.num_classes == 2 and info.input_shape == (16, 16, 3)
+    assert info.num_examples == {"train": 8, "validation": 2, "test": 4}
+    x, y = _first_batch(data.get_dataset("image_folder", "test", 4, data_dir=str(tmp_path),
+                                         image_size=(16, 16)))
+    assert x.shape == (4, 16, 16, 3) and sorted(y.tolist()) == [0, 0, 1, 1]
+    with pytest.raises(data.DatasetUnavailableError, match="no 'train' directory"):
+        data.dataset_info("image_folder", data_dir=str(tmp_path / "nothing"), image_size=(8, 8))
+
+
+def test_preprocessing_round_trips_and_matches_the_pipeline(tmp_path):
+    info = data.dataset_info("digits")
+    path = os.path.join(tmp_path, "preprocessing.json")
+    data.save_preprocessing(info.preprocessing, path)
+    restored = data.load_preprocessing(path)
+    assert restored == info.preprocessing
+    (x_train, _), _ = data.load_arrays("digits")
+    x, _ = _first_batch(data.get_dataset("digits", "validation", 10_000))
+    raw = x_train[data._split_indices(len(x_train), 0.1, 0)[1]]
+    np.testing.assert_allclose(restored(raw).numpy(), x, atol=1e-6)
