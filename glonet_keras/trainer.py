@@ -286,6 +286,9 @@ def train(config):
     on this machine, both before any training starts.
     """
     config.validate()
+    # First: tf.data shuffles combine their seeds with TF's global seed, so seeding later would
+    # make the batch order depend on whatever seeded the process before.
+    keras.utils.set_random_seed(config.seed)
     model_dir = config.model_dir or tempfile.mkdtemp(prefix="glonet_train_")
     chief = distribute.is_chief()
     # Non-chief multi-worker processes write their copies where they do not clash with the chief.
@@ -310,7 +313,7 @@ def train(config):
         num_train = min(num_train, config.max_examples)
     dataset_kwargs = dict(source_kwargs, max_examples=config.max_examples, one_hot=one_hot)
     if num_train is not None and initial_epoch < config.epochs:
-        # A per-epoch-seeded, per-epoch-seeded stream of the remaining epochs: a resumed run sees the same batches.
+        # A per-epoch-seeded stream of the remaining epochs: a resumed run sees the same batches.
         steps = data_lib.steps_per_epoch(num_train, global_batch)
         train_data = data_lib.get_dataset(
             config.dataset, "train", global_batch, augment=config.augment,
