@@ -111,11 +111,25 @@ def _chain(x, blocks_per_stage, stage_widths, *, activation, normalization, init
 class _CNNBase(common.GloNetModelBase):
     input_name = "images"
 
-    def _setup(self, *, layout, depth, blocks_per_stage, width, input_shape, **checked):
-        common.check_common(**checked)
-        blocks_per_stage, stage_widths = resolve_stages(layout, depth, blocks_per_stage, width)
-        inputs = keras.Input(shape=_check_image_shape(input_shape), name=self.input_name)
+    def _setup(self, args):
+        """Validates the constructor arguments; returns (input, blocks per stage, stage widths)."""
+        common.check_common(
+            activation=args["activation"], normalization=args["normalization"],
+            initializer=args["initializer"], dropout=args["dropout"], num_classes=args["num_classes"],
+        )
+        blocks_per_stage, stage_widths = resolve_stages(
+            args["layout"], args["depth"], args["blocks_per_stage"], args["width"]
+        )
+        inputs = keras.Input(shape=_check_image_shape(args["input_shape"]), name=self.input_name)
         return inputs, blocks_per_stage, stage_widths
+
+    def _skip_free_chain(self, args):
+        """Input, stem output and [(stage, block output)] of the chain GloNetCNN and PlainCNN share."""
+        inputs, blocks_per_stage, stage_widths = self._setup(args)
+        options = dict(activation=args["activation"], normalization=args["normalization"],
+                       initializer=args["initializer"], dtype=args["dtype"])
+        stem = _stem(inputs, args["layout"], stage_widths[0], activate=True, **options)
+        return inputs, stem, _chain(stem, blocks_per_stage, stage_widths, **options), stage_widths
 
     def _constructor_config(self, local_args, extra=()):
         names = ["depth", "layout", "width", "blocks_per_stage", "num_classes", "input_shape",
@@ -164,19 +178,7 @@ class GloNetCNN(_CNNBase):
         **kwargs,
     ):
         args = dict(locals())
-        inputs, blocks_per_stage, stage_widths = self._setup(
-            layout=layout, depth=depth, blocks_per_stage=blocks_per_stage, width=width,
-            input_shape=input_shape, activation=activation, normalization=normalization,
-            initializer=initializer, dropout=dropout, num_classes=num_classes,
-        )
-        stem = _stem(
-            inputs, layout, stage_widths[0], activation=activation, normalization=normalization,
-            initializer=initializer, dtype=dtype, activate=True,
-        )
-        blocks = _chain(
-            stem, blocks_per_stage, stage_widths, activation=activation,
-            normalization=normalization, initializer=initializer, dtype=dtype,
-        )
+        inputs, stem, blocks, stage_widths = self._skip_free_chain(args)
         aggregation_width = stage_widths[-1]
         projections = {
             stage: keras.layers.Dense(
@@ -231,19 +233,7 @@ class PlainCNN(_CNNBase):
         **kwargs,
     ):
         args = dict(locals())
-        inputs, blocks_per_stage, stage_widths = self._setup(
-            layout=layout, depth=depth, blocks_per_stage=blocks_per_stage, width=width,
-            input_shape=input_shape, activation=activation, normalization=normalization,
-            initializer=initializer, dropout=dropout, num_classes=num_classes,
-        )
-        stem = _stem(
-            inputs, layout, stage_widths[0], activation=activation, normalization=normalization,
-            initializer=initializer, dtype=dtype, activate=True,
-        )
-        blocks = _chain(
-            stem, blocks_per_stage, stage_widths, activation=activation,
-            normalization=normalization, initializer=initializer, dtype=dtype,
-        )
+        inputs, _, blocks, _ = self._skip_free_chain(args)
         x = common.global_pool(blocks[-1][1], name="pool", dtype=dtype)
         outputs = common.head(
             x, num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
@@ -283,11 +273,7 @@ class ResNetCNN(_CNNBase):
         **kwargs,
     ):
         args = dict(locals())
-        inputs, blocks_per_stage, stage_widths = self._setup(
-            layout=layout, depth=depth, blocks_per_stage=blocks_per_stage, width=width,
-            input_shape=input_shape, activation=activation, normalization=normalization,
-            initializer=initializer, dropout=dropout, num_classes=num_classes,
-        )
+        inputs, blocks_per_stage, stage_widths = self._setup(args)
         x = _stem(
             inputs, layout, stage_widths[0], activation=activation, normalization=normalization,
             initializer=initializer, dtype=dtype, activate=False,

@@ -18,7 +18,15 @@ from glonet_keras.models import common
 class _MLPBase(common.GloNetModelBase):
     input_name = "features"
 
-    def _stem(self, input_shape, *, width, initializer, dtype):
+    def _setup(self, args):
+        """Validates the constructor arguments; returns the input and the stem's output."""
+        common.check_positive_int("num_blocks", args["num_blocks"])
+        common.check_positive_int("width", args["width"])
+        common.check_common(
+            activation=args["activation"], normalization=args["normalization"],
+            initializer=args["initializer"], dropout=args["dropout"], num_classes=args["num_classes"],
+        )
+        input_shape = args["input_shape"]
         if not isinstance(input_shape, (tuple, list)) or any(
             d is None or int(d) < 1 for d in input_shape
         ):
@@ -29,20 +37,33 @@ class _MLPBase(common.GloNetModelBase):
         inputs = keras.Input(shape=tuple(input_shape), name=self.input_name)
         x = inputs
         if len(input_shape) > 1:
-            x = keras.layers.Flatten(name="stem_flatten", dtype=dtype)(x)
-        x = common.dense(x, width, initializer=initializer, name="stem", dtype=dtype)
+            x = keras.layers.Flatten(name="stem_flatten", dtype=args["dtype"])(x)
+        x = common.dense(
+            x, args["width"], initializer=args["initializer"], name="stem", dtype=args["dtype"]
+        )
         return inputs, x
 
+    @staticmethod
+    def _plain_blocks(x, args):
+        """The chain x_i = act(norm(Dense(x_{i-1}))), returning each block's output."""
+        outputs = []
+        for i in range(1, args["num_blocks"] + 1):
+            x = common.dense(
+                x, args["width"], initializer=args["initializer"], name=f"block_{i}_dense",
+                dtype=args["dtype"],
+            )
+            x = common.norm(x, args["normalization"], name=f"block_{i}_norm", dtype=args["dtype"])
+            x = common.activation(x, f"block_{i}_act", act=args["activation"], dtype=args["dtype"])
+            outputs.append(x)
+        return outputs
 
-def _plain_blocks(x, *, num_blocks, width, activation, normalization, initializer, dtype):
-    """The chain x_i = act(norm(Dense(x_{i-1}))), returning each block's output."""
-    outputs = []
-    for i in range(1, num_blocks + 1):
-        x = common.dense(x, width, initializer=initializer, name=f"block_{i}_dense", dtype=dtype)
-        x = common.norm(x, normalization, name=f"block_{i}_norm", dtype=dtype)
-        x = common.activation(x, f"block_{i}_act", act=activation, dtype=dtype)
-        outputs.append(x)
-    return outputs
+    @staticmethod
+    def _constructor_config(args, extra=()):
+        names = ["num_blocks", "width", "num_classes", "input_shape", "activation",
+                 "normalization", "initializer", *extra, "dropout", "dtype"]
+        config = {name: args[name] for name in names}
+        config["input_shape"] = tuple(config["input_shape"])
+        return config
 
 
 @keras.saving.register_keras_serializable(package="glonet_keras")
@@ -83,51 +104,19 @@ class GloNetMLP(_MLPBase):
         dtype=None,
         **kwargs,
     ):
-        common.check_positive_int("num_blocks", num_blocks)
-        common.check_positive_int("width", width)
-        common.check_common(
-            activation=activation,
-            normalization=normalization,
-            initializer=initializer,
-            dropout=dropout,
-            num_classes=num_classes,
-        )
-        inputs, stem = self._stem(input_shape, width=width, initializer=initializer, dtype=dtype)
-        blocks = _plain_blocks(
-            stem,
-            num_blocks=num_blocks,
-            width=width,
-            activation=activation,
-            normalization=normalization,
-            initializer=initializer,
-            dtype=dtype,
-        )
+        args = dict(locals())
+        inputs, stem = self._setup(args)
+        blocks = self._plain_blocks(stem, args)
         taps = [common.tap(x, i, dtype=dtype) for i, x in enumerate(blocks, start=1)]
         if include_stem:
             taps.insert(0, common.tap(stem, 0, dtype=dtype))
         outputs = common.glonet_head(
-            taps,
-            aggregation=aggregation,
-            num_classes=num_classes,
-            dropout=dropout,
-            initializer=initializer,
-            dtype=dtype,
+            taps, aggregation=aggregation, num_classes=num_classes, dropout=dropout,
+            initializer=initializer, dtype=dtype,
         )
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         self._finish(
-            dict(
-                num_blocks=num_blocks,
-                width=width,
-                num_classes=num_classes,
-                input_shape=tuple(input_shape),
-                activation=activation,
-                normalization=normalization,
-                initializer=initializer,
-                aggregation=aggregation,
-                include_stem=include_stem,
-                dropout=dropout,
-                dtype=dtype,
-            ),
+            self._constructor_config(args, extra=("aggregation", "include_stem")),
             num_blocks,
             {f"block_{i}": x for i, x in enumerate(blocks, start=1)},
         )
@@ -153,41 +142,15 @@ class PlainMLP(_MLPBase):
         dtype=None,
         **kwargs,
     ):
-        common.check_positive_int("num_blocks", num_blocks)
-        common.check_positive_int("width", width)
-        common.check_common(
-            activation=activation,
-            normalization=normalization,
-            initializer=initializer,
-            dropout=dropout,
-            num_classes=num_classes,
-        )
-        inputs, stem = self._stem(input_shape, width=width, initializer=initializer, dtype=dtype)
-        blocks = _plain_blocks(
-            stem,
-            num_blocks=num_blocks,
-            width=width,
-            activation=activation,
-            normalization=normalization,
-            initializer=initializer,
-            dtype=dtype,
-        )
+        args = dict(locals())
+        inputs, stem = self._setup(args)
+        blocks = self._plain_blocks(stem, args)
         outputs = common.head(
             blocks[-1], num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
         )
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         self._finish(
-            dict(
-                num_blocks=num_blocks,
-                width=width,
-                num_classes=num_classes,
-                input_shape=tuple(input_shape),
-                activation=activation,
-                normalization=normalization,
-                initializer=initializer,
-                dropout=dropout,
-                dtype=dtype,
-            ),
+            self._constructor_config(args),
             num_blocks,
             {f"block_{i}": x for i, x in enumerate(blocks, start=1)},
         )
@@ -217,16 +180,8 @@ class ResNetMLP(_MLPBase):
         dtype=None,
         **kwargs,
     ):
-        common.check_positive_int("num_blocks", num_blocks)
-        common.check_positive_int("width", width)
-        common.check_common(
-            activation=activation,
-            normalization=normalization,
-            initializer=initializer,
-            dropout=dropout,
-            num_classes=num_classes,
-        )
-        inputs, x = self._stem(input_shape, width=width, initializer=initializer, dtype=dtype)
+        args = dict(locals())
+        inputs, x = self._setup(args)
         blocks = {}
         for i in range(1, num_blocks + 1):
             y = common.norm(x, normalization, name=f"block_{i}_norm", dtype=dtype)
@@ -240,18 +195,4 @@ class ResNetMLP(_MLPBase):
             x, num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
         )
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
-        self._finish(
-            dict(
-                num_blocks=num_blocks,
-                width=width,
-                num_classes=num_classes,
-                input_shape=tuple(input_shape),
-                activation=activation,
-                normalization=normalization,
-                initializer=initializer,
-                dropout=dropout,
-                dtype=dtype,
-            ),
-            num_blocks,
-            blocks,
-        )
+        self._finish(self._constructor_config(args), num_blocks, blocks)
