@@ -155,7 +155,7 @@ def glonetify(
     blocks = [_layer_output(model, n, all_names) for n in names]
     stem = _layer_output(model, stem_output, all_names) if stem_output is not None else None
 
-    dtype = model.dtype_policy
+    dtype = common.dtype_name(model.dtype_policy)
     width = blocks[-1].shape[-1] if width is None else width
     projections = {}
 

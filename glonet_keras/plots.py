@@ -1,0 +1,136 @@
+"""PNG plots of the GloNet analyses: the early-exit curve, contribution shares, the depth sweep.
+
+matplotlib is an optional dependency (`pip install 'glonet-keras[plots]'`) imported only when a plot
+is drawn. Figures are rendered with the Agg canvas directly (no pyplot, no global backend switch), so
+plotting works headless and never disturbs a notebook's own backend.
+
+Every function takes plain numbers (lists or numpy arrays, e.g. from `glonet_keras.analysis`), writes
+one PNG to `path`, and returns `path`. A 2-D input (seeds x positions) is drawn as its mean with a
+band of one standard deviation.
+"""
+
+import os
+
+import numpy as np
+
+
+def _figure(figsize=(6.0, 4.0)):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "Plotting needs matplotlib: pip install 'glonet-keras[plots]'."
+        ) from error
+    figure = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path):
+    directory = os.path.dirname(os.fspath(path))
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    return path
+
+
+def _mean_std(values, name):
+    values = np.asarray(values, dtype="float64")
+    if values.ndim == 1:
+        values = values[None]
+    if values.ndim != 2 or values.shape[1] == 0:
+        raise ValueError(
+            f"`{name}` must be a non-empty 1-D sequence or a 2-D (runs, positions) array, received "
+            f"shape {values.shape}."
+        )
+    return values.mean(0), values.std(0), values.shape[0]
+
+
+def _line_with_band(axes, x, values, name, **kwargs):
+    mean, std, runs = _mean_std(values, name)
+    if len(x) != len(mean):
+        raise ValueError(f"`{name}` has {len(mean)} positions but {len(x)} x values were given.")
+    (line,) = axes.plot(x, mean, **kwargs)
+    if runs > 1:
+        axes.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def plot_early_exit(accuracies, path, *, metric_name="test accuracy", title=None, reference=None):
+    """Metric of every k-prefix vs k (`accuracies[k - 1]`, or runs x L); `reference` a dashed line."""
+    figure = _figure()
+    axes = figure.add_subplot()
+    mean, _, _ = _mean_std(accuracies, "accuracies")
+    ks = np.arange(1, len(mean) + 1)
+    _line_with_band(axes, ks, accuracies, "accuracies", marker="." if len(ks) <= 40 else None,
+                    label="k-prefix, shared head")
+    if reference is not None:
+        axes.axhline(reference, color="gray", linestyle="--", label=f"full model ({reference:.3f})")
+    axes.set_xlabel("blocks kept (k)")
+    axes.set_ylabel(metric_name)
+    axes.set_title(title or "Early exit: the first k blocks with the trained head")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    return _save(figure, path)
+
+
+def plot_contribution_shares(shares, path, *, title=None, include_stem=False):
+    """Each block's share of the contribution norm vs block index.
+
+    `shares`: one profile (1-D or runs x n) or a dict label -> profile (several curves, e.g. "at
+    init" and "trained"). With `include_stem`, position 0 is the stem.
+    """
+    if not isinstance(shares, dict):
+        shares = {"share": shares}
+    if not shares:
+        raise ValueError("`shares` is empty.")
+    figure = _figure()
+    axes = figure.add_subplot()
+    for label, profile in shares.items():
+        mean, _, _ = _mean_std(profile, f"shares[{label!r}]")
+        start = 0 if include_stem else 1
+        index = np.arange(start, start + len(mean))
+        _line_with_band(axes, index, profile, f"shares[{label!r}]", label=str(label),
+                        marker="." if len(index) <= 40 else None)
+    axes.set_xlabel("block index" + (" (0 = stem)" if include_stem else ""))
+    axes.set_ylabel("share of the contribution norm")
+    axes.set_title(title or "Per-block contribution to the logits")
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return _save(figure, path)
+
+
+def plot_depth_sweep(results, path, *, metric_name="test accuracy", title=None, reference=None):
+    """Metric vs depth, one curve per model: `results` maps model -> {depth: value or [per seed]}.
+
+    `reference`, optionally, maps model -> {depth: value} drawn dashed (e.g. the paper's numbers).
+    """
+    if not results:
+        raise ValueError("`results` is empty: nothing to plot.")
+    figure = _figure()
+    axes = figure.add_subplot()
+    for label, by_depth in results.items():
+        depths = sorted(by_depth)
+        if not depths:
+            continue
+        runs = [np.atleast_1d(np.asarray(by_depth[d], dtype="float64")) for d in depths]
+        mean = np.array([r.mean() for r in runs])
+        std = np.array([r.std() for r in runs])
+        (line,) = axes.plot(depths, mean, marker="o", label=str(label))
+        if any(len(r) > 1 for r in runs):
+            axes.fill_between(depths, mean - std, mean + std, color=line.get_color(), alpha=0.2,
+                              linewidth=0)
+    for label, by_depth in (reference or {}).items():
+        depths = sorted(by_depth)
+        axes.plot(depths, [by_depth[d] for d in depths], linestyle="--", marker="x", alpha=0.7,
+                  label=f"{label} (paper)")
+    axes.set_xscale("log")
+    axes.set_xlabel("depth (blocks)")
+    axes.set_ylabel(metric_name)
+    axes.set_title(title or "Depth sweep")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize="small")
+    return _save(figure, path)
