@@ -1,0 +1,89 @@
+"""training/reproduce.py: flag handling, the report's verdicts, and a smoke run of the program."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRAM = os.path.join(REPO_ROOT, "training", "reproduce.py")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(*args, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, PROGRAM, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO_ROOT)
+
+
+def _reproduce_module():
+    sys.path.insert(0, os.path.join(REPO_ROOT, "training"))
+    try:
+        import reproduce
+    finally:
+        sys.path.pop(0)
+    return reproduce
+
+
+def test_unknown_experiment_is_a_usage_error():
+    result = _run("--experiments=depth_sweep,warp_drive", "--output_dir=/nonexistent")
+    assert result.returncode != 0
+    assert "warp_drive" in result.stderr and "depth_sweep" in result.stderr
+
+
+def test_report_verdicts_follow_the_numbers():
+    reproduce = _reproduce_module()
+    flat = {"5": [0.95, 0.96, 0.95], "160": [0.95, 0.94, 0.96]}
+    collapsed = {"5": [0.95, 0.95, 0.94], "160": [0.10, 0.11, 0.10]}
+    results = {
+        "depth_sweep": dict(
+            seconds=60.0, mode="full", seeds=[0, 1, 2], budget=reproduce.BUDGETS["full"],
+            mlp={"GloNet": flat, "ResNet-v2 (BN)": flat, "ResNet (no BN)": collapsed, "Plain": collapsed},
+            mlp_nonfinite_runs={"GloNet": {}, "ResNet-v2 (BN)": {}, "ResNet (no BN)": {"160": 3},
+                                "Plain": {}},
+            cnn={},
+        ),
+        "early_exit": dict(seconds=1.0, mode="full", depth=10, full_accuracy=[0.9, 0.9],
+                           curves=[[0.5, 0.895] + [0.9] * 8, [0.5, 0.9] + [0.9] * 8]),
+        "_run": dict(command="python training/reproduce.py", seconds=61.0, machine="test", finished="now"),
+    }
+    report = reproduce.render_report(results)
+    assert "**Depth resilience, GloNet (held)**: GloNet MLP 95.3 % at 5 blocks, 95.0 % at 160" in report
+    assert "ResNet (no BN) 10.3 % (collapsed)" in report
+    assert "(3 NaN)" in report
+    assert "**Early exit (held)**: 2 of 10 blocks" in report
+
+    results["depth_sweep"]["mlp"]["GloNet"] = collapsed
+    assert "**Depth resilience, GloNet (did not hold)**" in reproduce.render_report(results)
+
+
+def test_smoke_run_writes_report_figures_and_merges_results(tmp_path):
+    result = _run("--smoke", "--seeds=1", "--experiments=self_regulation,speed",
+                  f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Total run time" in result.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"self_regulation", "speed", "_run"} <= set(results)
+    assert results["speed"]["results"][0]["ratio"] > 0
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "## 3. Self-regulation" in report and "## 4. Speed" in report
+    for name in ("self_regulation_2.png", "self_regulation_3.png", "speed.png"):
+        assert (tmp_path / "figures" / name).read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.slow
+def test_smoke_run_of_every_experiment(tmp_path):
+    result = _run("--smoke", "--seeds=2", f"--output_dir={tmp_path}", timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"depth_sweep", "early_exit", "self_regulation", "speed", "mnist1d", "_run"}
+    assert len(results["depth_sweep"]["mlp"]["GloNet"]["2"]) == 2  # one score per seed
+    report = (tmp_path / "RESULTS.md").read_text()
+    for section in ("## 1. Depth", "## 2. Early exit", "## 3. Self-regulation", "## 4. Speed",
+                    "## 5. MNIST-1D"):
+        assert section in report
+    figures = sorted(os.listdir(tmp_path / "figures"))
+    assert figures == ["depth_sweep_cnn.png", "depth_sweep_mlp.png", "early_exit.png",
+                       "self_regulation_2.png", "self_regulation_3.png", "speed.png"]

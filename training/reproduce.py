@@ -1,0 +1,668 @@
+"""Reproduces the GloNet paper's claims on offline data and writes docs/RESULTS.md with figures.
+
+Experiments (`--experiments`, comma-separated; default all):
+  depth_sweep      accuracy vs depth: GloNet vs ResNet-v2 (BN) vs ResNet without BN vs plain MLPs on
+                   `digits` (depths 5..160), and the CNN family on `digits` at a few depths.
+  early_exit       k-prefix accuracy of a 100-block GloNet MLP with its shared head.
+  self_regulation  per-block contribution shares at initialisation and after training (20, 100).
+  speed            seconds per epoch, GloNet vs ResNet-v2 (BN), SGEMM-shaped MLP (benchmarks/).
+  mnist1d          GloNet MLPs and a 1-D convolutional GloNet vs MNIST-1D's published baselines.
+
+Every number is a mean +- std over `--seeds` seeds. Budgets (epochs, depths) are sized so that the
+full run fits in an hour on 2 CPU cores; `--quick` runs in a few minutes, `--smoke` in seconds (for
+tests). Raw numbers go to `<output_dir>/results.json` (merged across runs, so one experiment can be
+re-run alone), figures to `<output_dir>/figures/`, the report to `<output_dir>/RESULTS.md`.
+
+    python training/reproduce.py                          # everything, about half an hour
+    python training/reproduce.py --experiments=speed --quick --output_dir=/tmp/glonet
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+
+from absl import app, flags
+
+# A program in training/ run as a script: make the repository root (glonet_keras, benchmarks)
+# importable without installing benchmarks/.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+EXPERIMENTS = ("depth_sweep", "early_exit", "self_regulation", "speed", "mnist1d")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("experiments", list(EXPERIMENTS), f"Experiments to run, among {EXPERIMENTS}.")
+flags.DEFINE_bool("quick", False, "A minutes-long run: fewer depths, epochs and rows.")
+flags.DEFINE_bool("smoke", False, "A seconds-long run of every code path (tests); numbers mean nothing.")
+flags.DEFINE_integer("seeds", 3, "Seeds per configuration (mean +- std over them).")
+flags.DEFINE_string("output_dir", os.path.join(REPO_ROOT, "docs"),
+                    "Where RESULTS.md, results.json and figures/ are written.")
+
+# Budgets. "full" is what docs/RESULTS.md reports.
+BUDGETS = {
+    "full": dict(
+        mlp_depths=(5, 10, 20, 40, 80, 160), mlp_epochs=40, cnn_depths=(8, 20, 56), cnn_epochs=15,
+        early_exit_depth=100, self_regulation_depths=(20, 100), speed_depths=(10, 24, 50, 100, 200),
+        speed_rows=170_000, speed_epochs=2, mnist1d_mlps=((3, 256), (20, 64)), mnist1d_mlp_epochs=60,
+        mnist1d_cnn_depth=8, mnist1d_cnn_width=32, mnist1d_cnn_epochs=30,
+    ),
+    "quick": dict(
+        mlp_depths=(5, 20, 80), mlp_epochs=10, cnn_depths=(8,), cnn_epochs=3,
+        early_exit_depth=100, self_regulation_depths=(20, 100), speed_depths=(10, 50),
+        speed_rows=17_000, speed_epochs=1, mnist1d_mlps=((3, 256),), mnist1d_mlp_epochs=10,
+        mnist1d_cnn_depth=8, mnist1d_cnn_width=16, mnist1d_cnn_epochs=3,
+    ),
+    "smoke": dict(
+        mlp_depths=(2, 3), mlp_epochs=1, cnn_depths=(8,), cnn_epochs=1,
+        early_exit_depth=3, self_regulation_depths=(2, 3), speed_depths=(2,),
+        speed_rows=2048, speed_epochs=1, mnist1d_mlps=((2, 16),), mnist1d_mlp_epochs=1,
+        mnist1d_cnn_depth=8, mnist1d_cnn_width=4, mnist1d_cnn_epochs=1,
+    ),
+}
+
+# The authors' MLP depth-sweep setting: width 32, LeakyReLU(0.2), PyTorch's default init, Adam 1e-3.
+MLP_SETTING = dict(width=32, activation="leaky_relu", initializer="torch")
+BATCH_SIZE = 64
+LEARNING_RATE = 1e-3
+MLP_FAMILY = {
+    # label: (model name, extra constructor args)
+    "GloNet": ("glonet_mlp", {}),
+    "ResNet-v2 (BN)": ("resnet_mlp", {"normalization": "batch"}),
+    "ResNet (no BN)": ("resnet_mlp", {"normalization": None}),
+    "Plain": ("plain_mlp", {}),
+}
+CNN_FAMILY = {
+    "GloNet": ("glonet_cnn", {}),
+    "ResNet-v2 (BN)": ("resnet_cnn", {"normalization": "batch"}),
+    "Plain": ("plain_cnn", {}),
+}
+# Paper, MNIST fully connected (read off its figure): layers -> accuracy.
+PAPER_MNIST_SWEEP = {
+    "GloNet": {5: 0.96, 10: 0.96, 20: 0.95, 40: 0.957, 60: 0.955, 80: 0.963, 100: 0.958, 200: 0.961},
+    "ResNet (no BN)": {5: 0.955, 10: 0.955, 20: 0.953, 40: 0.92, 60: 0.709, 80: 0.395, 100: 0.192,
+                       200: 0.113},
+    "Plain": {5: 0.95, 10: 0.954, 20: 0.951, 40: 0.928, 60: 0.546, 80: 0.186, 100: 0.209, 200: 0.114},
+}
+PAPER_EARLY_EXIT = [0.216, 0.564, 0.755, 0.884, 0.934, 0.950, 0.952, 0.953]
+MNIST1D_PUBLISHED = {"MLP": 0.68, "CNN": 0.94}
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: one compiled model per configuration, re-initialised for every seed. On 2 CPU cores,
+# tracing a deep model's training step costs more than training it (about 0.5 s per ResNet-v2
+# block), so the traced step is reused across seeds: each seed gets the freshly initialised weights
+# of its own newly built model and a zeroed optimizer state.
+# ---------------------------------------------------------------------------------------------
+
+
+class SeededTrainer:
+    def __init__(self, build, *, epochs, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE):
+        self.build = build
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.model = None
+
+    def initialise(self, seed):
+        """The model carrying seed `seed`'s initial weights, compiled, optimizer state zeroed."""
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        fresh = self.build()
+        if self.model is None:
+            self.model = fresh
+            self.model.compile(
+                optimizer=keras.optimizers.Adam(self.learning_rate),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+        else:
+            self.model.set_weights(fresh.get_weights())
+            for variable in self.model.optimizer.variables:
+                if not variable.path.endswith("learning_rate"):
+                    variable.assign(keras.ops.zeros_like(variable))
+        return self.model
+
+    def fit(self, x, y, seed):
+        import keras
+        import numpy as np
+
+        keras.utils.set_random_seed(seed)
+        history = self.model.fit(x, y, batch_size=self.batch_size, epochs=self.epochs, verbose=0,
+                                 shuffle=True)
+        return bool(np.isfinite(history.history["loss"][-1]))
+
+
+def accuracy(model, x, y):
+    import numpy as np
+
+    logits = model.predict(x, batch_size=512, verbose=0)
+    return float((np.asarray(logits).argmax(-1) == y).mean())
+
+
+def flat_digits():
+    from glonet_keras.data import load_arrays
+
+    (x_train, y_train), (x_test, y_test) = load_arrays("digits")
+    return (x_train.reshape(len(x_train), -1), y_train), (x_test.reshape(len(x_test), -1), y_test)
+
+
+def mean_std(values):
+    import numpy as np
+
+    values = np.asarray(values, dtype="float64")
+    return float(values.mean()), float(values.std())
+
+
+def fmt(values, scale=100.0, digits=1):
+    mean, std = mean_std(values)
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# GloNet MLP runs shared by early_exit and self_regulation (one training per depth and seed).
+# ---------------------------------------------------------------------------------------------
+
+_GLONET_RECORDS = {}
+
+
+def glonet_mlp_records(depth, seeds, budget):
+    """Trains a GloNet MLP on digits per seed and records accuracy, early exits and shares."""
+    from glonet_keras import analysis
+    from glonet_keras.models import GloNetMLP
+
+    key = (depth, tuple(seeds), budget["mlp_epochs"])
+    if key in _GLONET_RECORDS:
+        return _GLONET_RECORDS[key]
+    (x_train, y_train), (x_test, y_test) = flat_digits()
+    trainer = SeededTrainer(
+        lambda: GloNetMLP(num_blocks=depth, num_classes=10, input_shape=(64,), **MLP_SETTING),
+        epochs=budget["mlp_epochs"],
+    )
+    records = []
+    for seed in seeds:
+        model = trainer.initialise(seed)
+        shares_init = analysis.contribution_shares(model, x_test)
+        finite = trainer.fit(x_train, y_train, seed)
+        records.append(dict(
+            seed=seed, finite=finite, accuracy=accuracy(model, x_test, y_test),
+            early_exit=analysis.early_exit_accuracy(model, x_test, y_test).tolist(),
+            shares_init=shares_init.tolist(),
+            shares_trained=analysis.contribution_shares(model, x_test).tolist(),
+        ))
+        log(f"GloNet MLP depth {depth} seed {seed}: accuracy {records[-1]['accuracy']:.4f}")
+    _GLONET_RECORDS[key] = records
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Experiments. Each returns a JSON-able dict and writes its figures.
+# ---------------------------------------------------------------------------------------------
+
+
+def run_depth_sweep(budget, seeds, figures):
+    import keras
+
+    from glonet_keras import plots
+    from glonet_keras.models import get_model_class
+
+    (x_train, y_train), (x_test, y_test) = flat_digits()
+    mlp = {label: {} for label in MLP_FAMILY}
+    diverged = {label: {} for label in MLP_FAMILY}
+    for depth in budget["mlp_depths"]:
+        for label, (name, extra) in MLP_FAMILY.items():
+            keras.backend.clear_session()
+            builder = get_model_class(name)
+            trainer = SeededTrainer(
+                lambda: builder(num_blocks=depth, num_classes=10, input_shape=(64,),
+                                **MLP_SETTING, **extra),
+                epochs=budget["mlp_epochs"],
+            )
+            scores, nan_runs = [], 0
+            for seed in seeds:
+                model = trainer.initialise(seed)
+                nan_runs += not trainer.fit(x_train, y_train, seed)
+                scores.append(accuracy(model, x_test, y_test))
+            mlp[label][depth], diverged[label][depth] = scores, nan_runs
+            log(f"MLP depth {depth:3d} {label:15s}: {fmt(scores)} % (non-finite loss: {nan_runs})")
+
+    from glonet_keras.data import load_arrays
+
+    (xc_train, yc_train), (xc_test, yc_test) = load_arrays("digits")
+    cnn = {label: {} for label in CNN_FAMILY}
+    for depth in budget["cnn_depths"]:
+        for label, (name, extra) in CNN_FAMILY.items():
+            keras.backend.clear_session()
+            builder = get_model_class(name)
+            trainer = SeededTrainer(
+                lambda: builder(depth=depth, width=8, num_classes=10, input_shape=(8, 8, 1), **extra),
+                epochs=budget["cnn_epochs"],
+            )
+            scores = []
+            for seed in seeds:
+                model = trainer.initialise(seed)
+                trainer.fit(xc_train, yc_train, seed)
+                scores.append(accuracy(model, xc_test, yc_test))
+            cnn[label][depth] = scores
+            log(f"CNN depth {depth:3d} {label:15s}: {fmt(scores)} %")
+
+    plots.plot_depth_sweep(
+        mlp, os.path.join(figures, "depth_sweep_mlp.png"), reference=PAPER_MNIST_SWEEP,
+        title="MLPs on digits (solid, mean ± std) vs the paper's MNIST figure (dashed)",
+    )
+    plots.plot_depth_sweep(cnn, os.path.join(figures, "depth_sweep_cnn.png"),
+                           title="CNNs (CIFAR layout, width 8) on digits")
+    return dict(mlp=_keys_to_str(mlp), mlp_nonfinite_runs=_keys_to_str(diverged),
+                cnn=_keys_to_str(cnn))
+
+
+def run_early_exit(budget, seeds, figures):
+    import numpy as np
+
+    from glonet_keras import plots
+
+    depth = budget["early_exit_depth"]
+    records = glonet_mlp_records(depth, seeds, budget)
+    curves = np.array([r["early_exit"] for r in records])
+    full = float(np.mean([r["accuracy"] for r in records]))
+    plots.plot_early_exit(
+        curves, os.path.join(figures, "early_exit.png"), reference=full,
+        title=f"Early exit, {depth}-block GloNet MLP on digits ({len(seeds)} seeds)",
+    )
+    return dict(depth=depth, curves=curves.tolist(), full_accuracy=[r["accuracy"] for r in records])
+
+
+def run_self_regulation(budget, seeds, figures):
+    from glonet_keras import plots
+
+    out = {}
+    for depth in budget["self_regulation_depths"]:
+        records = glonet_mlp_records(depth, seeds, budget)
+        init = [r["shares_init"] for r in records]
+        trained = [r["shares_trained"] for r in records]
+        plots.plot_contribution_shares(
+            {"at initialisation": init, "after training": trained},
+            os.path.join(figures, f"self_regulation_{depth}.png"),
+            title=f"Contribution shares, {depth}-block GloNet MLP on digits",
+        )
+        out[str(depth)] = dict(shares_init=init, shares_trained=trained,
+                               accuracy=[r["accuracy"] for r in records])
+    return dict(depths=out)
+
+
+def run_speed(budget, seeds, figures):
+    del seeds  # Timing, not accuracy: one model per depth, side by side.
+    from benchmarks.mlp_speed import run_benchmark
+
+    from glonet_keras import plots
+
+    rows = run_benchmark(budget["speed_depths"], rows=budget["speed_rows"],
+                         epochs=budget["speed_epochs"], log=log)
+    plots.plot_depth_sweep(
+        {"GloNet": {r["depth"]: r["glonet_s_per_epoch"] for r in rows},
+         "ResNet-v2 (BN)": {r["depth"]: r["resnet_bn_s_per_epoch"] for r in rows}},
+        os.path.join(figures, "speed.png"), metric_name="seconds per epoch",
+        title="Epoch time, SGEMM-shaped MLP (this machine)",
+    )
+    return dict(rows=budget["speed_rows"], results=rows)
+
+
+def run_mnist1d(budget, seeds, figures):
+    del figures
+    import keras
+
+    from glonet_keras.data import load_arrays
+    from glonet_keras.models import GloNetCNN, GloNetMLP
+
+    (x_train, y_train), (x_test, y_test) = load_arrays("mnist1d")
+    flat_train, flat_test = x_train[..., 0], x_test[..., 0]
+    out = {"mlp": {}, "cnn": {}}
+    for depth, width in budget["mnist1d_mlps"]:
+        keras.backend.clear_session()
+        trainer = SeededTrainer(
+            lambda: GloNetMLP(num_blocks=depth, width=width, num_classes=10, input_shape=(40,)),
+            epochs=budget["mnist1d_mlp_epochs"], batch_size=128,
+        )
+        scores = []
+        for seed in seeds:
+            model = trainer.initialise(seed)
+            trainer.fit(flat_train, y_train, seed)
+            scores.append(accuracy(model, flat_test, y_test))
+        out["mlp"][f"{depth}x{width}"] = scores
+        log(f"MNIST-1D GloNet MLP {depth} blocks x {width}: {fmt(scores)} %")
+    keras.backend.clear_session()
+    depth, width = budget["mnist1d_cnn_depth"], budget["mnist1d_cnn_width"]
+    trainer = SeededTrainer(
+        lambda: GloNetCNN(depth=depth, width=width, num_classes=10, input_shape=(40, 1)),
+        epochs=budget["mnist1d_cnn_epochs"], batch_size=128,
+    )
+    scores = []
+    for seed in seeds:
+        model = trainer.initialise(seed)
+        trainer.fit(x_train, y_train, seed)
+        scores.append(accuracy(model, x_test, y_test))
+    out["cnn"][f"depth {depth}, width {width}"] = scores
+    log(f"MNIST-1D GloNet CNN depth {depth} width {width}: {fmt(scores)} %")
+    return out
+
+
+RUNNERS = {
+    "depth_sweep": run_depth_sweep,
+    "early_exit": run_early_exit,
+    "self_regulation": run_self_regulation,
+    "speed": run_speed,
+    "mnist1d": run_mnist1d,
+}
+
+
+def _keys_to_str(nested):
+    return {label: {str(k): v for k, v in by_depth.items()} for label, by_depth in nested.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+# ---------------------------------------------------------------------------------------------
+
+
+def describe_machine():
+    import keras
+
+    cpus = os.cpu_count()
+    return (f"{platform.machine()} Linux, {cpus} CPU cores, Python {platform.python_version()}, "
+            f"Keras {keras.__version__} on {keras.backend.backend()}")
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _effective_depth(shares, fraction=0.9):
+    """Fewest leading blocks whose shares add up to `fraction` of the total."""
+    import numpy as np
+
+    cumulative = np.cumsum(shares)
+    return int(np.searchsorted(cumulative, fraction * cumulative[-1]) + 1)
+
+
+def _depth_sweep_section(result, findings):
+    import numpy as np
+
+    lines = ["## 1. Depth resilience (depth sweep)", ""]
+    budget = result["budget"]
+    lines.append(
+        f"MLPs on `digits` (1,437 train / 360 test 8x8 images, flattened), width 32, LeakyReLU(0.2), "
+        f"PyTorch-default initialisation (as the authors' notebook), Adam 1e-3, batch {BATCH_SIZE}, "
+        f"{budget['mlp_epochs']} epochs; test accuracy in %, mean ± std over {len(result['seeds'])} "
+        "seeds. Depth = number of blocks (hidden Dense layers between the stem and the head).")
+    lines.append("")
+    mlp = result["mlp"]
+    depths = sorted({int(d) for by_depth in mlp.values() for d in by_depth})
+    rows = []
+    for label, by_depth in mlp.items():
+        cells = []
+        for d in depths:
+            cell = fmt(by_depth[str(d)]) if str(d) in by_depth else "-"
+            nonfinite = result["mlp_nonfinite_runs"][label].get(str(d), 0)
+            cells.append(cell + (f" ({nonfinite} NaN)" if nonfinite else ""))
+        rows.append([label] + cells)
+    lines += [_table(["model"] + [str(d) for d in depths], rows), ""]
+    lines += ["![MLP depth sweep](figures/depth_sweep_mlp.png)", ""]
+    lo, hi = str(depths[0]), str(depths[-1])
+    glonet_lo, glonet_hi = np.mean(mlp["GloNet"][lo]), np.mean(mlp["GloNet"][hi])
+    verdict = "held" if glonet_hi >= glonet_lo - 0.02 else "did not hold"
+    findings.append(
+        f"**Depth resilience, GloNet ({verdict})**: GloNet MLP {glonet_lo * 100:.1f} % at {lo} blocks, "
+        f"{glonet_hi * 100:.1f} % at {hi} blocks on digits (paper, MNIST: flat at 95-96 %).")
+    others = []
+    for label in ("ResNet (no BN)", "Plain", "ResNet-v2 (BN)"):
+        if label in mlp and hi in mlp[label]:
+            acc = np.mean(mlp[label][hi])
+            state = "collapsed" if acc < 0.5 else "did not collapse"
+            others.append(f"{label} {acc * 100:.1f} % ({state})")
+    findings.append(
+        f"**Baselines at {hi} blocks**: " + "; ".join(others) +
+        " (paper: BN-free ResNet and plain chain about 11 % at 200 layers).")
+    cnn = result.get("cnn") or {}
+    if cnn:
+        cdepths = sorted({int(d) for by_depth in cnn.values() for d in by_depth})
+        lines.append(
+            f"CNN family on `digits` (8x8x1 images), CIFAR layout (depth 6n+2, three stages of "
+            f"8/16/32 channels), He init, ReLU, Adam 1e-3, batch {BATCH_SIZE}, "
+            f"{budget['cnn_epochs']} epochs; test accuracy in %:")
+        lines.append("")
+        rows = [[label] + [fmt(by_depth[str(d)]) if str(d) in by_depth else "-" for d in cdepths]
+                for label, by_depth in cnn.items()]
+        lines += [_table(["model"] + [f"depth {d}" for d in cdepths], rows), ""]
+        lines += ["![CNN depth sweep](figures/depth_sweep_cnn.png)", ""]
+        c_lo, c_hi = str(cdepths[0]), str(cdepths[-1])
+        findings.append(
+            "**CNN family on digits**: " + "; ".join(
+                f"{label} {np.mean(by_depth[c_lo]) * 100:.1f} % (depth {c_lo}) -> "
+                f"{np.mean(by_depth[c_hi]) * 100:.1f} % (depth {c_hi})" for label, by_depth in cnn.items()
+            ) + ".")
+    return lines
+
+
+def _early_exit_section(result, findings):
+    import numpy as np
+
+    curves = np.asarray(result["curves"])
+    mean, std = curves.mean(0), curves.std(0)
+    full = float(np.mean(result["full_accuracy"]))
+    depth = result["depth"]
+    lines = ["## 2. Early exit", "",
+             f"A {depth}-block GloNet MLP (the depth-sweep setting) trained once per seed; the first k "
+             "blocks with the same trained head (`glonet_keras.analysis.early_exit_accuracy`, one "
+             f"forward pass). Full model: {full * 100:.1f} %.", ""]
+    ks = [k for k in (1, 2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 30, 50, 75, 100, 150, 200) if k <= depth]
+    if depth not in ks:
+        ks.append(depth)
+    rows = [[str(k), f"{mean[k - 1] * 100:.1f} ± {std[k - 1] * 100:.1f}",
+             f"{PAPER_EARLY_EXIT[k - 1] * 100:.1f}" if k <= len(PAPER_EARLY_EXIT) else
+             ("95.3-95.5" if k <= 100 else "-")] for k in ks]
+    lines += [_table(["k", "accuracy % (digits)", "paper % (MNIST)"], rows), ""]
+    lines += ["![early exit](figures/early_exit.png)", ""]
+    within = np.nonzero(mean >= full - 0.01)[0]
+    k_star = int(within[0]) + 1 if len(within) else depth
+    verdict = "held" if k_star <= 0.2 * depth else "did not hold"
+    findings.append(
+        f"**Early exit ({verdict})**: {k_star} of {depth} blocks reach within 1 point of the full "
+        f"model ({mean[k_star - 1] * 100:.1f} % vs {full * 100:.1f} %), so "
+        f"{(1 - k_star / depth) * 100:.0f} % of the blocks can be dropped after training "
+        "(paper: 6-8 of 100 blocks, about 94 % droppable).")
+    return lines
+
+
+def _self_regulation_section(result, findings):
+    import numpy as np
+
+    lines = ["## 3. Self-regulation", "",
+             "Each block's share of the total contribution norm to the logits "
+             "(`glonet_keras.analysis.contribution_shares` on the test set), at initialisation and "
+             "after training; same models as above. Effective depth = fewest leading blocks that "
+             "carry 90 % of the norm.", ""]
+    rows, figures = [], []
+    for depth, entry in sorted(result["depths"].items(), key=lambda item: int(item[0])):
+        init = np.mean(entry["shares_init"], 0)
+        trained = np.mean(entry["shares_trained"], 0)
+        half = len(init) // 2
+        deep_init, deep_trained = init[half:].sum(), trained[half:].sum()
+        rows.append([depth, f"{_effective_depth(init)}", f"{_effective_depth(trained)}",
+                     f"{deep_init * 100:.1f} %", f"{deep_trained * 100:.1f} %",
+                     f"{init[0] * 100:.1f} % / {trained[0] * 100:.1f} %"])
+        figures.append(f"![self-regulation {depth}](figures/self_regulation_{depth}.png)")
+        # "Held" needs a clear shift of the norm towards the first blocks, not rounding noise.
+        held = deep_trained < 0.9 * deep_init
+        findings.append(
+            f"**Self-regulation, {depth} blocks ({'held' if held else 'did not hold'})**: the deeper "
+            f"half carries {deep_init * 100:.1f} % of the contribution norm at initialisation and "
+            f"{deep_trained * 100:.1f} % after training; 90 % of the norm sits in the first "
+            f"{_effective_depth(init)} blocks at init and the first {_effective_depth(trained)} "
+            "after training.")
+    lines += [_table(["blocks", "effective depth at init", "after training", "deeper half at init",
+                      "deeper half trained", "block 1 at init / trained"], rows), ""]
+    lines += figures + [""]
+    return lines
+
+
+def _speed_section(result, findings, gpu):
+    import numpy as np
+
+    lines = ["## 4. Speed (seconds per epoch)", "",
+             f"SGEMM-shaped synthetic regression ({result['rows']:,} rows, 14 inputs, width 16, batch "
+             "1024, MSE, Adam), `benchmarks/mlp_speed.py`: GloNet MLP vs ResNet-v2 MLP with BN of the "
+             "same depth, timed side by side in one process through `model.fit` (median of the timed "
+             "epochs after a warm-up epoch that includes tracing). The CPU is shared with other jobs, "
+             "so absolute times are noisy (±25 %); the ratio, measured in the same run, is the number "
+             "to compare with the paper's Table 1 (a GPU).", ""]
+    rows = []
+    for row in result["results"]:
+        paper = f"{row['paper_ratio']:.2f}" if row.get("paper_ratio") else "-"
+        rows.append([row["depth"], f"{row['glonet_s_per_epoch']:.2f}", f"{row['resnet_bn_s_per_epoch']:.2f}",
+                     f"**{row['ratio']:.2f}**", paper,
+                     f"{row['glonet_warmup_s']:.0f} / {row['resnet_bn_warmup_s']:.0f}"])
+    lines += [_table(["depth", "GloNet s/epoch", "ResNet-v2 (BN) s/epoch", "ratio", "paper ratio",
+                      "warm-up s (GloNet / ResNet)"], rows), ""]
+    lines += ["![speed](figures/speed.png)", ""]
+    ratios = [row["ratio"] for row in result["results"]]
+    text = (f"**Speed ({'held' if max(ratios) < 1 else 'did not hold'})**: on this CPU GloNet's epoch "
+            f"takes {min(ratios):.2f}-{max(ratios):.2f} of ResNet-v2 (BN)'s time "
+            f"(paper, GPU: 0.52-0.64 at depths 10-200).")
+    if gpu:
+        lines += [f"Same benchmark on a GPU ({gpu['machine']}), JAX backend, {gpu['rows']:,} rows, "
+                  "one run (`KERAS_BACKEND=jax python benchmarks/mlp_speed.py --output=...`):", ""]
+        rows = [[row["depth"], f"{row['glonet_s_per_epoch']:.3f}", f"{row['resnet_bn_s_per_epoch']:.3f}",
+                 f"**{row['ratio']:.2f}**",
+                 f"{row['paper_ratio']:.2f}" if row.get("paper_ratio") else "-",
+                 f"{row['glonet_warmup_s']:.1f} / {row['resnet_bn_warmup_s']:.1f}"]
+                for row in gpu["results"]]
+        lines += [_table(["depth", "GloNet s/epoch", "ResNet-v2 (BN) s/epoch", "ratio", "paper ratio",
+                          "warm-up s incl. XLA compile"], rows), ""]
+        gpu_ratios = [row["ratio"] for row in gpu["results"]]
+        text += (f" On the GPU ({gpu['machine'].split('devices')[-1].strip(' []')}, JAX) the ratio is "
+                 f"{min(gpu_ratios):.2f}-{max(gpu_ratios):.2f}.")
+    findings.append(text)
+    del np
+    return lines
+
+
+def _mnist1d_section(result, findings):
+    import numpy as np
+
+    budget = result["budget"]
+    lines = ["## 5. MNIST-1D", "",
+             "The standard MNIST-1D split (4,000 train / 1,000 test signals of length 40, generated "
+             "locally by the `mnist1d` package), Adam 1e-3, batch 128, He init, ReLU; GloNet MLPs "
+             f"({budget['mnist1d_mlp_epochs']} epochs) and a convolutional GloNet (`GloNetCNN` on "
+             "(40, 1) inputs: 1-D convolutions, CIFAR layout, "
+             f"{budget['mnist1d_cnn_epochs']} epochs). Test accuracy in %:", ""]
+    rows = [[f"GloNet MLP {name} (blocks x width)", fmt(scores), f"MLP {MNIST1D_PUBLISHED['MLP'] * 100:.0f}"]
+            for name, scores in result["mlp"].items()]
+    rows += [[f"GloNet CNN {name}", fmt(scores), f"CNN {MNIST1D_PUBLISHED['CNN'] * 100:.0f}"]
+             for name, scores in result["cnn"].items()]
+    lines += [_table(["model", "accuracy %", "published baseline %"], rows), ""]
+    best_name, best = max(result["mlp"].items(), key=lambda item: np.mean(item[1]))
+    (cnn_name, cnn_scores), = result["cnn"].items()
+    findings.append(
+        f"**MNIST-1D**: best GloNet MLP ({best_name}, the better of {len(result['mlp'])} configurations "
+        f"by mean test accuracy) {fmt(best)} % vs the published MLP 68 %; GloNet CNN ({cnn_name}) "
+        f"{fmt(cnn_scores)} % vs the published CNN 94 %.")
+    return lines
+
+
+def render_report(results, gpu=None):
+    """docs/RESULTS.md from the raw results (and optional GPU speed results)."""
+    run = results.get("_run", {})
+    findings = []
+    body = []
+    sections = [("depth_sweep", _depth_sweep_section), ("early_exit", _early_exit_section),
+                ("self_regulation", _self_regulation_section),
+                ("speed", lambda result, found: _speed_section(result, found, gpu)),
+                ("mnist1d", _mnist1d_section)]
+    for name, section in sections:
+        if name in results:
+            body += section(results[name], findings)
+    timing = ", ".join(f"{name} {results[name]['seconds'] / 60:.1f} min ({results[name]['mode']})"
+                       for name in EXPERIMENTS if name in results)
+    header = [
+        "# Reproducing the GloNet paper's claims offline", "",
+        "Generated by `training/reproduce.py` (do not edit by hand: re-run it). Paper: Di Cecco et al., "
+        "\"GloNets: Globally Connected Neural Networks\", arXiv:2311.15947. The paper used MNIST, "
+        "CIFAR-10 and SGEMM on a GPU; this machine has no network, so the claims are tested on the "
+        "offline data sets `digits` (scikit-learn's 8x8 handwritten digits) and MNIST-1D, and on "
+        "synthetic SGEMM-shaped rows for speed. Smaller data, same questions.", "",
+        f"- Last command: `{run.get('command', '?')}` (finished {run.get('finished', '?')}; "
+        f"this invocation took {run.get('seconds', 0) / 60:.1f} min)",
+        f"- Machine: {run.get('machine', '?')}; shared with other jobs while it ran, so timings are noisy.",
+        f"- Time per experiment: {timing}.",
+        "- Full reproduction: `python training/reproduce.py` (all experiments, 3 seeds); "
+        "`--quick` for a minutes-long check, `--experiments=speed` etc. to re-run one part "
+        "(results merge into `docs/results.json`).", "",
+        "## Findings", "",
+    ]
+    header += [f"- {finding}" for finding in findings] + [""]
+    return "\n".join(header + body) + "\n"
+
+
+def write_report(output_dir, results):
+    gpu_path = os.path.join(output_dir, "gpu_speed.json")
+    gpu = None
+    if os.path.exists(gpu_path):
+        with open(gpu_path) as handle:
+            gpu = json.load(handle)
+    path = os.path.join(output_dir, "RESULTS.md")
+    with open(path, "w") as handle:
+        handle.write(render_report(results, gpu))
+    return path
+
+
+def main(argv):
+    del argv
+    unknown = sorted(set(FLAGS.experiments) - set(EXPERIMENTS))
+    if unknown:
+        raise app.UsageError(f"Unknown experiments {unknown}; choose among {list(EXPERIMENTS)}.")
+    if FLAGS.seeds < 1:
+        raise app.UsageError("--seeds must be >= 1.")
+    if FLAGS.quick and FLAGS.smoke:
+        raise app.UsageError("Pass --quick or --smoke, not both.")
+    mode = "smoke" if FLAGS.smoke else "quick" if FLAGS.quick else "full"
+    budget = BUDGETS[mode]
+    seeds = list(range(FLAGS.seeds))
+    figures = os.path.join(FLAGS.output_dir, "figures")
+    os.makedirs(figures, exist_ok=True)
+    results_path = os.path.join(FLAGS.output_dir, "results.json")
+    results = {}
+    if os.path.exists(results_path):
+        with open(results_path) as handle:
+            results = json.load(handle)
+    start = time.perf_counter()
+    log(f"Reproduction ({mode}), experiments {FLAGS.experiments}, seeds {seeds}: {describe_machine()}")
+    for name in [e for e in EXPERIMENTS if e in FLAGS.experiments]:
+        experiment_start = time.perf_counter()
+        log(f"--- {name}")
+        outcome = RUNNERS[name](budget, seeds, figures)
+        outcome["seconds"] = time.perf_counter() - experiment_start
+        outcome["mode"] = mode
+        outcome["seeds"] = seeds
+        outcome["budget"] = budget
+        results[name] = outcome
+        log(f"--- {name} done in {outcome['seconds']:.0f} s")
+    total = time.perf_counter() - start
+    results["_run"] = dict(mode=mode, seconds=total, machine=describe_machine(),
+                           command=" ".join(["python", "training/reproduce.py"] + sys.argv[1:]),
+                           finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    with open(results_path, "w") as handle:
+        json.dump(results, handle, indent=1)
+    write_report(FLAGS.output_dir, results)
+    log(f"Total run time: {total:.0f} s ({total / 60:.1f} min). Report: {FLAGS.output_dir}/RESULTS.md")
+
+
+if __name__ == "__main__":
+    app.run(main)
