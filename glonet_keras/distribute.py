@@ -26,6 +26,7 @@ import os
 import keras
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+_JAX_PROCESSES_INITIALIZED = False
 
 
 def configure_logical_cpus(count):
@@ -177,7 +178,17 @@ def _jax_strategy(name, devices):
                 f"Strategy 'multi_worker' on JAX needs the environment variables {missing} "
                 "(see keras.distribution.initialize)."
             )
-        keras.distribution.initialize()
+        global _JAX_PROCESSES_INITIALIZED
+        if not _JAX_PROCESSES_INITIALIZED:
+            # Must run before JAX touches a device. On CPU, cross-process collectives need gloo.
+            import jax
+
+            try:
+                jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            except (AttributeError, ValueError):
+                pass  # A JAX without the option (or a GPU/TPU platform that does not need it).
+            keras.distribution.initialize()
+            _JAX_PROCESSES_INITIALIZED = True
         return JaxDataParallel()
     local = list(devices) if devices else keras.distribution.list_devices()
     if name == "one_device":
@@ -202,6 +213,68 @@ def is_chief():
     if "chief" in config.get("cluster", {}):
         return task.get("type") == "chief"
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+def is_multi_worker(strategy):
+    """True for a TF MultiWorkerMirroredStrategy spanning more than one worker."""
+    import tensorflow as tf
+
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._num_workers > 1)
+
+
+def apply_multi_worker_workarounds(model, strategy):
+    """Lets `model.fit` run under MultiWorkerMirroredStrategy with Keras 3 (keras#20585).
+
+    Keras 3.15's TF trainer fails there twice, measured with two workers on 127.0.0.1:
+    1. `fit` builds the model symbolically from a sample batch that it first reduces with
+       `strategy.reduce("MEAN", PerReplica)` eagerly, which MWMS cannot do ("Attempt to convert a
+       value (PerReplica...) to a Tensor"). The sample only gives shapes, so this model's build
+       reads the local replica's batch instead.
+    2. The per-step logs are reduced with `strategy.reduce("MEAN", v, axis=0)`, which fails on
+       scalar losses ("Invalid reduction dimension 0 for input with 0 dimensions"). The patched
+       reduction averages scalars across workers with `axis=None` (the loss is a mean already).
+    Both are no-ops unless `strategy` spans several workers. Remove once Keras fixes them.
+    """
+    if not is_multi_worker(strategy):
+        return False
+    import types
+
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    def local_batch(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, step_iterator in iterator:
+                data_batch = tf.nest.map_structure(local_batch, next(step_iterator))
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, model)
+    if not getattr(tf_trainer.reduce_per_replica, "_glonet_patched", False):
+        original = tf_trainer.reduce_per_replica
+
+        def reduce_per_replica(values, strategy_, reduction):
+            if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
+                strategy_
+            ):
+                def mean(value):
+                    if isinstance(value, tf.distribute.DistributedValues):
+                        return strategy_.reduce("MEAN", value, axis=None)
+                    return value
+
+                return tf.nest.map_structure(mean, values)
+            return original(values, strategy_, reduction)
+
+        reduce_per_replica._glonet_patched = True
+        tf_trainer.reduce_per_replica = reduce_per_replica
+    return True
 
 
 @contextlib.contextmanager

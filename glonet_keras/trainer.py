@@ -286,7 +286,10 @@ def train(config):
     on this machine, both before any training starts.
     """
     config.validate()
-    # First: tf.data shuffles combine their seeds with TF's global seed, so seeding later would
+    # The strategy comes first: MultiWorkerMirroredStrategy and jax.distributed must be set up
+    # before any other op runs in the process.
+    strategy = distribute.get_strategy(config.strategy)
+    # Then the seed: tf.data shuffles combine their seeds with TF's global seed, so seeding later would
     # make the batch order depend on whatever seeded the process before.
     keras.utils.set_random_seed(config.seed)
     model_dir = config.model_dir or tempfile.mkdtemp(prefix="glonet_train_")
@@ -297,7 +300,6 @@ def train(config):
     backup_dir = os.path.join(write_dir, "backup")
     checkpoint_dir = os.path.join(write_dir, "checkpoints")
 
-    strategy = distribute.get_strategy(config.strategy)
     replicas = int(strategy.num_replicas_in_sync)
     global_batch = config.batch_size * replicas
 
@@ -337,6 +339,7 @@ def train(config):
             metrics=metrics,
             jit_compile=config.jit_compile,
         )
+    distribute.apply_multi_worker_workarounds(model, strategy)
 
     timer = EpochTimer()
     callbacks = [
