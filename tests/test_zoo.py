@@ -1,0 +1,152 @@
+"""The published zoo: every preset downloads from a server on 127.0.0.1, verifies, caches, still loads
+with the server gone, re-measures to its published accuracy, round-trips and exports.
+
+The accuracy is re-measured here with code independent of training/make_zoo.py: the raw test split
+from `load_arrays`, the preprocessing formula applied in numpy from the preset's metadata.
+"""
+
+import functools
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import glonet_keras
+from glonet_keras import analysis, presets
+from glonet_keras.data import Preprocessing, load_arrays
+from glonet_keras.models.common import GloNetModelBase
+
+ZOO = Path(__file__).resolve().parent.parent / "zoo"
+PUBLISHED = glonet_keras.list_models(pretrained=True)
+REQUIRED = ("glonet_mlp_digits", "glonet_cnn_digits", "glonet_vit_digits", "resnet_cnn_digits",
+            "glonet_mlp_mnist1d", "glonet_cnn_mnist1d")
+TOLERANCE = 0.005  # 0.5 points of accuracy.
+
+
+class _ZooServer:
+    def __init__(self, root):
+        self.requests = []
+        owner = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                owner.requests.append(self.path)
+                super().do_GET()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@functools.lru_cache(maxsize=None)
+def _test_split(dataset):
+    _, (x, y) = load_arrays(dataset, seed=0)
+    return x, y
+
+
+def _preprocessed_test_split(metadata):
+    pre = metadata["preprocessing"]
+    x, y = _test_split(metadata["dataset"]["name"])
+    x = (x.astype("float32") * pre["scale"] - np.asarray(pre["mean"], "float32")) / np.asarray(
+        pre["std"], "float32"
+    )
+    return x, y
+
+
+def _metadata(name):
+    return json.loads((ZOO / name / "metadata.json").read_text())
+
+
+def test_the_zoo_has_the_required_presets_and_the_registry_matches_the_files():
+    assert set(REQUIRED) <= set(PUBLISHED)
+    assert sorted(p.name for p in ZOO.iterdir() if p.is_dir()) == PUBLISHED
+    for name in PUBLISHED:
+        variant = presets.get_variant(name)
+        for file_name, digest in variant.files.items():
+            assert presets.sha256_of(ZOO / name / file_name) == digest, (name, file_name)
+        metadata = _metadata(name)
+        assert set(metadata["files"]) == {"config.json", "model.weights.h5", "README.md"}
+        for file_name, digest in metadata["files"].items():
+            assert presets.sha256_of(ZOO / name / file_name) == digest, (name, file_name)
+        assert metadata["training"]["command"].startswith("python training/train.py ")
+        assert f"--dataset={metadata['dataset']['name']}" in metadata["training"]["command"]
+        assert metadata["dataset"]["split"] and metadata["dataset"]["evaluated_on"] == "test"
+        Preprocessing.from_dict(metadata["preprocessing"])  # exactly the pipeline's record
+        assert metadata["input"]["model_input_shape"] == list(variant.config["input_shape"])
+        assert {"keras", "tensorflow"} <= set(metadata["training_versions"])
+        assert metadata["license"] and metadata["dataset"]["license"]
+        assert variant.metrics["test_accuracy"] == metadata["metrics"]["test_accuracy"]
+        assert (ZOO / name / "model.weights.h5").stat().st_size < 4 * 2**20  # small files
+        if metadata["class_name"].startswith("GloNet"):
+            assert len(metadata["metrics"]["early_exit_accuracy"]) == metadata["num_blocks"]
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_download_verify_cache_remeasure_and_load_offline(name, tmp_path):
+    metadata = _metadata(name)
+    server = _ZooServer(ZOO)
+    try:
+        model = glonet_keras.create_model(name, pretrained=True, origin=server.url,
+                                          cache_dir=tmp_path)
+    finally:
+        server.stop()
+    assert sorted(server.requests) == sorted(f"/{name}/{f}" for f in presets.PRESET_FILES)
+    for file_name in presets.PRESET_FILES:
+        assert presets.sha256_of(tmp_path / name / file_name) == presets.get_variant(name).files[
+            file_name
+        ]
+
+    x, y = _preprocessed_test_split(metadata)
+    assert len(y) == metadata["metrics"]["num_test_examples"]
+    logits = model.predict(x, batch_size=256, verbose=0)
+    accuracy = float(np.mean(logits.argmax(-1) == y))
+    assert abs(accuracy - metadata["metrics"]["test_accuracy"]) <= TOLERANCE
+    if "early_exit_accuracy" in metadata["metrics"]:
+        exits = analysis.early_exit_logits(model, x)
+        for k, published in metadata["metrics"]["early_exit_accuracy"].items():
+            measured = float(np.mean(exits[:, int(k) - 1].argmax(-1) == y))
+            assert abs(measured - published) <= TOLERANCE, (k, measured, published)
+
+    # The server is gone: the warm cache alone must do.
+    again = glonet_keras.create_model(name, pretrained=True, origin=server.url, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.predict(x, batch_size=256, verbose=0), logits)
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_round_trip_through_save_to_preset_and_export(name, tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    from glonet_keras.export import export_saved_model
+
+    metadata = _metadata(name)
+    model = GloNetModelBase.from_preset(ZOO / name)
+    x, _ = _preprocessed_test_split(metadata)
+    x = x[:16]
+    expected = model.predict(x, verbose=0)
+
+    copy = model.save_to_preset(tmp_path / "copy")
+    reloaded = type(model).from_preset(copy)
+    np.testing.assert_array_equal(reloaded.predict(x, verbose=0), expected)
+
+    path = export_saved_model(
+        model, tmp_path / "serving",
+        preprocessing=Preprocessing.from_dict(metadata["preprocessing"]),
+        model_name=name,
+    )
+    assert Path(path) == tmp_path / "serving" / name / "1"
+    served = tf.saved_model.load(str(path))
+    raw, _ = _test_split(metadata["dataset"]["name"])
+    outputs = served.serve(tf.constant(raw[:16]))
+    np.testing.assert_allclose(outputs["logits"].numpy(), expected, rtol=1e-4, atol=1e-4)
