@@ -150,3 +150,24 @@ def test_round_trip_through_save_to_preset_and_export(name, tmp_path):
     raw, _ = _test_split(metadata["dataset"]["name"])
     outputs = served.serve(tf.constant(raw[:16]))
     np.testing.assert_allclose(outputs["logits"].numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_tables_and_registry_lines_are_generated_from_the_metadata():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("zoo_docs", ZOO.parent / "training" / "zoo_docs.py")
+    zoo_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo_docs)
+    entries = zoo_docs.load_zoo(ZOO)
+    table = zoo_docs.zoo_table(entries)
+    for name, metadata, _ in entries:
+        assert f"| `{name}` |" in table
+        assert f"{100 * metadata['metrics']['test_accuracy']:.2f} %" in table
+    for document in ("README.md", "docs/zoo.md"):
+        text = (ZOO.parent / document).read_text()
+        assert f"{zoo_docs.README_BEGIN}\n{table}\n{zoo_docs.README_END}" in text, (
+            f"{document}'s zoo table is stale: run python training/make_zoo.py --steps=docs"
+        )
+    registry = "\n".join(zoo_docs.registry_lines(entries, ZOO))
+    source = (ZOO.parent / "glonet_keras" / "presets.py").read_text()
+    assert f"{zoo_docs.REGISTRY_BEGIN}\n{registry}\n{zoo_docs.REGISTRY_END}" in source
