@@ -551,7 +551,8 @@ def _speed_section(result, findings, gpu):
         lines += [_table(["depth", "GloNet s/epoch", "ResNet-v2 (BN) s/epoch", "ratio", "paper ratio",
                           "warm-up s incl. XLA compile"], rows), ""]
         gpu_ratios = [row["ratio"] for row in gpu["results"]]
-        text += (f" On the GPU ({gpu['machine'].split('devices')[-1].strip(" []'")}, JAX) the ratio is "
+        card = gpu["machine"].split("devices")[-1].strip(" []'")
+        text += (f" On the GPU ({card}, JAX) the ratio is "
                  f"{min(gpu_ratios):.2f}-{max(gpu_ratios):.2f}.")
     findings.append(text)
     del np
