@@ -58,7 +58,10 @@ class TrainConfig:
         model_kwargs: further constructor arguments (e.g. {"normalization": "batch"}).
     Data:
         dataset, data_dir, download, image_size, augment (names from `data.AUGMENTATIONS`),
-        max_examples (use only the first N examples of each split; for quick runs).
+        max_examples (use only the first N examples of each split; for quick runs),
+        drop_remainder (drop the last partial training batch: with several replicas, Keras
+        averages per-replica means, so an unevenly split last batch is weighted slightly
+        differently than on one device; dropping it makes 1- and N-replica runs identical).
     Training:
         strategy (`distribute.STRATEGIES`), epochs, batch_size (per replica: the global batch is
         batch_size x replicas), learning_rate (for the global batch), optimizer, schedule,
@@ -79,6 +82,7 @@ class TrainConfig:
     image_size: tuple = None
     augment: tuple = ()
     max_examples: int = None
+    drop_remainder: bool = False
     strategy: str = "auto"
     epochs: int = 10
     batch_size: int = 64
@@ -316,15 +320,17 @@ def train(config):
     dataset_kwargs = dict(source_kwargs, max_examples=config.max_examples, one_hot=one_hot)
     if num_train is not None and initial_epoch < config.epochs:
         # A per-epoch-seeded stream of the remaining epochs: a resumed run sees the same batches.
-        steps = data_lib.steps_per_epoch(num_train, global_batch)
+        steps = data_lib.steps_per_epoch(num_train, global_batch, config.drop_remainder)
         train_data = data_lib.get_dataset(
             config.dataset, "train", global_batch, augment=config.augment,
+            drop_remainder=config.drop_remainder,
             start_epoch=initial_epoch, num_epochs=config.epochs,
             **dataset_kwargs)
     else:
         steps = None
         train_data = data_lib.get_dataset(config.dataset, "train", global_batch,
-                                          augment=config.augment, **dataset_kwargs)
+                                          augment=config.augment,
+                                          drop_remainder=config.drop_remainder, **dataset_kwargs)
     validation_data = data_lib.get_dataset(config.dataset, "validation", global_batch,
                                            **dataset_kwargs)
     test_data = data_lib.get_dataset(config.dataset, "test", global_batch, **dataset_kwargs)

@@ -46,6 +46,8 @@ flags.DEFINE_bool("download", False, "Let tfds download the data set (needs inte
 flags.DEFINE_list("image_size", None, "Resize images to HEIGHT,WIDTH.")
 flags.DEFINE_list("augment", [], f"Training augmentations, from {list(data_lib.AUGMENTATIONS)}.")
 flags.DEFINE_integer("max_examples", None, "Use only the first N examples of each split.")
+flags.DEFINE_bool("drop_remainder", False,
+                  "Drop the last partial training batch (makes 1- and N-replica runs identical).")
 # Training.
 flags.DEFINE_enum("strategy", "auto", list(distribute.STRATEGIES), "Distribution strategy.")
 flags.DEFINE_integer("logical_cpus", None,
@@ -95,6 +97,7 @@ def config_from_flags():
         model=FLAGS.model, depth=FLAGS.depth, width=FLAGS.width, model_kwargs=model_kwargs,
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, download=FLAGS.download,
         image_size=image_size, augment=tuple(FLAGS.augment), max_examples=FLAGS.max_examples,
+        drop_remainder=FLAGS.drop_remainder,
         strategy=FLAGS.strategy, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, optimizer=FLAGS.optimizer, schedule=FLAGS.schedule,
         warmup_epochs=FLAGS.warmup_epochs, weight_decay=FLAGS.weight_decay,
