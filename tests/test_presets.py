@@ -110,7 +110,8 @@ def test_list_models_filters_by_pattern_and_pretrained(tiny_zoo):
     assert everything == sorted(everything)
     assert TINY in glonet_keras.list_models(pretrained=True)
     assert "glonet_cnn20_cifar" not in glonet_keras.list_models(pretrained=True)
-    assert glonet_keras.list_models("resnet_cnn*") == ["resnet_cnn20_cifar", "resnet_cnn56_cifar"]
+    assert glonet_keras.list_models("resnet_cnn*cifar") == ["resnet_cnn20_cifar", "resnet_cnn56_cifar"]
+    assert glonet_keras.list_models("*_for_tests", pretrained=True) == [TINY]
 
 
 def test_unknown_name_lists_the_closest_names():
