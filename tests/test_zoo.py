@@ -171,3 +171,15 @@ def test_tables_and_registry_lines_are_generated_from_the_metadata():
     registry = "\n".join(zoo_docs.registry_lines(entries, ZOO))
     source = (ZOO.parent / "glonet_keras" / "presets.py").read_text()
     assert f"{zoo_docs.REGISTRY_BEGIN}\n{registry}\n{zoo_docs.REGISTRY_END}" in source
+
+
+def test_the_published_presets_work_offline_out_of_the_box(tmp_path, monkeypatch):
+    # No origin given, none in the environment: a source checkout serves its own zoo/ directory.
+    monkeypatch.delenv(presets.ORIGIN_ENV, raising=False)
+    monkeypatch.setenv(presets.CACHE_ENV, str(tmp_path))
+    assert presets.resolve_origin() == ZOO.as_uri()
+    model = glonet_keras.create_model("glonet_mlp_digits", pretrained=True)
+    x, y = _preprocessed_test_split(_metadata("glonet_mlp_digits"))
+    accuracy = float(np.mean(model.predict(x, verbose=0).argmax(-1) == y))
+    assert abs(accuracy - _metadata("glonet_mlp_digits")["metrics"]["test_accuracy"]) <= TOLERANCE
+    assert (tmp_path / "glonet_mlp_digits" / "model.weights.h5").is_file()
