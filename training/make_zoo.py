@@ -12,7 +12,7 @@ Steps (`--steps`, in this order):
            <export_dir>/<name>/1/
 
 Examples:
-  python training/make_zoo.py                                   # the whole zoo, ~15 min on 2 cores
+  python training/make_zoo.py                                   # the whole zoo, ~7 min on 2 cores
   python training/make_zoo.py --names=glonet_mlp_digits --steps=train,package,docs
   python training/make_zoo.py --steps=docs                      # tables and registry only
   python training/make_zoo.py --steps=export --export_dir=/tmp/serving
