@@ -369,6 +369,7 @@ def train(config):
             validation_data=validation_data,
             epochs=config.epochs,
             steps_per_epoch=steps,
+            shuffle=False,  # The pipeline shuffles (seeded per epoch).
             callbacks=callbacks,
             verbose=verbose,
         )
@@ -386,7 +387,8 @@ def train(config):
         from glonet_keras.export import export_saved_model
 
         export_path = export_saved_model(model, config.export_dir, version=config.export_version,
-                                         preprocessing=info.preprocessing)
+                                         preprocessing=info.preprocessing, task=info.task,
+                                         overwrite=True)
     metrics_path = os.path.join(write_dir, "metrics.json")
     record = {
         "test": test_metrics,

@@ -27,8 +27,9 @@ def _flags(config_kwargs, model_dir):
 
 
 def test_train_writes_model_metrics_checkpoints_and_export(tmp_path):
+    # "mirrored" over the one device this process has: the path `make demo` takes on a CPU.
     result = trainer.train(TrainConfig(**dict(TINY, epochs=2, tensorboard=True),
-                                       model_dir=str(tmp_path / "run"),
+                                       strategy="mirrored", model_dir=str(tmp_path / "run"),
                                        export_dir=str(tmp_path / "serving")))
     assert result.replicas == 1 and result.global_batch_size == 8 and result.initial_epoch == 0
     assert len(result.seconds_per_epoch) == 2 and len(result.history["loss"]) == 2
@@ -50,6 +51,37 @@ def test_train_writes_model_metrics_checkpoints_and_export(tmp_path):
     response = serving.predict(serving.load(result.export_path), {"inputs": x_test[:3].tolist()})
     expected = result.model(result.info.preprocessing(x_test[:3]), training=False)
     np.testing.assert_allclose(response["outputs"]["logits"], np.asarray(expected), atol=1e-5)
+
+
+def test_train_tfds_images_with_mixup_under_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=32):
+        result = trainer.train(TrainConfig(
+            model="glonet_cnn", depth=8, width=4, dataset="cifar10", data_dir=str(tmp_path / "tfds"),
+            augment=("flip", "crop", "mixup"), label_smoothing=0.1, epochs=1, batch_size=16,
+            tensorboard=False, verbose=0, model_dir=str(tmp_path / "run"),
+            export_dir=str(tmp_path / "serving")))
+    assert set(result.test_metrics) == {"loss", "accuracy"}
+    assert result.info.input_shape == (32, 32, 3)
+    loaded = serving.load(result.export_path)
+    assert {"serving_default", "early_exits"} <= set(loaded.signatures)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).tolist()
+    response = serving.predict(loaded, {"instances": images})
+    np.testing.assert_allclose([sum(p["probabilities"]) for p in response["predictions"]], 1, atol=1e-5)
+
+
+def test_train_sgemm_regression(tmp_path):
+    from tests.test_data import _write_sgemm
+
+    _write_sgemm(tmp_path / "sgemm_product.csv", rows=120)
+    result = trainer.train(TrainConfig(
+        model="glonet_mlp", depth=2, width=8, dataset="sgemm", data_dir=str(tmp_path), epochs=2,
+        batch_size=16, tensorboard=False, verbose=0, model_dir=str(tmp_path / "run"),
+        export_dir=str(tmp_path / "serving")))
+    assert set(result.test_metrics) == {"loss", "rmse"} and result.info.num_classes == 1
+    outputs = serving.predict(serving.load(result.export_path), {"inputs": [[8.0] * 14]})["outputs"]
+    assert set(outputs) == {"logits"} and np.asarray(outputs["logits"]).shape == (1, 1)
 
 
 @pytest.mark.parametrize(
