@@ -57,7 +57,8 @@ class TrainConfig:
         width: MLP/CNN `width` or ViT `hidden_dim`; None = class default.
         model_kwargs: further constructor arguments (e.g. {"normalization": "batch"}).
     Data:
-        dataset, data_dir, download, image_size, augment (names from `data.AUGMENTATIONS`),
+        dataset, data_dir, download, manual_dir (imagenet2012's files), image_size,
+        augment (names from `data.AUGMENTATIONS`),
         max_examples (use only the first N examples of each split; for quick runs),
         drop_remainder (drop the last partial training batch: with several replicas, Keras
         averages per-replica means, so an unevenly split last batch is weighted slightly
@@ -79,6 +80,7 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: str = None
     download: bool = False
+    manual_dir: str = None
     image_size: tuple = None
     augment: tuple = ()
     max_examples: int = None
@@ -308,7 +310,8 @@ def train(config):
     global_batch = config.batch_size * replicas
 
     source_kwargs = dict(data_dir=config.data_dir, download=config.download,
-                         image_size=config.image_size, seed=config.seed)
+                         manual_dir=config.manual_dir, image_size=config.image_size,
+                         seed=config.seed)
     info = data_lib.dataset_info(config.dataset, **source_kwargs)
     one_hot = info.task == "classification" and (
         data_lib.label_mixing(config.augment) or config.label_smoothing > 0

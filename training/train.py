@@ -43,6 +43,7 @@ flags.DEFINE_float("dropout", None, "Dropout before the head.")
 flags.DEFINE_string("dataset", "digits", f"Data set: one of {list(data_lib.DATASETS)}.")
 flags.DEFINE_string("data_dir", None, "tfds data root, image folder root or SGEMM CSV.")
 flags.DEFINE_bool("download", False, "Let tfds download the data set (needs internet).")
+flags.DEFINE_string("manual_dir", None, "Manually downloaded files (imagenet2012), with --download.")
 flags.DEFINE_list("image_size", None, "Resize images to HEIGHT,WIDTH.")
 flags.DEFINE_list("augment", [], f"Training augmentations, from {list(data_lib.AUGMENTATIONS)}.")
 flags.DEFINE_integer("max_examples", None, "Use only the first N examples of each split.")
@@ -96,6 +97,7 @@ def config_from_flags():
     config = trainer.TrainConfig(
         model=FLAGS.model, depth=FLAGS.depth, width=FLAGS.width, model_kwargs=model_kwargs,
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, download=FLAGS.download,
+        manual_dir=FLAGS.manual_dir,
         image_size=image_size, augment=tuple(FLAGS.augment), max_examples=FLAGS.max_examples,
         drop_remainder=FLAGS.drop_remainder,
         strategy=FLAGS.strategy, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
@@ -137,8 +139,8 @@ def main(argv):
         config = config_from_flags()
         # Fail on the data set (missing files, unknown augmentations) before any model is built.
         info = data_lib.dataset_info(config.dataset, data_dir=config.data_dir,
-                                     download=config.download, image_size=config.image_size,
-                                     seed=config.seed)
+                                     download=config.download, manual_dir=config.manual_dir,
+                                     image_size=config.image_size, seed=config.seed)
         data_lib._check_augment(config.augment, info)
         trainer.build_model(config, info)  # Model arguments are checked by the builder.
     except (ValueError, FileNotFoundError, ImportError) as error:
