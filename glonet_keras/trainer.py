@@ -62,7 +62,7 @@ class TrainConfig:
         max_examples (use only the first N examples of each split; for quick runs),
         drop_remainder (drop the last partial training batch: with several replicas, Keras
         averages per-replica means, so an unevenly split last batch is weighted slightly
-        differently than on one device; dropping it makes 1- and N-replica runs identical).
+        differently than on one device; dropping it removes that difference).
     Training:
         strategy (`distribute.STRATEGIES`), epochs, batch_size (per replica: the global batch is
         batch_size x replicas), learning_rate (for the global batch), optimizer, schedule,
