@@ -70,7 +70,7 @@ def plot_early_exit(accuracies, path, *, metric_name="test accuracy", title=None
         axes.axhline(reference, color="gray", linestyle="--", label=f"full model ({reference:.3f})")
     axes.set_xlabel("blocks kept (k)")
     axes.set_ylabel(metric_name)
-    axes.set_title(title or "Early exit: the first k blocks with the trained head")
+    axes.set_title(title or "Early exit: the first k blocks with the trained head", fontsize="medium")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
     return _save(figure, path)
@@ -96,7 +96,7 @@ def plot_contribution_shares(shares, path, *, title=None, include_stem=False):
                         marker="." if len(index) <= 40 else None)
     axes.set_xlabel("block index" + (" (0 = stem)" if include_stem else ""))
     axes.set_ylabel("share of the contribution norm")
-    axes.set_title(title or "Per-block contribution to the logits")
+    axes.set_title(title or "Per-block contribution to the logits", fontsize="medium")
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
     axes.legend()
@@ -112,6 +112,7 @@ def plot_depth_sweep(results, path, *, metric_name="test accuracy", title=None, 
         raise ValueError("`results` is empty: nothing to plot.")
     figure = _figure()
     axes = figure.add_subplot()
+    colors = {}
     for label, by_depth in results.items():
         depths = sorted(by_depth)
         if not depths:
@@ -120,17 +121,19 @@ def plot_depth_sweep(results, path, *, metric_name="test accuracy", title=None, 
         mean = np.array([r.mean() for r in runs])
         std = np.array([r.std() for r in runs])
         (line,) = axes.plot(depths, mean, marker="o", label=str(label))
+        colors[label] = line.get_color()
         if any(len(r) > 1 for r in runs):
             axes.fill_between(depths, mean - std, mean + std, color=line.get_color(), alpha=0.2,
                               linewidth=0)
     for label, by_depth in (reference or {}).items():
         depths = sorted(by_depth)
-        axes.plot(depths, [by_depth[d] for d in depths], linestyle="--", marker="x", alpha=0.7,
-                  label=f"{label} (paper)")
+        # A reference curve takes the colour of the measured curve of the same name.
+        axes.plot(depths, [by_depth[d] for d in depths], linestyle="--", marker="x", alpha=0.6,
+                  color=colors.get(label), label=f"{label} (paper)")
     axes.set_xscale("log")
     axes.set_xlabel("depth (blocks)")
     axes.set_ylabel(metric_name)
-    axes.set_title(title or "Depth sweep")
+    axes.set_title(title or "Depth sweep", fontsize="medium")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize="small")
     return _save(figure, path)

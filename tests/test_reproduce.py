@@ -51,10 +51,13 @@ def test_report_verdicts_follow_the_numbers():
     }
     report = reproduce.render_report(results)
     assert "**Depth resilience, GloNet (held)**: GloNet MLP 95.3 % at 5 blocks, 95.0 % at 160" in report
-    assert "ResNet (no BN) 10.3 % (collapsed)" in report
+    assert "ResNet (no BN) 10.3 % (collapsed, below 50 % from 160 blocks)" in report
+    assert "ResNet-v2 (BN) 95.0 % (did not collapse)" in report
     assert "(3 NaN)" in report
     assert "**Early exit (held)**: 2 of 10 blocks" in report
 
+    results["depth_sweep"]["mlp"]["GloNet"] = {"5": [0.95] * 3, "160": [0.91] * 3}
+    assert "**Depth resilience, GloNet (mostly held)**" in reproduce.render_report(results)
     results["depth_sweep"]["mlp"]["GloNet"] = collapsed
     assert "**Depth resilience, GloNet (did not hold)**" in reproduce.render_report(results)
 
