@@ -600,8 +600,10 @@ def _mnist1d_section(result, findings):
     (cnn_name, cnn_scores), = result["cnn"].items()
     findings.append(
         f"**MNIST-1D**: best GloNet MLP ({best_name}, the better of {len(result['mlp'])} configurations "
-        f"by mean test accuracy) {fmt(best)} % vs the published MLP 68 %; GloNet CNN ({cnn_name}) "
-        f"{fmt(cnn_scores)} % vs the published CNN 94 %.")
+        f"by mean test accuracy) {fmt(best)} % vs the published MLP 68 %"
+        + "".join(f"; GloNet MLP {name}: {fmt(scores)} %" for name, scores in result["mlp"].items()
+                  if name != best_name)
+        + f"; GloNet CNN ({cnn_name}) {fmt(cnn_scores)} % vs the published CNN 94 %.")
     return lines
 
 
