@@ -542,8 +542,9 @@ def _speed_section(result, findings, gpu):
     lines = ["## 4. Speed (seconds per epoch)", "",
              f"SGEMM-shaped synthetic regression ({result['rows']:,} rows, 14 inputs, width 16, batch "
              "1024, MSE, Adam), `benchmarks/mlp_speed.py`: GloNet MLP vs ResNet-v2 MLP with BN of the "
-             "same depth, timed side by side in one process through `model.fit` (median of the timed "
-             "epochs after a warm-up epoch that includes tracing). The CPU is shared with other jobs, "
+             "same depth, timed side by side in one process through `model.fit` (median of "
+             f"{result['budget']['speed_epochs']} timed epoch(s) after a warm-up epoch that includes "
+             "tracing, which is reported separately). The CPU is shared with other jobs, "
              "so absolute times are noisy (±25 %); the ratio, measured in the same run, is the number "
              "to compare with the paper's Table 1 (a GPU).", ""]
     rows = []
