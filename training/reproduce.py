@@ -537,8 +537,6 @@ def _self_regulation_section(result, findings):
 
 
 def _speed_section(result, findings, gpu):
-    import numpy as np
-
     lines = ["## 4. Speed (seconds per epoch)", "",
              f"SGEMM-shaped synthetic regression ({result['rows']:,} rows, 14 inputs, width 16, batch "
              "1024, MSE, Adam), `benchmarks/mlp_speed.py`: GloNet MLP vs ResNet-v2 MLP with BN of the "
@@ -578,7 +576,6 @@ def _speed_section(result, findings, gpu):
         text += (f" On the GPU ({card}, JAX) the ratio is "
                  f"{min(gpu_ratios):.2f}-{max(gpu_ratios):.2f}.")
     findings.append(text)
-    del np
     return lines
 
 
