@@ -55,23 +55,6 @@ def sgemm_like_data(rows, seed=0):
     return x.astype("float32"), log_runtime.astype("float32")[:, None]
 
 
-def _epoch_timer():
-    import keras
-
-    class EpochTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self._start)
-
-    return EpochTimer()
-
-
 def time_model(model, x, y, *, batch_size, epochs):
     """(warm-up epoch seconds incl. compilation, median seconds of `epochs` timed epochs)."""
     import keras
@@ -80,7 +63,9 @@ def time_model(model, x, y, *, batch_size, epochs):
     start = time.perf_counter()
     model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=True)
     warmup = time.perf_counter() - start
-    timer = _epoch_timer()
+    from glonet_keras.callbacks import EpochTimer
+
+    timer = EpochTimer()
     model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True,
               callbacks=[timer])
     return warmup, statistics.median(timer.seconds)

@@ -701,8 +701,6 @@ def count_examples(name, split, **source_kwargs):
 
     Returns None when neither knows (a stream of unknown length).
     """
-    import tensorflow as tf
-
     source = _source(name, **source_kwargs)
     known = source.info.num_examples.get(_check_split(split))
     if known:

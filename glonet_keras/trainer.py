@@ -34,13 +34,13 @@ import os
 import platform
 import sys
 import tempfile
-import time
 
 import keras
 import numpy as np
 
 from glonet_keras import data as data_lib
 from glonet_keras import distribute
+from glonet_keras.callbacks import EpochTimer
 from glonet_keras.models import get_model_class
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -189,20 +189,6 @@ class TrainResult:
     metrics_path: str
     export_path: str
     strategy: object
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Records the wall time of every epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def build_model(config, info):
