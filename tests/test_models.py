@@ -67,9 +67,11 @@ def test_every_builder_runs_on_jax_backend():
     output = harness.run_on_backend(
         "jax",
         f"""
-        import json, keras, numpy as np
+        import json, sys, keras, numpy as np
         import glonet_keras as g
         assert keras.backend.backend() == "jax"
+        # The lent GPUs have JAX but no TensorFlow: the core must not need it.
+        assert "tensorflow" not in sys.modules, "import glonet_keras pulled in TensorFlow"
         results = {{}}
         for name, (cls_name, kwargs) in json.loads({json.dumps(json.dumps(cases))}).items():
             kwargs = {{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}}
