@@ -205,8 +205,7 @@ class GloNetCNN(_CNNBase):
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         self._finish(
             self._constructor_config(args, extra=("aggregation", "include_stem")),
-            len(blocks),
-            {f"block_{i}": x for i, (_, x) in enumerate(blocks, start=1)},
+            [x for _, x in blocks],
         )
 
 
@@ -239,11 +238,7 @@ class PlainCNN(_CNNBase):
             x, num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
         )
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
-        self._finish(
-            self._constructor_config(args),
-            len(blocks),
-            {f"block_{i}": x for i, (_, x) in enumerate(blocks, start=1)},
-        )
+        self._finish(self._constructor_config(args), [x for _, x in blocks])
 
 
 @keras.saving.register_keras_serializable(package="glonet_keras")
@@ -312,4 +307,4 @@ class ResNetCNN(_CNNBase):
             x, num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
         )
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
-        self._finish(self._constructor_config(args), index, blocks)
+        self._finish(self._constructor_config(args), blocks)

@@ -140,13 +140,16 @@ class GloNetModelBase(keras.Model):
     exactly the constructor arguments, so `from_config(get_config())` rebuilds the same model.
     """
 
-    def _finish(self, constructor_args, num_blocks, block_outputs):
+    def _finish(self, constructor_args, block_outputs):
+        """Records the constructor arguments and the block outputs (a list, or a dict by name)."""
         self._constructor_args = dict(constructor_args)
         # keras.Model does not keep a functional model's `dtype` argument: record it here.
         self._constructor_args["dtype"] = dtype_name(self._constructor_args.get("dtype"))
-        self.num_blocks = num_blocks
         # Stable keys ("block_1", ...) so downstream code never slices `model.layers`.
+        if not isinstance(block_outputs, dict):
+            block_outputs = {f"block_{i}": x for i, x in enumerate(block_outputs, start=1)}
         self.block_outputs = dict(block_outputs)
+        self.num_blocks = len(self.block_outputs)
         # Keras' default spec lets a wrong channel count through when the expected last axis is 1
         # (it allows squeezing that axis); an exact spec names both shapes at the model's boundary.
         (model_input,) = self.inputs

@@ -117,8 +117,7 @@ class GloNetMLP(_MLPBase):
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         self._finish(
             self._constructor_config(args, extra=("aggregation", "include_stem")),
-            num_blocks,
-            {f"block_{i}": x for i, x in enumerate(blocks, start=1)},
+            blocks,
         )
 
 
@@ -149,11 +148,7 @@ class PlainMLP(_MLPBase):
             blocks[-1], num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
         )
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
-        self._finish(
-            self._constructor_config(args),
-            num_blocks,
-            {f"block_{i}": x for i, x in enumerate(blocks, start=1)},
-        )
+        self._finish(self._constructor_config(args), blocks)
 
 
 @keras.saving.register_keras_serializable(package="glonet_keras")
@@ -195,4 +190,4 @@ class ResNetMLP(_MLPBase):
             x, num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
         )
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
-        self._finish(self._constructor_config(args), num_blocks, blocks)
+        self._finish(self._constructor_config(args), blocks)

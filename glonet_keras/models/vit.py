@@ -154,8 +154,7 @@ class GloNetViT(_ViTBase):
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         self._finish(
             self._constructor_config(args, extra=("aggregation", "include_stem")),
-            num_blocks,
-            {f"block_{i}": x for i, x in enumerate(blocks, start=1)},
+            blocks,
         )
 
 
@@ -189,8 +188,4 @@ class ViT(_ViTBase):
             x, num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
         )
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
-        self._finish(
-            self._constructor_config(args),
-            num_blocks,
-            {f"block_{i}": x for i, x in enumerate(blocks, start=1)},
-        )
+        self._finish(self._constructor_config(args), blocks)
