@@ -17,11 +17,15 @@ Runs on any Keras backend and imports no TensorFlow of its own:
 
 import json
 import os
-import statistics
 import sys
-import time
 
 from absl import app, flags
+
+if __package__ in (None, ""):
+    # Run as a script (`python benchmarks/...py`): make the repository root importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.timing import describe_machine, time_model  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("depths", ["10", "24", "50", "100", "200"], "Depths (blocks) to time.")
@@ -53,22 +57,6 @@ def sgemm_like_data(rows, seed=0):
                    + x[:, 10:].sum(1) * 0.1 + rng.normal(0.0, 0.1, rows))
     x = (x - x.mean(0)) / x.std(0)
     return x.astype("float32"), log_runtime.astype("float32")[:, None]
-
-
-def time_model(model, x, y, *, batch_size, epochs):
-    """(warm-up epoch seconds incl. compilation, median seconds of `epochs` timed epochs)."""
-    import keras
-
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    start = time.perf_counter()
-    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=True)
-    warmup = time.perf_counter() - start
-    from glonet_keras.callbacks import EpochTimer
-
-    timer = EpochTimer()
-    model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True,
-              callbacks=[timer])
-    return warmup, statistics.median(timer.seconds)
 
 
 def run_benchmark(depths=(10, 24, 50, 100, 200), rows=170_000, width=16, batch_size=1024,
@@ -104,19 +92,6 @@ def format_row(row):
             f"(paper {paper})  warm-up {row['glonet_warmup_s']:.1f} / {row['resnet_bn_warmup_s']:.1f} s")
 
 
-def describe_machine():
-    import platform
-
-    import keras
-
-    text = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Keras {keras.__version__} on {keras.backend.backend()}"
-    if keras.backend.backend() == "jax":
-        import jax
-
-        text += f", JAX {jax.__version__}, devices {[d.device_kind for d in jax.devices()]}"
-    return text
-
-
 def main(argv):
     del argv
     depths = [int(d) for d in FLAGS.depths]
@@ -135,6 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    # Runnable as a script from anywhere in the repository: the package lives one level up.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     app.run(main)
