@@ -141,6 +141,15 @@ class SeededTrainer:
                                  shuffle=True)
         return bool(np.isfinite(history.history["loss"][-1]))
 
+    def test_accuracies(self, seeds, x_train, y_train, x_test, y_test):
+        """Trains once per seed from that seed's initial weights: (test accuracies, diverged runs)."""
+        scores, diverged = [], 0
+        for seed in seeds:
+            model = self.initialise(seed)
+            diverged += not self.fit(x_train, y_train, seed)
+            scores.append(accuracy(model, x_test, y_test))
+        return scores, diverged
+
 
 def accuracy(model, x, y):
     import numpy as np
@@ -249,11 +258,7 @@ def _mlp_depth_sweep(budget, seeds):
                                 **MLP_SETTING, **extra),
                 epochs=budget["mlp_epochs"],
             )
-            scores, nan_runs = [], 0
-            for seed in seeds:
-                model = trainer.initialise(seed)
-                nan_runs += not trainer.fit(x_train, y_train, seed)
-                scores.append(accuracy(model, x_test, y_test))
+            scores, nan_runs = trainer.test_accuracies(seeds, x_train, y_train, x_test, y_test)
             mlp[label][depth], diverged[label][depth] = scores, nan_runs
             log(f"MLP depth {depth:3d} {label:15s}: {fmt(scores)} % (non-finite loss: {nan_runs})")
     return dict(mlp=_keys_to_str(mlp), mlp_nonfinite_runs=_keys_to_str(diverged))
@@ -275,11 +280,7 @@ def _cnn_depth_sweep(budget, seeds):
                 lambda: builder(depth=depth, width=8, num_classes=10, input_shape=(8, 8, 1), **extra),
                 epochs=budget["cnn_epochs"],
             )
-            scores = []
-            for seed in seeds:
-                model = trainer.initialise(seed)
-                trainer.fit(xc_train, yc_train, seed)
-                scores.append(accuracy(model, xc_test, yc_test))
+            scores, _ = trainer.test_accuracies(seeds, xc_train, yc_train, xc_test, yc_test)
             cnn[label][depth] = scores
             log(f"CNN depth {depth:3d} {label:15s}: {fmt(scores)} %")
     return _keys_to_str(cnn)
@@ -327,11 +328,7 @@ def run_mnist1d(budget, seeds):
             lambda: GloNetMLP(num_blocks=depth, width=width, num_classes=10, input_shape=(40,)),
             epochs=budget["mnist1d_mlp_epochs"], batch_size=128,
         )
-        scores = []
-        for seed in seeds:
-            model = trainer.initialise(seed)
-            trainer.fit(flat_train, y_train, seed)
-            scores.append(accuracy(model, flat_test, y_test))
+        scores, _ = trainer.test_accuracies(seeds, flat_train, y_train, flat_test, y_test)
         out["mlp"][f"{depth}x{width}"] = scores
         log(f"MNIST-1D GloNet MLP {depth} blocks x {width}: {fmt(scores)} %")
     keras.backend.clear_session()
@@ -340,11 +337,7 @@ def run_mnist1d(budget, seeds):
         lambda: GloNetCNN(depth=depth, width=width, num_classes=10, input_shape=(40, 1)),
         epochs=budget["mnist1d_cnn_epochs"], batch_size=128,
     )
-    scores = []
-    for seed in seeds:
-        model = trainer.initialise(seed)
-        trainer.fit(x_train, y_train, seed)
-        scores.append(accuracy(model, x_test, y_test))
+    scores, _ = trainer.test_accuracies(seeds, x_train, y_train, x_test, y_test)
     out["cnn"][f"depth {depth}, width {width}"] = scores
     log(f"MNIST-1D GloNet CNN depth {depth} width {width}: {fmt(scores)} %")
     return out
