@@ -198,10 +198,7 @@ class GloNetCNN(_CNNBase):
         taps = [make_tap(x, stage, i) for i, (stage, x) in enumerate(blocks, start=1)]
         if include_stem:
             taps.insert(0, make_tap(stem, 1, 0))
-        outputs = common.glonet_head(
-            taps, aggregation=aggregation, num_classes=num_classes, dropout=dropout,
-            initializer=initializer, dtype=dtype,
-        )
+        outputs = self._glonet_outputs(taps, args)
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         self._finish(
             self._constructor_config(args, extra=("aggregation", "include_stem")),

@@ -157,6 +157,14 @@ class GloNetModelBase(keras.Model):
             shape=(None,) + tuple(model_input.shape[1:]), name=model_input.name
         )
 
+    @staticmethod
+    def _glonet_outputs(taps, args):
+        """The GloNet head over `taps`, configured by a GloNet class's constructor arguments."""
+        return glonet_head(
+            taps, aggregation=args["aggregation"], num_classes=args["num_classes"],
+            dropout=args["dropout"], initializer=args["initializer"], dtype=args["dtype"],
+        )
+
     def get_config(self):
         return {
             "name": self.name,

@@ -110,10 +110,7 @@ class GloNetMLP(_MLPBase):
         taps = [common.tap(x, i, dtype=dtype) for i, x in enumerate(blocks, start=1)]
         if include_stem:
             taps.insert(0, common.tap(stem, 0, dtype=dtype))
-        outputs = common.glonet_head(
-            taps, aggregation=aggregation, num_classes=num_classes, dropout=dropout,
-            initializer=initializer, dtype=dtype,
-        )
+        outputs = self._glonet_outputs(taps, args)
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         self._finish(
             self._constructor_config(args, extra=("aggregation", "include_stem")),

@@ -147,10 +147,7 @@ class GloNetViT(_ViTBase):
         ]
         if include_stem:
             taps.insert(0, TokenPooling("cls", name="tap_0", dtype=dtype)(embedded))
-        outputs = common.glonet_head(
-            taps, aggregation=aggregation, num_classes=num_classes, dropout=dropout,
-            initializer=initializer, dtype=dtype,
-        )
+        outputs = self._glonet_outputs(taps, args)
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         self._finish(
             self._constructor_config(args, extra=("aggregation", "include_stem")),
