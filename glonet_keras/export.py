@@ -22,7 +22,7 @@ import os
 import keras
 
 from glonet_keras import analysis
-from glonet_keras.data import Preprocessing
+from glonet_keras.preprocessing import Preprocessing
 
 TASKS = ("classification", "regression")
 METADATA_FILE = os.path.join("assets.extra", "glonet.json")
