@@ -16,6 +16,19 @@ import tensorflow as tf
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def relative_error(actual, expected):
+    """max |actual - expected| / max |expected|: an error measured against the output's own scale.
+
+    An element-wise rtol fails on outputs near zero (logits cross zero); an absolute tolerance means
+    nothing for outputs of scale 1e3. This is the one comparison the tests use for decompositions.
+    """
+    actual = np.asarray(actual, dtype="float64")
+    expected = np.asarray(expected, dtype="float64")
+    assert actual.shape == expected.shape, f"shapes differ: {actual.shape} vs {expected.shape}"
+    scale = np.max(np.abs(expected))
+    return float(np.max(np.abs(actual - expected)) / (scale if scale > 0 else 1.0))
+
+
 def random_inputs(model, batch=4, seed=0):
     shape = tuple(8 if d is None else d for d in model.inputs[0].shape[1:])
     return np.random.default_rng(seed).uniform(size=(batch,) + shape).astype("float32")
