@@ -1,61 +1,18 @@
 """Early exit and per-block analysis, generic over every GloNet the library builds or glonetifies.
 
-Everything here reads the skeleton by layer names, never by position:
+Everything here reads the model through `glonet_keras.skeleton.skeleton(model)`, which recovers
     inputs -> ... -> tap_[0|1]..tap_L -> glonet_aggregation -> [head_dropout] -> head
-The aggregation layer's recorded inputs are the taps, in order (`tap_0` first when the stem is
-included). A model loaded from a `.keras` file has the same names, so it works the same way.
+from the graph by layer names (never by position) and checks that it is a real GloNet. A model
+loaded from a `.keras` file has the same names, so it works the same way. A model that is not a
+GloNet raises `NotAGloNetError` (a ValueError); `is_glonet(model)` asks without raising.
 """
-
-import dataclasses
 
 import keras
 import numpy as np
 
+from glonet_keras import skeleton as skeleton_lib
 from glonet_keras.layers import GlobalAggregation
-
-
-@dataclasses.dataclass(frozen=True)
-class GloNetParts:
-    """The pieces of a GloNet's skeleton that analysis needs."""
-
-    inputs: object
-    taps: list  # KerasTensors, aggregation order
-    aggregation: GlobalAggregation
-    head: keras.layers.Dense
-    dropout: object  # the `head_dropout` layer or None
-    includes_stem: bool
-
-    @property
-    def num_blocks(self):
-        return len(self.taps) - int(self.includes_stem)
-
-
-def glonet_parts(model):
-    """Finds the skeleton of `model`; raises ValueError naming what is missing."""
-    if not isinstance(model, keras.Model) or not hasattr(model, "inputs") or model.inputs is None:
-        raise ValueError(
-            f"Expected a functional keras.Model built by glonet_keras, received {type(model).__name__}."
-        )
-    names = {layer.name: layer for layer in model.layers}
-    for required in ("glonet_aggregation", "head"):
-        if required not in names:
-            raise ValueError(
-                f"Model {model.name!r} has no layer named {required!r}: it is not a GloNet "
-                "(build one with glonet_keras or superimpose one with glonet_keras.glonetify)."
-            )
-    aggregation = names["glonet_aggregation"]
-    taps = aggregation.input
-    if not isinstance(taps, (list, tuple)):
-        taps = [taps]
-    includes_stem = taps[0]._keras_history.operation.name == "tap_0"
-    return GloNetParts(
-        inputs=model.inputs,
-        taps=list(taps),
-        aggregation=aggregation,
-        head=names["head"],
-        dropout=names.get("head_dropout"),
-        includes_stem=includes_stem,
-    )
+from glonet_keras.skeleton import NotAGloNetError, is_glonet, skeleton  # noqa: F401 (re-exported)
 
 
 def _apply_head(parts, z):
@@ -73,14 +30,14 @@ def truncate(model, k):
 
     The stem's tap, if the model aggregates it, stays in. Raises ValueError unless 1 <= k <= L.
     """
-    parts = glonet_parts(model)
+    parts = skeleton(model)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= parts.num_blocks:
         raise ValueError(
             f"`k` must be an integer in [1, {parts.num_blocks}] (the number of blocks of "
             f"{model.name!r}), received {k!r}."
         )
     taps = parts.taps[: k + int(parts.includes_stem)]
-    z = GlobalAggregation(mode=parts.aggregation.mode, name="glonet_aggregation",
+    z = GlobalAggregation(mode=parts.aggregation.mode, name=skeleton_lib.AGGREGATION,
                           dtype=parts.aggregation.dtype_policy)(taps)
     return keras.Model(_single_input(parts), _apply_head(parts, z), name=f"{model.name}_first_{k}")
 
@@ -91,7 +48,7 @@ def early_exit_model(model):
     Entry k - 1 on axis 1 equals `truncate(model, k)(x)`. With `include_stem`, every prefix also
     contains the stem's tap (as in `truncate`).
     """
-    parts = glonet_parts(model)
+    parts = skeleton(model)
     prefixes = GlobalAggregation(
         mode=parts.aggregation.mode, cumulative=True, name="glonet_prefix_aggregation",
         dtype=parts.aggregation.dtype_policy,
@@ -119,13 +76,13 @@ def early_exit_logits(model, x, batch_size=256):
 
 def taps_model(model):
     """A model returning the list of taps (aggregation order), each `(batch, width)`."""
-    parts = glonet_parts(model)
+    parts = skeleton(model)
     return keras.Model(_single_input(parts), list(parts.taps), name=f"{model.name}_taps")
 
 
 def head_kernel_and_bias(model):
     """The head's kernel `(width, outputs)` and bias `(outputs,)` as float32 numpy arrays."""
-    head = glonet_parts(model).head
+    head = skeleton(model).head
     kernel = np.asarray(keras.ops.convert_to_numpy(head.kernel), dtype="float32")
     if head.use_bias:
         bias = np.asarray(keras.ops.convert_to_numpy(head.bias), dtype="float32")
@@ -150,7 +107,7 @@ def block_contributions(model, x, batch_size=256):
     precision) head to that dtype's rounding: within 2e-2 relative (the tests' tolerance; typically
     a few 1e-3 for float16).
     """
-    parts = glonet_parts(model)
+    parts = skeleton(model)
     kernel, _ = head_kernel_and_bias(model)
     taps = taps_model(model).predict(x, batch_size=batch_size, verbose=0)
     if not isinstance(taps, (list, tuple)):
@@ -179,20 +136,51 @@ def early_exit_accuracy(model, x, y, batch_size=256):
     """Accuracy of every k-prefix (k = 1..L) from one forward pass: float numpy `(L,)`.
 
     `y` holds integer class labels `(batch,)` (or one-hot `(batch, classes)`). A single-output
-    model is read as a binary classifier with its logit thresholded at 0.
+    model is read as a binary classifier with its logit thresholded at 0 (labels 0 or 1).
+
+    Raises:
+        ValueError: `x` is not finite, the counts of `x` and `y` differ, or a label is not an integer
+            class of the model (a label out of range would silently count as a wrong answer).
     """
+    x_array = np.asarray(x) if not isinstance(x, (list, tuple, dict)) else None
+    if x_array is not None and x_array.dtype.kind == "f" and not np.all(np.isfinite(x_array)):
+        raise ValueError("`x` contains NaN or infinite values: accuracies over them mean nothing.")
     logits = np.asarray(early_exit_logits(model, x, batch_size=batch_size), dtype="float32")
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] > 1:
-        y = y.argmax(-1)
-    y = y.reshape(-1)
-    if y.shape[0] != logits.shape[0]:
+    if not np.all(np.isfinite(logits)):
+        raise ValueError("The model's outputs on `x` are not finite (NaN or inf).")
+    labels = _class_labels(y, num_outputs=logits.shape[-1])
+    if labels.shape[0] != logits.shape[0]:
         raise ValueError(
             f"`x` and `y` must hold the same number of examples, received {logits.shape[0]} inputs "
-            f"and {y.shape[0]} labels."
+            f"and {labels.shape[0]} labels."
         )
     if logits.shape[-1] == 1:
-        predictions = (logits[..., 0] > 0).astype(y.dtype)
+        predictions = (logits[..., 0] > 0).astype(labels.dtype)
     else:
         predictions = logits.argmax(-1)
-    return (predictions == y[:, None]).mean(0)
+    return (predictions == labels[:, None]).mean(0)
+
+
+def _class_labels(y, num_outputs):
+    """Integer labels `(batch,)` from integer or one-hot `y`, checked against the model's classes."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        if y.shape[1] != num_outputs:
+            raise ValueError(
+                f"One-hot labels have {y.shape[1]} classes but the model has {num_outputs} outputs."
+            )
+        y = y.argmax(-1)
+    y = y.reshape(-1)
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise ValueError("Labels must be integer class indices; `y` holds non-integer values.")
+        y = y.astype("int64")
+    elif y.dtype.kind not in "iub":
+        raise ValueError(f"Labels must be integer class indices, received dtype {y.dtype}.")
+    classes = 2 if num_outputs == 1 else num_outputs
+    if y.size and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(
+            f"Labels must lie in [0, {classes - 1}] for a model with {num_outputs} output(s); `y` "
+            f"holds values in [{y.min()}, {y.max()}]."
+        )
+    return y.astype("int64")

@@ -4,6 +4,7 @@ Every layer here uses `keras.ops` only, so it runs on the TensorFlow, JAX and Py
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 AGGREGATION_MODES = ("sum", "mean")
@@ -37,6 +38,9 @@ class GlobalAggregation(keras.layers.Layer):
             raise ValueError(
                 f"Unknown aggregation mode {mode!r}. Allowed modes: {list(AGGREGATION_MODES)}."
             )
+        if not isinstance(cumulative, (bool, np.bool_)):
+            # bool("no") is True: a string or number here is a mistake, not a truthy flag.
+            raise ValueError(f"`cumulative` must be True or False, received {cumulative!r}.")
         self.mode = mode
         self.cumulative = bool(cumulative)
         self.supports_masking = False

@@ -126,3 +126,45 @@ def run_on_backend(backend, script, timeout=240):
     )
     assert result.returncode == 0, f"{backend} run failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     return result.stdout
+
+
+def check_glonet_contract(model, x, *, rtol=1e-5, export_dir=None):
+    """The contract every GloNet (built, loaded or glonetified) must keep, checked from its graph.
+
+    - The skeleton is recovered from the graph: taps tap_1..tap_L in order, and the model's own
+      `num_blocks` / `block_outputs` (where it has them) agree with it.
+    - Exact decomposition: block contributions plus the head's bias equal the output, to `rtol`
+      relative to the outputs' scale.
+    - Early exits: prefix k of the one-pass early-exit model equals `truncate(model, k)`.
+    - With `export_dir`: the exported `early_exits` signature equals `analysis.early_exit_logits`.
+    """
+    from glonet_keras import analysis, skeleton
+
+    parts = skeleton.skeleton(model)
+    names = [t._keras_history.operation.name for t in parts.taps]
+    first = 0 if parts.includes_stem else 1
+    assert names == [f"tap_{i}" for i in range(first, parts.num_blocks + 1)], names
+    if hasattr(model, "num_blocks"):
+        assert model.num_blocks == parts.num_blocks
+    if hasattr(model, "block_outputs"):
+        assert list(model.block_outputs) == list(parts.block_outputs)
+    output = model.predict(x, verbose=0)
+    contributions = analysis.block_contributions(model, x)
+    assert contributions.shape == (len(x), len(parts.taps), output.shape[-1])
+    reconstructed = contributions.sum(1) + analysis.head_bias(model)
+    assert relative_error(reconstructed, output) < rtol
+    exits = analysis.early_exit_logits(model, x)
+    assert exits.shape == (len(x), parts.num_blocks, output.shape[-1])
+    for k in sorted({1, max(1, parts.num_blocks // 2), parts.num_blocks}):
+        truncated = analysis.truncate(model, k).predict(x, verbose=0)
+        assert relative_error(exits[:, k - 1], truncated) < rtol, f"prefix {k}"
+    assert relative_error(exits[:, -1], output) < rtol
+    if export_dir is not None:
+        from glonet_keras.export import export_saved_model
+
+        path = export_saved_model(model, export_dir, model_name="contract", overwrite=True)
+        served = tf.saved_model.load(path).signatures["early_exits"]
+        (input_name,) = served.structured_input_signature[1]
+        logits = served(**{input_name: tf.constant(x)})["logits"].numpy()
+        assert relative_error(logits, exits) < rtol
+    return parts

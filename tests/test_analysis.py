@@ -112,7 +112,7 @@ def test_truncate_range_and_non_glonet_errors():
     baseline = ResNetMLP(num_blocks=2, width=4, num_classes=3, input_shape=(6,))
     with pytest.raises(ValueError, match="glonet_aggregation"):
         analysis.block_contributions(baseline, np.zeros((2, 6), "float32"))
-    with pytest.raises(ValueError, match="functional keras.Model"):
+    with pytest.raises(analysis.NotAGloNetError, match="Expected a keras.Model"):
         analysis.contribution_shares("not a model", np.zeros((2, 6)))
 
 

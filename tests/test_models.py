@@ -102,10 +102,10 @@ def test_skeleton_names_and_block_outputs():
     tap_names = [t._keras_history.operation.name for t in aggregation.input]
     assert tap_names == ["tap_1", "tap_2", "tap_3"]
     assert model.get_layer("head").units == 5
-    # The last stage needs no projection; earlier stages share one each.
+    # The last stage needs no projection; earlier stages share one each (4 and 8 channels to 16).
     names = {layer.name for layer in model.layers}
-    assert {"stage_1_projection", "stage_2_projection"} <= names
-    assert "stage_3_projection" not in names
+    projections = {name for name in names if name.startswith("tap_projection")}
+    assert projections == {"tap_projection_4_to_16", "tap_projection_8_to_16"}
     assert g.GloNetMLP(**TINY_MLP).inputs[0].name == "features"
 
 
@@ -145,7 +145,7 @@ def test_regression_output():
         (g.GloNetCNN, dict(depth=21), "6n + 2"),
         (g.GloNetCNN, dict(depth=18, layout="imagenet", blocks_per_stage=(2, 2, 2, 2)), "not both"),
         (g.GloNetCNN, dict(layout="imagenet", depth=50), "[10, 18, 34]"),
-        (g.GloNetCNN, dict(layout="mobile"), "['cifar', 'imagenet']"),
+        (g.GloNetCNN, dict(layout="mobile"), "['cifar', 'imagenet', 'isotropic']"),
         (g.GloNetCNN, dict(width=0), "`width` must be an integer >= 1"),
         (g.GloNetCNN, dict(input_shape=(32, 32, None)), "known channel count"),
         (g.GloNetMLP, dict(width=0), "`width` must be an integer >= 1"),

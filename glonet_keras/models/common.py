@@ -1,17 +1,48 @@
 """Pieces shared by every model family: argument checks, initialisers, norms, heads, the base class."""
 
+import difflib
+import inspect
+import numbers
+
 import keras
 
-from glonet_keras.layers import AGGREGATION_MODES, GlobalAggregation, TorchBiasUniform
+from glonet_keras import skeleton
+from glonet_keras.layers import AGGREGATION_MODES, TorchBiasUniform
 
 INITIALIZERS = ("he", "torch")
 NORMALIZATIONS = (None, "batch", "layer")
 
 
 def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Returns `value` as a Python int >= 1 (numpy integers too); raises ValueError otherwise."""
+    if isinstance(value, (bool,)) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"`{name}` must be an integer >= 1, received {value!r}.")
-    return value
+    return int(value)
+
+
+def check_shape(shape, what, *, allow_none, ranks=None):
+    """`input_shape` as a tuple of Python ints (None allowed where `allow_none`), or ValueError.
+
+    `what` names the model family in the message; `ranks` restricts the number of dimensions.
+    """
+    def valid(d):
+        if d is None:
+            return allow_none
+        return not isinstance(d, bool) and isinstance(d, numbers.Integral) and d >= 1
+
+    if (
+        not isinstance(shape, (tuple, list))
+        or not shape
+        or (ranks is not None and len(shape) not in ranks)
+        or not all(valid(d) for d in shape)
+    ):
+        sizes = "positive sizes (None for unknown ones)" if allow_none else "fully known positive sizes"
+        rank_text = f" of {' or '.join(map(str, ranks))} dimensions" if ranks else ""
+        raise ValueError(
+            f"`input_shape` of {what} must be a tuple{rank_text} of {sizes}, without the batch "
+            f"dimension; received {shape!r}."
+        )
+    return tuple(None if d is None else int(d) for d in shape)
 
 
 def check_choice(name, value, allowed):
@@ -32,17 +63,23 @@ def check_activation(activation):
 
 
 def check_dropout(dropout):
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"`dropout` must be a float in [0, 1), received {dropout!r}.")
     return float(dropout)
 
 
-def check_common(*, activation, normalization, initializer, dropout, num_classes):
-    check_activation(activation)
-    check_choice("normalization", normalization, NORMALIZATIONS)
-    check_choice("initializer", initializer, INITIALIZERS)
-    check_dropout(dropout)
-    check_positive_int("num_classes", num_classes)
+def check_common(args):
+    """Validates the arguments every family shares, normalising numbers in `args` in place."""
+    check_activation(args["activation"])
+    if "normalization" in args:
+        check_choice("normalization", args["normalization"], NORMALIZATIONS)
+    check_choice("initializer", args["initializer"], INITIALIZERS)
+    args["dropout"] = check_dropout(args["dropout"])
+    args["num_classes"] = check_positive_int("num_classes", args["num_classes"])
+    if "aggregation" in args:
+        check_choice("aggregation", args["aggregation"], AGGREGATION_MODES)
+    if "include_stem" in args and not isinstance(args["include_stem"], bool):
+        raise ValueError(f"`include_stem` must be True or False, received {args['include_stem']!r}.")
 
 
 def kernel_initializer(initializer):
@@ -106,23 +143,11 @@ def global_pool(x, *, name, dtype):
     return layer_class[len(x.shape)](name=name, dtype=dtype)(x)
 
 
-def tap(x, index, *, dtype):
-    """Names a block's (already linear, aggregation-shaped) tap `tap_{index}`."""
-    return keras.layers.Identity(name=f"tap_{index}", dtype=dtype)(x)
-
-
 def head(x, *, num_classes, dropout, initializer, dtype):
-    """The linear head (after optional dropout) that every model in the library ends with."""
+    """The linear head (after optional dropout) that every baseline ends with."""
     if dropout > 0:
-        x = keras.layers.Dropout(dropout, name="head_dropout", dtype=dtype)(x)
-    return dense(x, num_classes, initializer=initializer, name="head", dtype=dtype)
-
-
-def glonet_head(taps, *, aggregation, num_classes, dropout, initializer, dtype):
-    """GlobalAggregation over the taps, then the linear head. Nothing nonlinear in between."""
-    check_choice("aggregation", aggregation, AGGREGATION_MODES)
-    z = GlobalAggregation(mode=aggregation, name="glonet_aggregation", dtype=dtype)(taps)
-    return head(z, num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype)
+        x = keras.layers.Dropout(dropout, name=skeleton.HEAD_DROPOUT, dtype=dtype)(x)
+    return dense(x, num_classes, initializer=initializer, name=skeleton.HEAD, dtype=dtype)
 
 
 def dtype_name(dtype):
@@ -133,12 +158,67 @@ def dtype_name(dtype):
     return keras.backend.standardize_dtype(dtype)
 
 
+# Keyword arguments a model accepts besides its constructor's own (what `get_config` adds).
+_MODEL_KWARGS = ("name", "trainable")
+# Arguments of keras.applications / keras-hub that mean something else here: say what to use instead.
+_FOREIGN_ARGUMENTS = {
+    "include_top": "a GloNet always ends in its linear head; for features read `model.block_outputs`",
+    "weights": "load pretrained weights with glonet_keras.create_model(name, pretrained=True) or "
+               "<Class>.from_preset(name)",
+    "pooling": "GloNet taps pool every block already; the head reads their sum",
+    "classes": "use `num_classes`",
+    "input_tensor": "pass `input_shape`",
+}
+
+
 class GloNetModelBase(keras.Model):
     """Base of every model the library builds (keras-hub pattern).
 
-    Subclasses build a functional graph in `__init__` and call `_finish(...)`. `get_config()` returns
-    exactly the constructor arguments, so `from_config(get_config())` rebuilds the same model.
+    A subclass's `__init__` declares every argument explicitly, validates them (`_arguments`), builds
+    the functional graph, then records its config (`_finish`): `get_config()` returns exactly the
+    constructor arguments, so `from_config(get_config())` rebuilds the same model. An unknown
+    keyword raises TypeError naming the closest valid argument; the default model name is the class's
+    snake_case name (`default_name`), never a process-dependent `glo_net_cnn_1`.
     """
+
+    default_name = None
+
+    @classmethod
+    def _valid_arguments(cls):
+        parameters = inspect.signature(cls.__init__).parameters
+        named = [name for name, p in parameters.items()
+                 if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        return named + list(_MODEL_KWARGS)
+
+    @classmethod
+    def check_arguments(cls, kwargs):
+        """Raises TypeError for any keyword `cls` does not take, naming the closest valid one."""
+        valid = cls._valid_arguments()
+        for key in kwargs:
+            if key in valid:
+                continue
+            advice = _FOREIGN_ARGUMENTS.get(key)
+            if key in ("aggregation", "include_stem"):
+                advice = f"only GloNet models take it; {cls.__name__} is a baseline without a sum"
+            if advice is None:
+                close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+                advice = f"did you mean `{close[0]}`" if close else f"valid arguments: {valid}"
+            raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {key!r}: {advice}.")
+
+    def _arguments(self, local_variables):
+        """The constructor's arguments (from `locals()`), with `**kwargs` checked and split off.
+
+        Returns `(args, model_kwargs)`: `args` holds only the declared arguments; `model_kwargs` the
+        `name` (defaulting to `default_name`) and `trainable` for keras.Model.
+        """
+        args = dict(local_variables)
+        for key in ("self", "__class__"):
+            args.pop(key, None)
+        model_kwargs = dict(args.pop("kwargs", {}))
+        type(self).check_arguments(model_kwargs)
+        if model_kwargs.get("name") is None:
+            model_kwargs["name"] = self.default_name
+        return args, model_kwargs
 
     def _finish(self, constructor_args, block_outputs):
         """Records the constructor arguments and the block outputs (a list, or a dict by name)."""
@@ -147,7 +227,7 @@ class GloNetModelBase(keras.Model):
         self._constructor_args["dtype"] = dtype_name(self._constructor_args.get("dtype"))
         # Stable keys ("block_1", ...) so downstream code never slices `model.layers`.
         if not isinstance(block_outputs, dict):
-            block_outputs = {f"block_{i}": x for i, x in enumerate(block_outputs, start=1)}
+            block_outputs = {skeleton.block_key(i): x for i, x in enumerate(block_outputs, start=1)}
         self.block_outputs = dict(block_outputs)
         self.num_blocks = len(self.block_outputs)
         # Keras' default spec lets a wrong channel count through when the expected last axis is 1
@@ -158,12 +238,21 @@ class GloNetModelBase(keras.Model):
         )
 
     @staticmethod
-    def _glonet_outputs(taps, args):
-        """The GloNet head over `taps`, configured by a GloNet class's constructor arguments."""
-        return glonet_head(
-            taps, aggregation=args["aggregation"], num_classes=args["num_classes"],
-            dropout=args["dropout"], initializer=args["initializer"], dtype=args["dtype"],
+    def _glonet_outputs(blocks, args, *, stem=None, width=None, pooling="average"):
+        """The GloNet tail (taps, aggregation, head) over `blocks`, from a GloNet's arguments."""
+        outputs, _ = skeleton.glonet_tail(
+            blocks,
+            num_classes=args["num_classes"],
+            stem_output=stem if args["include_stem"] else None,
+            aggregation=args["aggregation"],
+            pooling=pooling,
+            width=width,
+            dropout=args["dropout"],
+            head_initializer=kernel_initializer(args["initializer"]),
+            head_bias_initializer=bias_initializer(args["initializer"], width or blocks[-1].shape[-1]),
+            dtype=args["dtype"],
         )
+        return outputs
 
     def get_config(self):
         return {
@@ -195,6 +284,7 @@ class GloNetModelBase(keras.Model):
         config = dict(config)
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
-        if isinstance(config.get("input_shape"), list):
-            config["input_shape"] = tuple(config["input_shape"])
+        for key in ("input_shape", "blocks_per_stage"):
+            if isinstance(config.get(key), list):
+                config[key] = tuple(config[key])
         return cls(**config)

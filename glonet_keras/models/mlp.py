@@ -19,24 +19,14 @@ class _MLPBase(common.GloNetModelBase):
     input_name = "features"
 
     def _setup(self, args):
-        """Validates the constructor arguments; returns the input and the stem's output."""
-        common.check_positive_int("num_blocks", args["num_blocks"])
-        common.check_positive_int("width", args["width"])
-        common.check_common(
-            activation=args["activation"], normalization=args["normalization"],
-            initializer=args["initializer"], dropout=args["dropout"], num_classes=args["num_classes"],
-        )
-        input_shape = args["input_shape"]
-        if not isinstance(input_shape, (tuple, list)) or any(
-            d is None or int(d) < 1 for d in input_shape
-        ):
-            raise ValueError(
-                "`input_shape` of an MLP must be a tuple of known positive sizes (without the batch "
-                f"dimension), received {input_shape!r}."
-            )
-        inputs = keras.Input(shape=tuple(input_shape), name=self.input_name)
+        """Validates the constructor arguments (in place); returns the input and the stem's output."""
+        args["num_blocks"] = common.check_positive_int("num_blocks", args["num_blocks"])
+        args["width"] = common.check_positive_int("width", args["width"])
+        common.check_common(args)
+        args["input_shape"] = common.check_shape(args["input_shape"], "an MLP", allow_none=False)
+        inputs = keras.Input(shape=args["input_shape"], name=self.input_name)
         x = inputs
-        if len(input_shape) > 1:
+        if len(args["input_shape"]) > 1:
             x = keras.layers.Flatten(name="stem_flatten", dtype=args["dtype"])(x)
         x = common.dense(
             x, args["width"], initializer=args["initializer"], name="stem", dtype=args["dtype"]
@@ -57,13 +47,6 @@ class _MLPBase(common.GloNetModelBase):
             outputs.append(x)
         return outputs
 
-    @staticmethod
-    def _constructor_config(args, extra=()):
-        names = ["num_blocks", "width", "num_classes", "input_shape", "activation",
-                 "normalization", "initializer", *extra, "dropout", "dtype"]
-        config = {name: args[name] for name in names}
-        config["input_shape"] = tuple(config["input_shape"])
-        return config
 
 
 @keras.saving.register_keras_serializable(package="glonet_keras")
@@ -89,6 +72,8 @@ class GloNetMLP(_MLPBase):
     >>> model.block_outputs["block_30"]                     # the last block's KerasTensor
     """
 
+    default_name = "glonet_mlp"
+
     def __init__(
         self,
         num_blocks=10,
@@ -104,18 +89,12 @@ class GloNetMLP(_MLPBase):
         dtype=None,
         **kwargs,
     ):
-        args = dict(locals())
+        args, model_kwargs = self._arguments(locals())
         inputs, stem = self._setup(args)
         blocks = self._plain_blocks(stem, args)
-        taps = [common.tap(x, i, dtype=dtype) for i, x in enumerate(blocks, start=1)]
-        if include_stem:
-            taps.insert(0, common.tap(stem, 0, dtype=dtype))
-        outputs = self._glonet_outputs(taps, args)
-        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
-        self._finish(
-            self._constructor_config(args, extra=("aggregation", "include_stem")),
-            blocks,
-        )
+        outputs = self._glonet_outputs(blocks, args, stem=stem)
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **model_kwargs)
+        self._finish(args, blocks)
 
 
 @keras.saving.register_keras_serializable(package="glonet_keras")
@@ -124,6 +103,8 @@ class PlainMLP(_MLPBase):
 
     Args: as `GloNetMLP`, without `aggregation` and `include_stem`.
     """
+
+    default_name = "plain_mlp"
 
     def __init__(
         self,
@@ -138,14 +119,15 @@ class PlainMLP(_MLPBase):
         dtype=None,
         **kwargs,
     ):
-        args = dict(locals())
+        args, model_kwargs = self._arguments(locals())
         inputs, stem = self._setup(args)
         blocks = self._plain_blocks(stem, args)
         outputs = common.head(
-            blocks[-1], num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
+            blocks[-1], num_classes=args["num_classes"], dropout=args["dropout"],
+            initializer=initializer, dtype=dtype,
         )
-        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
-        self._finish(self._constructor_config(args), blocks)
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **model_kwargs)
+        self._finish(args, blocks)
 
 
 @keras.saving.register_keras_serializable(package="glonet_keras")
@@ -158,6 +140,8 @@ class ResNetMLP(_MLPBase):
 
     Args: as `PlainMLP`; `normalization` defaults to `"batch"`.
     """
+
+    default_name = "resnet_mlp"
 
     def __init__(
         self,
@@ -172,19 +156,21 @@ class ResNetMLP(_MLPBase):
         dtype=None,
         **kwargs,
     ):
-        args = dict(locals())
+        args, model_kwargs = self._arguments(locals())
         inputs, x = self._setup(args)
         blocks = {}
-        for i in range(1, num_blocks + 1):
+        for i in range(1, args["num_blocks"] + 1):
             y = common.norm(x, normalization, name=f"block_{i}_norm", dtype=dtype)
             y = common.activation(y, f"block_{i}_act", act=activation, dtype=dtype)
-            y = common.dense(y, width, initializer=initializer, name=f"block_{i}_dense", dtype=dtype)
+            y = common.dense(y, args["width"], initializer=initializer, name=f"block_{i}_dense",
+                             dtype=dtype)
             x = keras.layers.Add(name=f"block_{i}_add", dtype=dtype)([x, y])
             blocks[f"block_{i}"] = x
         x = common.norm(x, normalization, name="post_norm", dtype=dtype)
         x = common.activation(x, "post_act", act=activation, dtype=dtype)
         outputs = common.head(
-            x, num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
+            x, num_classes=args["num_classes"], dropout=args["dropout"], initializer=initializer,
+            dtype=dtype,
         )
-        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
-        self._finish(self._constructor_config(args), blocks)
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **model_kwargs)
+        self._finish(args, blocks)

@@ -15,29 +15,22 @@ from glonet_keras.layers import ClassToken, PositionEmbedding, TokenPooling
 from glonet_keras.models import common
 
 
-def _check_vit_args(input_shape, patch_size, hidden_dim, num_heads, mlp_dim, num_blocks):
-    common.check_positive_int("num_blocks", num_blocks)
-    common.check_positive_int("patch_size", patch_size)
-    common.check_positive_int("hidden_dim", hidden_dim)
-    common.check_positive_int("num_heads", num_heads)
-    common.check_positive_int("mlp_dim", mlp_dim)
-    if (
-        not isinstance(input_shape, (tuple, list))
-        or len(input_shape) != 3
-        or any(d is None or int(d) < 1 for d in input_shape)
-    ):
-        raise ValueError(
-            "`input_shape` of a ViT must be a fully known (height, width, channels), received "
-            f"{input_shape!r}."
-        )
-    height, width, _ = input_shape
+def _check_vit_args(args):
+    """Validates the ViT arguments in place (numpy integers become ints)."""
+    for name in ("num_blocks", "patch_size", "hidden_dim", "num_heads", "mlp_dim"):
+        args[name] = common.check_positive_int(name, args[name])
+    args["input_shape"] = common.check_shape(
+        args["input_shape"], "a ViT ((height, width, channels))", allow_none=False, ranks=(3,)
+    )
+    height, width, _ = args["input_shape"]
+    patch_size = args["patch_size"]
     if height % patch_size or width % patch_size:
         raise ValueError(
             f"The image size {height}x{width} must be divisible by `patch_size`={patch_size}."
         )
-    if hidden_dim % num_heads:
+    if args["hidden_dim"] % args["num_heads"]:
         raise ValueError(
-            f"`hidden_dim`={hidden_dim} must be divisible by `num_heads`={num_heads}."
+            f"`hidden_dim`={args['hidden_dim']} must be divisible by `num_heads`={args['num_heads']}."
         )
 
 
@@ -77,27 +70,13 @@ class _ViTBase(common.GloNetModelBase):
     input_name = "images"
 
     def _build_encoder(self, args):
-        common.check_common(
-            activation=args["activation"], normalization=None, initializer=args["initializer"],
-            dropout=args["dropout"], num_classes=args["num_classes"],
-        )
-        _check_vit_args(
-            args["input_shape"], args["patch_size"], args["hidden_dim"], args["num_heads"],
-            args["mlp_dim"], args["num_blocks"],
-        )
+        common.check_common(args)
+        _check_vit_args(args)
         return _embed_and_encode(
             args["input_shape"], patch_size=args["patch_size"], hidden_dim=args["hidden_dim"],
             num_heads=args["num_heads"], mlp_dim=args["mlp_dim"], num_blocks=args["num_blocks"],
             activation=args["activation"], initializer=args["initializer"], dtype=args["dtype"],
         )
-
-    @staticmethod
-    def _constructor_config(args, extra=()):
-        names = ["num_blocks", "hidden_dim", "num_heads", "mlp_dim", "patch_size", "num_classes",
-                 "input_shape", "activation", "initializer", *extra, "dropout", "dtype"]
-        config = {name: args[name] for name in names}
-        config["input_shape"] = tuple(config["input_shape"])
-        return config
 
 
 @keras.saving.register_keras_serializable(package="glonet_keras")
@@ -122,6 +101,8 @@ class GloNetViT(_ViTBase):
     ...                   input_shape=(32, 32, 3))
     """
 
+    default_name = "glonet_vit"
+
     def __init__(
         self,
         num_blocks=6,
@@ -139,20 +120,11 @@ class GloNetViT(_ViTBase):
         dtype=None,
         **kwargs,
     ):
-        args = dict(locals())
+        args, model_kwargs = self._arguments(locals())
         inputs, embedded, blocks = self._build_encoder(args)
-        taps = [
-            TokenPooling("cls", name=f"tap_{i}", dtype=dtype)(x)
-            for i, x in enumerate(blocks, start=1)
-        ]
-        if include_stem:
-            taps.insert(0, TokenPooling("cls", name="tap_0", dtype=dtype)(embedded))
-        outputs = self._glonet_outputs(taps, args)
-        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
-        self._finish(
-            self._constructor_config(args, extra=("aggregation", "include_stem")),
-            blocks,
-        )
+        outputs = self._glonet_outputs(blocks, args, stem=embedded, pooling="cls")
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **model_kwargs)
+        self._finish(args, blocks)
 
 
 @keras.saving.register_keras_serializable(package="glonet_keras")
@@ -161,6 +133,8 @@ class ViT(_ViTBase):
 
     Args: as `GloNetViT`, without `aggregation` and `include_stem`.
     """
+
+    default_name = "vit"
 
     def __init__(
         self,
@@ -177,12 +151,13 @@ class ViT(_ViTBase):
         dtype=None,
         **kwargs,
     ):
-        args = dict(locals())
+        args, model_kwargs = self._arguments(locals())
         inputs, _, blocks = self._build_encoder(args)
         x = keras.layers.LayerNormalization(epsilon=1e-6, name="final_norm", dtype=dtype)(blocks[-1])
         x = TokenPooling("cls", name="pool", dtype=dtype)(x)
         outputs = common.head(
-            x, num_classes=num_classes, dropout=dropout, initializer=initializer, dtype=dtype
+            x, num_classes=args["num_classes"], dropout=args["dropout"], initializer=initializer,
+            dtype=dtype,
         )
-        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
-        self._finish(self._constructor_config(args), blocks)
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **model_kwargs)
+        self._finish(args, blocks)
