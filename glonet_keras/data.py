@@ -5,7 +5,10 @@ Names (`DATASETS`):
   [0, 1], shape (8, 8, 1); a fixed stratified 80/20 train/test split. Offline.
 - `mnist1d`: the MNIST-1D benchmark (4,000 train / 1,000 test signals of length 40, 10 classes),
   generated procedurally by the `mnist1d` package (never downloaded), shape (40, 1). Offline.
-- tfds names `mnist`, `fashion_mnist`, `cifar10`, `cifar100`, `imagenette/160px-v2` (any
+- `fashion_mnist`: Zalando's Fashion-MNIST (60,000 train / 10,000 test 28x28 grayscale images, 10
+  classes) from its four original gzip IDX files on the local disk (`fashion_mnist_dir`), each
+  checked against its sha256. Kept as uint8 in memory. Offline: never downloaded.
+- tfds names `mnist`, `cifar10`, `cifar100`, `imagenette/160px-v2` (any
   `imagenette/...` config) and `imagenet2012` (manual files): read from `data_dir` (tfds' default
   when None). Nothing is downloaded unless `download=True`; a data set that is not prepared fails
   at once with `DatasetUnavailableError` naming it and the directory looked in.
@@ -27,9 +30,11 @@ the training split only; it never becomes part of a model.
 
 import dataclasses
 import functools
-import json
+import gzip
+import hashlib
 import math
 import os
+import zlib
 
 import numpy as np
 
@@ -37,9 +42,8 @@ from glonet_keras.preprocessing import (  # noqa: F401  (re-exported)
     Preprocessing, load_preprocessing, save_preprocessing,
 )
 
-OFFLINE_DATASETS = ("digits", "mnist1d")
-TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenette/160px-v2",
-                 "imagenet2012")
+OFFLINE_DATASETS = ("digits", "mnist1d", "fashion_mnist")
+TFDS_DATASETS = ("mnist", "cifar10", "cifar100", "imagenette/160px-v2", "imagenet2012")
 FILE_DATASETS = ("image_folder", "sgemm")
 DATASETS = OFFLINE_DATASETS + TFDS_DATASETS + FILE_DATASETS
 SPLITS = ("train", "validation", "test")
@@ -53,7 +57,6 @@ _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _TFDS_STATS = {
     # name: (mean, std, default image size or None for the native fixed size)
     "mnist": ((0.1307,), (0.3081,), None),
-    "fashion_mnist": ((0.2860,), (0.3530,), None),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), None),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), None),
     "imagenette": (_IMAGENET_MEAN, _IMAGENET_STD, (160, 160)),
@@ -63,16 +66,57 @@ _TFDS_STATS = {
 _TFDS_TEST_SPLIT = {"imagenette": "validation", "imagenet2012": "validation"}
 
 
+# Fashion-MNIST: the four original gzip IDX files, looked for in this order (see `fashion_mnist_dir`).
+FASHION_MNIST_ENV = "GLONET_KERAS_FASHION_MNIST_DIR"
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
+# sha256 of Zalando's canonical files (the ones Debian ships and `keras.datasets` downloads).
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+_FASHION_MNIST_MAX_FILE_BYTES = 32 * 2**20  # The largest file is 26.4 MB: refuse to read more.
+_FASHION_MNIST_HOW_TO = (
+    "Get the four files ({files}) in one of two ways: `apt-get install dataset-fashion-mnist` "
+    "(Debian/Ubuntu, as root; `make data` does it), or on a machine with internet "
+    "`python -c \"import keras; keras.datasets.fashion_mnist.load_data()\"`, which fills the Keras "
+    "cache $KERAS_HOME/datasets/fashion-mnist (copy that folder to this machine). Or point the environment "
+    "variable {env} (or data_dir=) at a folder holding them."
+).format(files=", ".join(FASHION_MNIST_SHA256), env=FASHION_MNIST_ENV)
+
+
 class DatasetUnavailableError(FileNotFoundError):
     """A named data set is not on this machine (and no download was asked for)."""
 
 
-def load_arrays(name, seed=0):
-    """Returns `(x_train, y_train), (x_test, y_test)` as float32 / int32 numpy arrays."""
+def load_arrays(name, seed=0, *, data_dir=None):
+    """The official train and test arrays of an in-memory classification set, before preprocessing.
+
+    Args:
+        name: "digits", "mnist1d" or "fashion_mnist".
+        seed: seeds digits' stratified split and MNIST-1D's generator (0 gives the standard data);
+            Fashion-MNIST's split is the official one.
+        data_dir: Fashion-MNIST only: the folder of its four gzip IDX files (see
+            `fashion_mnist_dir` for where it looks without one).
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`: x float32 (digits, mnist1d) or uint8
+        (fashion_mnist, shape (n, 28, 28, 1)), y int32.
+
+    Raises:
+        DatasetUnavailableError: Fashion-MNIST's files are not on this machine.
+        ValueError: an unknown name, or a corrupt Fashion-MNIST file (named).
+    """
     if name == "digits":
         return _digits(seed)
     if name == "mnist1d":
         return _mnist1d(seed)
+    if name == "fashion_mnist":
+        (x_train, y_train), (x_test, y_test) = _fashion_mnist(fashion_mnist_dir(data_dir))
+        return (x_train.copy(), y_train.copy()), (x_test.copy(), y_test.copy())
     raise ValueError(f"Unknown offline data set {name!r}. Available: {list(OFFLINE_DATASETS)}.")
 
 
@@ -102,6 +146,125 @@ def _mnist1d(seed):
     x_train = np.asarray(data["x"], "float32")[..., None]
     x_test = np.asarray(data["x_test"], "float32")[..., None]
     return (x_train, np.asarray(data["y"], "int32")), (x_test, np.asarray(data["y_test"], "int32"))
+
+
+def _keras_cache_dir():
+    """Where `keras.datasets.fashion_mnist.load_data()` keeps its files (Keras' own rule)."""
+    if "KERAS_HOME" in os.environ:
+        keras_home = os.environ["KERAS_HOME"]
+    else:
+        home = os.path.expanduser("~")
+        keras_home = os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
+    return os.path.join(os.path.expanduser(keras_home), "datasets", "fashion-mnist")
+
+
+def fashion_mnist_dir(data_dir=None):
+    """The folder Fashion-MNIST is read from. Looks only at the local disk, never the network.
+
+    With `data_dir`, that folder and no other. Without, the first of: the environment variable
+    `GLONET_KERAS_FASHION_MNIST_DIR`, the Debian package's `/usr/share/datasets/fashion-mnist`, and
+    the Keras cache `$KERAS_HOME/datasets/fashion-mnist` (`~/.keras` by default) that holds all
+    four files. A folder holding only some of them is an error, never skipped.
+
+    Raises:
+        DatasetUnavailableError: no folder holds the four files. The message lists where it
+            looked and how to get them.
+    """
+    if data_dir is not None:
+        candidates = [("data_dir", os.fspath(data_dir))]
+    else:
+        candidates = [(f"${FASHION_MNIST_ENV}", os.environ.get(FASHION_MNIST_ENV)),
+                      ("Debian package", FASHION_MNIST_DEBIAN_DIR),
+                      ("Keras cache", _keras_cache_dir())]
+    looked = []
+    for origin, directory in candidates:
+        if not directory:
+            continue
+        present = [f for f in FASHION_MNIST_SHA256 if os.path.isfile(os.path.join(directory, f))]
+        if len(present) == len(FASHION_MNIST_SHA256):
+            return directory
+        if present:
+            missing = [f for f in FASHION_MNIST_SHA256 if f not in present]
+            raise DatasetUnavailableError(
+                f"Data set 'fashion_mnist': {directory!r} ({origin}) lacks {missing}. "
+                + _FASHION_MNIST_HOW_TO
+            )
+        looked.append(f"{directory!r} ({origin})")
+    raise DatasetUnavailableError(
+        f"Data set 'fashion_mnist' is not on this machine (looked in {', '.join(looked)}). "
+        + _FASHION_MNIST_HOW_TO
+    )
+
+
+def _fashion_mnist(directory):
+    """Decoded arrays of the four files in `directory`, read once per process per file version."""
+    return _decode_fashion_mnist(os.path.realpath(directory), _file_stamps(directory))
+
+
+@functools.lru_cache(maxsize=2)
+def _decode_fashion_mnist(directory, stamps):
+    del stamps  # Part of the cache key only.
+    splits = []
+    for prefix, count in (("train", 60_000), ("t10k", 10_000)):
+        images = _read_idx(directory, f"{prefix}-images-idx3-ubyte.gz", (count, 28, 28))
+        labels = _read_idx(directory, f"{prefix}-labels-idx1-ubyte.gz", (count,))
+        if labels.max() >= len(FASHION_MNIST_CLASSES):
+            raise ValueError(f"{os.path.join(directory, prefix)}-labels: a label is over 9.")
+        splits.append((images[..., None], labels.astype("int32")))
+    return tuple(splits)
+
+
+def _read_idx(directory, file_name, shape):
+    """One verified gzip IDX file of unsigned bytes -> read-only uint8 array of `shape`.
+
+    Raises ValueError naming the file when its sha256 is not the canonical one, or (for a file
+    that passed the hash but not the parser) when it is no IDX file of that shape.
+    """
+    path = os.path.join(directory, file_name)
+    with open(path, "rb") as handle:
+        compressed = handle.read(_FASHION_MNIST_MAX_FILE_BYTES + 1)
+    digest = hashlib.sha256(compressed).hexdigest()
+    if digest != FASHION_MNIST_SHA256[file_name]:
+        raise ValueError(
+            f"{path}: sha256 {digest} is not that of the canonical Fashion-MNIST file "
+            f"({FASHION_MNIST_SHA256[file_name]}): the file is corrupt, truncated or another "
+            "version. Delete it and get it again. " + _FASHION_MNIST_HOW_TO
+        )
+    try:
+        content = gzip.decompress(compressed)
+    except (OSError, EOFError, zlib.error) as error:
+        raise ValueError(f"{path}: not a valid gzip file ({error}).") from error
+    return parse_idx(content, shape, path)
+
+
+def parse_idx(content, shape, path="<bytes>"):
+    """Parses an IDX file of unsigned bytes (the MNIST format) that must hold `shape` exactly.
+
+    The header is two zero bytes, the type byte 0x08 (unsigned byte), the number of dimensions,
+    then each dimension as a big-endian uint32; the values follow, and nothing after them.
+
+    Returns:
+        A read-only uint8 array of `shape` (a view of `content`).
+
+    Raises:
+        ValueError: naming `path`, when the magic number, the dimensions or the length differ.
+    """
+    header_size = 4 + 4 * len(shape)
+    if len(content) < header_size:
+        raise ValueError(f"{path}: {len(content)} bytes is too short for an IDX header.")
+    magic = bytes(content[:4])
+    if magic != bytes((0, 0, 0x08, len(shape))):
+        raise ValueError(
+            f"{path}: IDX magic number {magic.hex()} is not {bytes((0, 0, 8, len(shape))).hex()} "
+            f"(unsigned bytes, {len(shape)} dimensions)."
+        )
+    dims = tuple(int.from_bytes(content[4 + 4 * i:8 + 4 * i], "big") for i in range(len(shape)))
+    if dims != tuple(shape):
+        raise ValueError(f"{path}: IDX dimensions {dims}, expected {tuple(shape)}.")
+    expected = header_size + math.prod(shape)
+    if len(content) != expected:
+        raise ValueError(f"{path}: {len(content)} bytes, expected {expected} for shape {dims}.")
+    return np.frombuffer(content, np.uint8, offset=header_size).reshape(shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,27 +332,47 @@ def _split_indices(num_examples, validation_fraction, seed):
     return order[: num_examples - num_validation], order[num_examples - num_validation :]
 
 
-def _channel_stats(x):
-    axes = tuple(range(x.ndim - 1))
-    std = x.std(axis=axes)
-    return tuple(x.mean(axis=axes).tolist()), tuple(np.where(std > 0, std, 1.0).tolist())
+def _channel_stats(x, scale=1.0, rows_per_chunk=4096):
+    """Per-channel (last axis) mean and std of `x * scale`, in float64, a chunk of rows at a time.
+
+    Two passes over chunks keep the memory small (60,000 uint8 images would be 376 MB as float64)
+    and the variance free of the cancellation of the sum-of-squares formula. A constant channel
+    gets std 1 so that normalising never divides by zero.
+    """
+    rows = x.reshape(len(x), -1, x.shape[-1])
+    chunks = [rows[i:i + rows_per_chunk] for i in range(0, len(rows), rows_per_chunk)]
+    count = rows.shape[0] * rows.shape[1]
+    mean = sum(chunk.sum(axis=(0, 1), dtype="float64") for chunk in chunks) * scale / count
+    squares = sum(np.square(chunk.astype("float64") * scale - mean).sum(axis=(0, 1))
+                  for chunk in chunks)
+    std = np.sqrt(squares / count)
+    return tuple(mean.tolist()), tuple(np.where(std > 0, std, 1.0).tolist())
 
 
 class _ArraySource:
-    """In-memory splits (offline sets and the SGEMM table)."""
+    """In-memory splits (offline sets and the SGEMM table), read-only and cached per process.
 
-    def __init__(self, name, splits, task, num_classes, source, preprocessing_kwargs=None):
+    The preprocessing scales the raw dtype's values (`scale`, 1/255 for uint8 images) and
+    normalises with the statistics of the "train" split only: the validation carve-out and the
+    test split never inform it.
+    """
+
+    def __init__(self, name, splits, task, num_classes, source, scale=1.0, image_size=None):
+        for x, y in splits.values():
+            x.flags.writeable = y.flags.writeable = False  # Shared by every caller.
         self.splits = splits
         x_train = splits["train"][0]
-        mean, std = _channel_stats(x_train.astype("float64"))
+        mean, std = _channel_stats(x_train, scale)
+        input_shape = tuple(x_train.shape[1:])
+        if image_size is not None:
+            input_shape = tuple(image_size) + input_shape[-1:]
         self.info = DatasetInfo(
             name=name,
-            input_shape=tuple(x_train.shape[1:]),
+            input_shape=input_shape,
             num_classes=num_classes,
             task=task,
-            preprocessing=Preprocessing(
-                input_dtype="float32", scale=1.0, mean=mean, std=std, **(preprocessing_kwargs or {})
-            ),
+            preprocessing=Preprocessing(input_dtype=str(x_train.dtype), scale=scale, mean=mean,
+                                        std=std, image_size=image_size),
             num_examples={split: len(arrays[1]) for split, arrays in splits.items()},
             source=source,
         )
@@ -201,17 +384,47 @@ class _ArraySource:
         return tf.data.Dataset.from_tensor_slices((x, y))
 
 
-@functools.lru_cache(maxsize=8)
-def _offline_source(name, seed, validation_fraction):
-    (x_train, y_train), (x_test, y_test) = load_arrays(name, seed)
+_OFFLINE_IMAGE_DATASETS = ("digits", "fashion_mnist")  # The in-memory sets that image_size resizes.
+
+
+def _offline_source(name, seed, validation_fraction, data_dir, image_size):
+    if image_size is not None:
+        if name not in _OFFLINE_IMAGE_DATASETS:
+            raise ValueError(f"Data set {name!r} has no images: image_size does not apply to it.")
+        image_size = tuple(int(s) for s in image_size)
+    if name == "fashion_mnist":
+        directory = fashion_mnist_dir(data_dir)
+        return _cached_offline_source(name, seed, validation_fraction, image_size,
+                                      os.path.realpath(directory), _file_stamps(directory))
+    return _cached_offline_source(name, seed, validation_fraction, image_size, None, None)
+
+
+def _file_stamps(directory):
+    """(size, mtime) of each Fashion-MNIST file: part of a cache key, so a replaced file is re-read."""
+    stamps = []
+    for file_name in FASHION_MNIST_SHA256:
+        stat = os.stat(os.path.join(directory, file_name))
+        stamps.append((stat.st_size, stat.st_mtime_ns))
+    return tuple(stamps)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_offline_source(name, seed, validation_fraction, image_size, directory, stamps):
+    if name == "fashion_mnist":
+        (x_train, y_train), (x_test, y_test) = _decode_fashion_mnist(directory, stamps)
+        source, scale = directory, 1.0 / 255.0
+    else:
+        (x_train, y_train), (x_test, y_test) = load_arrays(name, seed)
+        source = "sklearn.datasets.load_digits" if name == "digits" else "mnist1d.data.make_dataset"
+        scale = 1.0
     train, validation = _split_indices(len(y_train), validation_fraction, seed)
     splits = {
         "train": (x_train[train], y_train[train]),
         "validation": (x_train[validation], y_train[validation]),
-        "test": (x_test, y_test),
+        "test": (x_test.copy(), y_test.copy()),
     }
-    source = "sklearn.datasets.load_digits" if name == "digits" else "mnist1d.data.make_dataset"
-    return _ArraySource(name, splits, "classification", int(y_train.max()) + 1, source)
+    return _ArraySource(name, splits, "classification", int(y_train.max()) + 1, source,
+                        scale=scale, image_size=image_size)
 
 
 def read_sgemm_csv(path):
@@ -413,7 +626,7 @@ def _source(name, *, data_dir=None, download=False, manual_dir=None, image_size=
             validation_fraction=0.1):
     name = _check_name(name)
     if name in OFFLINE_DATASETS:
-        return _offline_source(name, seed, validation_fraction)
+        return _offline_source(name, seed, validation_fraction, data_dir, image_size)
     if name == "sgemm":
         return _sgemm_source(os.path.abspath(_sgemm_path(data_dir)), seed, validation_fraction)
     if name == "image_folder":
