@@ -46,6 +46,8 @@ OFFLINE_DATASETS = ("digits", "mnist1d", "fashion_mnist")
 TFDS_DATASETS = ("mnist", "cifar10", "cifar100", "imagenette/160px-v2", "imagenet2012")
 FILE_DATASETS = ("image_folder", "sgemm")
 DATASETS = OFFLINE_DATASETS + TFDS_DATASETS + FILE_DATASETS
+# Held in numpy arrays: `load_split` serves them without TensorFlow (the JAX training path).
+IN_MEMORY_DATASETS = OFFLINE_DATASETS + ("sgemm",)
 SPLITS = ("train", "validation", "test")
 AUGMENTATIONS = ("flip", "crop", "randaugment", "mixup", "cutmix")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -283,6 +285,7 @@ class DatasetInfo:
         preprocessing: the `Preprocessing` the pipeline applies.
         num_examples: examples per split ({"train": n, ...}), None where unknown.
         source: where the data came from (a directory or file), for metadata.
+        class_names: the name of each class index (a tuple of str), None for regression.
     """
 
     name: str
@@ -292,6 +295,7 @@ class DatasetInfo:
     preprocessing: Preprocessing
     num_examples: dict
     source: str
+    class_names: tuple = None
 
     def to_dict(self):
         return {
@@ -302,6 +306,7 @@ class DatasetInfo:
             "preprocessing": self.preprocessing.to_dict(),
             "num_examples": dict(self.num_examples),
             "source": self.source,
+            "class_names": None if self.class_names is None else list(self.class_names),
         }
 
 
@@ -357,7 +362,8 @@ class _ArraySource:
     test split never inform it.
     """
 
-    def __init__(self, name, splits, task, num_classes, source, scale=1.0, image_size=None):
+    def __init__(self, name, splits, task, num_classes, source, class_names=None, scale=1.0,
+                 image_size=None):
         for x, y in splits.values():
             x.flags.writeable = y.flags.writeable = False  # Shared by every caller.
         self.splits = splits
@@ -375,6 +381,7 @@ class _ArraySource:
                                         std=std, image_size=image_size),
             num_examples={split: len(arrays[1]) for split, arrays in splits.items()},
             source=source,
+            class_names=class_names,
         )
 
     def raw_dataset(self, split):
@@ -412,19 +419,19 @@ def _file_stamps(directory):
 def _cached_offline_source(name, seed, validation_fraction, image_size, directory, stamps):
     if name == "fashion_mnist":
         (x_train, y_train), (x_test, y_test) = _decode_fashion_mnist(directory, stamps)
-        source, scale = directory, 1.0 / 255.0
+        source, scale, class_names = directory, 1.0 / 255.0, FASHION_MNIST_CLASSES
     else:
         (x_train, y_train), (x_test, y_test) = load_arrays(name, seed)
         source = "sklearn.datasets.load_digits" if name == "digits" else "mnist1d.data.make_dataset"
-        scale = 1.0
+        scale, class_names = 1.0, tuple(str(digit) for digit in range(10))
     train, validation = _split_indices(len(y_train), validation_fraction, seed)
     splits = {
         "train": (x_train[train], y_train[train]),
         "validation": (x_train[validation], y_train[validation]),
         "test": (x_test.copy(), y_test.copy()),
     }
-    return _ArraySource(name, splits, "classification", int(y_train.max()) + 1, source,
-                        scale=scale, image_size=image_size)
+    return _ArraySource(name, splits, "classification", len(class_names), source,
+                        class_names=class_names, scale=scale, image_size=image_size)
 
 
 def read_sgemm_csv(path):
@@ -517,6 +524,7 @@ class _TFDSSource:
             name=name,
             input_shape=(height, width, image_shape[2]),
             num_classes=features["label"].num_classes,
+            class_names=tuple(features["label"].names),
             task="classification",
             preprocessing=Preprocessing(
                 input_dtype="uint8", scale=1.0 / 255.0, mean=mean, std=std, image_size=image_size
@@ -580,6 +588,7 @@ class _ImageFolderSource:
             name="image_folder",
             input_shape=image_size + (3,),
             num_classes=len(self.classes),
+            class_names=tuple(self.classes),
             task="classification",
             # Unknown images: map [0, 1] to [-1, 1] rather than guess statistics.
             preprocessing=Preprocessing(
@@ -638,9 +647,63 @@ def dataset_info(name, **source_kwargs):
     """The `DatasetInfo` of a data set (shape, classes, preprocessing), without reading it all.
 
     Accepts the source keyword arguments of `get_dataset` (data_dir, download, manual_dir,
-    image_size, seed, validation_fraction).
+    image_size, seed, validation_fraction). Needs no TensorFlow for `IN_MEMORY_DATASETS`.
     """
     return _source(name, **source_kwargs).info
+
+
+def in_memory(name):
+    """True when `load_split` serves the data set as numpy arrays (no TensorFlow needed)."""
+    return _check_name(name) in IN_MEMORY_DATASETS
+
+
+def load_split(name, split, *, seed=0, validation_fraction=0.1, max_examples=None, data_dir=None):
+    """One split of an in-memory data set as raw numpy arrays, without TensorFlow.
+
+    The arrays are exactly the examples `get_dataset` reads for the same arguments, in the same
+    (unshuffled) order, before `Preprocessing`: apply `dataset_info(...).preprocessing` to feed a
+    model (with `image_size=` it also resizes: the raw arrays are the same either way).
+
+    Args:
+        name: a name from `IN_MEMORY_DATASETS` (digits, mnist1d, fashion_mnist, sgemm).
+        split: "train", "validation" or "test".
+        seed, validation_fraction, data_dir: as for `get_dataset`.
+        max_examples: only the first N examples of the split.
+
+    Returns:
+        `(x, y)`: x in the raw dtype (uint8 for fashion_mnist, float32 otherwise), y int32 class
+        indices (float32 targets for sgemm). Read-only views of a per-process cache: copy them to
+        modify them.
+
+    Raises:
+        ValueError: a name that is not in memory (use `get_dataset`), an unknown split, or a bad
+            `max_examples`.
+        DatasetUnavailableError: the data is not on this machine.
+
+    Example:
+    >>> x, y = load_split("digits", "validation")
+    >>> x.shape[1:], x.dtype.name, y.dtype.name
+    ((8, 8, 1), 'float32', 'int32')
+    """
+    if not in_memory(name):
+        raise ValueError(
+            f"Data set {name!r} is not held in memory: `load_split` serves "
+            f"{list(IN_MEMORY_DATASETS)}; read it with `get_dataset` (TensorFlow)."
+        )
+    split = _check_split(split)
+    max_examples = _check_max_examples(max_examples)
+    source = _source(name, data_dir=data_dir, seed=seed, validation_fraction=validation_fraction)
+    x, y = source.splits[split]
+    return x[:max_examples], y[:max_examples]
+
+
+def _check_max_examples(max_examples):
+    if max_examples is None:
+        return None
+    if isinstance(max_examples, bool) or not isinstance(max_examples, (int, np.integer)) \
+            or max_examples < 1:
+        raise ValueError(f"`max_examples` must be an integer >= 1, received {max_examples!r}.")
+    return int(max_examples)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -760,6 +823,7 @@ def get_dataset(
     split = _check_split(split)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, received {batch_size!r}.")
+    max_examples = _check_max_examples(max_examples)
     source = _source(name, data_dir=data_dir, download=download, manual_dir=manual_dir,
                      image_size=image_size, seed=seed, validation_fraction=validation_fraction)
     info = source.info
@@ -767,7 +831,7 @@ def get_dataset(
     shuffle = (split == "train") if shuffle is None else bool(shuffle)
     raw = source.raw_dataset(split)
     if max_examples is not None:
-        raw = raw.take(int(max_examples))
+        raw = raw.take(max_examples)
     preprocessing = info.preprocessing
 
     # Resizing per example lets images of different sizes (tfds mock data, imagenette) batch.
