@@ -34,6 +34,10 @@ import gzip
 import hashlib
 import math
 import os
+import re
+import socket
+import struct
+import threading
 import zlib
 
 import numpy as np
@@ -53,6 +57,13 @@ AUGMENTATIONS = ("flip", "crop", "randaugment", "mixup", "cutmix")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SGEMM_FILE = "sgemm_product.csv"
 SGEMM_NUM_PARAMETERS = 14
+# Decoded pixels (times frames, for a GIF) an image file may have: a 410 KB PNG can declare
+# 12000x12000 pixels, 430 MiB once decoded. Checked from the header, before any decoding.
+MAX_IMAGE_PIXELS = 50_000_000
+# `download=True` first checks, within this many seconds, that the internet answers: offline, a
+# tfds download retries DNS for minutes.
+DOWNLOAD_PROBE_ADDRESS = ("storage.googleapis.com", 443)
+DOWNLOAD_PROBE_TIMEOUT = 5.0
 
 # Per-channel statistics of the [0, 1]-scaled training images (the usual published values).
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -68,15 +79,20 @@ _TFDS_STATS = {
 _TFDS_TEST_SPLIT = {"imagenette": "validation", "imagenet2012": "validation"}
 
 
-# Fashion-MNIST: the four original gzip IDX files, looked for in this order (see `fashion_mnist_dir`).
+# Fashion-MNIST: the four original gzip IDX files, looked for in the order `fashion_mnist_dir` says.
 FASHION_MNIST_ENV = "GLONET_KERAS_FASHION_MNIST_DIR"
-FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"  # apt-get install dataset-fashion-mnist
+# Where `apt-get install dataset-fashion-mnist` puts them.
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 # sha256 of Zalando's canonical files (the ones Debian ships and `keras.datasets` downloads).
 FASHION_MNIST_SHA256 = {
-    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
-    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
-    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
-    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+    "train-images-idx3-ubyte.gz":
+        "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz":
+        "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz":
+        "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz":
+        "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
 }
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
@@ -85,8 +101,8 @@ _FASHION_MNIST_HOW_TO = (
     "Get the four files ({files}) in one of two ways: `apt-get install dataset-fashion-mnist` "
     "(Debian/Ubuntu, as root; `make data` does it), or on a machine with internet "
     "`python -c \"import keras; keras.datasets.fashion_mnist.load_data()\"`, which fills the Keras "
-    "cache $KERAS_HOME/datasets/fashion-mnist (copy that folder to this machine). Or point the environment "
-    "variable {env} (or data_dir=) at a folder holding them."
+    "cache $KERAS_HOME/datasets/fashion-mnist (copy that folder to this machine). Or point the "
+    "environment variable {env} (or data_dir=) at a folder holding them."
 ).format(files=", ".join(FASHION_MNIST_SHA256), env=FASHION_MNIST_ENV)
 
 
@@ -407,7 +423,7 @@ def _offline_source(name, seed, validation_fraction, data_dir, image_size):
 
 
 def _file_stamps(directory):
-    """(size, mtime) of each Fashion-MNIST file: part of a cache key, so a replaced file is re-read."""
+    """(size, mtime) of each Fashion-MNIST file: in the cache key, so a replaced file is re-read."""
     stamps = []
     for file_name in FASHION_MNIST_SHA256:
         stat = os.stat(os.path.join(directory, file_name))
@@ -430,6 +446,7 @@ def _cached_offline_source(name, seed, validation_fraction, image_size, director
         "validation": (x_train[validation], y_train[validation]),
         "test": (x_test.copy(), y_test.copy()),
     }
+    _check_split_sizes(splits, validation_fraction, f"Data set {name!r}")
     return _ArraySource(name, splits, "classification", len(class_names), source,
                         class_names=class_names, scale=scale, image_size=image_size)
 
@@ -438,10 +455,24 @@ def read_sgemm_csv(path):
     """Reads an SGEMM-layout CSV -> (features float32 (n, 14), log mean run time float32 (n,)).
 
     The header must name 14 parameter columns and the four run-time columns `Run1`..`Run4`
-    (UCI's names are `Run1 (ms)`, ...). Raises ValueError naming what is missing.
+    (UCI's names are `Run1 (ms)`, ...). Every cell must be a number that is finite in float32,
+    and every run time positive, so that nothing non-finite reaches the statistics.
+
+    Raises:
+        ValueError: naming the file and, for a bad row, its line (the header is line 1) and
+            column: an empty or header-only file, a missing column, a row of the wrong length,
+            a cell that is not a number, NaN, infinite or beyond float32, a run time <= 0.
     """
-    with open(path, newline="") as handle:
-        header = [column.strip() for column in handle.readline().strip().split(",")]
+    try:
+        with open(path, newline="") as handle:
+            lines = handle.read().splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text CSV file ({error}).") from error
+    rows = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    if not rows:
+        raise ValueError(f"{path}: the file is empty; expected a header and data rows.")
+    (_, header_line), rows = rows[0], rows[1:]
+    header = [column.strip() for column in header_line.split(",")]
     run_columns = []
     for run in ("Run1", "Run2", "Run3", "Run4"):
         matches = [i for i, column in enumerate(header) if column.split(" ")[0] == run]
@@ -454,15 +485,65 @@ def read_sgemm_csv(path):
             f"{path}: expected {SGEMM_NUM_PARAMETERS} parameter columns besides Run1..Run4, found "
             f"{len(parameter_columns)}: {[header[i] for i in parameter_columns]}."
         )
-    table = np.loadtxt(path, delimiter=",", skiprows=1, dtype="float64", ndmin=2)
-    if table.shape[1] != len(header):
-        raise ValueError(f"{path}: rows have {table.shape[1]} values, the header {len(header)}.")
-    runs = table[:, run_columns]
-    if not np.all(runs > 0):
-        raise ValueError(f"{path}: run times must be positive to take their log.")
+    if not rows:
+        raise ValueError(f"{path}: a header and no data rows.")
+    table = _parse_csv_rows(path, header, rows)
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(table.astype("float32"))
+    _raise_on_bad_cells(path, header, rows, ~finite,
+                        "not finite in float32 (NaN, infinite, or beyond +-3.4e38)")
+    nonpositive = np.zeros_like(finite)
+    nonpositive[:, run_columns] = table[:, run_columns] <= 0
+    _raise_on_bad_cells(path, header, rows, nonpositive, "run times must be positive (log target)")
     x = table[:, parameter_columns].astype("float32")
-    y = np.log(runs.mean(axis=1)).astype("float32")
+    y = np.log(table[:, run_columns].mean(axis=1)).astype("float32")
     return x, y
+
+
+def _parse_csv_rows(path, header, rows):
+    """The numbers of `rows` ((line number, text) pairs): a float64 table, the header's width."""
+    try:
+        return np.loadtxt([line for _, line in rows], delimiter=",", dtype="float64", ndmin=2,
+                          comments=None)
+    except ValueError as error:
+        # Find the culprit again to name its line (only on this error path).
+        for number, line in rows:
+            cells = line.split(",")
+            if len(cells) != len(header):
+                raise ValueError(f"{path}: line {number} has {len(cells)} values, the header "
+                                 f"{len(header)}.") from error
+            for column, cell in zip(header, cells):
+                try:
+                    float(cell)
+                except ValueError:
+                    raise ValueError(f"{path}: line {number}, column {column!r}: {cell.strip()!r} "
+                                     "is not a number.") from error
+        raise ValueError(f"{path}: {error}") from error
+
+
+def _raise_on_bad_cells(path, header, rows, bad, reason, shown=5):
+    """ValueError naming the first `shown` flagged cells by line and column, and the total."""
+    cells = np.argwhere(bad)
+    if not len(cells):
+        return
+    named = "; ".join(
+        f"line {rows[row][0]}, column {header[column]!r}: {rows[row][1].split(',')[column].strip()}"
+        for row, column in cells[:shown]
+    )
+    more = f" (and {len(cells) - shown} more)" if len(cells) > shown else ""
+    raise ValueError(f"{path}: {len(cells)} cell(s) {reason}: {named}{more}.")
+
+
+def _check_split_sizes(splits, validation_fraction, source):
+    """No split may be empty (validation only when asked for): an empty one breaks training late."""
+    empty = [split for split, (_, y) in splits.items()
+             if len(y) == 0 and (split != "validation" or validation_fraction > 0)]
+    if empty:
+        sizes = ", ".join(f"{split} {len(y)}" for split, (_, y) in splits.items())
+        raise ValueError(
+            f"{source}: too few examples to split ({sizes}): {empty} would be empty. Use more "
+            "examples, or another validation_fraction."
+        )
 
 
 def _sgemm_path(data_dir):
@@ -477,8 +558,14 @@ def _sgemm_path(data_dir):
     return path
 
 
-@functools.lru_cache(maxsize=4)
 def _sgemm_source(path, seed, validation_fraction):
+    stat = os.stat(path)
+    return _cached_sgemm_source(path, (stat.st_size, stat.st_mtime_ns), seed, validation_fraction)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_sgemm_source(path, stamp, seed, validation_fraction):
+    del stamp  # Part of the cache key only: an edited file is read again.
     x, y = read_sgemm_csv(path)
     # No official split: a seeded 80/20 train/test split, validation carved from train.
     order = np.random.default_rng(seed).permutation(len(y))
@@ -490,6 +577,7 @@ def _sgemm_source(path, seed, validation_fraction):
         "validation": (x[rest[validation]], y[rest[validation]]),
         "test": (x[test], y[test]),
     }
+    _check_split_sizes(splits, validation_fraction, f"Data set 'sgemm' ({path}, {len(y)} rows)")
     return _ArraySource("sgemm", splits, "regression", 1, path)
 
 
@@ -502,6 +590,8 @@ class _TFDSSource:
         self.family = name.split("/")[0]
         self.builder = tfds.builder(name, data_dir=data_dir)
         if download:
+            if manual_dir is None and not self.builder.is_prepared():
+                _check_network(name)
             config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
             self.builder.download_and_prepare(download_config=config)
         features = self.builder.info.features
@@ -549,6 +639,34 @@ class _TFDSSource:
             ) from error
 
 
+def _check_network(name):
+    """Raises DatasetUnavailableError unless `DOWNLOAD_PROBE_ADDRESS` answers in time.
+
+    The connection is tried in a daemon thread, because a DNS lookup offline has no timeout of
+    its own: the caller waits `DOWNLOAD_PROBE_TIMEOUT` seconds at most.
+    """
+    host, port = DOWNLOAD_PROBE_ADDRESS
+    outcome = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=DOWNLOAD_PROBE_TIMEOUT).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=connect, name="glonet-download-probe", daemon=True)
+    thread.start()
+    thread.join(DOWNLOAD_PROBE_TIMEOUT)
+    problem = outcome[0] if outcome else f"no answer within {DOWNLOAD_PROBE_TIMEOUT:g} s"
+    if problem is not None:
+        raise DatasetUnavailableError(
+            f"Data set {name!r} is not prepared, and download=True cannot reach the internet "
+            f"({host}:{port}: {problem}). Prepare it on a machine with internet and copy its tfds "
+            "data directory here, or pass the data_dir that holds it."
+        )
+
+
 def _tfds_count(splits, tfds_split):
     try:
         return int(splits[tfds_split].num_examples) or None
@@ -557,7 +675,11 @@ def _tfds_count(splits, tfds_split):
 
 
 class _ImageFolderSource:
-    """`root/<split>/<class>/<image>`; a missing validation folder is carved out of train."""
+    """`root/<split>/<class>/<image>`; a missing validation folder is carved out of train.
+
+    Every listed file is checked before anything trains (`_check_image_files`), and the class
+    folders of the splits must agree (`_class_folders`).
+    """
 
     def __init__(self, root, image_size, validation_fraction, seed):
         if root is None or not os.path.isdir(os.path.join(root, "train")):
@@ -568,14 +690,15 @@ class _ImageFolderSource:
         if image_size is None:
             raise ValueError("Data set 'image_folder' needs image_size=(height, width).")
         self.root = root
-        self.classes = sorted(
-            entry for entry in os.listdir(os.path.join(root, "train"))
-            if os.path.isdir(os.path.join(root, "train", entry))
-        )
-        if not self.classes:
-            raise DatasetUnavailableError(f"No class directories in {os.path.join(root, 'train')!r}.")
+        self.classes = _class_folders(root)
         self.files = {}
         train_files = self._list("train")
+        empty = sorted(set(self.classes) - {self.classes[label] for _, label in train_files})
+        if empty:
+            raise ValueError(
+                f"Data set 'image_folder': class folders {empty} in "
+                f"{os.path.join(root, 'train')!r} hold no images {IMAGE_EXTENSIONS}."
+            )
         if os.path.isdir(os.path.join(root, "validation")):
             self.files["train"], self.files["validation"] = train_files, self._list("validation")
         else:
@@ -583,6 +706,7 @@ class _ImageFolderSource:
             self.files["train"] = [train_files[i] for i in sorted(train)]
             self.files["validation"] = [train_files[i] for i in sorted(validation)]
         self.files["test"] = self._list("test") if os.path.isdir(os.path.join(root, "test")) else []
+        _check_image_files(root, [path for files in self.files.values() for path, _ in files])
         image_size = tuple(int(s) for s in image_size)
         self.info = DatasetInfo(
             name="image_folder",
@@ -621,7 +745,7 @@ class _ImageFolderSource:
         paths, labels = zip(*files)
 
         def decode(path, label):
-            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            image = _decode_image(tf, path)
             # Resize here so images of different sizes can be batched.
             image = tf.cast(tf.image.resize(image, self.info.preprocessing.image_size), "uint8")
             return image, label
@@ -629,6 +753,222 @@ class _ImageFolderSource:
         return tf.data.Dataset.from_tensor_slices((list(paths), list(labels))).map(
             decode, num_parallel_calls=tf.data.AUTOTUNE
         )
+
+
+def _decode_image(tf, path):
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def _class_folders(root):
+    """The sorted class folders of `root/train`; validation/ and test/ may hold no other class.
+
+    Raises:
+        DatasetUnavailableError: train/ holds no class folder.
+        ValueError: train/ holds a single class (a one-output classifier learns nothing), or a
+            class folder of validation/ or test/ is missing from train/ (never trained on, it
+            could only be scored wrong).
+    """
+    def folders(split):
+        directory = os.path.join(root, split)
+        if not os.path.isdir(directory):
+            return []
+        return sorted(e for e in os.listdir(directory) if os.path.isdir(os.path.join(directory, e)))
+
+    classes = folders("train")
+    train_dir = os.path.join(root, "train")
+    if not classes:
+        raise DatasetUnavailableError(f"No class directories in {train_dir!r}.")
+    if len(classes) == 1:
+        raise ValueError(
+            f"Data set 'image_folder': {train_dir!r} holds a single class folder ({classes[0]!r}); "
+            "a classifier needs at least two."
+        )
+    for split in ("validation", "test"):
+        unknown = sorted(set(folders(split)) - set(classes))
+        if unknown:
+            raise ValueError(
+                f"Data set 'image_folder': class folders {unknown} in "
+                f"{os.path.join(root, split)!r} have no folder in {train_dir!r}: a class the model "
+                "never trains on can only be scored wrong. Add its training images or remove it."
+            )
+    return classes
+
+
+# (path, size, mtime) -> None for a usable image file, else why it is not. Each file version is
+# checked once per process, however often the folder is listed.
+_IMAGE_VERDICTS = {}
+
+
+def _check_image_files(root, paths):
+    """Names, in one error, every listed image file that training could not use.
+
+    Each file's header is read first (format, size, frames) and its pixels capped at
+    `MAX_IMAGE_PIXELS` without decoding it; the files that pass are then decoded once, in
+    parallel, as the pipeline will decode them, so that no bad file can stop a training run
+    (or its final evaluation) halfway.
+
+    Raises:
+        ValueError: listing each bad file (empty, unreadable, not an image, corrupt or
+            truncated, too many pixels) with the reason.
+    """
+    keys = [_file_key(path) for path in paths]
+    unchecked = [key for key in dict.fromkeys(keys) if key not in _IMAGE_VERDICTS]
+    for key in unchecked:
+        _IMAGE_VERDICTS[key] = _image_header_problem(key[0])
+    _IMAGE_VERDICTS.update(
+        _decode_problems([key for key in unchecked if _IMAGE_VERDICTS[key] is None]))
+    problems = [f"  {key[0]}: {_IMAGE_VERDICTS[key]}" for key in keys if _IMAGE_VERDICTS[key]]
+    if problems:
+        raise ValueError(
+            f"Data set 'image_folder': {len(problems)} image file(s) under {root!r} cannot be "
+            "used; fix or remove them before training:\n" + "\n".join(problems)
+        )
+
+
+def _file_key(path):
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (path, None, None)  # The header check names the error.
+    return (path, stat.st_size, stat.st_mtime_ns)
+
+
+def _decode_problems(keys):
+    """{key: reason} for the files TensorFlow fails to decode, decoding them all in parallel."""
+    if not keys:
+        return {}
+    import tensorflow as tf
+
+    paths = [key[0] for key in keys]
+    decoded = (tf.data.Dataset.from_tensor_slices(paths).enumerate()
+               .map(lambda index, path: (index, tf.shape(_decode_image(tf, path))),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+               .ignore_errors())
+    failed = set(range(len(paths))) - {int(index) for index, _ in decoded.as_numpy_iterator()}
+    problems = {}
+    for index in sorted(failed):  # Decoded again one by one, for TensorFlow's reason.
+        try:
+            _decode_image(tf, paths[index])
+        except tf.errors.OpError as error:
+            reason = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\].*", "", error.message, flags=re.S)
+            problems[keys[index]] = f"corrupt or truncated, cannot be decoded ({reason.strip()})"
+    return problems
+
+
+def _image_header_problem(path):
+    """Why an image file cannot be used, judged from its header alone; None if it looks usable."""
+    try:
+        width, height, frames = _image_dimensions(path)
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    except ValueError as error:
+        return str(error)
+    if width < 1 or height < 1:
+        return f"no pixels ({width}x{height})"
+    pixels = width * height * frames
+    if pixels > MAX_IMAGE_PIXELS:
+        frames_text = f" x {frames} frames" if frames > 1 else ""
+        return (f"{width}x{height}{frames_text} pixels ({pixels / 1e6:.1f} megapixels) is over "
+                f"the {MAX_IMAGE_PIXELS / 1e6:g}-megapixel cap (data.MAX_IMAGE_PIXELS)")
+    return None
+
+
+def _image_dimensions(path):
+    """(width, height, frames) from a PNG, JPEG, GIF or BMP header, without decoding the pixels.
+
+    The format is told by the content, as TensorFlow's decoder does, not by the file name.
+    Raises ValueError saying why the file is no usable image.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+        if not head:
+            raise ValueError("empty file")
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            if len(head) < 24 or head[12:16] != b"IHDR":
+                raise ValueError("truncated PNG (no IHDR header)")
+            width, height = struct.unpack(">II", head[16:24])
+            return width, height, 1
+        if head.startswith(b"\xff\xd8"):
+            return _jpeg_dimensions(handle) + (1,)
+        if head.startswith((b"GIF87a", b"GIF89a")):
+            handle.seek(0)
+            return _gif_dimensions(handle.read())
+        if head.startswith(b"BM"):
+            if len(head) < 26:
+                raise ValueError("truncated BMP header")
+            if int.from_bytes(head[14:18], "little") == 12:  # OS/2 BITMAPCOREHEADER
+                width, height = struct.unpack("<HH", head[18:22])
+            else:
+                width, height = struct.unpack("<ii", head[18:26])
+            return width, abs(height), 1  # A negative height stores the rows top-down.
+    raise ValueError("not a PNG, JPEG, GIF or BMP image")
+
+
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0..SOF15
+_JPEG_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])  # No length field.
+
+
+def _jpeg_dimensions(handle):
+    """(width, height) from the first frame header, walking the segments after SOI."""
+    handle.seek(2)
+    for _ in range(10_000):  # Real files have a few dozen segments before the frame header.
+        marker = handle.read(2)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            raise ValueError("corrupt or truncated JPEG (no frame header)")
+        kind = marker[1]
+        if kind == 0xFF:  # A fill byte before the marker.
+            handle.seek(-1, os.SEEK_CUR)
+            continue
+        if kind in _JPEG_STANDALONE_MARKERS:
+            continue
+        if kind in (0xD9, 0xDA):
+            raise ValueError("corrupt JPEG (no frame header before its image data)")
+        length = handle.read(2)
+        frame = handle.read(5) if kind in _JPEG_FRAME_MARKERS else b""
+        if len(length) < 2 or (kind in _JPEG_FRAME_MARKERS and len(frame) < 5):
+            raise ValueError("truncated JPEG header")
+        if frame:
+            height, width = struct.unpack(">HH", frame[1:5])
+            return width, height
+        handle.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
+    raise ValueError("corrupt JPEG (no frame header in its first 10,000 segments)")
+
+
+def _gif_dimensions(content):
+    """(width, height, frames): TensorFlow decodes every frame at the logical screen's size."""
+    if len(content) < 13:
+        raise ValueError("truncated GIF header")
+    width, height, flags = struct.unpack("<HHB", content[6:11])
+    position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # global colour table
+    frames = 0
+    while position < len(content) and content[position] != 0x3B:  # 0x3B: the trailer
+        block = content[position]
+        if block == 0x21:  # extension: a label byte, then data sub-blocks
+            position = _skip_gif_sub_blocks(content, position + 2)
+        elif block == 0x2C:  # image: 9-byte descriptor, local colour table, LZW size, data
+            if position + 10 > len(content):
+                raise ValueError("truncated GIF")
+            local = content[position + 9]
+            position += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0)
+            position = _skip_gif_sub_blocks(content, position + 1)
+            frames += 1
+        else:
+            raise ValueError(f"corrupt GIF (unknown block 0x{block:02x} at byte {position})")
+    if position >= len(content):
+        raise ValueError("truncated GIF (no trailer)")
+    if not frames:
+        raise ValueError("GIF without an image")
+    return width, height, frames
+
+
+def _skip_gif_sub_blocks(content, position):
+    """The position after a chain of length-prefixed sub-blocks ending in an empty one."""
+    while position < len(content):
+        size = content[position]
+        position += 1 + size
+        if size == 0:
+            return position
+    raise ValueError("truncated GIF")
 
 
 def _source(name, *, data_dir=None, download=False, manual_dir=None, image_size=None, seed=0,
