@@ -429,13 +429,11 @@ class _ArraySource:
         return tf.data.Dataset.from_tensor_slices((x, y))
 
 
-_OFFLINE_IMAGE_DATASETS = ("digits", "fashion_mnist")  # The in-memory sets that image_size resizes.
+_IN_MEMORY_IMAGE_DATASETS = ("digits", "fashion_mnist")  # The in-memory sets image_size resizes.
 
 
 def _offline_source(name, seed, validation_fraction, data_dir, image_size):
     if image_size is not None:
-        if name not in _OFFLINE_IMAGE_DATASETS:
-            raise ValueError(f"Data set {name!r} has no images: image_size does not apply to it.")
         image_size = tuple(int(s) for s in image_size)
     if name == "fashion_mnist":
         directory = fashion_mnist_dir(data_dir)
@@ -996,6 +994,9 @@ def _skip_gif_sub_blocks(content, position):
 def _source(name, *, data_dir=None, download=False, manual_dir=None, image_size=None, seed=0,
             validation_fraction=0.1):
     name = _check_name(name)
+    if image_size is not None and name in IN_MEMORY_DATASETS \
+            and name not in _IN_MEMORY_IMAGE_DATASETS:
+        raise ValueError(f"Data set {name!r} has no images: image_size does not apply to it.")
     if name in OFFLINE_DATASETS:
         return _offline_source(name, seed, validation_fraction, data_dir, image_size)
     if name == "sgemm":
