@@ -28,7 +28,9 @@ def _single_input(parts):
 def truncate(model, k):
     """The first `k` blocks of a GloNet with its trained head: shared weights, no retraining.
 
-    The stem's tap, if the model aggregates it, stays in. Raises ValueError unless 1 <= k <= L.
+    The stem's tap, if the model aggregates it, stays in. The result computes only what it uses:
+    its graph holds the first k blocks (a scanned stack runs only k steps). Raises ValueError
+    unless 1 <= k <= L.
     """
     parts = skeleton(model)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= parts.num_blocks:
@@ -36,10 +38,28 @@ def truncate(model, k):
             f"`k` must be an integer in [1, {parts.num_blocks}] (the number of blocks of "
             f"{model.name!r}), received {k!r}."
         )
-    taps = parts.taps[: k + int(parts.includes_stem)]
+    if parts.stacked:
+        taps = _truncated_stack(parts, k)
+    else:
+        taps = parts.taps[: k + int(parts.includes_stem)]
     z = GlobalAggregation(mode=parts.aggregation.mode, name=skeleton_lib.AGGREGATION,
                           dtype=parts.aggregation.dtype_policy)(taps)
     return keras.Model(_single_input(parts), _apply_head(parts, z), name=f"{model.name}_first_{k}")
+
+
+def _truncated_stack(parts, k):
+    """The stacked taps of the first k blocks: the scanned stack called again for k steps only."""
+    stack_output = parts.block_outputs[skeleton_lib.BLOCK_STACK]
+    history = stack_output._keras_history
+    stack = history.operation
+    (stack_input,) = stack._inbound_nodes[history.node_index].input_tensors
+    truncated = stack(stack_input, steps=k)
+    return keras.layers.Identity(name=skeleton_lib.TAP_STACK, dtype=stack.dtype_policy)(truncated)
+
+
+def _aggregation_input(parts):
+    """What GlobalAggregation takes: the list of taps, or the one stacked tap tensor."""
+    return parts.taps[0] if parts.stacked else parts.taps
 
 
 def early_exit_model(model):
@@ -52,7 +72,7 @@ def early_exit_model(model):
     prefixes = GlobalAggregation(
         mode=parts.aggregation.mode, cumulative=True, name="glonet_prefix_aggregation",
         dtype=parts.aggregation.dtype_policy,
-    )(parts.taps)
+    )(_aggregation_input(parts))
     if parts.includes_stem:
         # Prefix 0 is the stem alone: drop it, so that entry k - 1 holds blocks 1..k (and the stem).
         prefixes = keras.layers.Cropping1D((1, 0), name="drop_stem_prefix")(prefixes)
@@ -75,9 +95,10 @@ def early_exit_logits(model, x, batch_size=256):
 
 
 def taps_model(model):
-    """A model returning the list of taps (aggregation order), each `(batch, width)`."""
+    """A model returning the taps (aggregation order): a list of `(batch, width)` tensors, or for a
+    scanned stack the one stacked `(batch, L, width)` tensor."""
     parts = skeleton(model)
-    return keras.Model(_single_input(parts), list(parts.taps), name=f"{model.name}_taps")
+    return keras.Model(_single_input(parts), _aggregation_input(parts), name=f"{model.name}_taps")
 
 
 def head_kernel_and_bias(model):
@@ -110,12 +131,15 @@ def block_contributions(model, x, batch_size=256):
     parts = skeleton(model)
     kernel, _ = head_kernel_and_bias(model)
     taps = taps_model(model).predict(x, batch_size=batch_size, verbose=0)
-    if not isinstance(taps, (list, tuple)):
-        taps = [taps]
-    taps = np.stack([np.asarray(t, dtype="float32") for t in taps], axis=1)  # (batch, n, width)
-    contributions = np.einsum("bnw,wo->bno", taps, kernel)
+    if parts.stacked:
+        taps = np.asarray(taps, dtype="float32")
+    else:
+        if not isinstance(taps, (list, tuple)):
+            taps = [taps]
+        taps = np.stack([np.asarray(t, dtype="float32") for t in taps], axis=1)
+    contributions = np.einsum("bnw,wo->bno", taps, kernel)  # taps: (batch, n, width)
     if parts.aggregation.mode == "mean":
-        contributions /= np.float32(len(parts.taps))
+        contributions /= np.float32(taps.shape[1])
     return contributions
 
 

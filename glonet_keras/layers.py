@@ -1,7 +1,9 @@
-"""Custom layers of glonet-keras: the GloNet layer and the few pieces the ViT needs.
+"""Custom layers of glonet-keras: the GloNet layer, the scanned block stack, the ViT's pieces.
 
 Every layer here uses `keras.ops` only, so it runs on the TensorFlow, JAX and PyTorch backends.
 """
+
+import random
 
 import keras
 import numpy as np
@@ -20,6 +22,9 @@ class GlobalAggregation(keras.layers.Layer):
     With `cumulative=True` the layer returns all prefix aggregates stacked on axis 1, shape
     `(batch, L, ...)`, where entry `k` aggregates the first `k + 1` inputs. Applying the head to that
     tensor yields the outputs of every early exit from a single forward pass.
+
+    The taps come as a list of L tensors of one shape, or as ONE stacked tensor `(batch, L, ...)`
+    (what a scanned block stack, `DenseStack`, produces): the blocks are then axis 1.
 
     Args:
         mode: `"sum"` (default) or `"mean"`.
@@ -46,6 +51,14 @@ class GlobalAggregation(keras.layers.Layer):
         self.supports_masking = False
 
     def build(self, input_shape):
+        if _is_single_shape(input_shape):
+            if len(input_shape) < 3:
+                raise ValueError(
+                    "GlobalAggregation takes a list of tensors (one per block) or one stacked "
+                    f"tensor (batch, blocks, ...) of rank >= 3; received shape {tuple(input_shape)}."
+                )
+            self.built = True
+            return
         if not isinstance(input_shape, (list, tuple)) or not input_shape or not isinstance(
             input_shape[0], (list, tuple)
         ):
@@ -63,6 +76,8 @@ class GlobalAggregation(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
+        if not isinstance(inputs, (list, tuple)):
+            return self._aggregate_stacked(inputs)
         if self.cumulative:
             stacked = ops.stack(inputs, axis=1)
             prefix = ops.cumsum(stacked, axis=1)
@@ -78,7 +93,21 @@ class GlobalAggregation(keras.layers.Layer):
             total = total / ops.cast(len(inputs), total.dtype)
         return total
 
+    def _aggregate_stacked(self, stacked):
+        if self.cumulative:
+            prefix = ops.cumsum(stacked, axis=1)
+            if self.mode == "mean":
+                steps = ops.shape(stacked)[1]
+                counts = ops.cast(ops.arange(1, steps + 1), prefix.dtype)
+                prefix = prefix / ops.reshape(counts, (1, -1) + (1,) * (len(stacked.shape) - 2))
+            return prefix
+        reduce = ops.sum if self.mode == "sum" else ops.mean
+        return reduce(stacked, axis=1)
+
     def compute_output_shape(self, input_shape):
+        if _is_single_shape(input_shape):
+            shape = tuple(input_shape)
+            return shape if self.cumulative else shape[:1] + shape[2:]
         shape = _merged_shape(input_shape)
         if self.cumulative:
             return (shape[0], len(input_shape)) + shape[1:]
@@ -88,6 +117,11 @@ class GlobalAggregation(keras.layers.Layer):
         config = super().get_config()
         config.update({"mode": self.mode, "cumulative": self.cumulative})
         return config
+
+
+def _is_single_shape(shape):
+    """True for the shape of one tensor (a tuple of ints/None), False for a list of shapes."""
+    return isinstance(shape, (list, tuple)) and all(d is None or isinstance(d, int) for d in shape)
 
 
 def _shapes_compatible(a, b):
@@ -204,3 +238,126 @@ class TorchBiasUniform(keras.initializers.Initializer):
 
     def get_config(self):
         return {"fan_in": self.fan_in, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="glonet_keras")
+class DenseStack(keras.layers.Layer):
+    """L dense blocks of one width as ONE layer, run by `keras.ops.scan`: a graph that does not grow.
+
+    Block i computes `h_i = act(norm(h_{i-1} W_i + b_i))` (the GloNetMLP block) with the weights of
+    all blocks stacked, `kernel (L, w, w)` and `bias (L, w)` (and, with `normalization="layer"`,
+    `gamma`, `beta (L, w)`). The output is every block's output, stacked: `(batch, L, w)`, what
+    `GlobalAggregation` sums over axis 1. Build and compile time stay flat in L; the numbers equal
+    the unrolled blocks with the same weights.
+
+    `steps=k` in a call runs only the first k blocks (shared weights): how a truncated scanned
+    GloNet computes nothing beyond its exit.
+
+    Args:
+        num_blocks: L.
+        units: the width w (the input must have it too).
+        activation: a `keras.activations` name.
+        normalization: None or `"layer"` (batch norm's moving statistics have no place in a scan).
+        kernel_initializer, bias_initializer: applied to each block's slice.
+    """
+
+    def __init__(self, num_blocks, units, activation="relu", normalization=None,
+                 kernel_initializer="he_normal", bias_initializer="zeros", epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        if normalization not in (None, "layer"):
+            raise ValueError(
+                f"DenseStack supports normalization None or 'layer', received {normalization!r}."
+            )
+        self.num_blocks = int(num_blocks)
+        self.units = int(units)
+        self.activation = keras.activations.get(activation)
+        self.normalization = normalization
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        if input_shape[-1] != self.units:
+            raise ValueError(
+                f"DenseStack of width {self.units} needs inputs of width {self.units}, received "
+                f"shape {tuple(input_shape)}."
+            )
+        blocks, units = self.num_blocks, self.units
+        self.kernel = self.add_weight(
+            shape=(blocks, units, units), initializer=_PerBlock(self.kernel_initializer),
+            name="kernel",
+        )
+        self.bias = self.add_weight(
+            shape=(blocks, units), initializer=_PerBlock(self.bias_initializer), name="bias"
+        )
+        if self.normalization == "layer":
+            self.gamma = self.add_weight(shape=(blocks, units), initializer="ones", name="gamma")
+            self.beta = self.add_weight(shape=(blocks, units), initializer="zeros", name="beta")
+
+    def _parameters(self, steps):
+        names = ["kernel", "bias"] + (["gamma", "beta"] if self.normalization else [])
+        # JAX cannot scan over Keras Variables directly: convert them to tensors first.
+        return [ops.cast(ops.convert_to_tensor(getattr(self, n))[:steps], self.compute_dtype)
+                for n in names]
+
+    def call(self, inputs, steps=None):
+        steps = self.num_blocks if steps is None else _check_steps(steps, self.num_blocks)
+
+        def block(hidden, parameters):
+            hidden = ops.matmul(hidden, parameters[0]) + parameters[1]
+            if self.normalization == "layer":
+                mean = ops.mean(hidden, axis=-1, keepdims=True)
+                variance = ops.var(hidden, axis=-1, keepdims=True)
+                hidden = (hidden - mean) * ops.rsqrt(variance + self.epsilon)
+                hidden = hidden * parameters[2] + parameters[3]
+            hidden = self.activation(hidden)
+            return hidden, hidden
+
+        _, outputs = ops.scan(block, inputs, self._parameters(steps))
+        return ops.transpose(outputs, (1, 0, 2))
+
+    def compute_output_spec(self, inputs, steps=None):
+        steps = self.num_blocks if steps is None else steps
+        return keras.KerasTensor((inputs.shape[0], steps, self.units), dtype=self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_blocks": self.num_blocks,
+            "units": self.units,
+            "activation": keras.activations.serialize(self.activation),
+            "normalization": self.normalization,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "epsilon": self.epsilon,
+        })
+        return config
+
+
+def _check_steps(steps, num_blocks):
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_blocks:
+        raise ValueError(f"`steps` must be an integer in [1, {num_blocks}], received {steps!r}.")
+    return steps
+
+
+class _PerBlock(keras.initializers.Initializer):
+    """Initialises a stacked (L, ...) weight one block slice at a time, as L separate layers would.
+
+    Fan-in based initialisers (He, PyTorch's) must see one block's `(w, w)` shape, not `(L, w, w)`,
+    and each block needs its own draw: a Keras initializer called twice returns the same values, so
+    block i gets a copy of the initializer seeded with `base + i` (the base drawn from Python's
+    `random`, which `keras.utils.set_random_seed` seeds).
+    """
+
+    def __init__(self, initializer):
+        self.initializer = initializer
+
+    def __call__(self, shape, dtype=None):
+        config = self.initializer.get_config()
+        if "seed" not in config:  # Constant initialisers (zeros, ones): one draw fits every block.
+            return ops.stack([self.initializer(shape[1:], dtype=dtype)] * shape[0])
+        base = config["seed"] if isinstance(config["seed"], int) else random.randint(0, 2**30)
+        return ops.stack([
+            type(self.initializer).from_config({**config, "seed": base + block})(shape[1:], dtype=dtype)
+            for block in range(shape[0])
+        ])

@@ -25,6 +25,8 @@ AGGREGATION = "glonet_aggregation"
 HEAD = "head"
 HEAD_DROPOUT = "head_dropout"
 STEM_TAP = "tap_0"
+TAP_STACK = "tap_stack"  # the stacked taps (batch, L, width) of a scanned block stack
+BLOCK_STACK = "blocks"  # the key of a scanned stack's output in `block_outputs`
 TAP_POOLINGS = ("average", "cls", "token_mean")
 _TAP_NAME = re.compile(r"tap_(\d+)")
 
@@ -58,6 +60,7 @@ def glonet_tail(
     dropout=0.0,
     head_initializer=None,
     head_bias_initializer="zeros",
+    stacked=False,
     dtype=None,
 ):
     """Builds taps, `GlobalAggregation` and the linear head over a backbone's block outputs.
@@ -79,6 +82,8 @@ def glonet_tail(
         dropout: dropout rate before the head (`head_dropout`).
         head_initializer: kernel initializer of the head (None: Keras' default, Glorot uniform).
         head_bias_initializer: bias initializer of the head.
+        stacked: `block_outputs` is ONE tensor `(batch, L, width)` holding every block's output (a
+            scanned `DenseStack`): its tap is the identity `tap_stack`, summed over axis 1.
         dtype: dtype policy of the new layers.
 
     Returns:
@@ -86,6 +91,12 @@ def glonet_tail(
     """
     if pooling not in TAP_POOLINGS:
         raise ValueError(f"Unknown tap `pooling` {pooling!r}. Allowed: {list(TAP_POOLINGS)}.")
+    if stacked:
+        if stem_output is not None or width is not None:
+            raise ValueError("A stacked tail takes no stem tap and no projection width.")
+        taps = [keras.layers.Identity(name=TAP_STACK, dtype=dtype)(block_outputs)]
+        return _aggregate_and_head(taps[0], num_classes, aggregation, dropout, head_initializer,
+                                   head_bias_initializer, dtype), taps
     blocks = list(block_outputs)
     if not blocks:
         raise ValueError("A GloNet needs at least one block output to aggregate.")
@@ -108,6 +119,13 @@ def glonet_tail(
     taps = [make_tap(x, index) for index, x in enumerate(blocks, start=1)]
     if stem_output is not None:
         taps.insert(0, make_tap(stem_output, 0))
+    return _aggregate_and_head(taps, num_classes, aggregation, dropout, head_initializer,
+                               head_bias_initializer, dtype), taps
+
+
+def _aggregate_and_head(taps, num_classes, aggregation, dropout, head_initializer,
+                        head_bias_initializer, dtype):
+    """`taps`: a list of tap tensors, or one stacked tensor (batch, L, width)."""
     z = GlobalAggregation(mode=aggregation, name=AGGREGATION, dtype=dtype)(taps)
     if dropout > 0:
         z = keras.layers.Dropout(dropout, name=HEAD_DROPOUT, dtype=dtype)(z)
@@ -115,7 +133,7 @@ def glonet_tail(
         num_classes, kernel_initializer=head_initializer or "glorot_uniform",
         bias_initializer=head_bias_initializer, name=HEAD, dtype=dtype,
     )
-    return head(z), taps
+    return head(z)
 
 
 def _pooling_layer(pooling, rank, *, name, dtype):
@@ -143,8 +161,10 @@ class Skeleton:
 
     Attributes:
         inputs: the model's input KerasTensors.
-        taps: the tap KerasTensors in aggregation order (`tap_0`, the stem, first when present).
-        block_outputs: `{"block_1": KerasTensor, ...}`: each block's own output, before its tap.
+        taps: the tap KerasTensors in aggregation order (`tap_0`, the stem, first when present); for
+            a scanned stack, one stacked tensor `(batch, L, width)` (`stacked` is True).
+        block_outputs: `{"block_1": KerasTensor, ...}`: each block's own output, before its tap; for
+            a scanned stack `{"blocks": (batch, L, width)}`.
         stem_output: the stem's output when it is aggregated, else None.
         aggregation: the `GlobalAggregation` layer.
         dropout: the `head_dropout` layer, or None.
@@ -160,7 +180,13 @@ class Skeleton:
     head: keras.layers.Dense
 
     @property
+    def stacked(self):
+        return _producer(self.taps[0]).name == TAP_STACK
+
+    @property
     def num_blocks(self):
+        if self.stacked:
+            return int(self.taps[0].shape[1])
         return len(self.block_outputs)
 
     @property
@@ -226,6 +252,8 @@ def skeleton(model):
     if aggregation.cumulative:
         raise NotAGloNetError(f"{AGGREGATION!r} of {name!r} is cumulative: it has no single sum.")
     taps = list(_node(z).input_tensors)
+    if len(taps) == 1 and _producer(taps[0]).name == TAP_STACK:
+        return _stacked_skeleton(model, name, inputs, taps, aggregation, dropout, head)
     indices = [_tap_index(tap, name) for tap in taps]
     first = 0 if indices and indices[0] == 0 else 1
     if indices != list(range(first, first + len(taps))):
@@ -243,6 +271,20 @@ def skeleton(model):
         aggregation=aggregation,
         dropout=dropout,
         head=head,
+    )
+
+
+def _stacked_skeleton(model, name, inputs, taps, aggregation, dropout, head):
+    """The skeleton of a scanned GloNet: one stacked tap, the identity of the stack's output."""
+    (stacked,) = taps
+    if not isinstance(_producer(stacked), keras.layers.Identity) or len(stacked.shape) != 3:
+        raise NotAGloNetError(
+            f"{TAP_STACK!r} of {name!r} must be an Identity over a (batch, blocks, width) stack."
+        )
+    return Skeleton(
+        inputs=list(inputs), taps=[stacked],
+        block_outputs={BLOCK_STACK: _producer_input(stacked)},
+        stem_output=None, aggregation=aggregation, dropout=dropout, head=head,
     )
 
 

@@ -143,14 +143,15 @@ def check_glonet_contract(model, x, *, rtol=1e-5, export_dir=None):
     parts = skeleton.skeleton(model)
     names = [t._keras_history.operation.name for t in parts.taps]
     first = 0 if parts.includes_stem else 1
-    assert names == [f"tap_{i}" for i in range(first, parts.num_blocks + 1)], names
+    expected = ["tap_stack"] if parts.stacked else [f"tap_{i}" for i in range(first, parts.num_blocks + 1)]
+    assert names == expected, names
     if hasattr(model, "num_blocks"):
         assert model.num_blocks == parts.num_blocks
     if hasattr(model, "block_outputs"):
         assert list(model.block_outputs) == list(parts.block_outputs)
     output = model.predict(x, verbose=0)
     contributions = analysis.block_contributions(model, x)
-    assert contributions.shape == (len(x), len(parts.taps), output.shape[-1])
+    assert contributions.shape == (len(x), parts.num_blocks + int(parts.includes_stem), output.shape[-1])
     reconstructed = contributions.sum(1) + analysis.head_bias(model)
     assert relative_error(reconstructed, output) < rtol
     exits = analysis.early_exit_logits(model, x)

@@ -220,8 +220,12 @@ class GloNetModelBase(keras.Model):
             model_kwargs["name"] = self.default_name
         return args, model_kwargs
 
-    def _finish(self, constructor_args, block_outputs):
-        """Records the constructor arguments and the block outputs (a list, or a dict by name)."""
+    def _finish(self, constructor_args, block_outputs, num_blocks=None):
+        """Records the constructor arguments and the block outputs (a list, or a dict by name).
+
+        `num_blocks` defaults to the number of block outputs (a scanned stack passes it: its one
+        stacked output holds every block).
+        """
         self._constructor_args = dict(constructor_args)
         # keras.Model does not keep a functional model's `dtype` argument: record it here.
         self._constructor_args["dtype"] = dtype_name(self._constructor_args.get("dtype"))
@@ -229,7 +233,7 @@ class GloNetModelBase(keras.Model):
         if not isinstance(block_outputs, dict):
             block_outputs = {skeleton.block_key(i): x for i, x in enumerate(block_outputs, start=1)}
         self.block_outputs = dict(block_outputs)
-        self.num_blocks = len(self.block_outputs)
+        self.num_blocks = len(self.block_outputs) if num_blocks is None else num_blocks
         # Keras' default spec lets a wrong channel count through when the expected last axis is 1
         # (it allows squeezing that axis); an exact spec names both shapes at the model's boundary.
         (model_input,) = self.inputs
@@ -238,7 +242,7 @@ class GloNetModelBase(keras.Model):
         )
 
     @staticmethod
-    def _glonet_outputs(blocks, args, *, stem=None, width=None, pooling="average"):
+    def _glonet_outputs(blocks, args, *, stem=None, width=None, pooling="average", stacked=False):
         """The GloNet tail (taps, aggregation, head) over `blocks`, from a GloNet's arguments."""
         outputs, _ = skeleton.glonet_tail(
             blocks,
@@ -250,6 +254,7 @@ class GloNetModelBase(keras.Model):
             dropout=args["dropout"],
             head_initializer=kernel_initializer(args["initializer"]),
             head_bias_initializer=bias_initializer(args["initializer"], width or blocks[-1].shape[-1]),
+            stacked=stacked,
             dtype=args["dtype"],
         )
         return outputs

@@ -8,10 +8,16 @@ head reads:
 - ResNetMLP: block i = x_{i-1} + Dense(act(norm(x_{i-1}))) (ResNet-v2, BN by default); the head
   reads act(norm(x_L)).
 - PlainMLP: the GloNet chain with the head on the last block only.
+
+`GloNetMLP(scan=True)` holds its blocks as one `DenseStack` (stacked weights run by
+`keras.ops.scan`), so build and compile time do not grow with depth; `to_scanned` / `to_unrolled`
+convert a model between the two forms with the same weights and the same outputs.
 """
 
 import keras
 
+from glonet_keras import skeleton
+from glonet_keras.layers import DenseStack
 from glonet_keras.models import common
 
 
@@ -64,7 +70,13 @@ class GloNetMLP(_MLPBase):
         aggregation: `"sum"` (default, the paper) or `"mean"`.
         include_stem: also feed the stem's output into the aggregation (as `tap_0`).
         dropout: dropout rate before the head.
+        scan: hold the blocks as one scanned `DenseStack` (layer `blocks`): the graph, build and
+            compile time stay flat in depth (1,000 blocks build in about a second). Its taps are one
+            stacked tensor (`tap_stack`, `(batch, L, width)`) that analysis and export read like L
+            taps. Needs `normalization` None or `"layer"` and `include_stem=False`. On TensorFlow it
+            trains without XLA (TF cannot compile the scan's gradient).
         dtype: dtype or dtype policy name (e.g. `"mixed_float16"`).
+        name: the model's name (default `"glonet_mlp"`).
 
     Example:
     >>> model = GloNetMLP(num_blocks=30, width=32, num_classes=10, input_shape=(64,))
@@ -86,15 +98,51 @@ class GloNetMLP(_MLPBase):
         aggregation="sum",
         include_stem=False,
         dropout=0.0,
+        scan=False,
         dtype=None,
         **kwargs,
     ):
         args, model_kwargs = self._arguments(locals())
         inputs, stem = self._setup(args)
-        blocks = self._plain_blocks(stem, args)
-        outputs = self._glonet_outputs(blocks, args, stem=stem)
+        if scan is True:
+            blocks = self._scanned_blocks(stem, args)
+            outputs = self._glonet_outputs(blocks, args, stacked=True)
+        elif scan is False:
+            blocks = self._plain_blocks(stem, args)
+            outputs = self._glonet_outputs(blocks, args, stem=stem)
+        else:
+            raise ValueError(f"`scan` must be True or False, received {scan!r}.")
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **model_kwargs)
-        self._finish(args, blocks)
+        if scan:
+            self._finish(args, {skeleton.BLOCK_STACK: blocks}, num_blocks=args["num_blocks"])
+        else:
+            self._finish(args, blocks)
+
+    @staticmethod
+    def _scanned_blocks(stem, args):
+        if args["normalization"] not in (None, "layer"):
+            raise ValueError(
+                f"scan=True supports normalization None or 'layer', not {args['normalization']!r} "
+                "(batch norm's moving statistics cannot live in a scan); use scan=False."
+            )
+        if args["include_stem"]:
+            raise ValueError("scan=True does not aggregate the stem: use include_stem=False.")
+        return DenseStack(
+            args["num_blocks"], args["width"], activation=args["activation"],
+            normalization=args["normalization"],
+            kernel_initializer=common.kernel_initializer(args["initializer"]),
+            bias_initializer=common.bias_initializer(args["initializer"], args["width"]),
+            name=skeleton.BLOCK_STACK, dtype=args["dtype"],
+        )(stem)
+
+    def compile(self, *args, jit_compile="auto", **kwargs):
+        # TensorFlow's XLA cannot compile the gradient of a scan (a while loop's accumulators).
+        if self._constructor_args.get("scan") and keras.backend.backend() == "tensorflow":
+            if jit_compile is True:
+                raise ValueError("A scanned GloNetMLP cannot be compiled with XLA on TensorFlow: "
+                                 "use jit_compile=False (or 'auto'), or the JAX backend.")
+            jit_compile = False
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="glonet_keras")
@@ -174,3 +222,45 @@ class ResNetMLP(_MLPBase):
         )
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **model_kwargs)
         self._finish(args, blocks)
+
+
+def to_scanned(model):
+    """The same GloNetMLP (same weights, same outputs) with its blocks as one scanned DenseStack."""
+    return _convert(model, scan=True)
+
+
+def to_unrolled(model):
+    """The same GloNetMLP (same weights, same outputs) with one Dense layer per block."""
+    return _convert(model, scan=False)
+
+
+def _convert(model, scan):
+    if not isinstance(model, GloNetMLP):
+        raise ValueError(
+            f"Only a GloNetMLP converts between scanned and unrolled, not {type(model).__name__}."
+        )
+    config = model.get_config()
+    if config["scan"] == scan:
+        return model
+    target = GloNetMLP.from_config({**config, "scan": scan})
+    unrolled, stacked = (model, target) if scan else (target, model)
+    for name in ("stem", skeleton.HEAD):
+        target.get_layer(name).set_weights(model.get_layer(name).get_weights())
+    stack = stacked.get_layer(skeleton.BLOCK_STACK)
+    # Stacked variable -> (per-block layer suffix, index of the weight in that layer).
+    parts = {"kernel": ("dense", 0), "bias": ("dense", 1)}
+    if config["normalization"] == "layer":
+        parts.update(gamma=("norm", 0), beta=("norm", 1))
+    blocks = range(1, config["num_blocks"] + 1)
+    for variable_name, (suffix, index) in parts.items():
+        variable = getattr(stack, variable_name)
+        layers = [unrolled.get_layer(f"block_{i}_{suffix}") for i in blocks]
+        if scan:
+            variable.assign(keras.ops.stack([layer.get_weights()[index] for layer in layers]))
+        else:
+            values = keras.ops.convert_to_numpy(variable)
+            for layer, value in zip(layers, values):
+                weights = layer.get_weights()
+                weights[index] = value
+                layer.set_weights(weights)
+    return target
