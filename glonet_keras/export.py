@@ -26,6 +26,8 @@ converted with jax2tf; preprocessing and checks are TensorFlow ops around it). E
 before anything is written, and a version directory is replaced only once its successor is complete.
 """
 
+import collections
+import dataclasses
 import json
 import numbers
 import os
@@ -97,7 +99,8 @@ def export_saved_model(
             model's `preprocessing` attribute if it has one, else identity on float32 inputs.
         model_name: folder name under export_dir; default `model.name`. Either must be one plain
             folder name (see `check_path_component`).
-        input_dtype: dtype of the raw input ("uint8", "float32", ...); default the preprocessing's.
+        input_dtype: dtype of the raw input ("uint8", "float32", ...; one of
+            `preprocessing.NUMERIC_DTYPES`); default the preprocessing's.
         task: "classification" (logits + probabilities) or "regression" (logits). None: the task
             in `model.preset_metadata`, else "classification" (a single output is then read as a
             binary logit, with sigmoid probabilities; regression is never guessed).
@@ -133,12 +136,12 @@ def export_saved_model(
     if isinstance(version, bool) or not isinstance(version, numbers.Integral) or version < 1:
         raise ValueError(f"`version` must be an integer >= 1, received {version!r}.")
     preprocessing = _resolve_preprocessing(model, preprocessing)
+    if input_dtype is not None:  # Checked by the record, which glonet.json then holds as served.
+        preprocessing = dataclasses.replace(preprocessing, input_dtype=input_dtype)
+    input_dtype = tf.as_dtype(preprocessing.input_dtype)
     task = _resolve_task(model, task)
     num_outputs = int(model.outputs[0].shape[-1])
     class_names = _resolve_class_names(model, class_names, task, num_outputs)
-    input_dtype = tf.as_dtype(input_dtype or preprocessing.input_dtype)
-    if not (input_dtype.is_integer or input_dtype.is_floating):
-        raise ValueError(f"`input_dtype` must be a numeric dtype, received {input_dtype.name!r}.")
     model_name = check_path_component(model.name if model_name is None else model_name)
     path = os.path.join(os.fspath(export_dir), model_name, str(int(version)))
     _check_version_path(path, overwrite)
@@ -171,7 +174,7 @@ def export_saved_model(
         "keras_backend": keras.backend.backend(),
         "keras_version": keras.__version__,
     }
-    _write_atomically(archive, metadata, path)
+    _write_atomically(archive, metadata, path, overwrite)
     return path
 
 
@@ -285,12 +288,8 @@ def _check_version_path(path, overwrite):
             raise FileExistsError(f"{path} exists: pick another version or pass overwrite=True.")
 
 
-class _Specs:
-    """The raw input the signatures take, and the preprocessed input the model takes."""
-
-    def __init__(self, raw, model):
-        self.raw = raw
-        self.model = model
+# The raw input the signatures take, and the preprocessed input the model takes (tf.TensorSpec).
+_Specs = collections.namedtuple("_Specs", ["raw", "model"])
 
 
 def _input_specs(model, preprocessing, input_dtype):
@@ -351,7 +350,7 @@ def _outputs(logits, task):
     return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
 
 
-def _write_atomically(archive, metadata, path):
+def _write_atomically(archive, metadata, path, overwrite):
     """Writes the export beside `path`, then swaps it in; an old version goes only at the end."""
     parent = os.path.dirname(path)
     version = os.path.basename(path)
@@ -363,7 +362,7 @@ def _write_atomically(archive, metadata, path):
         os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
         with open(os.path.join(staging, METADATA_FILE), "w") as handle:
             json.dump(metadata, handle, indent=2)
-        _check_version_path(path, overwrite=True)  # Nothing became a link while we wrote.
+        _check_version_path(path, overwrite)  # Nothing appeared or became a link meanwhile.
         retired = None
         if os.path.lexists(path):
             retired = os.path.join(parent, f".{version}.replaced-{uuid.uuid4().hex}")

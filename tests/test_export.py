@@ -123,6 +123,8 @@ def test_export_errors(tmp_path):
                            preprocessing=Preprocessing(mean=(0.0,) * 3, std=(1.0,) * 3))
     with pytest.raises(ValueError, match="resizes images to \\(4, 4\\)"):
         export_saved_model(model, str(tmp_path), version=2, preprocessing=Preprocessing(image_size=(4, 4)))
+    with pytest.raises(ValueError, match="`input_dtype` must be a numeric dtype"):
+        export_saved_model(model, str(tmp_path), version=2, input_dtype="string")
     with pytest.raises(ValueError, match="Unknown preprocessing keys"):
         export_saved_model(model, str(tmp_path), version=2, preprocessing={"mean": [0.0], "typo": 1})
     cnn = GloNetCNN(depth=8, width=4, input_shape=(12, 12, 1), num_classes=3)
