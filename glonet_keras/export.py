@@ -64,7 +64,7 @@ def check_path_component(name, what="model_name"):
         raise ValueError(f"`{what}` must be a string, received {type(name).__name__}.")
     if (not name or name.startswith(".") or "/" in name or "\\" in name
             or any(ord(c) < 32 or ord(c) == 127 for c in name)
-            or os.path.isabs(name) or os.path.splitdrive(name)[0]):
+            or os.path.splitdrive(name)[0]):  # "C:name" on Windows
         raise ValueError(
             f"`{what}` must be one plain folder name (no '/', '\\', control characters, not empty "
             f"and not starting with '.'), received {name!r}. Pass a safe `model_name`."
