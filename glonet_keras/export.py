@@ -6,35 +6,62 @@ Signatures (all traced with `training=False`, so dropout and any augmentation st
 - `serving_default` and `serve`: one named input (the model's input name, e.g. `images` or
   `features`) taking RAW inputs with a dynamic batch dimension: uint8 pixels (or floats on the
   same 0..255 scale) for image data sets, floats for array data sets. The graph applies the
-  `data.Preprocessing` the model was trained with (cast, resize, scale, normalise) and returns
-  `{"logits": (batch, classes), "probabilities": (batch, classes)}` (regression: `logits` only).
-- `early_exits` (GloNets only): the same input, returning `{"logits": (batch, L, classes),
+  `Preprocessing` the model was trained with (cast, resize, scale, normalise) and returns
+  `{"logits": (batch, outputs), "probabilities": (batch, outputs)}`: softmax over several outputs,
+  the sigmoid of a single (binary) logit; regression returns `logits` only.
+- `early_exits` (GloNets only): the same input, returning `{"logits": (batch, L, outputs),
   "probabilities": ...}`, entry k - 1 on axis 1 being the prediction of the first k blocks with the
   shared head (`glonet_keras.analysis.early_exit_model`). A server can pick its precision per request.
 
-`assets.extra/glonet.json` records the preprocessing, task, model class and config, and the
-signatures' input name and dtype, for people and tools (TF Serving ignores it).
+The graph checks its input itself, because a loaded signature does not: a tensor of the wrong rank,
+channel count or (for fixed-size models) spatial size is an InvalidArgumentError, never a crash of
+the serving process; a batch of 0 returns empty outputs of the right shape.
+
+`assets.extra/glonet.json` records the preprocessing (`Preprocessing.to_dict()`), task, class names,
+model class and config, and the signatures' input name and dtype, for people and tools (TF Serving
+ignores it).
+
+Works on the TensorFlow backend and on the JAX backend when TensorFlow is installed (the model is
+converted with jax2tf; preprocessing and checks are TensorFlow ops around it). Everything is traced
+before anything is written, and a version directory is replaced only once its successor is complete.
 """
 
+import collections
+import dataclasses
 import json
+import numbers
 import os
+import shutil
+import tempfile
+import uuid
 
 import keras
 
 from glonet_keras import analysis
 from glonet_keras.preprocessing import Preprocessing
+from glonet_keras.skeleton import is_glonet
 
 TASKS = ("classification", "regression")
 METADATA_FILE = os.path.join("assets.extra", "glonet.json")
 
 
-def _outputs(logits, task):
-    import tensorflow as tf
+def check_path_component(name, what="model_name"):
+    """Returns `name` if it is one safe folder name; raises ValueError otherwise.
 
-    logits = tf.cast(logits, "float32")  # Mixed-precision models compute logits in float16.
-    if task == "regression":
-        return {"logits": logits}
-    return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+    Refused: non-strings, "", ".", "..", any name starting with "." (hidden, and the export's own
+    temporary folders), names holding "/", "\\" or control characters (NUL included): a name read
+    from a preset must never lead outside the folder it is joined to.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"`{what}` must be a string, received {type(name).__name__}.")
+    if (not name or name.startswith(".") or "/" in name or "\\" in name
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)
+            or os.path.splitdrive(name)[0]):  # "C:name" on Windows
+        raise ValueError(
+            f"`{what}` must be one plain folder name (no '/', '\\', control characters, not empty "
+            f"and not starting with '.'), received {name!r}. Pass a safe `model_name`."
+        )
+    return name
 
 
 def export_saved_model(
@@ -45,98 +72,304 @@ def export_saved_model(
     preprocessing=None,
     model_name=None,
     input_dtype=None,
-    task="classification",
+    task=None,
+    class_names=None,
     early_exits=True,
     overwrite=False,
 ):
     """Writes `model` as a SavedModel for TF Serving; returns the version directory.
 
+    Defaults come from what the model carries: a loaded preset or a trained model has
+    `model.preprocessing` (a `Preprocessing`) and `model.preset_metadata` (with "task" and
+    "class_names"), so `export_saved_model(model, export_dir)` serves it as it was trained.
+
     Args:
-        model: a built keras.Model with one named input (every glonet_keras model).
+        model: a built keras.Model with one named input and one output (every glonet_keras model).
         export_dir: the model base path of TF Serving (`--model_base_path` is export_dir/model_name).
-        version: positive integer version (TF Serving serves the highest).
-        preprocessing: the `data.Preprocessing` (or its dict) the model was trained with. None means
-            the model takes its inputs as they are (float32, no scaling).
-        model_name: folder name under export_dir; default `model.name`.
-        input_dtype: dtype of the raw input ("uint8", "float32", ...); default the preprocessing's.
-        task: "classification" (logits + probabilities) or "regression" (logits).
+        version: integer >= 1 (TF Serving serves the highest).
+        preprocessing: the `Preprocessing` (or its dict) the model was trained with. None: the
+            model's `preprocessing` attribute if it has one, else identity on float32 inputs.
+        model_name: folder name under export_dir; default `model.name`. Either must be one plain
+            folder name (see `check_path_component`).
+        input_dtype: dtype of the raw input ("uint8", "float32", ...; one of
+            `preprocessing.NUMERIC_DTYPES`); default the preprocessing's.
+        task: "classification" (logits + probabilities) or "regression" (logits). None: the task
+            in `model.preset_metadata`, else "classification" (a single output is then read as a
+            binary logit, with sigmoid probabilities; regression is never guessed).
+        class_names: the label of each output index (recorded in glonet.json so a served index
+            maps back to a label); default `model.preset_metadata["class_names"]` when present.
         early_exits: add the `early_exits` signature when the model is a GloNet.
-        overwrite: replace an existing version directory instead of raising.
+        overwrite: replace an existing version directory instead of raising. The new export is
+            written beside it first; the old one is removed only once the new one is in place.
 
     Returns:
         The path `<export_dir>/<model_name>/<version>`.
+
+    Raises:
+        ImportError: TensorFlow is not installed.
+        ValueError: bad arguments, an unsafe model name, a preprocessing that does not fit the
+            model's input, or a version path that is a symlink or not a folder.
+        FileExistsError: the version exists and `overwrite` is False.
+
+    Example:
+
+    ```python
+    model = glonet_keras.create_model("glonet_cnn_digits", pretrained=True)
+    path = export_saved_model(model, "/tmp/serving")  # /tmp/serving/glonet_cnn_digits/1
+    ```
     """
-    import tensorflow as tf
-
+    tf = _import_tensorflow()
     if keras.backend.backend() not in ("tensorflow", "jax"):
-        raise ValueError(f"SavedModel export needs TensorFlow installed; backend is {keras.backend.backend()!r}.")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(
+            "SavedModel export runs on the TensorFlow or JAX backend (with TensorFlow installed); "
+            f"the backend is {keras.backend.backend()!r}."
+        )
+    _check_model(model)
+    if isinstance(version, bool) or not isinstance(version, numbers.Integral) or version < 1:
         raise ValueError(f"`version` must be an integer >= 1, received {version!r}.")
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}. Available: {list(TASKS)}.")
-    if not isinstance(model, keras.Model) or not model.inputs or len(model.inputs) != 1:
-        raise ValueError("export_saved_model needs a functional keras.Model with exactly one input.")
-    if isinstance(preprocessing, dict):
-        preprocessing = Preprocessing.from_dict(preprocessing)
-    preprocessing = preprocessing or Preprocessing(
-        mean=(0.0,) * int(model.inputs[0].shape[-1]), std=(1.0,) * int(model.inputs[0].shape[-1])
-    )
-    input_dtype = input_dtype or preprocessing.input_dtype
-    model_name = model_name or model.name
-    path = os.path.join(export_dir, model_name, str(version))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists: pick another version or pass overwrite=True.")
+    preprocessing = _resolve_preprocessing(model, preprocessing)
+    if input_dtype is not None:  # Checked by the record, which glonet.json then holds as served.
+        preprocessing = dataclasses.replace(preprocessing, input_dtype=input_dtype)
+    input_dtype = tf.as_dtype(preprocessing.input_dtype)
+    task = _resolve_task(model, task)
+    num_outputs = int(model.outputs[0].shape[-1])
+    class_names = _resolve_class_names(model, class_names, task, num_outputs)
+    model_name = check_path_component(model.name if model_name is None else model_name)
+    path = os.path.join(os.fspath(export_dir), model_name, str(int(version)))
+    _check_version_path(path, overwrite)
 
-    input_name = model.inputs[0].name
-    example_shape = tuple(model.inputs[0].shape[1:])
-    if preprocessing.image_size is not None:
-        # Any image size is accepted and resized inside the graph.
-        example_shape = (None, None) + example_shape[2:]
-    spec = tf.TensorSpec((None,) + example_shape, tf.as_dtype(input_dtype), name=input_name)
-
+    # Trace everything first: nothing touches the disk until the whole graph exists.
+    specs = _input_specs(model, preprocessing, input_dtype)
+    converter = keras.export.ExportArchive()
+    converter.track(model)
+    computations = {"serve": model}
+    if early_exits and is_glonet(model):
+        computations["early_exits"] = analysis.early_exit_model(model)
     archive = keras.export.ExportArchive()
-    archive.track(model)
-
-    def serve(inputs):
-        return _outputs(model(preprocessing(inputs), training=False), task)
-
     # The first endpoint added is also exported as `serving_default`.
-    archive.add_endpoint("serve", serve, input_signature=[spec])
-    has_early_exits = False
-    if early_exits:
-        try:
-            exits = analysis.early_exit_model(model)
-        except ValueError:
-            exits = None  # A baseline without `glonet_aggregation` has no prefixes to read.
-        if exits is not None:
-            archive.track(exits)
-
-            def serve_early_exits(inputs):
-                return _outputs(exits(preprocessing(inputs), training=False), task)
-
-            archive.add_endpoint("early_exits", serve_early_exits, input_signature=[spec])
-            has_early_exits = True
-
-    if os.path.exists(path):
-        import shutil
-
-        shutil.rmtree(path)
-    archive.write_out(path, verbose=False)
+    for name, computation in computations.items():
+        archive.add_endpoint(
+            name, _serving_function(converter, name, computation, specs, preprocessing, task)
+        )
     metadata = {
         "model_class": type(model).__name__,
         "model_config": _jsonable_config(model),
         "task": task,
-        "input_name": input_name,
-        "input_dtype": tf.as_dtype(input_dtype).name,
+        "class_names": class_names,
+        "num_outputs": num_outputs,
+        "input_name": specs.raw.name,
+        "input_dtype": input_dtype.name,
+        "input_shape": specs.raw.shape.as_list(),
         "preprocessing": preprocessing.to_dict(),
-        "signatures": ["serving_default", "serve"] + (["early_exits"] if has_early_exits else []),
+        "signatures": ["serving_default"] + list(computations),
         "num_blocks": getattr(model, "num_blocks", None),
+        "keras_backend": keras.backend.backend(),
         "keras_version": keras.__version__,
     }
-    os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
-    with open(os.path.join(path, METADATA_FILE), "w") as handle:
-        json.dump(metadata, handle, indent=2)
+    _write_atomically(archive, metadata, path, overwrite)
     return path
+
+
+def _import_tensorflow():
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ImportError(
+            "SavedModel export needs TensorFlow (pip install tensorflow-cpu, or tensorflow for "
+            "GPUs), also on the JAX backend: the serving graph is a TensorFlow graph."
+        ) from None
+    return tf
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model) or not getattr(model, "inputs", None):
+        raise ValueError(
+            "export_saved_model needs a built functional keras.Model, received "
+            f"{type(model).__name__}."
+        )
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(
+            f"export_saved_model needs a model with exactly one input and one output; "
+            f"{model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs."
+        )
+    output_shape = model.outputs[0].shape
+    if len(output_shape) != 2 or output_shape[-1] is None:
+        raise ValueError(
+            f"export_saved_model needs outputs of shape (batch, units); {model.name!r} returns "
+            f"{tuple(output_shape)}."
+        )
+
+
+def _resolve_preprocessing(model, preprocessing):
+    if preprocessing is None:
+        preprocessing = getattr(model, "preprocessing", None)
+    if isinstance(preprocessing, dict):
+        preprocessing = Preprocessing.from_dict(preprocessing)
+    if preprocessing is None:
+        return Preprocessing()  # Identity on float32 inputs.
+    if not isinstance(preprocessing, Preprocessing):
+        raise ValueError(
+            "`preprocessing` must be a Preprocessing or its dict, received "
+            f"{type(preprocessing).__name__}."
+        )
+    input_shape = tuple(model.inputs[0].shape)
+    if preprocessing.num_channels not in (1, input_shape[-1]):
+        raise ValueError(
+            f"The preprocessing has {preprocessing.num_channels} channel statistics, but the input "
+            f"of {model.name!r} has shape {input_shape[1:]}: {input_shape[-1]} channels."
+        )
+    if preprocessing.image_size is not None:
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"The preprocessing resizes images to {preprocessing.image_size}, but the input of "
+                f"{model.name!r} has shape {input_shape[1:]}, not (height, width, channels)."
+            )
+        if any(want is not None and want != got
+               for want, got in zip(input_shape[1:3], preprocessing.image_size)):
+            raise ValueError(
+                f"The preprocessing resizes images to {preprocessing.image_size}, but "
+                f"{model.name!r} takes {input_shape[1:3]} images."
+            )
+    return preprocessing
+
+
+def _metadata_of(model):
+    metadata = getattr(model, "preset_metadata", None)
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _resolve_task(model, task):
+    where = "`task`"
+    if task is None:
+        task = _metadata_of(model).get("task")
+        where = "The task in `model.preset_metadata`"
+    if task is None:
+        return "classification"
+    if task not in TASKS:
+        raise ValueError(f"{where} must be one of {list(TASKS)}, received {task!r}.")
+    return task
+
+
+def _resolve_class_names(model, class_names, task, num_outputs):
+    where = "`class_names`"
+    if class_names is None:
+        class_names = _metadata_of(model).get("class_names")
+        where = "The class names in `model.preset_metadata`"
+    if class_names is None:
+        return None
+    if task != "classification":
+        raise ValueError(f"{where} are given, but the task is {task!r}.")
+    expected = 2 if num_outputs == 1 else num_outputs  # one logit: a binary classifier
+    if (not isinstance(class_names, (list, tuple))
+            or not all(isinstance(name, str) for name in class_names)
+            or len(class_names) != expected):
+        raise ValueError(
+            f"{where} must be a list of {expected} strings (one per output of {model.name!r}), "
+            f"received {class_names!r}."
+        )
+    return list(class_names)
+
+
+def _check_version_path(path, overwrite):
+    if os.path.islink(path):
+        raise ValueError(f"{path} is a symbolic link: refusing to write through it.")
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            raise ValueError(f"{path} exists and is not a folder.")
+        if not overwrite:
+            raise FileExistsError(f"{path} exists: pick another version or pass overwrite=True.")
+
+
+# The raw input the signatures take, and the preprocessed input the model takes (tf.TensorSpec).
+_Specs = collections.namedtuple("_Specs", ["raw", "model"])
+
+
+def _input_specs(model, preprocessing, input_dtype):
+    import tensorflow as tf
+
+    model_input = model.inputs[0]
+    shape = tuple(model_input.shape[1:])
+    raw_shape = shape
+    if preprocessing.image_size is not None:
+        # Any image size is accepted and resized inside the graph.
+        raw_shape = (None, None) + shape[2:]
+        shape = tuple(preprocessing.image_size) + shape[2:]
+    return _Specs(
+        raw=tf.TensorSpec((None,) + raw_shape, input_dtype, name=model_input.name),
+        model=tf.TensorSpec((None,) + shape, model_input.dtype),
+    )
+
+
+def _serving_function(converter, name, computation, specs, preprocessing, task):
+    """A traced tf.function: raw input -> checks -> preprocessing -> model -> output dict.
+
+    The model runs as an endpoint of `converter` (a plain tf.function on TensorFlow, a jax2tf
+    conversion on JAX), so the checks and the preprocessing are TensorFlow ops on TensorFlow
+    tensors on both backends, and the converter's endpoints stay out of the exported signatures.
+    """
+    import tensorflow as tf
+
+    infer = converter.add_endpoint(
+        name, lambda x: computation(x, training=False), input_signature=[specs.model]
+    )
+    empty_shape = [0] + [int(d) for d in computation.outputs[0].shape[1:]]
+
+    def serve(inputs):
+        # A loaded signature runs on any shape it is given; a wrong rank reaching a convolution
+        # aborts the process (oneDNN check failure). EnsureShape makes it an InvalidArgumentError.
+        inputs = tf.ensure_shape(inputs, specs.raw.shape)
+        x = preprocessing(inputs)  # An image of 0 pixels fails in the resize, with its message.
+        # Batch 0: answer with empty outputs; convolutions on empty batches are not reliable.
+        outputs = tf.cond(
+            tf.shape(x)[0] > 0,
+            lambda: tf.cast(infer(x), "float32"),  # Mixed-precision models compute in float16.
+            lambda: tf.zeros(empty_shape, "float32"),
+        )
+        return _outputs(outputs, task)
+
+    function = tf.function(serve, input_signature=[specs.raw], autograph=False)
+    function.get_concrete_function()  # Traced now: a failure raises before anything is written.
+    return function
+
+
+def _outputs(logits, task):
+    import tensorflow as tf
+
+    if task == "regression":
+        return {"logits": logits}
+    if logits.shape[-1] == 1:  # One logit: a binary classifier.
+        return {"logits": logits, "probabilities": tf.math.sigmoid(logits)}
+    return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+
+
+def _write_atomically(archive, metadata, path, overwrite):
+    """Writes the export beside `path`, then swaps it in; an old version goes only at the end."""
+    parent = os.path.dirname(path)
+    version = os.path.basename(path)
+    os.makedirs(parent, exist_ok=True)
+    # Hidden names: TF Serving only loads all-digit folder names, so it never sees these.
+    staging = tempfile.mkdtemp(prefix=f".{version}.partial-", dir=parent)
+    try:
+        archive.write_out(staging, verbose=False)
+        os.makedirs(os.path.join(staging, "assets.extra"), exist_ok=True)
+        with open(os.path.join(staging, METADATA_FILE), "w") as handle:
+            json.dump(metadata, handle, indent=2)
+        _check_version_path(path, overwrite)  # Nothing appeared or became a link meanwhile.
+        retired = None
+        if os.path.lexists(path):
+            retired = os.path.join(parent, f".{version}.replaced-{uuid.uuid4().hex}")
+            os.rename(path, retired)
+        try:
+            os.rename(staging, path)
+        except OSError:
+            if retired is not None:
+                os.rename(retired, path)
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def _jsonable_config(model):
@@ -179,7 +412,7 @@ def measure_latency(model, export_path, batch_sizes=(1, 64), repeats=50, seed=0)
         else:
             raw = rng.random((batch,) + shape).astype(metadata["input_dtype"])
         raw_tensor = tf.constant(raw)
-        ready = preprocessing(raw).numpy()
+        ready = preprocessing(raw)
         candidates = {
             "saved_model": lambda: signature(**{metadata["input_name"]: raw_tensor})["logits"].numpy(),
             "keras_predict_on_batch": lambda: model.predict_on_batch(ready),

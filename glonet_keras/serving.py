@@ -9,22 +9,43 @@ The contract is TF Serving's `POST /v1/models/<name>[/versions/<v>]:predict` bod
 - columnar format: `{"signature_name": "...", "inputs": batch}` (or `{"inputs": {"<input name>":
   batch}}`); answered, as TF Serving does, with `{"outputs": {"logits": [...], ...}}`.
 
+A batch of 0 instances is answered like any other: `{"predictions": []}` (or empty output lists).
+
 `predict(loaded, body)` raises `ServingError` (a ValueError) with a message that says what is wrong
-with a malformed request: not JSON, wrong or extra keys, unknown signature, ragged or wrongly shaped
-instances, values of the wrong type, out of range for uint8, or not finite. `respond(loaded, body)`
-wraps it as `(http_status, json_dict)` with TF Serving's `{"error": message}` body on status 400.
+with a malformed request, and `respond(loaded, body)` turns it into `(status, {"error": message})`:
+
+- 400: a body that is not UTF-8, not JSON, nested too deeply, not an object; wrong or extra keys;
+  an unknown signature; instances that are ragged, of the wrong rank or shape, or hold anything but
+  numbers (booleans, strings and null are not numbers); values that are NaN or infinite, that the
+  input dtype cannot hold (1e39 in float32, 300 or 1.5 in uint8), or integers too large for any
+  dtype; an input the exported graph itself refuses.
+- 413: a body over `max_body_bytes` (default 16 MiB) or a batch over `max_instances` (default 1024).
+
+Nothing else escapes: every malformed request gets a JSON error, never a traceback or a hang.
 """
 
 import json
+import numbers
+import re
 
 import numpy as np
 
 DEFAULT_SIGNATURE = "serving_default"
+MAX_BODY_BYTES = 16 * 2**20
+MAX_INSTANCES = 1024
 _ALLOWED_KEYS = {"signature_name", "instances", "inputs"}
 
 
 class ServingError(ValueError):
-    """A request the model cannot answer; the message says why (HTTP 400)."""
+    """A request the model cannot answer; the message says why. `status` is its HTTP status."""
+
+    status = 400
+
+
+class RequestTooLarge(ServingError):
+    """A request over the body-size or batch-size cap (HTTP 413, Payload Too Large)."""
+
+    status = 413
 
 
 def load(path):
@@ -34,13 +55,29 @@ def load(path):
     return tf.saved_model.load(path)
 
 
-def _parse_body(body):
+def _short(value, limit=60):
+    """A request value for an error message: repr, cut so that a huge value cannot flood it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _parse_body(body, max_body_bytes):
+    if isinstance(body, (bytes, bytearray, str)):
+        if len(body) > max_body_bytes:
+            raise RequestTooLarge(
+                f"The request body has {len(body)} bytes, over the limit of {max_body_bytes}."
+            )
     if isinstance(body, (bytes, bytearray)):
-        body = body.decode("utf-8")
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ServingError(f"The request body is not UTF-8 text: {error}.") from None
     if isinstance(body, str):
         try:
             body = json.loads(body)
-        except json.JSONDecodeError as error:
+        except RecursionError:
+            raise ServingError("The request body is not valid JSON: it is nested too deeply.") from None
+        except ValueError as error:  # JSONDecodeError, and integers of more than 4300 digits.
             raise ServingError(f"The request body is not valid JSON: {error}.") from None
     if not isinstance(body, dict):
         raise ServingError(
@@ -49,8 +86,8 @@ def _parse_body(body):
     unknown = set(body) - _ALLOWED_KEYS
     if unknown:
         raise ServingError(
-            f"Unknown request keys {sorted(unknown)}: use 'instances' (row format) or 'inputs' "
-            "(columnar format), and optionally 'signature_name'."
+            f"Unknown request keys {_short(sorted(map(str, unknown)))}: use 'instances' (row "
+            "format) or 'inputs' (columnar format), and optionally 'signature_name'."
         )
     formats = [key for key in ("instances", "inputs") if key in body]
     if len(formats) != 1:
@@ -63,10 +100,10 @@ def _parse_body(body):
 
 def _signature(loaded, name):
     if not isinstance(name, str):
-        raise ServingError(f"'signature_name' must be a string, received {name!r}.")
+        raise ServingError(f"'signature_name' must be a string, received {_short(name)}.")
     if name not in loaded.signatures:
         raise ServingError(
-            f"Unknown signature {name!r}. This model has {sorted(loaded.signatures.keys())}."
+            f"Unknown signature {_short(name)}. This model has {sorted(loaded.signatures.keys())}."
         )
     signature = loaded.signatures[name]
     _, specs = signature.structured_input_signature
@@ -81,53 +118,119 @@ def _unwrap_named(value, input_name, where):
     if isinstance(value, dict):
         if set(value) != {input_name}:
             raise ServingError(
-                f"{where} names inputs {sorted(value)}, but the signature's only input is "
-                f"{input_name!r}."
+                f"{where} names inputs {_short(sorted(map(str, value)))}, but the signature's only "
+                f"input is {input_name!r}."
             )
         return value[input_name]
     return value
 
 
+def _type_names(kinds):
+    """JSON's names for Python types, for messages: ['null', 'str'] rather than NoneType, str."""
+    return sorted("null" if kind is type(None) else kind.__name__ for kind in kinds)
+
+
+def _is_number_type(kind):
+    return issubclass(kind, numbers.Real) and not issubclass(kind, (bool, np.bool_))
+
+
+def _nested_shape(batch, rank, input_name):
+    """The shape of `batch`, nested lists of `rank` dimensions holding numbers.
+
+    Walks one depth at a time (never deeper than `rank`, so no nesting can exhaust the stack) and
+    raises ServingError naming the first problem: a wrong depth, ragged lists, an empty dimension,
+    or a value that is not a number. Returns the shape and the set of the leaves' types.
+    """
+    shape, level = [], [batch]
+    for depth in range(rank):
+        kinds = set(map(type, level))
+        if kinds - {list}:
+            raise ServingError(
+                f"Input {input_name!r} must have {rank} dimensions (batch first), but holds "
+                f"{'/'.join(_type_names(kinds - {list}))} values where a list of dimension "
+                f"{depth} is expected."
+            )
+        lengths = set(map(len, level))
+        if len(lengths) > 1:
+            raise ServingError(
+                f"Input {input_name!r} is ragged: dimension {depth} has lists of lengths "
+                f"{_short(sorted(lengths))}; every instance needs the same shape."
+            )
+        (length,) = lengths
+        if length == 0 and depth > 0:
+            raise ServingError(
+                f"Input {input_name!r} has an empty list in dimension {depth}: every dimension "
+                "but the batch needs at least one value."
+            )
+        shape.append(length)
+        level = [item for sublist in level for item in sublist]
+    kinds = set(map(type, level))
+    if list in kinds:
+        raise ServingError(
+            f"Input {input_name!r} has more than {rank} dimensions (batch first): the signature "
+            f"takes rank {rank}."
+        )
+    if any(issubclass(kind, (bool, np.bool_)) for kind in kinds):
+        raise ServingError(f"Input {input_name!r} holds booleans: send numbers (0 or 1), not true/false.")
+    wrong = [kind for kind in kinds if not _is_number_type(kind)]
+    if wrong:
+        raise ServingError(
+            f"Input {input_name!r} must hold numbers, received values of type {_type_names(wrong)}."
+        )
+    return tuple(shape), kinds
+
+
 def _to_array(batch, spec, input_name):
+    """Checks a JSON batch against the signature's input and converts it to its dtype."""
     import tensorflow as tf
 
     dtype = spec.dtype
-    try:
-        array = np.asarray(batch)
-    except ValueError:
-        array = None
-    if array is None or array.dtype == object:
+    expected = spec.shape.as_list()
+    if batch == []:
+        # Batch 0: the graph answers with empty outputs of the right shape.
+        empty = [0] + [1 if d is None else d for d in expected[1:]]
+        return tf.zeros(empty, dtype)
+    shape, kinds = _nested_shape(batch, len(expected), input_name)
+    if any(want is not None and want != got for want, got in zip(expected, shape)):
         raise ServingError(
-            f"Input {input_name!r} is ragged or mixes types: every instance needs the same shape "
-            f"{_shape_text(spec.shape[1:])} and numeric values."
-        )
-    if array.dtype.kind not in "biuf":
-        raise ServingError(
-            f"Input {input_name!r} must hold numbers, received values of type {array.dtype.name}."
-        )
-    expected = spec.shape
-    if array.ndim != expected.rank or any(
-        want is not None and want != got for want, got in zip(expected.as_list(), array.shape)
-    ):
-        raise ServingError(
-            f"Input {input_name!r} has shape {_shape_text(array.shape)} (batch first); the signature "
+            f"Input {input_name!r} has shape {_shape_text(shape)} (batch first); the signature "
             f"expects {_shape_text(expected)}."
         )
-    if array.shape[0] == 0:
-        raise ServingError(f"Input {input_name!r} has no instances.")
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        raise ServingError(f"Input {input_name!r} contains NaN or infinite values.")
-    if dtype.is_integer:
-        if array.dtype.kind == "f" and not np.all(array == np.round(array)):
+    if dtype.is_floating or kinds != {int}:
+        try:
+            array = np.array(batch, dtype=np.float64)
+        except OverflowError:
             raise ServingError(
-                f"Input {input_name!r} takes integers ({dtype.name}), received fractional values."
-            )
-        if array.min() < dtype.min or array.max() > dtype.max:
+                f"Input {input_name!r} holds an integer too large for any numeric dtype "
+                f"(above 1.8e308); it takes {dtype.name} values."
+            ) from None
+        if not np.all(np.isfinite(array)):
+            raise ServingError(f"Input {input_name!r} contains NaN or infinite values.")
+    else:
+        try:
+            array = np.array(batch)
+        except OverflowError:
+            array = None
+        if array is None or array.dtype == object:
             raise ServingError(
-                f"Input {input_name!r} takes {dtype.name} values in [{dtype.min}, {dtype.max}], "
-                f"received values in [{array.min()}, {array.max()}]."
+                f"Input {input_name!r} holds integers beyond the 64-bit range; it takes "
+                f"{dtype.name} values in [{dtype.min}, {dtype.max}]."
             )
+    _check_range(array, dtype, input_name)
     return tf.constant(array.astype(dtype.as_numpy_dtype))
+
+
+def _check_range(array, dtype, input_name):
+    if dtype.is_integer and array.dtype.kind == "f" and not np.all(array == np.round(array)):
+        raise ServingError(
+            f"Input {input_name!r} takes integers ({dtype.name}), received fractional values."
+        )
+    low, high = (-dtype.max, dtype.max) if dtype.is_floating else (dtype.min, dtype.max)
+    if array.min() < low or array.max() > high:
+        raise ServingError(
+            f"Input {input_name!r} takes {dtype.name} values in [{low}, {high}], received values "
+            f"in [{array.min()}, {array.max()}]."
+        )
 
 
 def _shape_text(shape):
@@ -135,22 +238,55 @@ def _shape_text(shape):
     return "(" + ", ".join("None" if d is None else str(d) for d in dims) + ")"
 
 
-def predict(loaded, body):
+def _graph_error_reason(message):
+    """The line of a TensorFlow runtime error that says what was wrong, without the node trace."""
+    boilerplate = ("Graph execution error", "Detected at node", "<stack traces")
+    lines = [re.sub(r"\{\{[^}]*\}\}", "", line).strip() for line in message.splitlines()]
+    reasons = [line for line in lines
+               if line and not line.startswith(boilerplate) and not line.startswith("[[")]
+    return reasons[-1] if reasons else "invalid input"
+
+
+def predict(loaded, body, *, max_body_bytes=MAX_BODY_BYTES, max_instances=MAX_INSTANCES):
     """Answers a TF Serving REST predict body (dict, JSON str or bytes) from a loaded SavedModel.
 
-    Returns `{"predictions": [...]}` for `instances` and `{"outputs": {...}}` for `inputs`.
-    Raises ServingError naming what is wrong with a malformed request.
+    Args:
+        loaded: the result of `load(path)`.
+        body: the request: bytes (UTF-8 JSON), str (JSON) or an already parsed dict
+            (JSON types only: lists, not numpy arrays).
+        max_body_bytes: largest body accepted (for a str body, counted in characters).
+        max_instances: largest batch accepted.
+
+    Returns:
+        `{"predictions": [...]}` for `instances` and `{"outputs": {...}}` for `inputs`.
+
+    Raises:
+        ServingError: naming what is wrong with a malformed request (`RequestTooLarge`, a
+            subclass, for requests over the caps).
     """
-    body, request_format = _parse_body(body)
+    import tensorflow as tf
+
+    body, request_format = _parse_body(body, max_body_bytes)
     signature, input_name, spec = _signature(loaded, body.get("signature_name", DEFAULT_SIGNATURE))
     if request_format == "instances":
         instances = body["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise ServingError("'instances' must be a non-empty list, one entry per example.")
+        if not isinstance(instances, list):
+            raise ServingError("'instances' must be a list, one entry per example.")
         batch = [_unwrap_named(item, input_name, f"Instance {i}") for i, item in enumerate(instances)]
     else:
         batch = _unwrap_named(body["inputs"], input_name, "'inputs'")
-    outputs = signature(**{input_name: _to_array(batch, spec, input_name)})
+    if isinstance(batch, list) and len(batch) > max_instances:
+        raise RequestTooLarge(
+            f"The request holds {len(batch)} instances, over the limit of {max_instances}: "
+            "split it into smaller batches."
+        )
+    try:
+        outputs = signature(**{input_name: _to_array(batch, spec, input_name)})
+    except tf.errors.InvalidArgumentError as error:
+        # The exported graph checks its input too (shape, image size); say what it refused.
+        raise ServingError(
+            f"The model refused input {input_name!r}: {_graph_error_reason(error.message)}"
+        ) from None
     outputs = {key: value.numpy() for key, value in outputs.items()}
     if request_format == "inputs":
         return {"outputs": {key: value.tolist() for key, value in outputs.items()}}
@@ -162,9 +298,12 @@ def predict(loaded, body):
     }
 
 
-def respond(loaded, body):
-    """`(200, predict(...))`, or `(400, {"error": message})` for a malformed request."""
+def respond(loaded, body, **limits):
+    """`(200, predict(...))`, or `(status, {"error": message})` for a malformed request.
+
+    `status` is 400, or 413 for a request over the caps; `limits` are `predict`'s keywords.
+    """
     try:
-        return 200, predict(loaded, body)
+        return 200, predict(loaded, body, **limits)
     except ServingError as error:
-        return 400, {"error": str(error)}
+        return error.status, {"error": str(error)}

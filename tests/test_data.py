@@ -197,7 +197,7 @@ def test_preprocessing_round_trips_and_matches_the_pipeline(tmp_path):
     (x_train, _), _ = data.load_arrays("digits")
     x, _ = _first_batch(data.get_dataset("digits", "validation", 10_000))
     raw = x_train[data._split_indices(len(x_train), 0.1, 0)[1]]
-    np.testing.assert_allclose(restored(raw).numpy(), x, atol=1e-6)
+    np.testing.assert_allclose(restored(raw), x, atol=1e-6)
 
 
 def _numpy_preprocess(x, preprocessing):
