@@ -448,7 +448,8 @@ def _cache_folder(root, *parts):
                 f"The cache folder {path} is {_file_kind(mode)}: refusing to write through it. "
                 "Remove it and try again."
             )
-    if os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) != os.path.realpath(root):
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
         raise PresetDownloadError(f"The cache folder {path} resolves outside the cache {root}.")
     return path
 
@@ -967,7 +968,7 @@ def _load_weights(model, path, what):
 
 
 def _transfer_weights(source, target, what, skip_head):
-    """Copies every layer's weights by layer name; with `skip_head`, the head stays freshly initialised."""
+    """Copies every layer's weights by layer name; with `skip_head`, the head stays as initialised."""
     source_layers = {layer.name: layer for layer in source.layers}
     for layer in target.layers:
         if (skip_head and layer.name == HEAD_LAYER) or not layer.weights:
@@ -991,7 +992,7 @@ def _transfer_weights(source, target, what, skip_head):
 
 
 def _attach_metadata(model, metadata, changed, source):
-    """Sets `model.preset_metadata` and `model.preprocessing`; a fine-tune start gets a new record."""
+    """Sets `model.preset_metadata` and `model.preprocessing`; a fine-tune start gets its own."""
     if changed:
         metadata = _fine_tune_metadata(metadata, changed, source, model)
     model.preset_metadata = metadata
@@ -1214,7 +1215,8 @@ def load_registry_file(path):
 
 # Architecture-only variants (untrained): library API written here, like timm's model functions.
 # They have no files, so their class and arguments are the variant itself.
-register_model("glonet_mlp_30x32", "GloNetMLP", {"num_blocks": 30, "width": 32, "input_shape": (784,)},
+register_model("glonet_mlp_30x32", "GloNetMLP",
+               {"num_blocks": 30, "width": 32, "input_shape": (784,)},
                description="GloNet MLP, 30 dense blocks of width 32, for 28x28 inputs.")
 register_model("glonet_cnn20_cifar", "GloNetCNN", {"depth": 20, "input_shape": (32, 32, 3)},
                description="Convolutional GloNet, CIFAR layout, depth 20.")
@@ -1225,7 +1227,8 @@ register_model("resnet_cnn20_cifar", "ResNetCNN", {"depth": 20, "input_shape": (
 register_model("resnet_cnn56_cifar", "ResNetCNN", {"depth": 56, "input_shape": (32, 32, 3)},
                description="ResNet-v2 baseline, CIFAR layout, depth 56.")
 register_model("glonet_cnn18_imagenet", "GloNetCNN",
-               {"depth": 18, "layout": "imagenet", "input_shape": (224, 224, 3), "num_classes": 1000},
+               {"depth": 18, "layout": "imagenet", "input_shape": (224, 224, 3),
+                "num_classes": 1000},
                description="Convolutional GloNet, ImageNet layout, depth 18.")
 register_model("glonet_vit_cifar", "GloNetViT", {"num_blocks": 6, "input_shape": (32, 32, 3)},
                description="GloNet ViT, 6 blocks, for 32x32 images.")

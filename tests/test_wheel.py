@@ -62,8 +62,8 @@ def _fresh_environment(tmp_path, wheel):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
-    (purelib,) = json.loads(_run([str(python), "-c",
-                                  "import json, sysconfig; print(json.dumps([sysconfig.get_paths()['purelib']]))"]))
+    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    purelib = purelib.strip()
     # keras, tensorflow, scikit-learn... from this environment, after the venv's own packages.
     Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
