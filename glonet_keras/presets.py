@@ -98,6 +98,8 @@ _CHUNK = 1 << 16
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # One plain path component: it can never be "", "." or "..", or hold a separator.
 _SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
+# A model name from a config.json: Keras' names, never a path (exporters name folders after it).
+_SAFE_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _URL_SCHEMES = ("http", "https", "file")
 _REGISTRY_FILE = Path(__file__).resolve().parent / "zoo_registry.json"
 
@@ -818,6 +820,12 @@ def _read_config(directory, what):
     except PresetError as error:
         raise PresetError(f"{what}: {path}: {error}") from None
     _check_arguments(model_class, saved["config"], f"{what}: {path}", PresetError)
+    name = saved["config"].get("name")
+    if name is not None and not (isinstance(name, str) and _SAFE_MODEL_NAME.fullmatch(name)):
+        raise PresetError(
+            f"{what}: {path} names the model {name!r}; a model name is letters, digits, '_', '.' "
+            "and '-', never a path."
+        )
     return model_class, saved["config"]
 
 

@@ -88,7 +88,7 @@ def _listing(directory):
     return sorted(str(p.relative_to(directory)) for p in Path(directory).rglob("*"))
 
 
-# ------------------------------------------------------------ metadata.json "files" keys (9 cases)
+# ------------------------------------------------------------ metadata.json "files" keys (10 cases)
 
 
 @pytest.mark.parametrize("key", [
@@ -145,7 +145,7 @@ def test_a_special_file_in_a_preset_is_refused_without_blocking(preset, file_nam
     assert file_name in message
 
 
-# ------------------------------------------------------------- malformed files (14 cases)
+# ------------------------------------------------------------- malformed files (20 cases)
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -170,7 +170,11 @@ def test_a_malformed_metadata_json_is_a_preset_error_naming_it(preset, content, 
     ({"class_name": "GloNetMLP"}, "must hold"),
     ({"class_name": "Lambda", "config": {}}, "Unknown model class 'Lambda'"),
     ({"class_name": "GloNetMLP", "config": {"num_block": 2}}, "Did you mean 'num_blocks'"),
-], ids=["list", "no-config", "foreign-class", "unknown-argument"])
+    ({"class_name": "GloNetMLP", "config": {"name": ".."}}, "never a path"),
+    ({"class_name": "GloNetMLP", "config": {"name": "../../elsewhere"}}, "never a path"),
+    ({"class_name": "GloNetMLP", "config": {"name": "/tmp/x"}}, "never a path"),
+], ids=["list", "no-config", "foreign-class", "unknown-argument", "name-dotdot", "name-relative",
+        "name-absolute"])
 def test_a_malformed_config_json_is_a_preset_error_naming_it(preset, config, expected):
     (preset / "config.json").write_text(json.dumps(config))
     _rehash(preset)
@@ -287,7 +291,7 @@ def test_a_symlinked_url_cache_folder_is_refused(server, tmp_path):
     assert _listing(victim) == []
 
 
-# ------------------------------------------------------- downloads: size and time (13 cases)
+# ------------------------------------------------------- downloads: size, time, schemes (15 cases)
 
 
 def _fetch(server, tmp_path, **limits):
@@ -418,7 +422,7 @@ def test_a_url_preset_whose_metadata_cannot_verify_its_files_is_refused(
     assert not [p for p in _listing(tmp_path / "cache") if p.endswith(".h5")]
 
 
-# ---------------------------------------------- the Keras floor: safe mode reading local files (4)
+# ---------------------------------------------- the Keras floor: safe mode reading local files (11)
 
 
 def _secret(tmp_path, nbytes):
