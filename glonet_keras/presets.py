@@ -1,31 +1,39 @@
 """The model registry and pretrained presets: `list_models`, `create_model`, `from_preset`.
 
-A *variant* is one registered line (timm style): a name, the model class and its constructor
-arguments, and, for a pretrained variant, the sha256 of every file of its preset and what a user
-needs to feed it correctly (data set, preprocessing, licence, headline metric).
+A *variant* is one registered name (timm style). A pretrained variant is only what is needed to find
+and verify its preset: the name, a description, and the sha256 and size of each file. Its
+architecture lives in the preset's `config.json` and nowhere else. An architecture-only variant
+(`glonet_cnn20_cifar`, ...) has no files, so its class and constructor arguments are registered
+with it, in Python at the end of this module. The pretrained registry is data:
+`glonet_keras/zoo_registry.json`, written by `training/make_zoo.py` from `zoo/*/`.
 
-A *preset* is a directory (keras-hub style):
+A *preset* is a directory (keras-hub style), holding only these files:
     config.json         {"class_name": ..., "config": constructor arguments}
     model.weights.h5    the weights (HDF5; never a pickle)
-    metadata.json       data set and split, preprocessing, held-out metrics, training command,
-                        versions, licence, sha256 of the other files
-    README.md           the model card
+    metadata.json       task, class names, preprocessing, data set and split, held-out metrics,
+                        training command, versions, licence, sha256 of the other files
+    README.md           the model card (optional)
+    model.keras         instead of config.json + weights, a whole model (optional)
 
 Where pretrained files come from (`resolve_origin`, the one place that decides it), first match wins:
   1. the `origin=` argument,
   2. the `GLONET_KERAS_ORIGIN` environment variable (a mirror URL, `file://...`, or a directory),
-  3. the `zoo/` directory of a source checkout (so the small presets work offline out of the box),
-  4. `RELEASE_ORIGIN` (the published release assets).
+  3. the zoo shipped with the library: package data in a wheel, `zoo/` in a source checkout.
 An origin holds one folder per preset: `<origin>/<preset name>/<file>`.
 
 Where they are cached (`resolve_cache_dir`): the `cache_dir=` argument, else `GLONET_KERAS_CACHE`,
 else `$KERAS_HOME/glonet_keras`, else `~/.keras/glonet_keras`. A cached file whose sha256 matches the
-registry is used without touching the network. A download is streamed into a temporary file in the
-cache directory, checked (Content-Length, sha256) and only then moved into place with `os.replace`,
-under a per-file lock, so a failed download leaves nothing behind and concurrent loads are safe.
+registry is used without touching the network; a file with no known sha256 is fetched every time.
+A download is streamed into a temporary file in the cache folder under a per-file lock, bounded by
+an overall deadline and a size cap, checked (Content-Length, size, sha256) and only then moved into
+place with `os.replace`, so a failed download leaves nothing behind and concurrent loads are safe.
 
-Only `.weights.h5` and `.keras` files are ever loaded, the latter with `safe_mode=True`; a
-`config.json` can only name the library's own model classes.
+What the loader refuses (each with an error naming the preset and the file): file names outside the
+list above, links and special files (FIFO, device, directory) where a file should be, preset and
+cache names that are not one plain path component, a cache folder or file that is a symbolic link,
+malformed JSON and weights, configs naming a class the library does not define, and any Keras
+older than `SAFE_KERAS` (whose safe mode lets a weights or `.keras` file read local files).
+`.keras` files are loaded with `safe_mode=True`.
 """
 
 import contextlib
@@ -34,11 +42,15 @@ import difflib
 import fnmatch
 import hashlib
 import http.client
+import inspect
 import json
 import os
 import platform
 import re
+import socket
+import stat
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -47,6 +59,8 @@ from pathlib import Path
 
 import keras
 
+from glonet_keras.preprocessing import Preprocessing
+
 try:
     import fcntl
 except ImportError:  # Windows: fall back to an O_EXCL lock file.
@@ -54,20 +68,40 @@ except ImportError:  # Windows: fall back to an O_EXCL lock file.
 
 ORIGIN_ENV = "GLONET_KERAS_ORIGIN"
 CACHE_ENV = "GLONET_KERAS_CACHE"
-# Where the release assets of the zoo are published: `<RELEASE_ORIGIN>/<preset>/<file>`.
-RELEASE_ORIGIN = "https://github.com/glonet-keras/glonet-keras/releases/download/zoo-v1"
-# A source checkout (or an editable install) carries the zoo itself: use it, no network needed.
-_SOURCE_ZOO = Path(__file__).resolve().parent.parent / "zoo"
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 CARD_FILE = "README.md"
+KERAS_FILE = "model.keras"
 # The files `create_model(..., pretrained=True)` fetches; the model card is documentation only.
 PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE)
+# The only file names a preset may hold: nothing a metadata.json says can name another path.
+ALLOWED_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE, CARD_FILE, KERAS_FILE)
+# The layer that a new `num_classes` re-initialises. Kept here only, until the skeleton's names
+# become shared constants.
+HEAD_LAYER = "head"
 
-DOWNLOAD_TIMEOUT_S = 60.0
+# Keras releases whose safe mode refuses both an HDF5 external dataset in a weights file (fixed in
+# 3.12.1 and 3.13.2, not in 3.13.0-3.13.1) and a file-backed StringLookup in a `.keras` (3.12.0).
+# Measured on 3.10.0, 3.11.3 and every release from 3.12.0 to 3.15.1 with the two hostile files that
+# tests/test_presets_hostile.py builds.
+# setup.cfg's requirement must say the same.
+SAFE_KERAS = ">=3.12.1,!=3.13.0,!=3.13.1"
+
+DOWNLOAD_DEADLINE_S = 600.0  # for one whole file, headers included
+READ_TIMEOUT_S = 60.0  # for any single network operation
+MAX_DOWNLOAD_BYTES = 256 * 2**20  # for a file whose size no registry records
+MAX_JSON_BYTES = 8 * 2**20
 LOCK_TIMEOUT_S = 600.0
+_CHUNK = 1 << 16
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# One plain path component: it can never be "", "." or "..", or hold a separator.
+_SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
+# A model name from a config.json: Keras' names, never a path (exporters name folders after it).
+_SAFE_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_URL_SCHEMES = ("http", "https", "file")
+_REGISTRY_FILE = Path(__file__).resolve().parent / "zoo_registry.json"
 
 
 class PresetError(ValueError):
@@ -83,17 +117,22 @@ class PresetDownloadError(OSError):
 
 
 @dataclasses.dataclass(frozen=True)
+class PresetFile:
+    """What the registry knows of one file of a pretrained preset."""
+
+    sha256: str
+    size: int = None  # bytes; caps the download when known
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelVariant:
-    """One registered variant. `files` (file name -> sha256) is empty for architecture-only ones."""
+    """One registered variant: pretrained (`files`) or architecture-only (`class_name`, `config`)."""
 
     name: str
-    class_name: str
-    config: dict
-    files: dict = dataclasses.field(default_factory=dict)
-    dataset: str = None
-    preprocessing: dict = None
-    metrics: dict = None
-    license: str = None
+    description: str = ""
+    files: dict = dataclasses.field(default_factory=dict)  # file name -> PresetFile
+    class_name: str = None
+    config: dict = None
 
     @property
     def pretrained(self):
@@ -103,27 +142,84 @@ class ModelVariant:
 _REGISTRY = {}
 
 
-def register_model(name, class_name, config, *, files=None, dataset=None, preprocessing=None,
-                   metrics=None, license=None, overwrite=False):
-    """Registers a variant; `files` (name -> sha256) makes it pretrained. Returns the variant."""
-    if not re.fullmatch(r"[a-z0-9_.-]+", name or ""):
-        raise PresetError(f"A variant name must match [a-z0-9_.-]+, received {name!r}.")
+def register_model(name, class_name=None, config=None, *, files=None, description="",
+                   overwrite=False):
+    """Registers a variant and returns it.
+
+    Args:
+        name: one plain, lower-case path component (`[a-z0-9][a-z0-9_.-]*`): it names the cache
+            folder and the origin folder of the preset.
+        class_name, config: an architecture-only variant: the model class and its constructor
+            arguments. A pretrained variant takes neither: its architecture is its config.json.
+        files: a pretrained variant: `{file name: sha256}` or `{file name: {"sha256", "bytes"}}`
+            for config.json, model.weights.h5 and metadata.json.
+        description: one line for listings.
+        overwrite: replace a variant of the same name.
+
+    Raises:
+        PresetError: a bad name, a duplicate, an unknown class, missing or malformed hashes.
+        TypeError: a config argument the class does not take (naming the closest one).
+
+    Example:
+    >>> register_model("my_mlp", files={"config.json": "…", "model.weights.h5": "…",
+    ...                                 "metadata.json": "…"}, description="My MLP.")
+    """
+    check_name(name, "A variant name")
     if name in _REGISTRY and not overwrite:
         raise PresetError(f"A variant named {name!r} is already registered.")
-    _model_class(class_name)  # Fails early, naming the classes that exist.
     if files:
-        missing = sorted(set(PRESET_FILES) - set(files))
-        if missing:
-            raise PresetError(f"Pretrained variant {name!r} lacks the sha256 of {missing}.")
-        for file_name, digest in files.items():
-            if not re.fullmatch(r"[0-9a-f]{64}", str(digest)):
-                raise PresetError(f"{name!r}: {file_name} has no valid sha256 ({digest!r}).")
-    variant = ModelVariant(
-        name=name, class_name=class_name, config=dict(config), files=dict(files or {}),
-        dataset=dataset, preprocessing=preprocessing, metrics=metrics, license=license,
-    )
+        if class_name is not None or config is not None:
+            raise PresetError(
+                f"Pretrained variant {name!r}: give only `files`; its architecture is its "
+                f"{CONFIG_FILE}."
+            )
+        variant = ModelVariant(name, description, files=_preset_files(name, files))
+    else:
+        if class_name is None or config is None:
+            raise PresetError(
+                f"Variant {name!r} needs either `files` (pretrained) or `class_name` and `config`."
+            )
+        _check_arguments(_model_class(class_name), config, f"variant {name!r}", TypeError)
+        variant = ModelVariant(name, description, class_name=class_name, config=dict(config))
     _REGISTRY[name] = variant
     return variant
+
+
+def check_name(name, what="A preset name"):
+    """Returns `name` if it is one plain path component; raises PresetError otherwise."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise PresetError(
+            f"{what} must be one plain path component matching [a-z0-9][a-z0-9_.-]*, "
+            f"received {name!r}."
+        )
+    return name
+
+
+def _preset_files(name, files):
+    missing = sorted(set(PRESET_FILES) - set(files))
+    if missing:
+        raise PresetError(f"Pretrained variant {name!r} lacks the sha256 of {missing}.")
+    return {file_name: _preset_file(name, file_name, record) for file_name, record in files.items()}
+
+
+def _preset_file(name, file_name, record):
+    """A registry entry's file: a sha256 string, or {"sha256": ..., "bytes": ...}."""
+    _check_file_name(file_name, f"pretrained variant {name!r}")
+    if not isinstance(record, dict):
+        record = {"sha256": record}
+    sha256, size = record.get("sha256"), record.get("bytes")
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise PresetError(f"{name!r}: {file_name} has no valid sha256 ({record!r}).")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise PresetError(f"{name!r}: {file_name} has an invalid size ({size!r}).")
+    return PresetFile(sha256, size)
+
+
+def _check_file_name(file_name, what):
+    if file_name not in ALLOWED_FILES:
+        raise PresetError(
+            f"{what} names the file {file_name!r}; a preset may only hold {list(ALLOWED_FILES)}."
+        )
 
 
 def list_models(pattern=None, pretrained=False):
@@ -139,7 +235,7 @@ def list_models(pattern=None, pretrained=False):
 
 def get_variant(name):
     """The registered `ModelVariant` for `name`; an unknown name lists the closest known ones."""
-    if name in _REGISTRY:
+    if isinstance(name, str) and name in _REGISTRY:
         return _REGISTRY[name]
     known = sorted(_REGISTRY)
     closest = difflib.get_close_matches(str(name), known, n=5, cutoff=0.5)
@@ -149,80 +245,106 @@ def get_variant(name):
     )
 
 
-def create_model(name, pretrained=False, num_classes=None, *, cache_dir=None, origin=None,
-                 **overrides):
+def create_model(name, pretrained=False, *, cache_dir=None, origin=None, **overrides):
     """Builds a registered variant, with its pretrained weights when `pretrained=True`.
 
     Args:
         name: a name from `list_models()`.
         pretrained: load the published weights (downloaded, verified and cached on first use).
-        num_classes: a new head size. With `pretrained=True` the body keeps its pretrained weights
-            and the head (`head` layer) is freshly initialised, ready for fine-tuning.
+            The same path as `GloNetModelBase.from_preset(name, **overrides)`.
         cache_dir, origin: override where files are cached and fetched from (see the module doc).
-        **overrides: constructor arguments replacing the variant's (e.g. `dropout=0.1`). With
-            `pretrained=True` they must keep every weight shape except the head's.
+        **overrides: constructor arguments replacing the variant's (e.g. `num_classes=3`,
+            `dropout=0.1`). With `pretrained=True`, a new `num_classes` gives a freshly initialised
+            head on the pretrained body; every other override must keep every weight's shape.
+
+    Returns:
+        The model. A pretrained one carries `model.preprocessing` and `model.preset_metadata`.
+
+    Raises:
+        TypeError: an override the model class does not take (naming the closest one).
+        PresetError: an unknown name, no pretrained weights, an override that changes a weight.
+        PresetDownloadError: a file that cannot be fetched or verified.
 
     Example:
     >>> model = glonet_keras.create_model("glonet_mlp_digits", pretrained=True)
     >>> finetune = glonet_keras.create_model("glonet_mlp_digits", pretrained=True, num_classes=3)
     """
     variant = get_variant(name)
-    config = dict(variant.config)
-    config.update(overrides)
-    if num_classes is not None:
-        config["num_classes"] = num_classes
-    model_class = _model_class(variant.class_name)
-    if not pretrained:
-        return _build(model_class, config, f"variant {name!r}")
-    if not variant.pretrained:
-        raise PresetError(
-            f"{name!r} has no pretrained weights. Pretrained variants: {list_models(pretrained=True)}."
-        )
-    directory = fetch_preset(name, cache_dir=cache_dir, origin=origin)
-    pretrained_model = load_preset_directory(directory)
-    if config == {**variant.config}:
-        return pretrained_model
-    model = _build(model_class, config, f"variant {name!r}")
-    new_head = config.get("num_classes") != pretrained_model.get_config().get("num_classes")
-    _transfer_weights(pretrained_model, model, name, skip_head=new_head)
-    model.preset_metadata = pretrained_model.preset_metadata
-    return model
+    if pretrained:
+        if not variant.pretrained:
+            raise PresetError(
+                f"{name!r} has no pretrained weights. Pretrained variants: "
+                f"{list_models(pretrained=True)}."
+            )
+        return from_preset(name, cache_dir=cache_dir, origin=origin, **overrides)
+    if variant.pretrained:  # Its architecture is only in its config.json: fetch that one file.
+        directory = fetch_preset(name, cache_dir=cache_dir, origin=origin, files=(CONFIG_FILE,))
+        model_class, config = _read_config(directory, f"preset {name!r}")
+    else:
+        model_class, config = _model_class(variant.class_name), variant.config
+    what = f"variant {name!r}"
+    _check_arguments(model_class, overrides, what, TypeError)
+    return _build(model_class, {**config, **overrides}, what)
 
 
-def _transfer_weights(source, target, name, skip_head):
-    """Copies every layer's weights by layer name; with `skip_head`, the head stays freshly initialised."""
-    source_layers = {layer.name: layer for layer in source.layers}
-    for layer in target.layers:
-        if (skip_head and layer.name == "head") or not layer.weights:
-            continue
-        if layer.name not in source_layers:
-            raise PresetError(
-                f"The overrides give {name!r} a layer {layer.name!r} that the pretrained model lacks; "
-                "only `num_classes` and shape-preserving arguments can change with pretrained=True."
+def _check_arguments(model_class, arguments, what, error_class):
+    """Raises `error_class` for an argument `model_class` does not take, naming the closest one."""
+    valid = _constructor_arguments(model_class)
+    for key in arguments:
+        if key not in valid:
+            closest = difflib.get_close_matches(str(key), sorted(valid), n=1, cutoff=0.4)
+            hint = f" Did you mean {closest[0]!r}?" if closest else ""
+            raise error_class(
+                f"{what}: {model_class.__name__} takes no argument {key!r}.{hint} "
+                f"Valid arguments: {sorted(valid)}."
             )
-        source_weights = source_layers[layer.name].get_weights()
-        shapes = [w.shape for w in source_weights]
-        wanted = [tuple(w.shape) for w in layer.weights]
-        if [tuple(s) for s in shapes] != wanted:
-            raise PresetError(
-                f"The overrides change layer {layer.name!r} of {name!r} (weights {wanted} instead of "
-                f"the pretrained {[tuple(s) for s in shapes]}): only `num_classes` and "
-                "shape-preserving arguments can change with pretrained=True."
-            )
-        layer.set_weights(source_weights)
+
+
+def _constructor_arguments(model_class):
+    parameters = inspect.signature(model_class.__init__).parameters.values()
+    explicit = {
+        p.name for p in parameters
+        if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
+    # keras.Model's own keywords, which every saved config carries.
+    return explicit | {"name", "trainable", "dtype"}
 
 
 # --------------------------------------------------------------------------------------------
 # Origins, cache, verified download.
 
 
+def shipped_zoo_dir():
+    """The presets shipped with the library: package data in a wheel, `zoo/` in a source checkout.
+
+    Returns None when there are none (a wheel built without them).
+    """
+    package = Path(__file__).resolve().parent
+    if (package / "zoo").is_dir():
+        return package / "zoo"
+    checkout = package.parent
+    if (checkout / "setup.cfg").is_file() and (checkout / "zoo").is_dir():
+        return checkout / "zoo"
+    return None
+
+
 def resolve_origin(origin=None):
-    """The URL that pretrained files are fetched from (see the module docstring for the order)."""
+    """The URL that pretrained files are fetched from (see the module docstring for the order).
+
+    Raises:
+        PresetError: no origin given or set in `GLONET_KERAS_ORIGIN`, and no shipped zoo.
+    """
     if origin is None:
         origin = os.environ.get(ORIGIN_ENV) or None
     if origin is None:
-        origin = _SOURCE_ZOO.as_uri() if _SOURCE_ZOO.is_dir() else RELEASE_ORIGIN
-    return _as_url(str(origin)).rstrip("/")
+        origin = shipped_zoo_dir()
+    if origin is None:
+        raise PresetError(
+            f"No origin for pretrained files: this installation ships no presets and {ORIGIN_ENV} "
+            f"is not set. Set {ORIGIN_ENV} (or pass origin=) to a URL or directory laid out as "
+            "<origin>/<preset name>/<file>, e.g. a copy of the repository's zoo/ folder."
+        )
+    return _as_url(os.fspath(origin)).rstrip("/")
 
 
 def resolve_cache_dir(cache_dir=None):
@@ -235,60 +357,305 @@ def resolve_cache_dir(cache_dir=None):
     return Path(cache_dir).expanduser()
 
 
+def _is_url(location):
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", location))
+
+
 def _as_url(location):
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", location):
+    if _is_url(location):
         return location
     return Path(location).expanduser().resolve().as_uri()
 
 
-def sha256_of(path):
+def sha256_of(path, what=None):
+    """The sha256 of a regular file; a link, FIFO, device or directory raises PresetError."""
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
+    with _open_regular(path, what or "sha256") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def fetch_preset(name, *, cache_dir=None, origin=None):
-    """Makes sure the verified files of pretrained variant `name` are cached; returns their folder."""
+@contextlib.contextmanager
+def _open_regular(path, what, follow_links=False):
+    """Opens `path` for reading only if it is a regular file; never blocks on a FIFO or device."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    if not follow_links:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        handle = os.open(path, flags)
+    except FileNotFoundError:
+        raise PresetError(f"{what}: {path} does not exist.") from None
+    except OSError as error:
+        if os.path.islink(path):
+            raise PresetError(
+                f"{what}: {path} is a symbolic link; a preset's files must be regular files."
+            ) from None
+        raise PresetError(f"{what}: cannot open {path}: {error.strerror}.") from None
+    mode = os.fstat(handle).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(handle)
+        raise PresetError(f"{what}: {path} is {_file_kind(mode)}, not a regular file.")
+    with os.fdopen(handle, "rb") as stream:
+        yield stream
+
+
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def fetch_preset(name, *, cache_dir=None, origin=None, files=PRESET_FILES):
+    """Makes sure the verified files of pretrained variant `name` are cached; returns their folder.
+
+    Args:
+        name: a pretrained variant.
+        cache_dir, origin: see the module docstring.
+        files: which of its files to fetch (default: config, weights, metadata).
+    """
     variant = get_variant(name)
     if not variant.pretrained:
         raise PresetError(f"{name!r} has no pretrained weights to fetch.")
     base = resolve_origin(origin)
-    directory = resolve_cache_dir(cache_dir) / name
-    for file_name in PRESET_FILES:
+    directory = _cache_folder(resolve_cache_dir(cache_dir), name)
+    for file_name in files:
+        record = variant.files[file_name]
         url = f"{base}/{urllib.parse.quote(name)}/{urllib.parse.quote(file_name)}"
-        fetch_file(url, directory / file_name, variant.files[file_name])
+        try:
+            fetch_file(url, directory / file_name, record.sha256, max_bytes=record.size)
+        except PresetDownloadError as error:
+            raise PresetDownloadError(
+                f"{error} (origin {base}; choose another with origin= or {ORIGIN_ENV})"
+            ) from None
     return directory
 
 
-def fetch_file(url, destination, sha256=None, *, timeout=DOWNLOAD_TIMEOUT_S,
-               lock_timeout=LOCK_TIMEOUT_S):
+def _cache_folder(root, *parts):
+    """`root/parts...`, created if needed; every part one plain name, no part a symbolic link."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root
+    for part in parts:
+        check_name(part, "A cache folder name")
+        path = path / part
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISDIR(mode):
+            raise PresetDownloadError(
+                f"The cache folder {path} is {_file_kind(mode)}: refusing to write through it. "
+                "Remove it and try again."
+            )
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
+        raise PresetDownloadError(f"The cache folder {path} resolves outside the cache {root}.")
+    return path
+
+
+def fetch_file(url, destination, sha256=None, *, max_bytes=None, deadline_s=None,
+               timeout=None, lock_timeout=None, validate=None):
     """Returns `destination`, downloading `url` there first unless a verified copy is cached.
 
-    With `sha256=None` (a preset given by URL, whose hashes come from its metadata) any cached copy
-    is used; otherwise the cached copy must match. A download goes to a temporary file next to
-    `destination`, is checked against the Content-Length and the sha256, and is then moved into
-    place atomically; on any failure the temporary file is removed and a `PresetDownloadError`
-    names the file and the URL. A lock file serialises processes fetching the same file.
+    A cached copy is used only when its sha256 matches `sha256`: with `sha256=None` (a URL preset's
+    metadata.json, which records the others' hashes) the file is fetched every time. A download
+    goes to a temporary file next to `destination` and is moved into place only once complete,
+    within `max_bytes`, matching the Content-Length and the sha256, and accepted by `validate`
+    (a function of the temporary path that raises on bad content). On any failure the temporary
+    file is removed and a `PresetDownloadError` names the file and the URL. A lock file
+    serialises processes fetching the same file; it is released on every failure.
+
+    Args:
+        url: `http(s)://` or `file://`.
+        destination: the cached file; neither it nor its lock may be a symbolic link.
+        sha256: the expected digest, or None.
+        max_bytes: size cap, checked against the Content-Length before writing and while
+            streaming (default `MAX_DOWNLOAD_BYTES`).
+        deadline_s: overall time limit for the file, headers included (`DOWNLOAD_DEADLINE_S`).
+        timeout: limit for any single network operation (`READ_TIMEOUT_S`).
+        lock_timeout: how long to wait for another process's download (`LOCK_TIMEOUT_S`).
+        validate: optional check of the downloaded content.
     """
     destination = Path(destination)
     if _is_valid(destination, sha256):
         return destination
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(destination.with_name(destination.name + ".lock"), lock_timeout):
+    lock = destination.with_name(destination.name + ".lock")
+    with _file_lock(lock, LOCK_TIMEOUT_S if lock_timeout is None else lock_timeout):
         if _is_valid(destination, sha256):  # Another process fetched it while we waited.
             return destination
-        _download(url, destination, sha256, timeout)
+        _download(
+            url, destination, sha256,
+            max_bytes=MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes,
+            deadline_s=DOWNLOAD_DEADLINE_S if deadline_s is None else deadline_s,
+            timeout=READ_TIMEOUT_S if timeout is None else timeout,
+            validate=validate,
+        )
     return destination
 
 
 def _is_valid(path, sha256):
-    return path.is_file() and (sha256 is None or sha256_of(path) == sha256)
+    """Whether the cached `path` is a regular file with digest `sha256` (never for None)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(mode):
+        raise PresetDownloadError(
+            f"The cached file {path} is {_file_kind(mode)}: refusing to read or replace it. "
+            "Remove it and try again."
+        )
+    return sha256 is not None and sha256_of(path) == sha256
 
 
-def _download(url, destination, sha256, timeout):
+class _Watchdog:
+    """Shuts every socket of one download at its deadline, so no slow peer can outlast it."""
+
+    def __init__(self, seconds):
+        self.expired = False
+        self._sockets = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(seconds, 0.0), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock):
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self):
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def cancel(self):
+        self._timer.cancel()
+
+
+def _shut(sock):
+    # The plain socket's shutdown, also for an SSL socket: it wakes a blocked read at once.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _watched(connection_class, watchdog):
+    class Watched(connection_class):
+        def connect(self):
+            super().connect()
+            watchdog.watch(self.sock)
+
+    return Watched
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog):
+        super().__init__()
+        self._connection = _watched(http.client.HTTPConnection, watchdog)
+
+    def http_open(self, request):
+        return self.do_open(self._connection, request)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watchdog):
+        super().__init__()
+        self._connection = _watched(http.client.HTTPSConnection, watchdog)
+
+    def https_open(self, request):
+        return self.do_open(self._connection, request, context=self._context)
+
+
+def _opener(watchdog):
+    """http(s) only, redirects included: no ftp:, file: or data: handler a redirect could reach."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), _HTTPHandler(watchdog), _HTTPSHandler(watchdog),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPRedirectHandler(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+@contextlib.contextmanager
+def _open_source(url, what, watchdog, timeout):
+    """Yields `(read, content_length)` for an http(s) or file URL."""
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in _URL_SCHEMES:
+        raise PresetDownloadError(f"Cannot download {what}: only {list(_URL_SCHEMES)} URLs are "
+                                  "allowed.")
+    if scheme == "file":
+        with _open_file_url(url, what) as (stream, size):
+            yield stream.read, size
+        return
+    try:
+        response = _opener(watchdog).open(url, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        raise PresetDownloadError(
+            f"Could not download {what}: HTTP {error.code} {error.reason}."
+        ) from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
+        if watchdog.expired:
+            raise _deadline_error(what, 0) from None
+        reason = getattr(error, "reason", None) or error
+        raise PresetDownloadError(f"Could not download {what}: {reason}.") from None
+    with response:
+        yield response.read1, _content_length(response.headers.get("Content-Length"), what)
+
+
+@contextlib.contextmanager
+def _open_file_url(url, what):
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise PresetDownloadError(f"Cannot download {what}: a file URL must name a local path.")
+    path = urllib.request.url2pathname(parts.path)
+    try:
+        # The origin side may use links (a mirror folder), but must end at a regular file.
+        with _open_regular(path, f"Cannot download {what}", follow_links=True) as stream:
+            yield stream, os.fstat(stream.fileno()).st_size
+    except PresetError as error:
+        raise PresetDownloadError(str(error)) from None
+
+
+def _content_length(value, what):
+    if value is None:
+        return None
+    if not re.fullmatch(r"\s*[0-9]{1,20}\s*", value):
+        raise PresetDownloadError(
+            f"Could not download {what}: the server sent a malformed Content-Length {value!r}."
+        )
+    return int(value)
+
+
+def _deadline_error(what, received):
+    return PresetDownloadError(
+        f"Download of {what} did not finish within its deadline (received {received} bytes); "
+        "nothing was cached. Raise glonet_keras.presets.DOWNLOAD_DEADLINE_S for a slow link."
+    )
+
+
+def _download(url, destination, sha256, *, max_bytes, deadline_s, timeout, validate):
     what = f"{destination.name!r} from {url}"
+    deadline = time.monotonic() + deadline_s
+    watchdog = _Watchdog(deadline_s)
+    try:
+        with _open_source(url, what, watchdog, min(timeout, deadline_s)) as (read, length):
+            if length is not None and length > max_bytes:
+                raise PresetDownloadError(
+                    f"Refusing {what}: its Content-Length ({length} bytes) exceeds the limit of "
+                    f"{max_bytes} bytes; nothing was written."
+                )
+            _stream_to_cache(read, length, destination, sha256, what, max_bytes, deadline,
+                             watchdog, validate)
+    finally:
+        watchdog.cancel()
+
+
+def _stream_to_cache(read, length, destination, sha256, what, max_bytes, deadline, watchdog,
+                     validate):
     handle, temporary = tempfile.mkstemp(
         dir=destination.parent, prefix=f".{destination.name}.", suffix=".part"
     )
@@ -296,30 +663,33 @@ def _download(url, destination, sha256, timeout):
         digest = hashlib.sha256()
         received = 0
         with os.fdopen(handle, "wb") as stream:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)
-            except urllib.error.HTTPError as error:
-                raise PresetDownloadError(
-                    f"Could not download {what}: HTTP {error.code} {error.reason}."
-                ) from None
-            except (urllib.error.URLError, OSError, ValueError) as error:
-                reason = getattr(error, "reason", error)
-                raise PresetDownloadError(f"Could not download {what}: {reason}.") from None
-            with response:
-                expected_length = response.headers.get("Content-Length")
+            while True:
+                if time.monotonic() > deadline:
+                    raise _deadline_error(what, received)
                 try:
-                    for chunk in iter(lambda: response.read(1 << 20), b""):
-                        digest.update(chunk)
-                        stream.write(chunk)
-                        received += len(chunk)
-                except (http.client.HTTPException, OSError) as error:
+                    chunk = read(_CHUNK)
+                except (http.client.HTTPException, OSError, ValueError) as error:
+                    if watchdog.expired:
+                        raise _deadline_error(what, received) from None
                     raise PresetDownloadError(
                         f"Download of {what} broke off after {received} bytes "
                         f"({type(error).__name__}); nothing was cached, try again."
                     ) from None
-        if expected_length is not None and received != int(expected_length):
+                if not chunk:
+                    break
+                received += len(chunk)
+                if received > max_bytes:
+                    raise PresetDownloadError(
+                        f"Refusing {what}: it exceeds the limit of {max_bytes} bytes; nothing was "
+                        "cached."
+                    )
+                digest.update(chunk)
+                stream.write(chunk)
+        if watchdog.expired:  # The shut socket read as a clean end of file.
+            raise _deadline_error(what, received)
+        if length is not None and received != length:
             raise PresetDownloadError(
-                f"Download of {what} is truncated: received {received} of {expected_length} bytes; "
+                f"Download of {what} is truncated: received {received} of {length} bytes; "
                 "nothing was cached, try again."
             )
         if sha256 is not None and digest.hexdigest() != sha256:
@@ -328,7 +698,12 @@ def _download(url, destination, sha256, timeout):
                 f"({received} bytes). The file is corrupt or the origin serves another version; "
                 "nothing was cached."
             )
-        os.replace(temporary, destination)
+        if validate is not None:
+            try:
+                validate(Path(temporary))
+            except PresetError as error:
+                raise PresetDownloadError(f"Refusing {what}: {error} Nothing was cached.") from None
+        os.replace(temporary, destination)  # Replaces a link itself, never writes through it.
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
@@ -357,13 +732,30 @@ def _file_lock(path, timeout):
         os.close(handle)
 
 
+def _open_lock_file(path, flags):
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if os.path.islink(path):
+            raise PresetDownloadError(
+                f"The lock file {path} is a symbolic link: refusing to follow it. Remove it and "
+                "try again."
+            ) from None
+        raise PresetDownloadError(f"Cannot create the lock file {path}: {error.strerror}.") from None
+
+
 def _try_lock(path):
     if fcntl is None:
         try:
-            return os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+            return _open_lock_file(path, os.O_CREAT | os.O_EXCL | os.O_RDWR)
         except FileExistsError:
             return None
-    handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    handle = _open_lock_file(path, os.O_CREAT | os.O_RDWR)
+    if not stat.S_ISREG(os.fstat(handle).st_mode):
+        os.close(handle)
+        raise PresetDownloadError(f"The lock file {path} is not a regular file; remove it.")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -372,7 +764,7 @@ def _try_lock(path):
     # The previous holder unlinks the path on release: if it did so after we opened it, we hold a
     # lock on a file nobody else will see, so start over on the current one.
     try:
-        current = os.stat(path).st_ino
+        current = os.lstat(path).st_ino
     except FileNotFoundError:
         current = None
     if current != os.fstat(handle).st_ino:
@@ -390,7 +782,7 @@ def _model_class(class_name):
     from glonet_keras.models import MODEL_CLASSES
 
     classes = {cls.__name__: cls for cls in MODEL_CLASSES.values()}
-    if class_name not in classes:
+    if not isinstance(class_name, str) or class_name not in classes:
         raise PresetError(
             f"Unknown model class {class_name!r} in a preset. Allowed: {sorted(classes)}."
         )
@@ -404,98 +796,304 @@ def _build(model_class, config, what):
         raise PresetError(f"Cannot build {what} as {model_class.__name__}: {error}") from error
 
 
-def _read_json(path):
+def _read_json(path, what):
+    """Parses a preset's JSON file: a regular file of at most `MAX_JSON_BYTES`."""
+    with _open_regular(path, what) as stream:
+        text = stream.read(MAX_JSON_BYTES + 1)
+    if len(text) > MAX_JSON_BYTES:
+        raise PresetError(f"{what}: {path} is larger than {MAX_JSON_BYTES} bytes.")
     try:
-        with open(path, encoding="utf-8") as stream:
-            return json.load(stream)
-    except FileNotFoundError:
-        raise PresetError(f"The preset file {path} does not exist.") from None
-    except json.JSONDecodeError as error:
-        raise PresetError(f"{path} is not valid JSON: {error}.") from None
+        return json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise PresetError(f"{what}: {path} is not valid JSON ({reason}).") from None
 
 
-def load_preset_directory(directory, expected_class=None, verify=True):
-    """Builds the model stored in a preset directory (or a `.keras` file) and loads its weights.
-
-    With `verify`, every file whose sha256 metadata.json records must match it. The loaded model
-    carries the metadata as `model.preset_metadata` (a dict; empty if the preset has none).
-    """
-    path = Path(directory)
-    if path.is_file() and path.suffix == ".keras":
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-        _check_class(model, expected_class, path)
-        model.preset_metadata = {}
-        return model
-    if not path.is_dir():
-        raise PresetError(f"{path} is neither a preset directory nor a .keras file.")
-    metadata = _read_json(path / METADATA_FILE) if (path / METADATA_FILE).exists() else {}
-    if verify:
-        for file_name, digest in (metadata.get("files") or {}).items():
-            file_path = path / file_name
-            if file_path.exists() and sha256_of(file_path) != digest:
-                raise PresetError(
-                    f"{file_path} does not match the sha256 recorded in {path / METADATA_FILE} "
-                    f"({digest}): the preset was modified or corrupted."
-                )
-    if not (path / CONFIG_FILE).exists() and (path / "model.keras").exists():
-        model = keras.saving.load_model(path / "model.keras", compile=False, safe_mode=True)
-    else:
-        saved = _read_json(path / CONFIG_FILE)
-        if not isinstance(saved, dict) or "class_name" not in saved or "config" not in saved:
-            raise PresetError(f"{path / CONFIG_FILE} must hold {{'class_name': ..., 'config': ...}}.")
-        model_class = _model_class(saved["class_name"])
-        if expected_class is not None and not issubclass(model_class, expected_class):
-            raise PresetError(
-                f"The preset {path} holds a {saved['class_name']}, not a {expected_class.__name__}: "
-                f"load it with {saved['class_name']}.from_preset or GloNetModelBase.from_preset."
-            )
-        model = _build(model_class, saved["config"], f"the preset {path}")
-        weights = path / WEIGHTS_FILE
-        if not weights.exists():
-            raise PresetError(f"The preset {path} has no {WEIGHTS_FILE}.")
-        model.load_weights(weights)
-    _check_class(model, expected_class, path)
-    model.preset_metadata = metadata
-    return model
-
-
-def _check_class(model, expected_class, path):
-    if expected_class is not None and not isinstance(model, expected_class):
+def _read_config(directory, what):
+    """The model class and constructor arguments of a preset's config.json."""
+    path = Path(directory) / CONFIG_FILE
+    saved = _read_json(path, what)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise PresetError(f"{what}: {path} must hold {{'class_name': ..., 'config': {{...}}}}.")
+    try:
+        model_class = _model_class(saved.get("class_name"))
+    except PresetError as error:
+        raise PresetError(f"{what}: {path}: {error}") from None
+    _check_arguments(model_class, saved["config"], f"{what}: {path}", PresetError)
+    name = saved["config"].get("name")
+    if name is not None and not (isinstance(name, str) and _SAFE_MODEL_NAME.fullmatch(name)):
         raise PresetError(
-            f"The preset {path} holds a {type(model).__name__}, not a {expected_class.__name__}."
+            f"{what}: {path} names the model {name!r}; a model name is letters, digits, '_', '.' "
+            "and '-', never a path."
+        )
+    return model_class, saved["config"]
+
+
+def _read_metadata(directory, what):
+    """A preset's metadata.json, checked; {} when the preset has none."""
+    path = Path(directory) / METADATA_FILE
+    if not os.path.lexists(path):
+        return {}
+    return check_metadata(_read_json(path, what), f"{what}: {path}")
+
+
+def check_metadata(metadata, what):
+    """Returns `metadata` if the fields the loader uses are well-formed; raises PresetError.
+
+    `files` maps allowed file names (never a path) to sha256 digests; `preprocessing` is a
+    `Preprocessing.to_dict()`; `class_names` a list of strings; `task` a string.
+    """
+    if not isinstance(metadata, dict):
+        raise PresetError(f"{what} must hold a JSON object, not a {type(metadata).__name__}.")
+    files = metadata.get("files", {})
+    if not isinstance(files, dict):
+        raise PresetError(f"{what}: 'files' must map file names to sha256, not a "
+                          f"{type(files).__name__}.")
+    for file_name, digest in files.items():
+        if file_name == METADATA_FILE:
+            raise PresetError(f"{what} lists its own sha256 under 'files'.")
+        _check_file_name(file_name, what)
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise PresetError(f"{what}: the sha256 of {file_name} is malformed ({digest!r}).")
+    if metadata.get("preprocessing") is not None:
+        _preprocessing(metadata["preprocessing"], what)
+    names = metadata.get("class_names")
+    if names is not None and (not isinstance(names, list)
+                              or not all(isinstance(n, str) for n in names)):
+        raise PresetError(f"{what}: 'class_names' must be a list of strings.")
+    if metadata.get("task") is not None and not isinstance(metadata["task"], str):
+        raise PresetError(f"{what}: 'task' must be a string.")
+    return metadata
+
+
+def _preprocessing(record, what):
+    try:
+        return Preprocessing.from_dict(record)
+    except (TypeError, ValueError) as error:
+        raise PresetError(f"{what}: invalid 'preprocessing' ({error}).") from None
+
+
+def _verify_files(directory, metadata, what):
+    for file_name, digest in metadata.get("files", {}).items():
+        path = Path(directory) / file_name
+        if not os.path.lexists(path):
+            continue  # The card may be left out; config and weights are required below.
+        if sha256_of(path, what) != digest:
+            raise PresetError(
+                f"{what}: {path} does not match the sha256 recorded in its {METADATA_FILE} "
+                f"({digest}): the preset was modified or corrupted."
+            )
+
+
+def require_safe_keras():
+    """Raises PresetError under a Keras whose safe mode lets a saved file read local files."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    if Version(keras.__version__) not in SpecifierSet(SAFE_KERAS):
+        raise PresetError(
+            f"Keras {keras.__version__} can let a weights or .keras file read local files even in "
+            f"safe mode; loading presets needs keras{SAFE_KERAS} (pip install -U keras)."
         )
 
 
-def from_preset(preset, expected_class=None, *, cache_dir=None, origin=None):
+def load_preset_directory(directory, expected_class=None, verify=True, *, source=None,
+                          **overrides):
+    """Builds the model stored in a preset directory (or a `.keras` file) and loads its weights.
+
+    Args:
+        directory: a preset directory or a `.keras` file.
+        expected_class: the class the preset must hold (None: any library class).
+        verify: check every file whose sha256 metadata.json records.
+        source: how the user named the preset (a name or URL), for messages and the record of a
+            fine-tune; default the directory.
+        **overrides: constructor arguments replacing the config's (see `create_model`).
+
+    Returns:
+        The model, with `model.preset_metadata` (a dict) and `model.preprocessing` (a
+        `Preprocessing`, or None when the preset records none). With overrides that change the
+        config, the metadata says what the model was fine-tuned from and carries no metrics.
+    """
+    require_safe_keras()
+    path = Path(directory)
+    source = source or str(path)
+    what = f"preset {source!r}"
+    if path.suffix == ".keras" and not path.is_dir():
+        # The path the user gave may be a link; only the files inside a preset folder may not.
+        model = _load_keras_file(path, what, overrides, follow_links=True)
+        _check_class(model, expected_class, what)
+        return _attach_metadata(model, {}, {}, source)
+    if not path.is_dir():
+        raise PresetError(f"{what}: {path} is neither a preset directory nor a .keras file.")
+    metadata = _read_metadata(path, what)
+    if verify:
+        _verify_files(path, metadata, what)
+    if not os.path.lexists(path / CONFIG_FILE) and os.path.lexists(path / KERAS_FILE):
+        model = _load_keras_file(path / KERAS_FILE, what, overrides)
+        _check_class(model, expected_class, what)
+        return _attach_metadata(model, metadata, {}, source)
+    model_class, config = _read_config(path, what)
+    if expected_class is not None and not issubclass(model_class, expected_class):
+        raise PresetError(
+            f"The {what} holds a {model_class.__name__}, not a {expected_class.__name__}: "
+            f"load it with {model_class.__name__}.from_preset or GloNetModelBase.from_preset."
+        )
+    _check_arguments(model_class, overrides, what, TypeError)
+    changed = {k: v for k, v in overrides.items() if _jsonable(v) != _jsonable(config.get(k))}
+    model = _build(model_class, config, what)
+    _load_weights(model, path / WEIGHTS_FILE, what)
+    if changed:
+        pretrained, model = model, _build(model_class, {**config, **changed}, what)
+        new_head = model.output.shape != pretrained.output.shape
+        _transfer_weights(pretrained, model, what, skip_head=new_head)
+    return _attach_metadata(model, metadata, changed, source)
+
+
+def _load_keras_file(path, what, overrides, follow_links=False):
+    if overrides:
+        raise PresetError(
+            f"{what}: a .keras file cannot take overrides ({sorted(overrides)}); save it as a "
+            "preset directory (model.save_to_preset) first."
+        )
+    with _open_regular(path, what, follow_links):
+        pass  # A regular file, not a FIFO, a device or a directory.
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # noqa: BLE001  (an untrusted file: every failure is the file's)
+        raise PresetError(f"{what}: {path} cannot be loaded safely: {error}") from error
+
+
+def _load_weights(model, path, what):
+    with _open_regular(path, what):
+        pass  # A regular file, not a link, a directory or a FIFO.
+    try:
+        model.load_weights(path)
+    except Exception as error:  # noqa: BLE001  (an untrusted file: every failure is the file's)
+        raise PresetError(
+            f"{what}: {path} cannot be loaded as the weights of this "
+            f"{type(model).__name__}: {error}"
+        ) from error
+
+
+def _transfer_weights(source, target, what, skip_head):
+    """Copies every layer's weights by layer name; with `skip_head`, the head stays as initialised."""
+    source_layers = {layer.name: layer for layer in source.layers}
+    for layer in target.layers:
+        if (skip_head and layer.name == HEAD_LAYER) or not layer.weights:
+            continue
+        if layer.name not in source_layers:
+            raise PresetError(
+                f"The overrides give the {what} a layer {layer.name!r} that the pretrained model "
+                "lacks; only `num_classes` and shape-preserving arguments can change a pretrained "
+                "model."
+            )
+        source_weights = source_layers[layer.name].get_weights()
+        shapes = [tuple(w.shape) for w in source_weights]
+        wanted = [tuple(w.shape) for w in layer.weights]
+        if shapes != wanted:
+            raise PresetError(
+                f"The overrides change layer {layer.name!r} of the {what} (weights {wanted} "
+                f"instead of the pretrained {shapes}): only `num_classes` and shape-preserving "
+                "arguments can change a pretrained model."
+            )
+        layer.set_weights(source_weights)
+
+
+def _attach_metadata(model, metadata, changed, source):
+    """Sets `model.preset_metadata` and `model.preprocessing`; a fine-tune start gets its own."""
+    if changed:
+        metadata = _fine_tune_metadata(metadata, changed, source, model)
+    model.preset_metadata = metadata
+    record = metadata.get("preprocessing")
+    model.preprocessing = None if record is None else _preprocessing(record, f"preset {source!r}")
+    return model
+
+
+# What a model built with overrides keeps of its preset's metadata; the metrics, data set and
+# training record belong to the published weights only.
+_KEPT_WHEN_FINE_TUNED = ("task", "preprocessing", "license")
+
+
+def _fine_tune_metadata(metadata, changed, source, model):
+    record = {key: metadata[key] for key in _KEPT_WHEN_FINE_TUNED if key in metadata}
+    names = metadata.get("class_names")
+    if names is not None and len(names) == model.output.shape[-1]:
+        record["class_names"] = names
+    record["fine_tuned_from"] = {
+        "preset": metadata.get("name") or source,
+        "weights_sha256": metadata.get("files", {}).get(WEIGHTS_FILE),
+        "overrides": _jsonable(changed),
+    }
+    return record
+
+
+def _check_class(model, expected_class, what):
+    if expected_class is not None and not isinstance(model, expected_class):
+        raise PresetError(
+            f"The {what} holds a {type(model).__name__}, not a {expected_class.__name__}."
+        )
+
+
+def from_preset(preset, expected_class=None, *, cache_dir=None, origin=None, **overrides):
     """Loads a model from a registered name, a preset directory / `.keras` file, or a preset URL.
 
-    A URL (`http(s)://` or `file://`) points at a preset folder: its files are cached under a folder
-    named after the URL, and the weights and config are checked against the sha256 recorded in
-    its metadata.json.
+    A registered name is fetched from the origin and verified against the registry. A URL
+    (`http(s)://` or `file://`) points at a preset folder: its metadata.json is fetched again at
+    every load and must be a valid preset record; the config and weights are cached under a
+    folder named after the URL and verified against the sha256 it records. `**overrides` are
+    constructor arguments, as in `create_model(name, pretrained=True, **overrides)`.
+
+    Raises:
+        PresetError: an unknown name, a path that does not exist, an invalid preset.
+        PresetDownloadError: a file that cannot be fetched or verified.
+        TypeError: an override the model class does not take.
     """
+    if not isinstance(preset, (str, os.PathLike)):
+        raise PresetError(f"A preset is a name, a path or a URL, received {type(preset).__name__}.")
     preset = os.fspath(preset)
-    if preset in _REGISTRY and os.sep not in preset:
+    if preset in _REGISTRY:
         if not _REGISTRY[preset].pretrained:
             raise PresetError(
                 f"{preset!r} has no pretrained weights: use glonet_keras.create_model({preset!r})."
             )
         directory = fetch_preset(preset, cache_dir=cache_dir, origin=origin)
-        return load_preset_directory(directory, expected_class)
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", preset):
+    elif _is_url(preset):
         directory = _fetch_url_preset(preset, cache_dir)
-        return load_preset_directory(directory, expected_class)
-    if os.path.exists(preset):
-        return load_preset_directory(preset, expected_class)
-    get_variant(preset)  # Raises, listing the closest names.
+    elif os.path.lexists(preset):
+        directory = preset
+    elif _looks_like_path(preset):
+        raise PresetError(f"The preset path {preset} does not exist.")
+    else:
+        get_variant(preset)  # Raises, listing the closest names.
+    return load_preset_directory(directory, expected_class, source=preset, **overrides)
+
+
+def _looks_like_path(preset):
+    separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    return (any(s in preset for s in separators) or preset.startswith((".", "~"))
+            or preset.endswith(".keras"))
 
 
 def _fetch_url_preset(url, cache_dir):
     url = url.rstrip("/")
-    directory = resolve_cache_dir(cache_dir) / "url" / hashlib.sha256(url.encode()).hexdigest()[:16]
-    metadata_path = fetch_file(f"{url}/{METADATA_FILE}", directory / METADATA_FILE)
-    hashes = _read_json(metadata_path).get("files") or {}
+    if urllib.parse.urlsplit(url).scheme.lower() not in _URL_SCHEMES:
+        raise PresetError(f"Cannot load the preset {url}: only {list(_URL_SCHEMES)} URLs are "
+                          "allowed.")
+    folder = hashlib.sha256(url.encode()).hexdigest()[:16]
+    directory = _cache_folder(resolve_cache_dir(cache_dir), "url", folder)
+    what = f"preset {url!r}"
+    metadata_path = fetch_file(
+        f"{url}/{METADATA_FILE}", directory / METADATA_FILE, max_bytes=MAX_JSON_BYTES,
+        validate=lambda path: check_metadata(_read_json(path, what), f"its {METADATA_FILE}"),
+    )
+    hashes = _read_metadata(metadata_path.parent, what).get("files", {})
     for file_name in (CONFIG_FILE, WEIGHTS_FILE):
-        fetch_file(f"{url}/{file_name}", directory / file_name, hashes.get(file_name))
+        if file_name not in hashes:
+            raise PresetError(
+                f"The {what} does not record the sha256 of {file_name} in its {METADATA_FILE}: a "
+                "preset loaded by URL must let every file be verified."
+            )
+        fetch_file(f"{url}/{file_name}", directory / file_name, hashes[file_name])
     return directory
 
 
@@ -516,12 +1114,21 @@ def library_versions():
     return versions
 
 
+# What `save_preset` carries over from the model's own `preset_metadata`: what the model does and
+# where its weights came from. Metrics are never carried: the weights may have been trained since.
+_CARRIED_WHEN_SAVED = ("task", "class_names", "license")
+
+
 def save_preset(model, directory, metadata=None):
     """Writes `model` as a preset directory: config.json, model.weights.h5, metadata.json.
 
-    `metadata` (a dict) is merged into metadata.json, which also gets the class, the versions and the
-    sha256 of every other file in the directory (so a hand-written README.md is covered too).
-    Returns the directory.
+    metadata.json gets the class, the versions, `model.preprocessing` (as `to_dict()`), the task,
+    class names and licence of the model's `preset_metadata`, what the weights were fine-tuned
+    from (for a model loaded from a preset), then `metadata` (a dict, which wins), and the sha256
+    of every other file of the preset (so a hand-written README.md is covered too).
+
+    Returns:
+        The directory.
     """
     from glonet_keras.models.common import GloNetModelBase
 
@@ -546,20 +1153,40 @@ def save_preset(model, directory, metadata=None):
         "num_parameters": int(model.count_params()),
         "num_blocks": int(getattr(model, "num_blocks", 0)),
         "versions": library_versions(),
+        **_inherited_metadata(model),
         **(metadata or {}),
     }
     write_metadata(directory, record)
     return directory
 
 
+def _inherited_metadata(model):
+    previous = getattr(model, "preset_metadata", None) or {}
+    record = {key: previous[key] for key in _CARRIED_WHEN_SAVED if key in previous}
+    if "fine_tuned_from" in previous:
+        record["fine_tuned_from"] = previous["fine_tuned_from"]
+    elif WEIGHTS_FILE in previous.get("files", {}):
+        record["fine_tuned_from"] = {
+            "preset": previous.get("name"), "weights_sha256": previous["files"][WEIGHTS_FILE],
+        }
+    preprocessing = getattr(model, "preprocessing", None)
+    if isinstance(preprocessing, Preprocessing):
+        record["preprocessing"] = preprocessing.to_dict()
+    return record
+
+
 def write_metadata(directory, record):
-    """Writes `record` as `directory`/metadata.json, its "files" the sha256 of every other file."""
+    """Writes `record` as `directory`/metadata.json, its "files" the sha256 of every other file.
+
+    Only the file names a preset may hold are listed (`ALLOWED_FILES`); anything else in the
+    directory is not part of the preset.
+    """
     directory = Path(directory)
     record = dict(record)
     record["files"] = {
-        p.name: sha256_of(p)
-        for p in sorted(directory.iterdir())
-        if p.is_file() and p.name != METADATA_FILE and not p.name.startswith(".")
+        name: sha256_of(directory / name)
+        for name in sorted(ALLOWED_FILES)
+        if name != METADATA_FILE and (directory / name).is_file()
     }
     with open(directory / METADATA_FILE, "w", encoding="utf-8") as stream:
         json.dump(_jsonable(record), stream, indent=2, sort_keys=True)
@@ -578,23 +1205,41 @@ def _jsonable(value):
 
 
 # --------------------------------------------------------------------------------------------
-# Architecture-only variants: `create_model(name)` builds them untrained.
+# The registered variants.
 
-register_model("glonet_mlp_30x32", "GloNetMLP", {"num_blocks": 30, "width": 32, "input_shape": (784,)})
-register_model("glonet_cnn20_cifar", "GloNetCNN", {"depth": 20, "input_shape": (32, 32, 3)})
-register_model("glonet_cnn56_cifar", "GloNetCNN", {"depth": 56, "input_shape": (32, 32, 3)})
-register_model("resnet_cnn20_cifar", "ResNetCNN", {"depth": 20, "input_shape": (32, 32, 3)})
-register_model("resnet_cnn56_cifar", "ResNetCNN", {"depth": 56, "input_shape": (32, 32, 3)})
+
+def load_registry_file(path):
+    """Registers the pretrained variants listed in a registry file (see `zoo_registry.json`)."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            registry = json.load(stream)
+        presets = registry["presets"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PresetError(f"The preset registry {path} is unreadable: {error!r}.") from None
+    for name, entry in presets.items():
+        register_model(name, files=entry["files"], description=entry.get("description", ""),
+                       overwrite=True)
+
+
+# Architecture-only variants (untrained): library API written here, like timm's model functions.
+# They have no files, so their class and arguments are the variant itself.
+register_model("glonet_mlp_30x32", "GloNetMLP",
+               {"num_blocks": 30, "width": 32, "input_shape": (784,)},
+               description="GloNet MLP, 30 dense blocks of width 32, for 28x28 inputs.")
+register_model("glonet_cnn20_cifar", "GloNetCNN", {"depth": 20, "input_shape": (32, 32, 3)},
+               description="Convolutional GloNet, CIFAR layout, depth 20.")
+register_model("glonet_cnn56_cifar", "GloNetCNN", {"depth": 56, "input_shape": (32, 32, 3)},
+               description="Convolutional GloNet, CIFAR layout, depth 56.")
+register_model("resnet_cnn20_cifar", "ResNetCNN", {"depth": 20, "input_shape": (32, 32, 3)},
+               description="ResNet-v2 baseline, CIFAR layout, depth 20.")
+register_model("resnet_cnn56_cifar", "ResNetCNN", {"depth": 56, "input_shape": (32, 32, 3)},
+               description="ResNet-v2 baseline, CIFAR layout, depth 56.")
 register_model("glonet_cnn18_imagenet", "GloNetCNN",
-               {"depth": 18, "layout": "imagenet", "input_shape": (224, 224, 3), "num_classes": 1000})
-register_model("glonet_vit_cifar", "GloNetViT", {"num_blocks": 6, "input_shape": (32, 32, 3)})
+               {"depth": 18, "layout": "imagenet", "input_shape": (224, 224, 3),
+                "num_classes": 1000},
+               description="Convolutional GloNet, ImageNet layout, depth 18.")
+register_model("glonet_vit_cifar", "GloNetViT", {"num_blocks": 6, "input_shape": (32, 32, 3)},
+               description="GloNet ViT, 6 blocks, for 32x32 images.")
 
-# Pretrained variants: one line each, generated by training/make_zoo.py from zoo/*/metadata.json.
-# BEGIN ZOO REGISTRY
-register_model('glonet_cnn_digits', 'GloNetCNN', {'activation': 'relu', 'aggregation': 'sum', 'blocks_per_stage': None, 'depth': 14, 'dropout': 0.0, 'dtype': None, 'include_stem': False, 'initializer': 'he', 'input_shape': [8, 8, 1], 'layout': 'cifar', 'normalization': None, 'num_classes': 10, 'width': 16}, files={'config.json': '565356319e6a7ff6f543ca23cf4d80aecf20e6d93d92ee7b08ec192010fb6305', 'model.weights.h5': '7c16c5b5a372fe89e938855a131a5c6192f94d0a2d98c8e1a523db234c0f4291', 'metadata.json': 'bb514a81a199de8e03e24cf0538963673060a966fea87bc1aa78247bcdee277e'}, dataset='digits', preprocessing={'image_size': None, 'input_dtype': 'float32', 'mean': [0.3054488109048724], 'scale': 1.0, 'std': [0.37629962495912844], 'input_shape': [8, 8, 1]}, metrics={'test_accuracy': 0.9861111111111112}, license='Apache-2.0')  # noqa: E501
-register_model('glonet_cnn_mnist1d', 'GloNetCNN', {'activation': 'relu', 'aggregation': 'sum', 'blocks_per_stage': None, 'depth': 14, 'dropout': 0.0, 'dtype': None, 'include_stem': False, 'initializer': 'he', 'input_shape': [40, 1], 'layout': 'cifar', 'normalization': None, 'num_classes': 10, 'width': 32}, files={'config.json': 'c664c49f646db9af9058b17c05818336d53e574534e1f6450b5e30d27f3d0cc1', 'model.weights.h5': '059b292fb30c1e14419154929d93677783fb63935023d51c3a0be3feabf728bd', 'metadata.json': 'f8488ce202ff5d50059d3ee2598c2582d192c1eb02116d12d9561f969219134c'}, dataset='mnist1d', preprocessing={'image_size': None, 'input_dtype': 'float32', 'mean': [-0.0016148937789952685], 'scale': 1.0, 'std': [0.9979636172110014], 'input_shape': [40, 1]}, metrics={'test_accuracy': 0.986}, license='Apache-2.0')  # noqa: E501
-register_model('glonet_mlp_digits', 'GloNetMLP', {'activation': 'relu', 'aggregation': 'sum', 'dropout': 0.0, 'dtype': None, 'include_stem': False, 'initializer': 'he', 'input_shape': [8, 8, 1], 'normalization': None, 'num_blocks': 8, 'num_classes': 10, 'width': 64}, files={'config.json': '95d06b7a0d27cafb46dcd042fd8ec578177b36cee0b4ab0d6cb05cb82d7b8875', 'model.weights.h5': 'd4996c86ee2959e242c91bbb8cae04b5d58197dc0bb6e41e9ff71e2dee778142', 'metadata.json': '11d0f4b2ac2061b580316a6ac98d83767fb3649974081b3582aa78c59f557784'}, dataset='digits', preprocessing={'image_size': None, 'input_dtype': 'float32', 'mean': [0.3054488109048724], 'scale': 1.0, 'std': [0.37629962495912844], 'input_shape': [8, 8, 1]}, metrics={'test_accuracy': 0.9583333333333334}, license='Apache-2.0')  # noqa: E501
-register_model('glonet_mlp_mnist1d', 'GloNetMLP', {'activation': 'relu', 'aggregation': 'sum', 'dropout': 0.3, 'dtype': None, 'include_stem': False, 'initializer': 'he', 'input_shape': [40, 1], 'normalization': None, 'num_blocks': 8, 'num_classes': 10, 'width': 128}, files={'config.json': '1c3d280db66916ae3a538346f8b6bf06e4789aa49b9bf79d532b14a292f525a1', 'model.weights.h5': '08e0f54c2ff2430240392c7a5d4956c37c2094738747fc3bbf89091c84d6fa45', 'metadata.json': 'cca05bd9f3674024fa3e5109e2c0b53e1e163ccf43d6176bdc33f6e55a88180b'}, dataset='mnist1d', preprocessing={'image_size': None, 'input_dtype': 'float32', 'mean': [-0.0016148937789952685], 'scale': 1.0, 'std': [0.9979636172110014], 'input_shape': [40, 1]}, metrics={'test_accuracy': 0.677}, license='Apache-2.0')  # noqa: E501
-register_model('glonet_vit_digits', 'GloNetViT', {'activation': 'gelu', 'aggregation': 'sum', 'dropout': 0.0, 'dtype': None, 'hidden_dim': 64, 'include_stem': False, 'initializer': 'he', 'input_shape': [8, 8, 1], 'mlp_dim': 256, 'num_blocks': 4, 'num_classes': 10, 'num_heads': 4, 'patch_size': 4}, files={'config.json': '312fabbef4f55db9134f3bf084787715a5804f13295b7ad0eb1d5f1d0456ab70', 'model.weights.h5': 'f71e4e9fb487bedcdb96906afa6c52b165e841301778a584c554ccc0b56d96cb', 'metadata.json': 'e868a9bb0738e38bf4403150a261a5a47d0cecc9abc71d25d821130d0ddd6231'}, dataset='digits', preprocessing={'image_size': None, 'input_dtype': 'float32', 'mean': [0.3054488109048724], 'scale': 1.0, 'std': [0.37629962495912844], 'input_shape': [8, 8, 1]}, metrics={'test_accuracy': 0.9805555555555555}, license='Apache-2.0')  # noqa: E501
-register_model('resnet_cnn_digits', 'ResNetCNN', {'activation': 'relu', 'blocks_per_stage': None, 'depth': 14, 'dropout': 0.0, 'dtype': None, 'initializer': 'he', 'input_shape': [8, 8, 1], 'layout': 'cifar', 'normalization': 'batch', 'num_classes': 10, 'width': 16}, files={'config.json': 'c2d2fd50b4c73f0d1a89d492d62942ead9cb348a1d884b5fd75ce27c42710b2f', 'model.weights.h5': '72379f55199c935de28622ecd08426dc8827625d64432124d60873afa5de1f6a', 'metadata.json': 'f10823ceb3d3a0e488e26818ffdab78fcc0ce7e2b23e00e7db1d87c3f3bab84e'}, dataset='digits', preprocessing={'image_size': None, 'input_dtype': 'float32', 'mean': [0.3054488109048724], 'scale': 1.0, 'std': [0.37629962495912844], 'input_shape': [8, 8, 1]}, metrics={'test_accuracy': 0.9833333333333333}, license='Apache-2.0')  # noqa: E501
-# END ZOO REGISTRY
+# Pretrained variants: data, written by training/make_zoo.py from zoo/*/.
+load_registry_file(_REGISTRY_FILE)

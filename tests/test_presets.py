@@ -1,96 +1,57 @@
 """The registry, preset directories, and the verified, cached, lock-protected download path.
 
-Everything is served from an HTTP server the tests start on 127.0.0.1; the presets are tiny models
-created in a temporary directory (the real zoo is tested in test_zoo.py).
+Everything is served from the shared test server (tests/http_server.py) on 127.0.0.1; the presets
+are tiny models created in a temporary directory (the real zoo is tested in test_zoo.py, hostile
+presets and downloads in test_presets_hostile.py).
 """
 
-import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
 import glonet_keras
 from glonet_keras import presets
 from glonet_keras.models.common import GloNetModelBase
+from glonet_keras.preprocessing import Preprocessing
+from tests import http_server
 
 TINY = "tiny_mlp_for_tests"
-
-
-class _PresetServer:
-    """Serves `root` on 127.0.0.1; `faults[file name]` makes one file misbehave."""
-
-    def __init__(self, root):
-        self.root = Path(root)
-        self.faults = {}
-        self.requests = []
-        self.delay_s = 0.0
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                owner.requests.append(self.path)
-                name = self.path.rsplit("/", 1)[-1]
-                fault = owner.faults.get(name)
-                if isinstance(fault, int):
-                    self.send_error(fault)
-                    return
-                path = owner.root / self.path.lstrip("/")
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                body = path.read_bytes()
-                time.sleep(owner.delay_s)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if fault == "truncate":
-                    self.wfile.write(body[: len(body) // 2])  # ...then the connection closes.
-                elif fault == "corrupt":  # Right length, one byte flipped.
-                    self.wfile.write(body[:-1] + bytes([body[-1] ^ 0xFF]))
-                else:
-                    self.wfile.write(body)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _tiny_model():
     return glonet_keras.GloNetMLP(num_blocks=3, width=8, num_classes=4, input_shape=(6,))
 
 
+TINY_PREPROCESSING = Preprocessing(mean=(0.5,), std=(2.0,))
+
+
 @pytest.fixture
 def tiny_zoo(tmp_path):
     """A zoo folder with one tiny preset, registered (for this test only) as TINY."""
     model = _tiny_model()
-    directory = model.save_to_preset(tmp_path / "zoo" / TINY)
+    model.preprocessing = TINY_PREPROCESSING
+    directory = presets.save_preset(model, tmp_path / "zoo" / TINY, metadata={
+        "task": "classification", "class_names": ["a", "b", "c", "d"],
+        "metrics": {"test_accuracy": 0.5},
+    })
     files = {name: presets.sha256_of(directory / name) for name in presets.PRESET_FILES}
-    presets.register_model(TINY, "GloNetMLP", model.get_config(), files=files, dataset="random")
+    presets.register_model(TINY, files=files, description="A tiny MLP for the tests.")
     yield model, tmp_path / "zoo"
     presets._REGISTRY.pop(TINY, None)
 
 
 @pytest.fixture
 def server(tiny_zoo):
-    serving = _PresetServer(tiny_zoo[1])
-    yield serving
-    serving.stop()
+    with http_server.FileServer(tiny_zoo[1]) as serving:
+        yield serving
 
 
 def _inputs():
@@ -132,15 +93,57 @@ def test_create_model_without_weights_applies_overrides():
         glonet_keras.create_model("glonet_cnn20_cifar", pretrained=True)
     with pytest.raises(presets.PresetError, match="num_blocks"):
         glonet_keras.create_model("glonet_mlp_30x32", num_blocks=0)
+    with pytest.raises(TypeError, match="Did you mean 'num_blocks'"):
+        glonet_keras.create_model("glonet_mlp_30x32", num_block=3)
+
+
+def test_create_model_builds_a_pretrained_variant_untrained_from_its_config_alone(
+    tiny_zoo, server, tmp_path
+):
+    model = glonet_keras.create_model(TINY, num_classes=2, origin=server.url,
+                                      cache_dir=tmp_path / "cache")
+    assert isinstance(model, glonet_keras.GloNetMLP) and model.output.shape == (None, 2)
+    assert model.get_config()["width"] == 8  # the architecture came from config.json
+    assert server.requests == [f"/{TINY}/config.json"]
+
+
+def test_unknown_overrides_raise_type_error_naming_the_closest_argument(tiny_zoo, server, tmp_path):
+    where = dict(origin=server.url, cache_dir=tmp_path / "cache")
+    with pytest.raises(TypeError, match="no argument 'foo'"):
+        glonet_keras.create_model(TINY, pretrained=True, foo=1, **where)
+    with pytest.raises(TypeError, match="Did you mean 'num_classes'"):
+        glonet_keras.GloNetMLP.from_preset(TINY, num_class=3, **where)
 
 
 def test_register_model_rejects_bad_entries():
+    good = "0" * 64
     with pytest.raises(presets.PresetError, match="Allowed"):
         presets.register_model("bad_class", "Lambda", {})
     with pytest.raises(presets.PresetError, match="sha256"):
-        presets.register_model("bad_hash", "GloNetMLP", {}, files={"config.json": "x"})
+        presets.register_model("bad_hash", files={"config.json": "x", "model.weights.h5": good,
+                                                  "metadata.json": good})
+    with pytest.raises(presets.PresetError, match="lacks the sha256"):
+        presets.register_model("no_weights", files={"config.json": good, "metadata.json": good})
     with pytest.raises(presets.PresetError, match="already registered"):
         presets.register_model("glonet_cnn20_cifar", "GloNetCNN", {})
+    with pytest.raises(presets.PresetError, match="architecture is its config.json"):
+        presets.register_model("both", "GloNetMLP", {}, files={
+            "config.json": good, "model.weights.h5": good, "metadata.json": good})
+    with pytest.raises(TypeError, match="'num_blocks'"):
+        presets.register_model("typo", "GloNetMLP", {"num_block": 3})
+    assert "typo" not in presets.list_models()
+
+
+def test_the_pretrained_registry_is_data_and_holds_no_architecture():
+    source = Path(presets.__file__).read_text()
+    assert not re.search(r"[0-9a-f]{64}", source)  # no hash in library source
+    registry = json.loads(presets._REGISTRY_FILE.read_text())
+    assert set(registry["presets"]) == set(glonet_keras.list_models(pretrained=True))
+    for name, entry in registry["presets"].items():
+        assert set(entry) == {"description", "files"}
+        variant = presets.get_variant(name)
+        assert variant.config is None and variant.class_name is None
+        assert variant.files["model.weights.h5"].size == entry["files"]["model.weights.h5"]["bytes"]
 
 
 # ------------------------------------------------------------------------ preset directories
@@ -209,8 +212,9 @@ def test_download_verifies_caches_and_warm_cache_needs_no_server(tiny_zoo, serve
 
 @pytest.mark.parametrize(
     "fault, message",
-    [(404, "HTTP 404"), (500, "HTTP 500"), ("truncate", "truncated|broke off"),
-     ("corrupt", "sha256 mismatch")],
+    [(http_server.status(404), "HTTP 404"), (http_server.status(500), "HTTP 500"),
+     (http_server.truncate, "truncated|broke off"), (http_server.corrupt, "sha256 mismatch")],
+    ids=["404", "500", "truncate", "corrupt"],
 )
 def test_failed_download_names_file_and_url_leaves_nothing_and_retry_works(
     tiny_zoo, server, tmp_path, fault, message
@@ -239,7 +243,7 @@ def test_a_corrupted_cached_file_is_fetched_again(tiny_zoo, server, tmp_path):
     assert server.requests.count(f"/{TINY}/model.weights.h5") == 2
     assert presets.sha256_of(cache / TINY / "model.weights.h5") == presets.get_variant(TINY).files[
         "model.weights.h5"
-    ]
+    ].sha256
 
 
 def test_unreachable_origin_is_a_clear_error(tiny_zoo, tmp_path):
@@ -273,7 +277,7 @@ def test_from_preset_url_downloads_and_checks_metadata_hashes(tiny_zoo, server, 
     url = f"{server.url}/{TINY}"
     loaded = GloNetModelBase.from_preset(url, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(model.predict(_inputs(), verbose=0), loaded.predict(_inputs(), verbose=0))
-    server.faults["model.weights.h5"] = "corrupt"
+    server.faults["model.weights.h5"] = http_server.corrupt
     with pytest.raises(presets.PresetDownloadError, match="sha256 mismatch"):
         GloNetModelBase.from_preset(url, cache_dir=tmp_path / "other_cache")
 
@@ -301,6 +305,73 @@ def test_new_head_keeps_the_pretrained_body(tiny_zoo, server, tmp_path):
         glonet_keras.create_model(TINY, pretrained=True, width=16, origin=server.url, cache_dir=cache)
 
 
+def test_a_loaded_preset_carries_its_preprocessing_task_and_class_names(tiny_zoo, server, tmp_path):
+    model = glonet_keras.create_model(TINY, pretrained=True, origin=server.url,
+                                      cache_dir=tmp_path / "cache")
+    assert model.preprocessing == TINY_PREPROCESSING
+    assert model.preset_metadata["task"] == "classification"
+    assert model.preset_metadata["class_names"] == ["a", "b", "c", "d"]
+    assert model.preset_metadata["metrics"] == {"test_accuracy": 0.5}
+    # Overrides equal to the config are no change: the preset as published, metrics included.
+    same = glonet_keras.create_model(TINY, pretrained=True, num_classes=4, input_shape=[6],
+                                     origin=server.url, cache_dir=tmp_path / "cache")
+    assert same.preset_metadata == model.preset_metadata
+
+
+def test_create_model_and_from_preset_are_one_path(tiny_zoo, server, tmp_path):
+    where = dict(origin=server.url, cache_dir=tmp_path / "cache")
+    keras.utils.set_random_seed(1)  # the same fresh head in both
+    created = glonet_keras.create_model(TINY, pretrained=True, num_classes=3, **where)
+    keras.utils.set_random_seed(1)
+    loaded = glonet_keras.GloNetMLP.from_preset(TINY, num_classes=3, **where)
+    for ours, theirs in zip(created.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+    assert created.preset_metadata == loaded.preset_metadata
+
+
+def test_a_fine_tune_records_its_origin_drops_stale_metrics_and_saves_its_preprocessing(
+    tiny_zoo, server, tmp_path
+):
+    tuned = glonet_keras.create_model(TINY, pretrained=True, num_classes=3, origin=server.url,
+                                      cache_dir=tmp_path / "cache")
+    metadata = tuned.preset_metadata
+    assert "metrics" not in metadata and "class_names" not in metadata  # 4 names, 3 outputs
+    assert metadata["fine_tuned_from"] == {
+        "preset": TINY, "overrides": {"num_classes": 3},
+        "weights_sha256": presets.get_variant(TINY).files["model.weights.h5"].sha256,
+    }
+    assert tuned.preprocessing == TINY_PREPROCESSING and metadata["task"] == "classification"
+
+    saved = json.loads((tuned.save_to_preset(tmp_path / "tuned") / "metadata.json").read_text())
+    assert saved["preprocessing"] == TINY_PREPROCESSING.to_dict()
+    assert saved["fine_tuned_from"] == metadata["fine_tuned_from"]
+    assert saved["task"] == "classification" and "metrics" not in saved
+    reloaded = GloNetModelBase.from_preset(tmp_path / "tuned")
+    assert reloaded.preprocessing == TINY_PREPROCESSING
+
+    # A published preset saved again (after training, say) names it as its starting point.
+    plain = glonet_keras.create_model(TINY, pretrained=True, origin=server.url,
+                                      cache_dir=tmp_path / "cache")
+    again = json.loads((plain.save_to_preset(tmp_path / "again") / "metadata.json").read_text())
+    assert again["fine_tuned_from"]["preset"] == TINY
+    assert again["class_names"] == ["a", "b", "c", "d"] and "metrics" not in again
+
+
+def test_a_path_that_does_not_exist_is_named_as_such(tmp_path):
+    for path in ("/no/such/dir", str(tmp_path / "missing"), "./nothing_here", "gone.keras"):
+        with pytest.raises(presets.PresetError, match="does not exist") as error:
+            GloNetModelBase.from_preset(path)
+        assert path in str(error.value) and "Unknown model" not in str(error.value)
+
+
+def test_no_origin_at_all_names_the_environment_variable(monkeypatch):
+    monkeypatch.delenv(presets.ORIGIN_ENV, raising=False)
+    monkeypatch.setattr(presets, "shipped_zoo_dir", lambda: None)
+    with pytest.raises(presets.PresetError, match=presets.ORIGIN_ENV):
+        presets.resolve_origin()
+    assert not hasattr(presets, "RELEASE_ORIGIN")
+
+
 _CONCURRENT_LOADER = textwrap.dedent(
     """
     import os, sys, time
@@ -308,9 +379,7 @@ _CONCURRENT_LOADER = textwrap.dedent(
     import numpy as np
     from glonet_keras import presets
     name, origin, cache, ready_dir, me, hashes = sys.argv[1:7]
-    presets.register_model(name, "GloNetMLP",
-        dict(num_blocks=3, width=8, num_classes=4, input_shape=(6,)),
-        files=dict(h.split("=") for h in hashes.split(",")))
+    presets.register_model(name, files=dict(h.split("=") for h in hashes.split(",")))
     Path(ready_dir, me).touch()
     while len(os.listdir(ready_dir)) < 2:  # Start the download together with the other process.
         time.sleep(0.01)
@@ -326,7 +395,7 @@ def test_two_processes_loading_at_once_share_one_verified_download(tiny_zoo, ser
     ready = tmp_path / "ready"
     ready.mkdir()
     server.delay_s = 0.5  # Long enough for both processes to be inside the fetch at once.
-    hashes = ",".join(f"{k}={v}" for k, v in presets.get_variant(TINY).files.items())
+    hashes = ",".join(f"{k}={v.sha256}" for k, v in presets.get_variant(TINY).files.items())
     # The numpy backend: the cache logic is backend-free, and it spares each process a TF import.
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="numpy")
     processes = [

@@ -6,9 +6,7 @@ from `load_arrays`, the preprocessing formula applied in numpy from the preset's
 """
 
 import functools
-import http.server
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,37 +16,13 @@ import glonet_keras
 from glonet_keras import analysis, presets
 from glonet_keras.data import Preprocessing, load_arrays
 from glonet_keras.models.common import GloNetModelBase
+from tests.http_server import FileServer
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
 PUBLISHED = glonet_keras.list_models(pretrained=True)
 REQUIRED = ("glonet_mlp_digits", "glonet_cnn_digits", "glonet_vit_digits", "resnet_cnn_digits",
             "glonet_mlp_mnist1d", "glonet_cnn_mnist1d")
 TOLERANCE = 0.005  # 0.5 points of accuracy.
-
-
-class _ZooServer:
-    def __init__(self, root):
-        self.requests = []
-        owner = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(root), **kwargs)
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                owner.requests.append(self.path)
-                super().do_GET()
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,13 +44,19 @@ def _metadata(name):
     return json.loads((ZOO / name / "metadata.json").read_text())
 
 
+def _config(name):
+    return json.loads((ZOO / name / "config.json").read_text())
+
+
 def test_the_zoo_has_the_required_presets_and_the_registry_matches_the_files():
     assert set(REQUIRED) <= set(PUBLISHED)
     assert sorted(p.name for p in ZOO.iterdir() if p.is_dir()) == PUBLISHED
     for name in PUBLISHED:
         variant = presets.get_variant(name)
-        for file_name, digest in variant.files.items():
-            assert presets.sha256_of(ZOO / name / file_name) == digest, (name, file_name)
+        assert sorted(variant.files) == sorted(presets.PRESET_FILES)
+        for file_name, record in variant.files.items():
+            assert presets.sha256_of(ZOO / name / file_name) == record.sha256, (name, file_name)
+            assert (ZOO / name / file_name).stat().st_size == record.size, (name, file_name)
         metadata = _metadata(name)
         assert set(metadata["files"]) == {"config.json", "model.weights.h5", "README.md"}
         for file_name, digest in metadata["files"].items():
@@ -85,10 +65,14 @@ def test_the_zoo_has_the_required_presets_and_the_registry_matches_the_files():
         assert f"--dataset={metadata['dataset']['name']}" in metadata["training"]["command"]
         assert metadata["dataset"]["split"] and metadata["dataset"]["evaluated_on"] == "test"
         Preprocessing.from_dict(metadata["preprocessing"])  # exactly the pipeline's record
-        assert metadata["input"]["model_input_shape"] == list(variant.config["input_shape"])
+        config = _config(name)
+        assert config["class_name"] == metadata["class_name"]
+        assert metadata["input"]["model_input_shape"] == list(config["config"]["input_shape"])
+        assert metadata["task"] == "classification"
+        assert metadata["class_names"] == metadata["dataset"]["labels"]
+        assert len(metadata["class_names"]) == config["config"]["num_classes"]
         assert {"keras", "tensorflow"} <= set(metadata["training_versions"])
         assert metadata["license"] and metadata["dataset"]["license"]
-        assert variant.metrics["test_accuracy"] == metadata["metrics"]["test_accuracy"]
         assert (ZOO / name / "model.weights.h5").stat().st_size < 4 * 2**20  # small files
         if metadata["class_name"].startswith("GloNet"):
             assert len(metadata["metrics"]["early_exit_accuracy"]) == metadata["num_blocks"]
@@ -97,17 +81,16 @@ def test_the_zoo_has_the_required_presets_and_the_registry_matches_the_files():
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_download_verify_cache_remeasure_and_load_offline(name, tmp_path):
     metadata = _metadata(name)
-    server = _ZooServer(ZOO)
-    try:
+    with FileServer(ZOO) as server:
         model = glonet_keras.create_model(name, pretrained=True, origin=server.url,
                                           cache_dir=tmp_path)
-    finally:
-        server.stop()
     assert sorted(server.requests) == sorted(f"/{name}/{f}" for f in presets.PRESET_FILES)
     for file_name in presets.PRESET_FILES:
         assert presets.sha256_of(tmp_path / name / file_name) == presets.get_variant(name).files[
             file_name
-        ]
+        ].sha256
+    assert model.preprocessing.to_dict() == metadata["preprocessing"]
+    assert model.preset_metadata["class_names"] == metadata["class_names"]
 
     x, y = _preprocessed_test_split(metadata)
     assert len(y) == metadata["metrics"]["num_test_examples"]
@@ -152,7 +135,7 @@ def test_round_trip_through_save_to_preset_and_export(name, tmp_path):
     np.testing.assert_allclose(outputs["logits"].numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_tables_and_registry_lines_are_generated_from_the_metadata():
+def test_tables_and_registry_are_generated_from_the_zoo():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("zoo_docs", ZOO.parent / "training" / "zoo_docs.py")
@@ -168,9 +151,10 @@ def test_tables_and_registry_lines_are_generated_from_the_metadata():
         assert f"{zoo_docs.README_BEGIN}\n{table}\n{zoo_docs.README_END}" in text, (
             f"{document}'s zoo table is stale: run python training/make_zoo.py --steps=docs"
         )
-    registry = "\n".join(zoo_docs.registry_lines(entries, ZOO))
-    source = (ZOO.parent / "glonet_keras" / "presets.py").read_text()
-    assert f"{zoo_docs.REGISTRY_BEGIN}\n{registry}\n{zoo_docs.REGISTRY_END}" in source
+    registry = zoo_docs.registry_text(zoo_docs.registry(entries, ZOO))
+    assert presets._REGISTRY_FILE.read_text() == registry, (
+        "glonet_keras/zoo_registry.json is stale: run python training/make_zoo.py --steps=docs"
+    )
 
 
 def test_the_published_presets_work_offline_out_of_the_box(tmp_path, monkeypatch):

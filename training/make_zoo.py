@@ -5,11 +5,17 @@ Steps (`--steps`, in this order):
   package  load the run's model.keras (safe_mode), re-measure it on the held-out test split (accuracy
            and the early-exit accuracy of every k-block prefix), write zoo/<name>/ (config.json,
            model.weights.h5, README.md model card, metadata.json with the sha256 of every file)
-  docs     rewrite, from zoo/*/metadata.json only: the registry lines in glonet_keras/presets.py
-           (name, class, config, sha256 of each file, data set, preprocessing, metric, licence), the
-           zoo table in docs/zoo.md and in the README's zoo section
+  refresh  without training or measuring: bring an existing zoo/<name>/ to the current format
+           (metadata fields derived from the others, the model card, the sha256 of every file);
+           the weights and config are left as they are
+  docs     write, from zoo/*/ only: the pretrained registry glonet_keras/zoo_registry.json (data:
+           the sha256 and size of each file and a description, nothing else) and the zoo table
+           in docs/zoo.md and in the README's zoo section
   export   (only with --export_dir) a TF Serving SavedModel of each preset, preprocessing inside:
            <export_dir>/<name>/1/
+
+Adding a preset is a data-only change: a recipe in RECIPES (and its data set in DATASETS), then
+`--names=<name> --steps=train,package,docs`, which writes zoo/<name>/ and the registry file.
 
 Examples:
   python training/make_zoo.py                                   # the whole zoo, ~7 min on 2 cores
@@ -29,16 +35,17 @@ from pathlib import Path
 from absl import app, flags
 
 from zoo_docs import (  # noqa: E402  (training/ is on sys.path when this script runs)
-    README_BEGIN, README_END, REGISTRY_BEGIN, REGISTRY_END, load_zoo,
-    registry_lines, replace_between, zoo_table,
+    README_BEGIN, README_END, load_zoo, registry, registry_text, replace_between, zoo_table,
 )
 
 REPO = Path(__file__).resolve().parent.parent
+REGISTRY_PATH = REPO / "glonet_keras" / "zoo_registry.json"
+STEPS = ("train", "package", "refresh", "docs", "export")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("names", None, "Presets to (re)make; default: all recipes.")
 flags.DEFINE_list("steps", ["train", "package", "docs"],
-                  "Any of train, package, docs, export (export needs --export_dir).")
+                  f"Any of {', '.join(STEPS)} (export needs --export_dir).")
 flags.DEFINE_string("zoo_dir", str(REPO / "zoo"), "Where the published presets live.")
 flags.DEFINE_string("runs_dir", str(REPO / "runs" / "zoo"),
                     "Where train.py writes its runs (git-ignored).")
@@ -205,6 +212,7 @@ def package(name):
         "name": name,
         "summary": recipe["summary"],
         "task": "classification",
+        "class_names": data_info["labels"],
         "dataset": {
             "name": dataset,
             "description": data_info["description"],
@@ -246,11 +254,29 @@ def package(name):
 
         shutil.rmtree(directory)
     presets.save_preset(model, directory, metadata=record)
-    metadata = json.loads((directory / presets.METADATA_FILE).read_text())
+    write_card_and_metadata(directory, json.loads((directory / presets.METADATA_FILE).read_text()))
+    print(f"[{name}] packaged: test accuracy {metrics['test_accuracy']:.4f}", flush=True)
+
+
+def write_card_and_metadata(directory, metadata):
+    """The fields derived from the files, the model card, then metadata.json with every sha256."""
+    from glonet_keras import presets
+
+    metadata = dict(metadata)
     metadata["size_bytes"] = (directory / presets.WEIGHTS_FILE).stat().st_size
+    metadata.setdefault("class_names", metadata["dataset"]["labels"])
     (directory / presets.CARD_FILE).write_text(model_card(metadata))
     presets.write_metadata(directory, metadata)
-    print(f"[{name}] packaged: test accuracy {metrics['test_accuracy']:.4f}", flush=True)
+
+
+def refresh(name):
+    """Re-derives an existing preset's card and metadata in the current format; no training."""
+    from glonet_keras import presets
+
+    directory = Path(FLAGS.zoo_dir) / name
+    metadata = json.loads((directory / presets.METADATA_FILE).read_text())
+    write_card_and_metadata(directory, metadata)
+    print(f"[{name}] refreshed", flush=True)
 
 
 def model_card(metadata):
@@ -281,11 +307,10 @@ def model_card(metadata):
         "",
         "```python",
         "import glonet_keras",
-        "from glonet_keras.data import Preprocessing",
         "",
         f'model = glonet_keras.create_model("{name}", pretrained=True)',
-        'preprocess = Preprocessing.from_dict(model.preset_metadata["preprocessing"])',
-        "logits = model.predict(preprocess(raw_inputs))",
+        "logits = model.predict(model.preprocessing(raw_inputs))  # the training preprocessing",
+        'labels = model.preset_metadata["class_names"]',
         "",
         "# Fine-tune on 3 classes: the pretrained body, a fresh head.",
         f'tuned = glonet_keras.create_model("{name}", pretrained=True, num_classes=3)',
@@ -301,7 +326,7 @@ def model_card(metadata):
         f"- Raw input: {raw_input}.",
         f"- The model takes `(raw * {pre['scale']:g} - mean) / std` per channel, mean "
         f"{_round_list(pre['mean'])}, std {_round_list(pre['std'])} (statistics of the training "
-        "split); `preset_metadata[\"preprocessing\"]` carries them exactly.",
+        "split); the loaded model's `preprocessing` (a `Preprocessing`) carries them exactly.",
         "",
         "## Metrics (held-out test split)",
         "",
@@ -360,8 +385,8 @@ def _round_list(values):
 
 def write_docs():
     entries = load_zoo(FLAGS.zoo_dir)
-    replace_between(REPO / "glonet_keras" / "presets.py", REGISTRY_BEGIN, REGISTRY_END,
-                    "\n".join(registry_lines(entries, FLAGS.zoo_dir)))
+    REGISTRY_PATH.write_text(registry_text(registry(entries, FLAGS.zoo_dir)))
+    print(f"registry written to {_display_path(REGISTRY_PATH)}")
     table = zoo_table(entries)
     for path in (REPO / "docs" / "zoo.md", REPO / "README.md"):
         if path.exists() and README_BEGIN in path.read_text():
@@ -374,15 +399,13 @@ def write_docs():
 
 
 def export(name):
-    from glonet_keras import data as data_lib
     from glonet_keras import presets
     from glonet_keras.export import export_saved_model
 
     directory = Path(FLAGS.zoo_dir) / name
     model = presets.load_preset_directory(directory)
-    preprocessing = data_lib.Preprocessing.from_dict(model.preset_metadata["preprocessing"])
     path = export_saved_model(model, FLAGS.export_dir, version=FLAGS.export_version,
-                              preprocessing=preprocessing, model_name=name, overwrite=True)
+                              preprocessing=model.preprocessing, model_name=name, overwrite=True)
     print(f"[{name}] SavedModel: {path}", flush=True)
 
 
@@ -393,9 +416,9 @@ def main(argv):
     if unknown:
         raise SystemExit(f"Unknown preset(s) {unknown}. Recipes: {sorted(RECIPES)}.")
     steps = set(FLAGS.steps)
-    bad = sorted(steps - {"train", "package", "docs", "export"})
+    bad = sorted(steps - set(STEPS))
     if bad:
-        raise SystemExit(f"Unknown step(s) {bad}: use train, package, docs, export.")
+        raise SystemExit(f"Unknown step(s) {bad}: use {', '.join(STEPS)}.")
     if "export" in steps and not FLAGS.export_dir:
         raise SystemExit("--steps=export needs --export_dir.")
     for name in names:
@@ -403,6 +426,8 @@ def main(argv):
             run_training(name)
         if "package" in steps:
             package(name)
+        if "refresh" in steps:
+            refresh(name)
     if "docs" in steps:
         write_docs()
     if "export" in steps:

@@ -1,17 +1,16 @@
-"""Pure functions behind `make_zoo.py --steps=docs`: the zoo table and the registry lines, both
-generated from zoo/*/metadata.json (kept apart from make_zoo.py's flags so tests can import them)."""
+"""Pure functions behind `make_zoo.py --steps=docs`: the zoo table and the pretrained registry, both
+generated from zoo/*/ only (kept apart from make_zoo.py's flags so tests can import them)."""
 
 import json
 from pathlib import Path
+
+README_BEGIN, README_END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
+REGISTRY_FORMAT = "glonet_keras.zoo_registry/1"
 
 
 def headline_ks(num_blocks):
     """The early exits the tables show: half the blocks and all but the last one."""
     return sorted({max(1, num_blocks // 2), max(1, num_blocks - 1)})
-
-
-README_BEGIN, README_END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
-REGISTRY_BEGIN, REGISTRY_END = "# BEGIN ZOO REGISTRY", "# END ZOO REGISTRY"
 
 
 def load_zoo(zoo_dir):
@@ -49,26 +48,33 @@ def zoo_table(entries):
     return "\n".join(rows)
 
 
-def registry_lines(entries, zoo_dir):
-    """One `register_model(...)` line per preset: class, config, sha256 of each fetched file, ..."""
+def registry(entries, zoo_dir):
+    """The pretrained registry (glonet_keras/zoo_registry.json): per preset, only what finds and
+    verifies it: a description and the sha256 and size of each file the loader fetches."""
     from glonet_keras import presets
 
-    lines = []
-    for name, metadata, config in entries:
-        architecture = {k: v for k, v in config["config"].items() if k not in ("name", "trainable")}
-        files = {f: presets.sha256_of(Path(zoo_dir) / name / f) for f in presets.PRESET_FILES}
-        lines.append(
-            f"register_model({name!r}, {config['class_name']!r}, {architecture!r}, files={files!r}, "
-            f"dataset={metadata['dataset']['name']!r}, "
-            f"preprocessing={_registry_preprocessing(metadata)!r}, "
-            f"metrics={{'test_accuracy': {metadata['metrics']['test_accuracy']!r}}}, "
-            f"license={metadata['license']!r})  # noqa: E501"
-        )
-    return lines
+    return {
+        "format": REGISTRY_FORMAT,
+        "generated_by": "python training/make_zoo.py --steps=docs (from zoo/*/)",
+        "presets": {
+            name: {
+                "description": metadata["summary"],
+                "files": {
+                    file_name: {
+                        "sha256": presets.sha256_of(Path(zoo_dir) / name / file_name),
+                        "bytes": (Path(zoo_dir) / name / file_name).stat().st_size,
+                    }
+                    for file_name in presets.PRESET_FILES
+                },
+            }
+            for name, metadata, _ in entries
+        },
+    }
 
 
-def _registry_preprocessing(metadata):
-    return {**metadata["preprocessing"], "input_shape": metadata["input"]["model_input_shape"]}
+def registry_text(registry_record):
+    """The registry file's exact text (stable, so a test can compare it byte for byte)."""
+    return json.dumps(registry_record, indent=2, sort_keys=True) + "\n"
 
 
 def replace_between(path, begin, end, body):

@@ -267,16 +267,18 @@ class GloNetModelBase(keras.Model):
         }
 
     @classmethod
-    def from_preset(cls, preset, *, cache_dir=None, origin=None):
+    def from_preset(cls, preset, *, cache_dir=None, origin=None, **overrides):
         """Loads a pretrained model: a registered name, a preset directory or `.keras` file, or a URL.
 
         Called on a subclass (e.g. `GloNetCNN.from_preset`), the preset must hold that class.
+        `**overrides` are constructor arguments (e.g. `num_classes=3` for a fresh head), exactly as
+        in `glonet_keras.create_model(name, pretrained=True, **overrides)`.
         Example: `GloNetModelBase.from_preset("glonet_cnn_digits")` (see `glonet_keras.presets`).
         """
         from glonet_keras import presets  # Lazy: presets imports the model classes.
 
         expected = None if cls is GloNetModelBase else cls
-        return presets.from_preset(preset, expected, cache_dir=cache_dir, origin=origin)
+        return presets.from_preset(preset, expected, cache_dir=cache_dir, origin=origin, **overrides)
 
     def save_to_preset(self, preset_dir):
         """Writes config.json, model.weights.h5 and metadata.json to `preset_dir` (from_preset reads it)."""
