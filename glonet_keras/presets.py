@@ -59,6 +59,7 @@ from pathlib import Path
 
 import keras
 
+from glonet_keras import skeleton
 from glonet_keras.preprocessing import Preprocessing
 
 try:
@@ -78,9 +79,6 @@ KERAS_FILE = "model.keras"
 PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE)
 # The only file names a preset may hold: nothing a metadata.json says can name another path.
 ALLOWED_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE, CARD_FILE, KERAS_FILE)
-# The layer that a new `num_classes` re-initialises. Kept here only, until the skeleton's names
-# become shared constants.
-HEAD_LAYER = "head"
 
 # Keras releases whose safe mode refuses both an HDF5 external dataset in a weights file (fixed in
 # 3.12.1 and 3.13.2, not in 3.13.0-3.13.1) and a file-backed StringLookup in a `.keras` (3.12.0).
@@ -979,7 +977,7 @@ def _transfer_weights(source, target, what, skip_head):
     """Copies every layer's weights by layer name; with `skip_head`, the head stays as initialised."""
     source_layers = {layer.name: layer for layer in source.layers}
     for layer in target.layers:
-        if (skip_head and layer.name == HEAD_LAYER) or not layer.weights:
+        if (skip_head and layer.name == skeleton.HEAD) or not layer.weights:
             continue
         if layer.name not in source_layers:
             raise PresetError(

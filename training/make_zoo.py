@@ -177,10 +177,8 @@ def measure(model, preprocessing, dataset, seed=0):
         "test_accuracy": float(np.mean(np.argmax(logits, -1) == y_test)),
         "num_test_examples": int(len(y_test)),
     }
-    try:
-        analysis.glonet_parts(model)
-    except ValueError:
-        return metrics  # A baseline without GlobalAggregation has no early exits.
+    if not analysis.is_glonet(model):
+        return metrics  # A baseline has no early exits.
     exits = analysis.early_exit_logits(model, x)
     metrics["early_exit_accuracy"] = {
         str(k): float(np.mean(np.argmax(exits[:, k - 1], -1) == y_test))
