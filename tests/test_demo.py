@@ -11,7 +11,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     table = re.findall(r"^\s+(\d+)\s+(0\.\d{3})\s+(0\.\d{3})\s+(0\.\d{4})$", out, re.M)
     assert [int(row[0]) for row in table] == [1, 2, 3]
     assert abs(sum(float(row[1]) for row in table) - 1.0) < 0.01  # shares of the sum add up
-    assert (tmp_path / "serving" / "glo_net_mlp" / "1" / "saved_model.pb").exists()
+    assert (tmp_path / "serving" / "glonet_mlp" / "1" / "saved_model.pb").exists()
     difference = float(re.search(r"max \|SavedModel - Keras\| = (\S+)", out).group(1))
     assert difference < 1e-5
     measured, published = re.search(
