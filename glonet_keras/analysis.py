@@ -149,7 +149,36 @@ def contribution_shares(model, x, batch_size=256):
     share_i = sum over examples of ||c_i(x)||_2, divided by the same sum over all blocks; the shares
     add up to 1. `n` as in `block_contributions` (the stem first, when aggregated).
     """
-    norms = np.linalg.norm(block_contributions(model, x, batch_size=batch_size), axis=-1).sum(0)
+    return _norm_shares(block_contributions(model, x, batch_size=batch_size))
+
+
+def block_updates(model, x, batch_size=256):
+    """What each block CHANGES in its tap, through the head: `(batch, L, outputs)` float32.
+
+    update_i = W (t_i - t_{i-1}), with t_0 the stem's tap when the model aggregates it, else 0.
+    In a residual stream (a ViT, a glonetified ResNet) tap i holds every earlier block's update as
+    well, so `block_contributions` (W t_i) grows with depth by construction; the update is what
+    block i itself adds. The updates of blocks 1..k add up to W t_k, and in sum mode
+    logits = sum_i (L - i + 1) update_i (+ (L + 1) W t_0 with a stem) + b. For a plain chain (MLP, CNN
+    GloNets) a tap is not a stream and `block_contributions` is the measure to use.
+    """
+    parts = skeleton(model)
+    contributions = block_contributions(model, x, batch_size=batch_size)
+    if parts.includes_stem:
+        previous, blocks = contributions[:, :-1], contributions[:, 1:]
+    else:
+        blocks = contributions
+        previous = np.concatenate([np.zeros_like(blocks[:, :1]), blocks[:, :-1]], axis=1)
+    return blocks - previous
+
+
+def update_shares(model, x, batch_size=256):
+    """Each block's share of the total norm of `block_updates` over the data: float32 `(L,)`."""
+    return _norm_shares(block_updates(model, x, batch_size=batch_size))
+
+
+def _norm_shares(per_block):
+    norms = np.linalg.norm(per_block, axis=-1).sum(0)
     total = norms.sum()
     if total == 0:
         return np.full(norms.shape, 1.0 / len(norms), dtype="float32")

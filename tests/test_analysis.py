@@ -145,3 +145,24 @@ def test_plots_write_valid_pngs(tmp_path):
         plots.plot_depth_sweep({}, tmp_path / "nothing.png")
     with pytest.raises(ValueError, match="accuracies"):
         plots.plot_early_exit([], tmp_path / "nothing.png")
+
+
+@pytest.mark.parametrize("include_stem", [False, True])
+def test_block_updates_add_up_to_the_taps_and_the_logits(include_stem):
+    """In a residual stream each tap holds the earlier updates; the updates recover taps and logits."""
+    model, x = _build("vit", include_stem=include_stem)
+    contributions = analysis.block_contributions(model, x)
+    updates = analysis.block_updates(model, x)
+    num_blocks = model.num_blocks
+    assert updates.shape == (len(x), num_blocks, 3)
+    blocks = contributions[:, 1:] if include_stem else contributions
+    stem = contributions[:, :1] if include_stem else 0.0
+    np.testing.assert_allclose(np.cumsum(updates, axis=1) + stem, blocks, rtol=1e-5, atol=1e-5)
+    weights = (num_blocks - np.arange(num_blocks))[None, :, None]  # block i counts L - i + 1 times
+    logits = (weights * updates).sum(1) + analysis.head_bias(model)
+    if include_stem:
+        logits = logits + (num_blocks + 1) * contributions[:, 0]  # the stem's tap, and in every t_i
+    output = model.predict(x, verbose=0)
+    assert _relative_error(logits, output) < FLOAT32_RTOL
+    shares = analysis.update_shares(model, x)
+    np.testing.assert_allclose(shares.sum(), 1.0, rtol=1e-5)
