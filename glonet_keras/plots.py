@@ -137,3 +137,30 @@ def plot_depth_sweep(results, path, *, metric_name="test accuracy", title=None, 
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize="small")
     return _save(figure, path)
+
+
+def plot_deep_glonet(accuracies, shares, path, *, title=None):
+    """Two panels for one deep GloNet: accuracy per k (left) and per-block shares (right).
+
+    `accuracies` maps a label to a curve over k = 1..L (e.g. the early exits, and a linear probe of
+    block k alone); `shares` maps a label to a profile over the blocks (e.g. tap and update shares,
+    at initialisation and trained).
+    """
+    if not accuracies or not shares:
+        raise ValueError("`accuracies` and `shares` must each hold at least one curve.")
+    figure = _figure(figsize=(11.0, 4.0))
+    left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    for axes, curves, ylabel in ((left, accuracies, "test accuracy"),
+                                 (right, shares, "share of the norm")):
+        for label, values in curves.items():
+            mean, _, _ = _mean_std(values, f"{label!r}")
+            index = np.arange(1, len(mean) + 1)
+            _line_with_band(axes, index, values, f"{label!r}", label=str(label),
+                            marker="." if len(index) <= 40 else None)
+        axes.set_xlabel("k (first k blocks)" if axes is left else "block index")
+        axes.set_ylabel(ylabel)
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    figure.suptitle(title or "Deep GloNet", fontsize="medium")
+    return _save(figure, path)

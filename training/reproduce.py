@@ -30,7 +30,13 @@ from absl import app, flags
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-EXPERIMENTS = ("depth_sweep", "early_exit", "self_regulation", "speed", "mnist1d")
+import fashion_experiments  # noqa: E402  (training/ is on sys.path when this script runs)
+from experiment_common import (  # noqa: E402
+    BATCH_SIZE, SeededTrainer, accuracy, effective_depth, fmt, log, mean_std, table,
+)
+
+DIGITS_EXPERIMENTS = ("depth_sweep", "early_exit", "self_regulation", "speed", "mnist1d")
+EXPERIMENTS = DIGITS_EXPERIMENTS + fashion_experiments.EXPERIMENTS
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("experiments", list(EXPERIMENTS), f"Experiments to run, among {EXPERIMENTS}.")
@@ -68,8 +74,6 @@ BUDGETS = {
 
 # The authors' MLP depth-sweep setting: width 32, LeakyReLU(0.2), PyTorch's default init, Adam 1e-3.
 MLP_SETTING = dict(width=32, activation="leaky_relu", initializer="torch")
-BATCH_SIZE = 128  # the authors' MLP notebook
-LEARNING_RATE = 1e-3
 MLP_FAMILY = {
     # label: (model name, extra constructor args)
     "GloNet": ("glonet_mlp", {}),
@@ -93,88 +97,11 @@ PAPER_EARLY_EXIT = [0.216, 0.564, 0.755, 0.884, 0.934, 0.950, 0.952, 0.953]
 MNIST1D_PUBLISHED = {"MLP": 0.68, "CNN": 0.94}
 
 
-def log(message):
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Training: one compiled model per configuration, re-initialised for every seed. On 2 CPU cores,
-# tracing a deep model's training step costs more than training it (about 0.5 s per ResNet-v2
-# block), so the traced step is reused across seeds: each seed gets the freshly initialised weights
-# of its own newly built model and a zeroed optimizer state.
-# ---------------------------------------------------------------------------------------------
-
-
-class SeededTrainer:
-    def __init__(self, build, *, epochs, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE):
-        self.build = build
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.model = None
-
-    def initialise(self, seed):
-        """The model carrying seed `seed`'s initial weights, compiled, optimizer state zeroed."""
-        import keras
-
-        keras.utils.set_random_seed(seed)
-        fresh = self.build()
-        if self.model is None:
-            self.model = fresh
-            self.model.compile(
-                optimizer=keras.optimizers.Adam(self.learning_rate),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            )
-        else:
-            self.model.set_weights(fresh.get_weights())
-            for variable in self.model.optimizer.variables:
-                if not variable.path.endswith("learning_rate"):
-                    variable.assign(keras.ops.zeros_like(variable))
-        return self.model
-
-    def fit(self, x, y, seed):
-        import keras
-        import numpy as np
-
-        keras.utils.set_random_seed(seed)
-        history = self.model.fit(x, y, batch_size=self.batch_size, epochs=self.epochs, verbose=0,
-                                 shuffle=True)
-        return bool(np.isfinite(history.history["loss"][-1]))
-
-    def test_accuracies(self, seeds, x_train, y_train, x_test, y_test):
-        """Trains once per seed from that seed's initial weights: (test accuracies, diverged runs)."""
-        scores, diverged = [], 0
-        for seed in seeds:
-            model = self.initialise(seed)
-            diverged += not self.fit(x_train, y_train, seed)
-            scores.append(accuracy(model, x_test, y_test))
-        return scores, diverged
-
-
-def accuracy(model, x, y):
-    import numpy as np
-
-    logits = model.predict(x, batch_size=512, verbose=0)
-    return float((np.asarray(logits).argmax(-1) == y).mean())
-
-
 def flat_digits():
     from glonet_keras.data import load_arrays
 
     (x_train, y_train), (x_test, y_test) = load_arrays("digits")
     return (x_train.reshape(len(x_train), -1), y_train), (x_test.reshape(len(x_test), -1), y_test)
-
-
-def mean_std(values):
-    import numpy as np
-
-    values = np.asarray(values, dtype="float64")
-    return float(values.mean()), float(values.std())
-
-
-def fmt(values, scale=100.0, digits=1):
-    mean, std = mean_std(values)
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,20 +296,6 @@ def describe_machine():
             f"Keras {keras.__version__} on {keras.backend.backend()}")
 
 
-def _table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _effective_depth(shares, fraction=0.9):
-    """Fewest leading blocks whose shares add up to `fraction` of the total."""
-    import numpy as np
-
-    cumulative = np.cumsum(shares)
-    return int(np.searchsorted(cumulative, fraction * cumulative[-1]) + 1)
-
-
 def _depth_sweep_section(result, findings):
     import numpy as np
 
@@ -404,7 +317,7 @@ def _depth_sweep_section(result, findings):
             nonfinite = result["mlp_nonfinite_runs"][label].get(str(d), 0)
             cells.append(cell + (f" ({nonfinite} NaN)" if nonfinite else ""))
         rows.append([label] + cells)
-    lines += [_table(["model"] + [str(d) for d in depths], rows), ""]
+    lines += [table(["model"] + [str(d) for d in depths], rows), ""]
     lines += ["![MLP depth sweep](figures/depth_sweep_mlp.png)", ""]
     lo, hi = str(depths[0]), str(depths[-1])
     glonet = {d: float(np.mean(mlp["GloNet"][str(d)])) for d in depths}
@@ -445,7 +358,7 @@ def _depth_sweep_section(result, findings):
         lines.append("")
         rows = [[label] + [fmt(by_depth[str(d)]) if str(d) in by_depth else "-" for d in cdepths]
                 for label, by_depth in cnn.items()]
-        lines += [_table(["model"] + [f"depth {d}" for d in cdepths], rows), ""]
+        lines += [table(["model"] + [f"depth {d}" for d in cdepths], rows), ""]
         lines += ["![CNN depth sweep](figures/depth_sweep_cnn.png)", ""]
         c_lo, c_hi = str(cdepths[0]), str(cdepths[-1])
         findings.append(
@@ -473,7 +386,7 @@ def _early_exit_section(result, findings):
     rows = [[str(k), f"{mean[k - 1] * 100:.1f} ± {std[k - 1] * 100:.1f}",
              f"{PAPER_EARLY_EXIT[k - 1] * 100:.1f}" if k <= len(PAPER_EARLY_EXIT) else
              ("95.3-95.5" if k <= 100 else "-")] for k in ks]
-    lines += [_table(["k", "accuracy % (digits)", "paper % (MNIST)"], rows), ""]
+    lines += [table(["k", "accuracy % (digits)", "paper % (MNIST)"], rows), ""]
     lines += ["![early exit](figures/early_exit.png)", ""]
     def blocks_within(points):
         within = np.nonzero(mean >= full - points / 100)[0]
@@ -511,7 +424,7 @@ def _self_regulation_section(result, findings):
         trained = np.mean(entry["shares_trained"], 0)
         half = len(init) // 2
         deep_init, deep_trained = init[half:].sum(), trained[half:].sum()
-        rows.append([depth, f"{_effective_depth(init)}", f"{_effective_depth(trained)}",
+        rows.append([depth, f"{effective_depth(init)}", f"{effective_depth(trained)}",
                      f"{deep_init * 100:.1f} %", f"{deep_trained * 100:.1f} %",
                      f"{init[0] * 100:.1f} % / {trained[0] * 100:.1f} %"])
         figures.append(f"![self-regulation {depth}](figures/self_regulation_{depth}.png)")
@@ -521,9 +434,9 @@ def _self_regulation_section(result, findings):
             f"**Self-regulation, {depth} blocks ({'held' if held else 'did not hold'})**: the deeper "
             f"half carries {deep_init * 100:.1f} % of the contribution norm at initialisation and "
             f"{deep_trained * 100:.1f} % after training; 90 % of the norm sits in the first "
-            f"{_effective_depth(init)} blocks at init and the first {_effective_depth(trained)} "
+            f"{effective_depth(init)} blocks at init and the first {effective_depth(trained)} "
             "after training.")
-    lines += [_table(["blocks", "effective depth at init", "after training", "deeper half at init",
+    lines += [table(["blocks", "effective depth at init", "after training", "deeper half at init",
                       "deeper half trained", "block 1 at init / trained"], rows), ""]
     lines += figures + [""]
     return lines
@@ -544,7 +457,7 @@ def _speed_section(result, findings, gpu):
         rows.append([row["depth"], f"{row['glonet_s_per_epoch']:.2f}", f"{row['resnet_bn_s_per_epoch']:.2f}",
                      f"**{row['ratio']:.2f}**", paper,
                      f"{row['glonet_warmup_s']:.0f} / {row['resnet_bn_warmup_s']:.0f}"])
-    lines += [_table(["depth", "GloNet s/epoch", "ResNet-v2 (BN) s/epoch", "ratio", "paper ratio",
+    lines += [table(["depth", "GloNet s/epoch", "ResNet-v2 (BN) s/epoch", "ratio", "paper ratio",
                       "warm-up s (GloNet / ResNet)"], rows), ""]
     lines += ["![speed](figures/speed.png)", ""]
     ratios = [row["ratio"] for row in result["results"]]
@@ -562,7 +475,7 @@ def _speed_section(result, findings, gpu):
                  f"{row['paper_ratio']:.2f}" if row.get("paper_ratio") else "-",
                  f"{row['glonet_warmup_s']:.1f} / {row['resnet_bn_warmup_s']:.1f}"]
                 for row in gpu["results"]]
-        lines += [_table(["depth", "GloNet s/epoch", "ResNet-v2 (BN) s/epoch", "ratio", "paper ratio",
+        lines += [table(["depth", "GloNet s/epoch", "ResNet-v2 (BN) s/epoch", "ratio", "paper ratio",
                           "warm-up s incl. XLA compile"], rows), ""]
         gpu_ratios = [row["ratio"] for row in gpu["results"]]
         card = gpu["machine"].split("devices")[-1].strip(" []'")
@@ -586,7 +499,7 @@ def _mnist1d_section(result, findings):
             for name, scores in result["mlp"].items()]
     rows += [[f"GloNet CNN {name}", fmt(scores), f"CNN {MNIST1D_PUBLISHED['CNN'] * 100:.0f}"]
              for name, scores in result["cnn"].items()]
-    lines += [_table(["model", "accuracy %", "published baseline %"], rows), ""]
+    lines += [table(["model", "accuracy %", "published baseline %"], rows), ""]
     best_name, best = max(result["mlp"].items(), key=lambda item: np.mean(item[1]))
     (cnn_name, cnn_scores), = result["cnn"].items()
     findings.append(
@@ -649,7 +562,7 @@ def render_report(results, gpu=None):
     sections = [("depth_sweep", _depth_sweep_section), ("early_exit", _early_exit_section),
                 ("self_regulation", _self_regulation_section),
                 ("speed", lambda result, found: _speed_section(result, found, gpu)),
-                ("mnist1d", _mnist1d_section)]
+                ("mnist1d", _mnist1d_section)] + fashion_experiments.SECTIONS
     for name, section in sections:
         if name in results:
             body += section(results[name], findings)
@@ -720,6 +633,7 @@ def write_figures(figures, results):
 
 def write_report(output_dir, results):
     write_figures(os.path.join(output_dir, "figures"), results)
+    fashion_experiments.write_figures(os.path.join(output_dir, "figures"), results)
     gpu_path = os.path.join(output_dir, "gpu_speed.json")
     gpu = None
     if os.path.exists(gpu_path):
@@ -763,6 +677,8 @@ def main(argv):
         if name == "depth_sweep":
             outcome = run_depth_sweep(budget, seeds, FLAGS.depth_sweep_families,
                                       results.get("depth_sweep"))
+        elif name in fashion_experiments.RUNNERS:
+            outcome = fashion_experiments.RUNNERS[name](fashion_experiments.BUDGETS[mode], seeds, mode)
         else:
             outcome = RUNNERS[name](budget, seeds)
         outcome["seconds"] = time.perf_counter() - experiment_start
@@ -770,7 +686,8 @@ def main(argv):
             outcome["seconds"] = outcome.get("seconds_mlp", 0.0) + outcome.get("seconds_cnn", 0.0)
         outcome["mode"] = mode
         outcome["seeds"] = seeds
-        outcome["budget"] = budget
+        outcome["budget"] = (fashion_experiments.BUDGETS[mode]
+                             if name in fashion_experiments.RUNNERS else budget)
         results[name] = outcome
         log(f"--- {name} done in {outcome['seconds']:.0f} s")
     total = time.perf_counter() - start
