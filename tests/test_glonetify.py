@@ -182,8 +182,8 @@ def _convnext_adds(model, depths):
 
 
 def _pooled_features(model):
-    (pool,) = [layer for layer in model.layers
-               if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
+    """What MobileNetV3's classifier pools: the input of the pooling that `conv_2` reads."""
+    pool = model.get_layer("conv_2").input._keras_history.operation
     return pool.input._keras_history.operation.name
 
 
@@ -212,6 +212,15 @@ def test_suggested_block_outputs_of_each_family(family):
 def test_suggested_family_passes_the_contract(family):
     backbone, _ = family
     harness.check_glonet_contract(glonetify(backbone, num_classes=3), IMAGES)
+
+
+def test_headless_backbone_ends_with_its_output():
+    # MobileNetV3's squeeze-excite blocks pool too: only what follows the last block is the top.
+    backbone = keras.applications.MobileNetV3Small(weights=None, include_top=False,
+                                                   input_shape=(32, 32, 3))
+    suggested = suggest_block_outputs(backbone)
+    assert suggested[:-1] == _mobilenet_v3_small_blocks()
+    assert suggested[-1] == backbone.outputs[0]._keras_history.operation.name
 
 
 def test_unsupported_family_and_several_backbones_are_clear_errors():

@@ -647,15 +647,20 @@ _GLOBAL_POOLINGS = (
 )
 
 
-def _final_features(graph):
-    """The tensor the original classifier pools (or the output of a headless backbone): its name."""
-    pools = [node for node in graph.nodes if isinstance(node.operation, _GLOBAL_POOLINGS)]
+def _final_features(graph, last_block):
+    """The name of what the original classifier pools after `last_block` (or of a headless output).
+
+    Only a global pooling after the last block counts: MobileNetV3's squeeze-excite blocks pool too.
+    """
+    block_node = graph.calls[last_block][-1]
+    pools = [node for node in graph.nodes if isinstance(node.operation, _GLOBAL_POOLINGS)
+             and graph.depends_on(node, block_node, strict=True)]
     if pools:
-        tensor = pools[-1].input_tensors[0]
+        tensor = pools[0].input_tensors[0]
     elif len(graph.model.outputs) == 1 and len(graph.model.outputs[0].shape) > 2:
         tensor = graph.model.outputs[0]
     else:
-        return None
+        return last_block
     return tensor._keras_history.operation.name
 
 
@@ -663,8 +668,8 @@ def _family_blocks(graph):
     for _, rule in _FAMILIES:
         blocks = rule(graph)
         if blocks:
-            final = _final_features(graph)
-            if final is not None and final != blocks[-1] and final in graph.calls:
+            final = _final_features(graph, blocks[-1])
+            if final != blocks[-1] and len(graph.calls.get(final, ())) == 1:
                 blocks.append(final)
             return blocks
     return []
