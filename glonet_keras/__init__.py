@@ -7,7 +7,7 @@ linear head, so every block gets the head's gradient through a path of length on
 from glonet_keras.layers import GlobalAggregation
 from glonet_keras.models.cnn import GloNetCNN, PlainCNN, ResNetCNN
 from glonet_keras.models.mlp import GloNetMLP, PlainMLP, ResNetMLP
-from glonet_keras.models.superimpose import glonetify
+from glonet_keras.models.superimpose import glonetify, suggest_block_outputs
 from glonet_keras.models.vit import ViT, GloNetViT
 from glonet_keras.presets import create_model, list_models
 
@@ -26,4 +26,5 @@ __all__ = [
     "GloNetViT",
     "ViT",
     "glonetify",
+    "suggest_block_outputs",
 ]
