@@ -4,12 +4,13 @@ A GloNet is a plain chain of blocks whose outputs are all summed (`GlobalAggrega
 linear head, so every block gets the head's gradient through a path of length one.
 """
 
-from glonet_keras.layers import GlobalAggregation
+from glonet_keras.layers import DenseStack, GlobalAggregation
 from glonet_keras.models.cnn import GloNetCNN, PlainCNN, ResNetCNN
-from glonet_keras.models.mlp import GloNetMLP, PlainMLP, ResNetMLP
+from glonet_keras.models.mlp import GloNetMLP, PlainMLP, ResNetMLP, to_scanned, to_unrolled
 from glonet_keras.models.superimpose import glonetify, suggest_block_outputs
 from glonet_keras.models.vit import ViT, GloNetViT
 from glonet_keras.presets import create_model, list_models
+from glonet_keras.skeleton import is_glonet
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,8 @@ __all__ = [
     "create_model",
     "list_models",
     "GlobalAggregation",
+    "DenseStack",
+    "is_glonet",
     "GloNetMLP",
     "ResNetMLP",
     "PlainMLP",
@@ -27,4 +30,6 @@ __all__ = [
     "ViT",
     "glonetify",
     "suggest_block_outputs",
+    "to_scanned",
+    "to_unrolled",
 ]
