@@ -42,6 +42,8 @@ TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenette/16
                  "imagenet2012")
 FILE_DATASETS = ("image_folder", "sgemm")
 DATASETS = OFFLINE_DATASETS + TFDS_DATASETS + FILE_DATASETS
+# Data sets held in memory as numpy arrays: `load_split` serves them without TensorFlow.
+IN_MEMORY_DATASETS = OFFLINE_DATASETS + ("sgemm",)
 SPLITS = ("train", "validation", "test")
 AUGMENTATIONS = ("flip", "crop", "randaugment", "mixup", "cutmix")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -421,6 +423,32 @@ def _source(name, *, data_dir=None, download=False, manual_dir=None, image_size=
     return _TFDSSource(name, data_dir, download, manual_dir, image_size, validation_fraction)
 
 
+def open_source(name, **source_kwargs):
+    """Opens a data set once, for a caller that needs its description and several splits.
+
+    `get_dataset`, `count_examples` and `load_split` take the result as `source=`, so the data set
+    (a tfds builder, an image folder listing, a CSV) is read one time per run. Accepts the source
+    keyword arguments of `get_dataset`; `.info` is the `DatasetInfo`.
+    """
+    return _source(name, **source_kwargs)
+
+
+def load_split(name, split, *, source=None, **source_kwargs):
+    """The raw `(x, y)` numpy arrays of one split of an in-memory data set, without TensorFlow.
+
+    The arrays are as the source holds them (apply `info.preprocessing` to feed a model).
+
+    Raises:
+        ValueError: `name` is not one of `IN_MEMORY_DATASETS` (the others stream through tf.data).
+    """
+    if name not in IN_MEMORY_DATASETS:
+        raise ValueError(
+            f"Data set {name!r} is read through tf.data; load_split serves {list(IN_MEMORY_DATASETS)}."
+        )
+    source = source or _source(name, **source_kwargs)
+    return source.splits[_check_split(split)]
+
+
 def dataset_info(name, **source_kwargs):
     """The `DatasetInfo` of a data set (shape, classes, preprocessing), without reading it all.
 
@@ -513,6 +541,7 @@ def get_dataset(
     validation_fraction=0.1,
     shuffle_buffer=10_000,
     max_examples=None,
+    source=None,
 ):
     """A batched `tf.data.Dataset` of `(preprocessed inputs, labels)` for one split.
 
@@ -537,6 +566,7 @@ def get_dataset(
             source has no validation split.
         shuffle_buffer: examples in the shuffle buffer (the whole split for in-memory data).
         max_examples: use only the first N examples of the split (quick runs, tests).
+        source: the data set opened by `open_source` (then its own source arguments are used).
 
     Raises:
         DatasetUnavailableError: the data is not on this machine (names the data set and path).
@@ -547,8 +577,9 @@ def get_dataset(
     split = _check_split(split)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, received {batch_size!r}.")
-    source = _source(name, data_dir=data_dir, download=download, manual_dir=manual_dir,
-                     image_size=image_size, seed=seed, validation_fraction=validation_fraction)
+    source = source or _source(name, data_dir=data_dir, download=download, manual_dir=manual_dir,
+                               image_size=image_size, seed=seed,
+                               validation_fraction=validation_fraction)
     info = source.info
     augment = _check_augment(augment, info) if split == "train" else ()
     shuffle = (split == "train") if shuffle is None else bool(shuffle)
@@ -627,12 +658,13 @@ def steps_per_epoch(num_examples, batch_size, drop_remainder=False):
     return math.ceil(num_examples / batch_size)
 
 
-def count_examples(name, split, **source_kwargs):
+def count_examples(name, split, *, source=None, **source_kwargs):
     """Examples in a split: from the data set's metadata, else the raw dataset's cardinality.
 
-    Returns None when neither knows (a stream of unknown length).
+    `source` is an already opened data set (`open_source`). Returns None when neither knows (a
+    stream of unknown length).
     """
-    source = _source(name, **source_kwargs)
+    source = source or _source(name, **source_kwargs)
     known = source.info.num_examples.get(_check_split(split))
     if known:
         return int(known)
