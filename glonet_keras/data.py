@@ -487,10 +487,13 @@ def label_mixing(augment):
     return bool({"mixup", "cutmix"} & set(augment or ()))
 
 
-def _augmenter(augment, info, seed):
-    """Batch-level augmentation with Keras core layers; runs on [0, 1]-scaled images."""
+def image_augmentation_layers(augment, seed=0):
+    """The Keras core layers of the image augmentations named in `augment` (not MixUp/CutMix).
+
+    They take [0, 1]-scaled images (scale first, normalise after). The tf.data pipeline applies
+    them per batch; the trainer's array path applies them on the device, in a training-only model.
+    """
     import keras
-    import tensorflow as tf
 
     layers = []
     if "flip" in augment:
@@ -500,6 +503,15 @@ def _augmenter(augment, info, seed):
         layers.append(keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant", seed=seed))
     if "randaugment" in augment:
         layers.append(keras.layers.RandAugment(value_range=(0.0, 1.0), seed=seed))
+    return layers
+
+
+def _augmenter(augment, info, seed):
+    """Batch-level augmentation with Keras core layers; runs on [0, 1]-scaled images."""
+    import keras
+    import tensorflow as tf
+
+    layers = image_augmentation_layers(augment, seed)
     mixers = []
     if "mixup" in augment:
         mixers.append(keras.layers.MixUp(seed=seed))
