@@ -100,6 +100,7 @@ class TrainConfig:
         rounded down to a divisor of the steps per epoch, so that an epoch ends on a call boundary
         (TensorFlow would otherwise run into the next epoch's batches); "auto" picks up to
         `AUTO_MAX_STEPS_PER_EXECUTION` while keeping `AUTO_MIN_EXECUTIONS_PER_EPOCH` calls per epoch.
+        It is 1 with several replicas on TensorFlow, where Keras' multi-step loop fails.
     Output:
         model_dir (None: a fresh temporary directory), overwrite (delete a previous run in
         model_dir first: a finished run, or one with another config, is refused otherwise),
@@ -324,8 +325,20 @@ def _loss_and_metrics(info, one_hot, label_smoothing):
     return loss, [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
-def choose_steps_per_execution(requested, steps_per_epoch):
-    """The training steps per compiled call: a divisor of `steps_per_epoch` (see TrainConfig)."""
+def choose_steps_per_execution(requested, steps_per_epoch, tf_replicas=1):
+    """The training steps per compiled call: a divisor of `steps_per_epoch` (see TrainConfig).
+
+    With more than one tf.distribute replica (`tf_replicas`) it is 1: Keras 3.15's multi-step loop
+    fails there ("You must feed a value for placeholder tensor", keras-team/keras#19246; measured
+    with MirroredStrategy on 2 logical CPUs and with two local MultiWorkerMirroredStrategy workers).
+    """
+    if tf_replicas > 1:
+        if requested not in ("auto", 1):
+            raise ConfigError(
+                f"`steps_per_execution={requested}` fails with several replicas on TensorFlow "
+                "(keras-team/keras#19246); use 'auto' or 1 there."
+            )
+        return 1
     if steps_per_epoch is None:  # A stream of unknown length: the epoch ends where the data does.
         return 1 if requested == "auto" else requested
     if requested == "auto":
@@ -398,11 +411,11 @@ class _ShuffledArrays(keras.utils.PyDataset):
         super().__init__()
         self.x, self.y = x, y
         self.batch_size, self.seed = batch_size, seed
-        self.num_batches = data_lib.steps_per_epoch(len(y), batch_size, drop_remainder)
+        self._num_batches = data_lib.steps_per_epoch(len(y), batch_size, drop_remainder)
         self.epoch, self._order = 0, None
 
     def __len__(self):
-        return self.num_batches
+        return self._num_batches
 
     def __getitem__(self, index):
         if self._order is None or self._order[0] != self.epoch:
@@ -572,7 +585,8 @@ def train(config):
     steps = _count_train(config, source, uses_arrays)
     steps = None if steps is None else data_lib.steps_per_epoch(steps, global_batch,
                                                                 config.drop_remainder)
-    steps_per_execution = choose_steps_per_execution(config.steps_per_execution, steps)
+    tf_replicas = replicas if keras.backend.backend() == "tensorflow" else 1
+    steps_per_execution = choose_steps_per_execution(config.steps_per_execution, steps, tf_replicas)
 
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():

@@ -263,6 +263,9 @@ def test_the_data_set_is_opened_once_and_steps_run_per_execution(tmp_path, monke
 )
 def test_steps_per_execution_divides_the_epoch(requested, steps, expected):
     assert trainer.choose_steps_per_execution(requested, steps) == expected
+    assert trainer.choose_steps_per_execution("auto", steps, tf_replicas=2) == 1
+    with pytest.raises(trainer.ConfigError, match="several replicas on TensorFlow"):
+        trainer.choose_steps_per_execution(4, steps, tf_replicas=2)
 
 
 def test_run_directory_writes_are_atomic(tmp_path):
