@@ -111,6 +111,7 @@ class RunStateCheckpoint(keras.callbacks.Callback):
             self.best = {"epoch": epoch + 1, "monitor": monitor, "value": logs[monitor]}
         state = rundir.TrainingState(epoch=epoch + 1, model_path=None, history=self.history,
                                      seconds_per_epoch=self.seconds, best=self.best)
-        self.run.save_state(state, self.saved_model.save)
-        for name in ["last.keras"] + (["best.keras"] if improved else []):
-            self.run.publish_checkpoint(name, state.model_path)
+        with rundir.interrupts_deferred():  # A Ctrl-C now stops after the epoch is saved.
+            self.run.save_state(state, self.saved_model.save)
+            for name in ["last.keras"] + (["best.keras"] if improved else []):
+                self.run.publish_checkpoint(name, state.model_path)

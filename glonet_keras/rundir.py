@@ -10,7 +10,8 @@
 
 Guarantees (the "what a run directory guarantees" section of docs/security.md):
 - Every file is written to a temporary name, flushed to disk, then renamed over the old one, so a
-  kill at any moment leaves the old file or the new one, never part of one.
+  kill at any moment leaves the old file or the new one, never part of one. A Ctrl-C (SIGINT)
+  during a write lets the write finish, then stops.
 - The state of an epoch is complete once its `.json` exists (written last, with the sha256 of its
   weights). The previous epoch's state is kept until a newer one is complete; a state that fails
   its check (torn, truncated, edited) is skipped, with a warning, for the one before it.
@@ -25,6 +26,7 @@ Guarantees (the "what a run directory guarantees" section of docs/security.md):
   falls back to HDF5 on disk for models larger than about half the free RAM.)
 """
 
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -33,7 +35,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 
 RUN_FILE = "run.json"
@@ -78,13 +82,14 @@ def write_atomically(path, write, hint=""):
     directory, name = os.path.split(os.path.abspath(path))
     temporary = os.path.join(directory, _PARTIAL_PREFIX + name)
     try:
-        _remove(temporary)
-        write(temporary)
-        _fsync(temporary)
-        if os.environ.get(_TEST_PAUSE_ENV) == name:
-            time.sleep(3600)
-        os.replace(temporary, path)
-        _fsync(directory)
+        with interrupts_deferred() as interrupted:
+            _remove(temporary)
+            write(temporary)
+            _fsync(temporary)
+            if os.environ.get(_TEST_PAUSE_ENV) == name:
+                _pause(interrupted)
+            os.replace(temporary, path)
+            _fsync(directory)
     except BaseException as error:
         _remove(temporary)
         if _is_disk_full(error):
@@ -92,6 +97,41 @@ def write_atomically(path, write, hint=""):
                 errno.ENOSPC, f"No space left on device while writing {path}. {hint}".strip()
             ) from error
         raise
+
+
+_held_interrupts = None  # The list of the outermost `interrupts_deferred` block, while one runs.
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Holds a Ctrl-C (SIGINT) until the block is done, then raises KeyboardInterrupt.
+
+    A KeyboardInterrupt raised inside h5py or zipfile can leave them unable to finish or close the
+    file (seen as a process that never exits), and one between two files of an epoch's state
+    leaves it incomplete; writes are short, so they complete first. Yields a list that holds the
+    signal once received. Nested blocks wait for the outermost one. Only the main thread can handle
+    signals: elsewhere nothing is deferred.
+    """
+    global _held_interrupts
+    if _held_interrupts is not None or threading.current_thread() is not threading.main_thread():
+        yield _held_interrupts if _held_interrupts is not None else []
+        return
+    received = _held_interrupts = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _held_interrupts = None
+    if received and previous is not signal.SIG_IGN:
+        raise KeyboardInterrupt
+
+
+def _pause(interrupted, seconds=3600):
+    """The test hook's hold (see `_TEST_PAUSE_ENV`); a Ctrl-C ends it."""
+    deadline = time.monotonic() + seconds
+    while not interrupted and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def write_json(path, record, hint=""):

@@ -439,9 +439,13 @@ class _Data:
     callbacks: list = dataclasses.field(default_factory=list)
     augment_on_device: tuple = ()  # augmentation layers of the training-only model (array path)
 
-    def validation_data(self):
+    def validation_kwargs(self):
+        """fit's validation_data (and validation_batch_size, for arrays)."""
         split = self.splits["validation"]
-        return split["x"] if "y" not in split else (split["x"], split["y"])
+        if "y" not in split:
+            return {"validation_data": split["x"]}
+        return {"validation_data": (split["x"], split["y"]),
+                "validation_batch_size": split["batch_size"]}
 
 
 def _open_source(config):
@@ -549,7 +553,7 @@ def train(config):
     """Trains (or resumes) one model as `config` says; returns a `TrainResult`.
 
     Everything is checked before any training: the config, the data set, the model's arguments and
-    the run directory (built once, after the strategy exists, and reused for training).
+    the run directory (the model is built once, after the strategy exists, and trained).
 
     Raises:
         ConfigError: a bad config, data set or model argument.
@@ -561,6 +565,43 @@ def train(config):
         EvaluationError: the final evaluation failed (model.keras and backup/ are kept: re-run to
             evaluate again without retraining).
     """
+    session = _start(config)
+    if session.verbose and session.chief:
+        print(_banner(session), flush=True)
+    saver = _fit(session)
+    return _finish(session, saver)
+
+
+@dataclasses.dataclass
+class _Session:
+    """Everything `train` set up before training."""
+
+    config: TrainConfig
+    strategy: object
+    chief: bool
+    run: rundir.RunDirectory
+    replicas: int
+    global_batch: int
+    info: data_lib.DatasetInfo
+    uses_arrays: bool
+    steps: int
+    steps_per_execution: int
+    model: keras.Model
+    fit_model: keras.Model
+    export_name: str
+    export_path: str
+    state: rundir.TrainingState
+    data: _Data
+    verbose: int
+    tensorboard: bool
+
+    @property
+    def initial_epoch(self):
+        return self.state.epoch if self.state else 0
+
+
+def _start(config):
+    """Checks everything and builds the model, its data and its run directory; trains nothing."""
     config.validate()
     # The strategy comes first: MultiWorkerMirroredStrategy and jax.distributed must be set up
     # before any other op runs in the process.
@@ -597,11 +638,10 @@ def train(config):
     state = run.claim(fingerprint(config, model, info, global_batch), epochs=config.epochs,
                       overwrite=config.overwrite, command=config.command)
     run.remove_partial_files()
-    initial_epoch = state.epoch if state else 0
     if uses_arrays:
         data = _array_data(config, source, info, global_batch, one_hot)
     else:
-        data = _tf_data(config, source, global_batch, one_hot, steps, initial_epoch)
+        data = _tf_data(config, source, global_batch, one_hot, steps, state.epoch if state else 0)
     with strategy.scope():
         fit_model = _training_model(model, data, info)
         loss, metrics = _loss_and_metrics(info, one_hot, config.label_smoothing)
@@ -620,81 +660,73 @@ def train(config):
     verbose = config.verbose
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    tensorboard = config.tensorboard and has_tensorflow()
-    if verbose and chief:
-        print(_banner(config, model, info, run, strategy, replicas, global_batch, steps,
-                      steps_per_execution, state, uses_arrays, tensorboard), flush=True)
+    return _Session(
+        config=config, strategy=strategy, chief=chief, run=run, replicas=replicas,
+        global_batch=global_batch, info=info, uses_arrays=uses_arrays, steps=steps,
+        steps_per_execution=steps_per_execution, model=model, fit_model=fit_model,
+        export_name=export_name, export_path=export_path, state=state, data=data, verbose=verbose,
+        tensorboard=config.tensorboard and has_tensorflow())
 
+
+def _fit(session):
+    """Trains the remaining epochs (if any); returns the state saver (history, best epoch)."""
+    config, data = session.config, session.data
     timer = EpochTimer()
-    saver = RunStateCheckpoint(run, model, timer, state=state)
+    saver = RunStateCheckpoint(session.run, session.model, timer, state=session.state)
     callbacks = [timer, StopOnNonFinite(), saver, *data.callbacks]
-    if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run.path, "logs")))
-
-    with distribute.synchronized_batch_norm(fit_model, enabled=replicas > 1):
-        if initial_epoch < config.epochs:
-            fit_model.fit(
+    if session.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(session.run.path, "logs")))
+    if session.initial_epoch < config.epochs:
+        with distribute.synchronized_batch_norm(session.fit_model, enabled=session.replicas > 1):
+            session.fit_model.fit(
                 data.train,
-                validation_data=data.validation_data(),
+                **data.validation_kwargs(),
                 epochs=config.epochs,
-                initial_epoch=initial_epoch,
+                initial_epoch=session.initial_epoch,
                 steps_per_epoch=data.fit_steps,
                 shuffle=False,  # The input shuffles (seeded per epoch).
                 callbacks=callbacks,
-                verbose=verbose,
+                verbose=session.verbose,
             )
-        if config.restore_best and saver.best is not None:
-            _load_state(model, run.state_model(saver.best["epoch"]))
-        check_finite(model, "The final model")
+    return saver
 
-        record = {
-            "status": "evaluating",
-            "test": None,
-            "validation": None,
-            "history": saver.history,
-            "seconds_per_epoch": saver.seconds,
-            "epochs": config.epochs,
-            "initial_epoch": initial_epoch,
-            "best_epoch": saver.best,
-            "restored_best": bool(config.restore_best and saver.best),
-            "replicas": replicas,
-            "global_batch_size": global_batch,
-            "steps_per_execution": steps_per_execution,
-            "strategy": type(strategy).__name__,
-            "input_pipeline": "numpy arrays" if uses_arrays else "tf.data",
-            "num_parameters": int(model.count_params()),
-            "dataset": info.to_dict(),
-            "config": _jsonable(dataclasses.asdict(config)),
-            "export_path": None,
-            "versions": versions(),
-        }
-        # The trained model and its record go to disk before the final evaluation: if that fails,
-        # nothing of the training is lost (and a re-run evaluates again without retraining).
-        model_path = os.path.join(run.path, "model.keras")
-        metrics_path = os.path.join(run.path, "metrics.json")
-        rundir.write_atomically(model_path, model.save)
-        rundir.write_json(os.path.join(run.path, "preprocessing.json"), info.preprocessing.to_dict())
-        rundir.write_json(metrics_path, record)
-        try:
-            validation_metrics = _evaluate(fit_model, data.splits["validation"])
-            test_metrics = _evaluate(fit_model, data.splits["test"])
-        except Exception as error:
-            raise EvaluationError(
-                f"The final evaluation failed ({type(error).__name__}: {error}). The trained model "
-                f"is saved in {model_path} and the run's state kept: fix the cause and run the same "
-                "command again to evaluate without retraining."
-            ) from error
+
+def _finish(session, saver):
+    """Saves the model, then evaluates and exports it, then marks the run finished."""
+    config, run, model, info = session.config, session.run, session.model, session.info
+    if config.restore_best and saver.best is not None:
+        with session.strategy.scope():
+            _load_state(model, run.state_model(saver.best["epoch"]))
+    check_finite(model, "The final model")
+    record = _training_record(session, saver)
+    # The trained model and its record go to disk before the final evaluation: if that fails,
+    # nothing of the training is lost (and a re-run evaluates again without retraining).
+    model_path = os.path.join(run.path, "model.keras")
+    metrics_path = os.path.join(run.path, "metrics.json")
+    rundir.write_atomically(model_path, model.save)
+    rundir.write_json(os.path.join(run.path, "preprocessing.json"), info.preprocessing.to_dict())
+    rundir.write_json(metrics_path, record)
+    try:
+        with distribute.synchronized_batch_norm(session.fit_model, enabled=session.replicas > 1):
+            validation_metrics = _evaluate(session.fit_model, session.data.splits["validation"])
+            test_metrics = _evaluate(session.fit_model, session.data.splits["test"])
+    except Exception as error:
+        raise EvaluationError(
+            f"The final evaluation failed ({type(error).__name__}: {error}). The trained model is "
+            f"saved in {model_path} and the run's state kept: fix the cause and run the same "
+            "command again to evaluate without retraining."
+        ) from error
 
     model.preprocessing = info.preprocessing
     model.preset_metadata = _preset_metadata(config, info, validation_metrics, test_metrics)
-    if export_path:
+    export_path = None
+    if session.export_path:
         from glonet_keras.export import export_saved_model
 
+        _record_export(run, session.export_path)  # First: a re-run may replace a half-done export.
         export_path = export_saved_model(
-            model, config.export_dir, version=config.export_version,
-            model_name=export_name,
+            model, config.export_dir, version=config.export_version, model_name=session.export_name,
             preprocessing=info.preprocessing, task=info.task, overwrite=True)
-        _record_export(run, export_path)
     record.update(status="finished", test=test_metrics, validation=validation_metrics,
                   export_path=export_path)
     rundir.write_json(metrics_path, record)
@@ -702,10 +734,37 @@ def train(config):
     return TrainResult(
         model=model, history=saver.history, test_metrics=test_metrics,
         validation_metrics=validation_metrics, seconds_per_epoch=list(saver.seconds),
-        replicas=replicas, global_batch_size=global_batch, initial_epoch=initial_epoch, info=info,
-        model_dir=run.path, model_path=model_path, metrics_path=metrics_path,
-        export_path=export_path, strategy=strategy, steps_per_execution=steps_per_execution,
+        replicas=session.replicas, global_batch_size=session.global_batch,
+        initial_epoch=session.initial_epoch, info=info, model_dir=run.path, model_path=model_path,
+        metrics_path=metrics_path, export_path=export_path, strategy=session.strategy,
+        steps_per_execution=session.steps_per_execution,
     )
+
+
+def _training_record(session, saver):
+    """metrics.json before the final evaluation (its status becomes "finished" after)."""
+    config = session.config
+    return {
+        "status": "evaluating",
+        "test": None,
+        "validation": None,
+        "history": saver.history,
+        "seconds_per_epoch": saver.seconds,
+        "epochs": config.epochs,
+        "initial_epoch": session.initial_epoch,
+        "best_epoch": saver.best,
+        "restored_best": bool(config.restore_best and saver.best),
+        "replicas": session.replicas,
+        "global_batch_size": session.global_batch,
+        "steps_per_execution": session.steps_per_execution,
+        "strategy": type(session.strategy).__name__,
+        "input_pipeline": "numpy arrays" if session.uses_arrays else "tf.data",
+        "num_parameters": int(session.model.count_params()),
+        "dataset": session.info.to_dict(),
+        "config": _jsonable(dataclasses.asdict(config)),
+        "export_path": None,
+        "versions": versions(),
+    }
 
 
 def _load_state(model, path):
@@ -762,17 +821,20 @@ def _summary(config, saver, test_metrics):
     return f"{len(saver.seconds)} epochs of {config.epochs}; {scores}"
 
 
-def _banner(config, model, info, run, strategy, replicas, global_batch, steps, steps_per_execution,
-            state, uses_arrays, tensorboard):
+def _banner(session):
+    """The block printed before training: what is trained, on what, where, from which epoch."""
+    config, info, model, state = session.config, session.info, session.model, session.state
     splits = " / ".join(f"{count:,} {split}" for split, count in info.num_examples.items() if count)
     if state is None:
-        start = f"fresh start, {config.epochs} epochs"
+        start = f"fresh start, {config.epochs} epoch{'s' if config.epochs > 1 else ''}"
     elif state.epoch >= config.epochs:
         start = f"all {state.epoch} epochs trained: evaluating and saving"
     else:
         start = f"resuming at epoch {state.epoch + 1} of {config.epochs} (state of epoch {state.epoch})"
     notes = []
-    if config.tensorboard and not tensorboard:
+    if config.max_examples is not None:
+        notes.append(f"only the first {config.max_examples:,} examples of each split are used")
+    if config.tensorboard and not session.tensorboard:
         notes.append("TensorBoard off: TensorFlow is not installed")
     if config.restore_best:
         notes.append("the best epoch by validation loss is kept at the end")
@@ -781,10 +843,11 @@ def _banner(config, model, info, run, strategy, replicas, global_batch, steps, s
         f"  model      {type(model).__name__} {model.name!r}: {model.count_params():,} parameters",
         f"  data       {info.name}: {splits}; input {tuple(info.input_shape)}, "
         f"{info.num_classes} {'classes' if info.task == 'classification' else 'output'}; "
-        f"{'numpy arrays' if uses_arrays else 'tf.data'}",
-        f"  strategy   {type(strategy).__name__}, {replicas} replica(s), global batch "
-        f"{global_batch}, {steps or '?'} steps per epoch, {steps_per_execution} per execution",
-        f"  output     {run.path}",
+        f"{'numpy arrays' if session.uses_arrays else 'tf.data'}",
+        f"  strategy   {type(session.strategy).__name__}, {session.replicas} replica(s), global "
+        f"batch {session.global_batch}, {session.steps or '?'} steps per epoch, "
+        f"{session.steps_per_execution} per execution",
+        f"  output     {session.run.path}",
         f"  start      {start}",
     ]
     lines += [f"  note       {note}" for note in notes]

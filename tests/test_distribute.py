@@ -164,6 +164,7 @@ def test_multi_worker_mirrored_two_local_workers_match_one_device(tmp_path):
     assert _max_difference(single, worker_0) <= 1e-5
 
 
+@pytest.mark.slow
 def test_multi_worker_from_the_command_line_on_two_local_processes(tmp_path):
     """train.py builds nothing before the strategy, so MultiWorkerMirroredStrategy can start."""
     ports = _free_ports(2)

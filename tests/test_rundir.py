@@ -205,6 +205,7 @@ def _mount_tmpfs(path, size):
     return path
 
 
+@pytest.mark.slow
 def test_a_real_full_disk_gives_one_error_and_the_rerun_resumes(tmp_path, monkeypatch):
     disk = _mount_tmpfs(tmp_path / "disk", "4m")
     try:

@@ -143,6 +143,7 @@ def test_bad_flags_exit_nonzero_with_one_line(tmp_path, flag, message):
     assert not (tmp_path / "run" / "run.json").exists()  # Refused before the run was recorded.
 
 
+@pytest.mark.slow
 def test_new_model_flags_reach_the_model_and_the_banner(tmp_path):
     command = _flags(dict(TINY, model="glonet_vit", depth=1, width=8, epochs=1), tmp_path / "run")
     command += ["--patch_size=4", "--num_heads=2", "--mlp_dim=16", "--include_stem"]
@@ -197,7 +198,7 @@ def test_sigkill_during_a_checkpoint_write_resumes_and_matches_an_uninterrupted_
     assert metrics["history"]["loss"] == pytest.approx(uninterrupted.history["loss"], abs=1e-5)
 
 
-def test_ctrl_c_ends_with_one_line_that_resumes_and_keeps_the_backup(tmp_path):
+def test_ctrl_c_during_a_write_finishes_it_and_ends_with_one_line_that_resumes(tmp_path):
     model_dir = tmp_path / "run"
     command = _flags(dict(TINY, epochs=3, max_examples=64), model_dir)
     env = dict(ENV, GLONET_KERAS_TEST_PAUSE_BEFORE_RENAME="epoch_0002.keras")
@@ -205,17 +206,18 @@ def test_ctrl_c_ends_with_one_line_that_resumes_and_keeps_the_backup(tmp_path):
                                text=True)
     try:
         _wait_for(model_dir / "backup" / ".partial-epoch_0002.keras", process)
-        process.send_signal(signal.SIGINT)  # Lands in the middle of a write.
+        process.send_signal(signal.SIGINT)  # Lands in the middle of writing epoch 2's state.
         _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
     assert process.returncode == 130, stderr[-2000:]
     lines = [line for line in stderr.splitlines() if line.startswith("train.py")]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    assert lines[0].startswith("train.py: interrupted; the state after epoch 1 is kept")
+    assert lines[0].startswith("train.py: interrupted; the state after epoch 2 is kept")
     assert lines[0].endswith("Resume with: " + shlex.join(command))
-    # The backup is intact: epoch 1's complete state, and nothing half-written.
-    assert sorted(os.listdir(model_dir / "backup")) == ["epoch_0001.json", "epoch_0001.keras"]
+    # The write was finished, then the run stopped: the backup holds complete states only.
+    assert sorted(os.listdir(model_dir / "backup")) == [
+        "epoch_0001.json", "epoch_0001.keras", "epoch_0002.json", "epoch_0002.keras"]
 
 
 def test_a_non_finite_loss_exits_1_with_one_line_and_exports_nothing(tmp_path):
@@ -229,6 +231,7 @@ def test_a_non_finite_loss_exits_1_with_one_line_and_exports_nothing(tmp_path):
     assert not (tmp_path / "serving").exists() and not (tmp_path / "run" / "model.keras").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_exits_1_with_one_line(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -281,3 +284,37 @@ def test_train_py_on_jax_without_tensorflow_trains_from_arrays(tmp_path):
     saved = keras.saving.load_model(tmp_path / "run" / "model.keras")
     assert not any("random" in type(layer).__name__.lower() for layer in saved.layers)
     assert saved.count_params() == metrics["num_parameters"]
+
+
+JAX_RESUME = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from glonet_keras import callbacks, trainer
+    config = dict(model="glonet_mlp", depth=3, width=16, dataset="digits", batch_size=8,
+                  max_examples=64, tensorboard=False, verbose=0, epochs=2)
+    whole = trainer.train(trainer.TrainConfig(**config, model_dir=sys.argv[1] + "/whole"))
+    save = callbacks.RunStateCheckpoint.on_epoch_end
+    def stop_after_epoch_1(self, epoch, logs=None):
+        save(self, epoch, logs)
+        raise KeyboardInterrupt
+    callbacks.RunStateCheckpoint.on_epoch_end = stop_after_epoch_1
+    try:
+        trainer.train(trainer.TrainConfig(**config, model_dir=sys.argv[1] + "/resumed"))
+    except KeyboardInterrupt:
+        pass
+    callbacks.RunStateCheckpoint.on_epoch_end = save
+    resumed = trainer.train(trainer.TrainConfig(**config, model_dir=sys.argv[1] + "/resumed"))
+    difference = max(float(np.abs(a - b).max())
+                     for a, b in zip(whole.model.get_weights(), resumed.model.get_weights()))
+    print(json.dumps([resumed.initial_epoch, difference]))
+""")
+
+
+@pytest.mark.slow
+def test_jax_array_path_resumes_with_the_same_batches(tmp_path):
+    env = dict(ENV, KERAS_BACKEND="jax")
+    finished = subprocess.run([sys.executable, "-c", JAX_RESUME, str(tmp_path)], capture_output=True,
+                              text=True, env=env, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    initial_epoch, difference = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert initial_epoch == 1 and difference <= 1e-6
