@@ -1006,6 +1006,16 @@ def _source(name, *, data_dir=None, download=False, manual_dir=None, image_size=
     return _TFDSSource(name, data_dir, download, manual_dir, image_size, validation_fraction)
 
 
+def open_source(name, **source_kwargs):
+    """Opens a data set once, for a caller that needs its description and several splits.
+
+    `get_dataset`, `count_examples` and `load_split` take the result as `source=`, so the data set
+    (a tfds builder, an image folder listing, a CSV) is read one time per run. Accepts the source
+    keyword arguments of `get_dataset`; `.info` is the `DatasetInfo`.
+    """
+    return _source(name, **source_kwargs)
+
+
 def dataset_info(name, **source_kwargs):
     """The `DatasetInfo` of a data set (shape, classes, preprocessing), without reading it all.
 
@@ -1020,7 +1030,8 @@ def in_memory(name):
     return _check_name(name) in IN_MEMORY_DATASETS
 
 
-def load_split(name, split, *, seed=0, validation_fraction=0.1, max_examples=None, data_dir=None):
+def load_split(name, split, *, seed=0, validation_fraction=0.1, max_examples=None, data_dir=None,
+               source=None):
     """One split of an in-memory data set as raw numpy arrays, without TensorFlow.
 
     The arrays are exactly the examples `get_dataset` reads for the same arguments, in the same
@@ -1032,6 +1043,8 @@ def load_split(name, split, *, seed=0, validation_fraction=0.1, max_examples=Non
         split: "train", "validation" or "test".
         seed, validation_fraction, data_dir: as for `get_dataset`.
         max_examples: only the first N examples of the split.
+        source: a data set already opened by `open_source` (then the other source arguments are
+            not used): a run reads its data set once.
 
     Returns:
         `(x, y)`: x in the raw dtype (uint8 for fashion_mnist, float32 otherwise), y int32 class
@@ -1055,7 +1068,9 @@ def load_split(name, split, *, seed=0, validation_fraction=0.1, max_examples=Non
         )
     split = _check_split(split)
     max_examples = _check_max_examples(max_examples)
-    source = _source(name, data_dir=data_dir, seed=seed, validation_fraction=validation_fraction)
+    if source is None:
+        source = _source(name, data_dir=data_dir, seed=seed,
+                         validation_fraction=validation_fraction)
     x, y = source.splits[split]
     return x[:max_examples], y[:max_examples]
 
@@ -1098,10 +1113,13 @@ def label_mixing(augment):
     return bool({"mixup", "cutmix"} & set(augment or ()))
 
 
-def _augmenter(augment, info, seed):
-    """Batch-level augmentation with Keras core layers; runs on [0, 1]-scaled images."""
+def image_augmentation_layers(augment, seed=0):
+    """The Keras core layers of the image augmentations named in `augment` (not MixUp/CutMix).
+
+    They take [0, 1]-scaled images (scale first, normalise after). The tf.data pipeline applies
+    them per batch; the trainer's array path applies them on the device, in a training-only model.
+    """
     import keras
-    import tensorflow as tf
 
     layers = []
     if "flip" in augment:
@@ -1111,6 +1129,15 @@ def _augmenter(augment, info, seed):
         layers.append(keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant", seed=seed))
     if "randaugment" in augment:
         layers.append(keras.layers.RandAugment(value_range=(0.0, 1.0), seed=seed))
+    return layers
+
+
+def _augmenter(augment, info, seed):
+    """Batch-level augmentation with Keras core layers; runs on [0, 1]-scaled images."""
+    import keras
+    import tensorflow as tf
+
+    layers = image_augmentation_layers(augment, seed)
     mixers = []
     if "mixup" in augment:
         mixers.append(keras.layers.MixUp(seed=seed))
@@ -1152,6 +1179,7 @@ def get_dataset(
     validation_fraction=0.1,
     shuffle_buffer=10_000,
     max_examples=None,
+    source=None,
 ):
     """A batched `tf.data.Dataset` of `(preprocessed inputs, labels)` for one split.
 
@@ -1176,6 +1204,7 @@ def get_dataset(
             source has no validation split.
         shuffle_buffer: examples in the shuffle buffer (the whole split for in-memory data).
         max_examples: use only the first N examples of the split (quick runs, tests).
+        source: the data set opened by `open_source` (then its own source arguments are used).
 
     Raises:
         DatasetUnavailableError: the data is not on this machine (names the data set and path).
@@ -1187,8 +1216,9 @@ def get_dataset(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, received {batch_size!r}.")
     max_examples = _check_max_examples(max_examples)
-    source = _source(name, data_dir=data_dir, download=download, manual_dir=manual_dir,
-                     image_size=image_size, seed=seed, validation_fraction=validation_fraction)
+    source = source or _source(name, data_dir=data_dir, download=download, manual_dir=manual_dir,
+                               image_size=image_size, seed=seed,
+                               validation_fraction=validation_fraction)
     info = source.info
     augment = _check_augment(augment, info) if split == "train" else ()
     shuffle = (split == "train") if shuffle is None else bool(shuffle)
@@ -1267,12 +1297,13 @@ def steps_per_epoch(num_examples, batch_size, drop_remainder=False):
     return math.ceil(num_examples / batch_size)
 
 
-def count_examples(name, split, **source_kwargs):
+def count_examples(name, split, *, source=None, **source_kwargs):
     """Examples in a split: from the data set's metadata, else the raw dataset's cardinality.
 
-    Returns None when neither knows (a stream of unknown length).
+    `source` is an already opened data set (`open_source`). Returns None when neither knows (a
+    stream of unknown length).
     """
-    source = _source(name, **source_kwargs)
+    source = source or _source(name, **source_kwargs)
     known = source.info.num_examples.get(_check_split(split))
     if known:
         return int(known)

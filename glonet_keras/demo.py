@@ -68,6 +68,7 @@ def main(argv=None):
             epochs=args.epochs, batch_size=32, learning_rate=1e-3, strategy="mirrored",
             seed=args.seed, model_dir=os.path.join(args.output_dir, "model"),
             export_dir=os.path.join(args.output_dir, "serving"), tensorboard=False,
+            overwrite=True,  # `make demo` again replaces the previous demo run.
         )
     )
     model = result.model

@@ -217,6 +217,8 @@ def is_chief():
 
 def is_multi_worker(strategy):
     """True for a TF MultiWorkerMirroredStrategy spanning more than one worker."""
+    if keras.backend.backend() != "tensorflow":
+        return False  # And TensorFlow may not even be installed.
     import tensorflow as tf
 
     return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)

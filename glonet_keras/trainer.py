@@ -2,9 +2,10 @@
 
 One call does what `training/train.py` (a thin absl shell over it) and `make demo` need:
 
-    data pipeline -> strategy -> model built AND compiled in the strategy's scope -> fit with
-    progress bars, TensorBoard, best/last checkpoints and BackupAndRestore -> evaluate on the
-    test split -> `metrics.json`, `model.keras`, `preprocessing.json` -> optional SavedModel export.
+    strategy -> data set opened once -> model built AND compiled in the strategy's scope -> the run
+    directory checked and claimed -> fit with progress bars, TensorBoard and a state saved after
+    every epoch -> `model.keras`, `preprocessing.json`, `metrics.json` -> evaluation on the
+    validation and test splits -> optional SavedModel export -> the run marked finished.
 
 Example:
 >>> from glonet_keras.trainer import TrainConfig, train
@@ -12,26 +13,37 @@ Example:
 ...                            epochs=2, model_dir="/tmp/run"))
 >>> result.test_metrics["accuracy"], result.replicas, result.seconds_per_epoch
 
-Files under `model_dir`:
+Files under `model_dir` (see `glonet_keras.rundir` for what the directory guarantees):
+    run.json               the config fingerprint and status ("training" / "finished")
     model.keras            the trained model (last epoch, or best with `restore_best=True`)
     preprocessing.json     the normalisation the model was trained with (`data.Preprocessing`)
-    metrics.json           test/validation metrics, seconds per epoch, replicas, config, versions
-    checkpoints/best.weights.h5, checkpoints/last.weights.h5
-    backup/                BackupAndRestore state (deleted when a run completes)
-    logs/                  TensorBoard
+    metrics.json           validation/test metrics, the whole run's history and epoch times,
+                           replicas, config, versions
+    checkpoints/best.keras, checkpoints/last.keras   the best and the last epoch's model
+    backup/                the resumable state of the last epochs (deleted when the run finishes)
+    logs/                  TensorBoard (when TensorFlow is installed)
 
-Resuming: run `train` again with the same config and `model_dir` after a crash (SIGKILL included).
-BackupAndRestore restores the weights and optimizer state of the last completed epoch, and the
-training stream resumes at that epoch with the same per-epoch shuffle, so without dropout or
-augmentation a resumed run ends with the same weights as an uninterrupted one (up to float
-reduction order). Work done in the interrupted epoch itself is redone.
+Resuming: run `train` again with the same config and `model_dir` after a crash, a Ctrl-C or a
+SIGKILL. The state of the last complete epoch (weights, optimizer, history, best epoch so far) is
+restored, and the training stream resumes at that epoch with the same per-epoch shuffle, so
+without dropout or augmentation a resumed run ends with the same weights as an uninterrupted one
+(up to float reduction order), `restore_best=True` included. Work done in the interrupted epoch is
+redone. A different config, fewer epochs than already trained, or a finished run is refused
+(`overwrite=True` starts fresh).
+
+Input pipelines: tf.data on the TensorFlow backend. In-memory data sets (`data.IN_MEMORY_DATASETS`)
+on JAX, and whenever TensorFlow is not installed, train from numpy arrays with no tf.data at all:
+preprocessing is applied once up front and augmentation runs on the device, in a training-only
+model that wraps (and shares the weights of) the saved one.
 """
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
 import platform
+import re
 import sys
 import tempfile
 
@@ -39,12 +51,26 @@ import keras
 import numpy as np
 
 from glonet_keras import data as data_lib
-from glonet_keras import distribute
-from glonet_keras.callbacks import EpochTimer
+from glonet_keras import distribute, rundir
+from glonet_keras.callbacks import EpochTimer, RunStateCheckpoint, StopOnNonFinite, check_finite
 from glonet_keras.models import get_model_class
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
+# `steps_per_execution="auto"`: at most this many steps per compiled call, and at least this many
+# calls per epoch. 32 steps turn the ~1.6 ms of per-step dispatch that `fit` costs on a GPU
+# (docs/gpu_speed.json) into ~0.05 ms; 4 calls per epoch keep the progress bar moving.
+AUTO_MAX_STEPS_PER_EXECUTION = 32
+AUTO_MIN_EXECUTIONS_PER_EPOCH = 4
+_EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+class ConfigError(ValueError):
+    """A bad config, data set or model argument, found before any training."""
+
+
+class EvaluationError(RuntimeError):
+    """The final evaluation failed; the trained model and the run's state are kept."""
 
 
 @dataclasses.dataclass
@@ -55,7 +81,9 @@ class TrainConfig:
         model: a name from `glonet_keras.models.MODEL_CLASSES`.
         depth: blocks (MLP/ViT `num_blocks`) or layer depth (CNN `depth`); None = class default.
         width: MLP/CNN `width` or ViT `hidden_dim`; None = class default.
-        model_kwargs: further constructor arguments (e.g. {"normalization": "batch"}).
+        model_kwargs: further constructor arguments of the model class (e.g.
+            {"normalization": "batch", "layout": "imagenet", "patch_size": 2}); a name the class
+            does not take is refused.
     Data:
         dataset, data_dir, download, manual_dir (imagenet2012's files), image_size,
         augment (names from `data.AUGMENTATIONS`),
@@ -67,10 +95,18 @@ class TrainConfig:
         strategy (`distribute.STRATEGIES`), epochs, batch_size (per replica: the global batch is
         batch_size x replicas), learning_rate (for the global batch), optimizer, schedule,
         warmup_epochs, weight_decay, momentum (sgd), label_smoothing, mixed_precision,
-        jit_compile ("auto", True, False), seed.
+        jit_compile ("auto", True, False), seed,
+        steps_per_execution ("auto" or an integer): training steps per compiled call. It is
+        rounded down to a divisor of the steps per epoch, so that an epoch ends on a call boundary
+        (TensorFlow would otherwise run into the next epoch's batches); "auto" picks up to
+        `AUTO_MAX_STEPS_PER_EXECUTION` while keeping `AUTO_MIN_EXECUTIONS_PER_EPOCH` calls per epoch.
+        It is 1 with several replicas on TensorFlow, where Keras' multi-step loop fails.
     Output:
-        model_dir (None: a fresh temporary directory), export_dir (None: no SavedModel),
-        export_version, tensorboard, restore_best, verbose ("auto", 0, 1, 2).
+        model_dir (None: a fresh temporary directory), overwrite (delete a previous run in
+        model_dir first: a finished run, or one with another config, is refused otherwise),
+        export_dir (None: no SavedModel), export_name (folder under export_dir; None: the model's
+        name), export_version, tensorboard, restore_best, verbose ("auto", 0, 1, 2),
+        command (the command line, recorded in run.json and the model's metadata).
     """
 
     model: str = "glonet_mlp"
@@ -97,20 +133,28 @@ class TrainConfig:
     label_smoothing: float = 0.0
     mixed_precision: bool = False
     jit_compile: object = "auto"
+    steps_per_execution: object = "auto"
     seed: int = 0
     model_dir: str = None
+    overwrite: bool = False
     export_dir: str = None
+    export_name: str = None
     export_version: int = 1
     tensorboard: bool = True
     restore_best: bool = False
     verbose: object = "auto"
+    command: list = None
 
     def validate(self):
-        """Raises ValueError naming the first bad field."""
-        get_model_class(self.model)
-        data_lib._check_name(self.dataset)
+        """Raises ConfigError (a ValueError) naming the first bad field."""
+        try:
+            get_model_class(self.model)
+            data_lib._check_name(self.dataset)
+            data_lib._check_augment(self.augment, _AnyImages())
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.strategy not in distribute.STRATEGIES:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown strategy {self.strategy!r}. Available: {list(distribute.STRATEGIES)}."
             )
         for name in ("epochs", "batch_size", "export_version"):
@@ -120,28 +164,37 @@ class TrainConfig:
                 _check_int(name, getattr(self, name), minimum=1)
         _check_int("warmup_epochs", self.warmup_epochs, minimum=0)
         _check_int("seed", self.seed, minimum=0)
-        for name in ("learning_rate",):
-            if not isinstance(getattr(self, name), (int, float)) or not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be > 0, received {getattr(self, name)!r}.")
+        if self.steps_per_execution != "auto":
+            _check_int("steps_per_execution", self.steps_per_execution, minimum=1)
+        if not _is_number(self.learning_rate) or not 0 < self.learning_rate < math.inf:
+            raise ConfigError(f"`learning_rate` must be > 0 and finite, received {self.learning_rate!r}.")
         for name in ("weight_decay", "momentum", "label_smoothing"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 <= value < 1 + (name == "weight_decay"):
-                raise ValueError(f"`{name}` must be in [0, 1), received {value!r}.")
+            if not _is_number(value) or not 0 <= value < 1 + (name == "weight_decay"):
+                raise ConfigError(f"`{name}` must be in [0, 1), received {value!r}.")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"Unknown optimizer {self.optimizer!r}. Available: {list(OPTIMIZERS)}.")
+            raise ConfigError(f"Unknown optimizer {self.optimizer!r}. Available: {list(OPTIMIZERS)}.")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"Unknown schedule {self.schedule!r}. Available: {list(SCHEDULES)}.")
+            raise ConfigError(f"Unknown schedule {self.schedule!r}. Available: {list(SCHEDULES)}.")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs:
-            raise ValueError(
+            raise ConfigError(
                 f"`warmup_epochs` ({self.warmup_epochs}) must be smaller than `epochs` ({self.epochs})."
             )
         if self.jit_compile not in ("auto", True, False):
-            raise ValueError(f"`jit_compile` must be 'auto', True or False, received {self.jit_compile!r}.")
+            raise ConfigError(f"`jit_compile` must be 'auto', True or False, received {self.jit_compile!r}.")
         if self.verbose not in ("auto", 0, 1, 2):
-            raise ValueError(f"`verbose` must be 'auto', 0, 1 or 2, received {self.verbose!r}.")
-        data_lib._check_augment(self.augment, _AnyImages())
-        if not isinstance(self.model_kwargs, dict):
-            raise ValueError(f"`model_kwargs` must be a dict, received {self.model_kwargs!r}.")
+            raise ConfigError(f"`verbose` must be 'auto', 0, 1 or 2, received {self.verbose!r}.")
+        if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
+            raise ConfigError(f"`model_kwargs` must be a dict of argument names, received {self.model_kwargs!r}.")
+        if self.export_name is not None and not (
+            isinstance(self.export_name, str) and _EXPORT_NAME.fullmatch(self.export_name)
+        ):
+            raise ConfigError(
+                f"`export_name` must be a folder name (letters, digits, '_', '.', '-'; not starting "
+                f"with '.'), received {self.export_name!r}."
+            )
+        if self.export_dir and not has_tensorflow():
+            raise ConfigError("`export_dir`: SavedModel export needs TensorFlow, which is not installed.")
         return self
 
 
@@ -151,9 +204,21 @@ class _AnyImages:
     name, input_shape, task = "?", (1, 1, 1), "classification"
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, received {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"`{name}` must be an integer >= {minimum}, received {value!r}.")
+
+
+def has_tensorflow():
+    """True when TensorFlow can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @dataclasses.dataclass
@@ -161,18 +226,23 @@ class TrainResult:
     """What `train` returns.
 
     Attributes:
-        model: the trained keras.Model (built under the strategy).
-        history: per-epoch logs of this call ({"loss": [...], "val_loss": [...], ...}).
+        model: the trained keras.Model (built under the strategy). It carries
+            `model.preprocessing` (the `Preprocessing` it was trained with) and
+            `model.preset_metadata` (dataset, task, class_names, metrics, config, training_command),
+            which `export` and `presets.save_to_preset` read.
+        history: the per-epoch logs of the whole run, across resumes ({"loss": [...], ...}).
         test_metrics: metrics on the test split, e.g. {"loss": ..., "accuracy": ...}.
         validation_metrics: the same on the validation split.
-        seconds_per_epoch: wall time of each epoch run by this call (the first includes tracing).
+        seconds_per_epoch: wall time of every epoch of the run (the first of each call includes
+            tracing).
         replicas: `strategy.num_replicas_in_sync`.
         global_batch_size: batch_size x replicas.
         initial_epoch: the epoch this call started at (> 0 after a resume).
         info: the `data.DatasetInfo` (input shape, classes, preprocessing).
         model_dir: where the files went; model_path, metrics_path: two of them.
-        export_path: `<export_dir>/<model name>/<version>` or None.
+        export_path: `<export_dir>/<export name>/<version>` or None.
         strategy: the strategy object.
+        steps_per_execution: the value used.
     """
 
     model: keras.Model
@@ -189,14 +259,26 @@ class TrainResult:
     metrics_path: str
     export_path: str
     strategy: object
+    steps_per_execution: int = 1
 
 
 def build_model(config, info):
-    """The model named by `config` for the data set described by `info` (call inside a scope)."""
+    """The model named by `config` for the data set described by `info` (call inside a scope).
+
+    Raises:
+        ConfigError: an argument the model class does not take, or one it refuses.
+    """
     model_class = get_model_class(config.model)
     import inspect
 
     parameters = inspect.signature(model_class.__init__).parameters
+    accepted = sorted(name for name, p in parameters.items()
+                      if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+    unknown = sorted(set(config.model_kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"{model_class.__name__} does not take {unknown}; its arguments are {accepted}."
+        )
     kwargs = dict(input_shape=tuple(info.input_shape), num_classes=info.num_classes)
     if config.depth is not None:
         kwargs["num_blocks" if "num_blocks" in parameters else "depth"] = config.depth
@@ -205,7 +287,10 @@ def build_model(config, info):
     if config.mixed_precision:
         kwargs["dtype"] = "mixed_float16"
     kwargs.update(config.model_kwargs)
-    return model_class(**kwargs)
+    try:
+        return model_class(**kwargs)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{model_class.__name__}: {error}") from error
 
 
 def make_optimizer(config, steps_per_epoch):
@@ -236,18 +321,62 @@ def _loss_and_metrics(info, one_hot, label_smoothing):
     if one_hot:
         loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
         return loss, [keras.metrics.CategoricalAccuracy(name="accuracy")]
-    if label_smoothing:
-        raise ValueError("label_smoothing needs one-hot labels: it is applied with MixUp/CutMix only.")
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     return loss, [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
-def _resume_epoch(backup_dir):
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as handle:
-        return int(json.load(handle).get("epoch", 0))
+def choose_steps_per_execution(requested, steps_per_epoch, tf_replicas=1):
+    """The training steps per compiled call: a divisor of `steps_per_epoch` (see TrainConfig).
+
+    With more than one tf.distribute replica (`tf_replicas`) it is 1: Keras 3.15's multi-step loop
+    fails there ("You must feed a value for placeholder tensor", keras-team/keras#19246; measured
+    with MirroredStrategy on 2 logical CPUs and with two local MultiWorkerMirroredStrategy workers).
+    """
+    if tf_replicas > 1:
+        if requested not in ("auto", 1):
+            raise ConfigError(
+                f"`steps_per_execution={requested}` fails with several replicas on TensorFlow "
+                "(keras-team/keras#19246); use 'auto' or 1 there."
+            )
+        return 1
+    if steps_per_epoch is None:  # A stream of unknown length: the epoch ends where the data does.
+        return 1 if requested == "auto" else requested
+    if requested == "auto":
+        target = min(AUTO_MAX_STEPS_PER_EXECUTION,
+                     max(1, steps_per_epoch // AUTO_MIN_EXECUTIONS_PER_EPOCH))
+    else:
+        target = min(requested, steps_per_epoch)
+    return max(d for d in range(1, target + 1) if steps_per_epoch % d == 0)
+
+
+# Config fields that change what a run computes, besides the model's own config. The others (where
+# files go, output, the export, the strategy: the global batch is recorded instead, and the
+# steps per execution) may change between a run and its resume.
+_RESULT_FIELDS = ("dataset", "image_size", "augment", "max_examples", "drop_remainder",
+                  "learning_rate", "optimizer", "schedule", "warmup_epochs", "weight_decay",
+                  "momentum", "label_smoothing", "mixed_precision", "seed")
+
+
+def fingerprint(config, model, info, global_batch_size):
+    """What a run's result depends on: a resume must match it (recorded in run.json).
+
+    The model is described by its class and `get_config()` (less its name), so `depth=None` and
+    the class default compare equal. `epochs` is part of it only with a schedule that spans the
+    run (cosine): under a constant learning rate a run may be resumed with more epochs. The data
+    set is described by its `DatasetInfo` (shapes, classes, split sizes, preprocessing), not by
+    its path, so moved data still resumes.
+    """
+    architecture = {key: value for key, value in model.get_config().items()
+                    if key not in ("name", "trainable")}
+    record = {"model": {"class": type(model).__name__, "config": architecture}}
+    record.update({name: getattr(config, name) for name in _RESULT_FIELDS})
+    record["global_batch_size"] = global_batch_size
+    if config.schedule != "constant":
+        record["epochs"] = config.epochs
+    description = info.to_dict()
+    description.pop("source", None)
+    record["data"] = description
+    return _jsonable(record)
 
 
 def versions():
@@ -267,16 +396,212 @@ def versions():
     return found
 
 
-def _to_float(logs):
-    return {key: float(value) for key, value in (logs or {}).items()}
+# --------------------------------------------------------------------------------------------------
+# Data.
+
+
+class _ShuffledArrays(keras.utils.PyDataset):
+    """Batches of in-memory arrays; epoch e is shuffled with its own seed (seed, e).
+
+    So a resumed run sees the same batches as an uninterrupted one. `epoch` is set by
+    `epoch_callback()` at the start of every epoch.
+    """
+
+    def __init__(self, x, y, batch_size, seed, drop_remainder):
+        super().__init__()
+        self.x, self.y = x, y
+        self.batch_size, self.seed = batch_size, seed
+        self._num_batches = data_lib.steps_per_epoch(len(y), batch_size, drop_remainder)
+        self.epoch, self._order = 0, None
+
+    def __len__(self):
+        return self._num_batches
+
+    def __getitem__(self, index):
+        if self._order is None or self._order[0] != self.epoch:
+            rng = np.random.default_rng(self.seed * 1_000_003 + self.epoch)
+            self._order = (self.epoch, rng.permutation(len(self.y)))
+        rows = self._order[1][index * self.batch_size:(index + 1) * self.batch_size]
+        return self.x[rows], self.y[rows]
+
+    def epoch_callback(self):
+        return keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs=None: setattr(self, "epoch", epoch))
+
+
+@dataclasses.dataclass
+class _Data:
+    """The inputs of fit and evaluate, from tf.data or from numpy arrays."""
+
+    train: object = None  # fit's `x`: a tf.data.Dataset or a _ShuffledArrays (None: nothing to fit)
+    splits: dict = None  # "validation"/"test" -> evaluate's keyword arguments
+    fit_steps: int = None  # steps_per_epoch for fit (the tf.data stream of all remaining epochs)
+    callbacks: list = dataclasses.field(default_factory=list)
+    augment_on_device: tuple = ()  # augmentation layers of the training-only model (array path)
+
+    def validation_kwargs(self):
+        """fit's validation_data (and validation_batch_size, for arrays)."""
+        split = self.splits["validation"]
+        if "y" not in split:
+            return {"validation_data": split["x"]}
+        return {"validation_data": (split["x"], split["y"]),
+                "validation_batch_size": split["batch_size"]}
+
+
+def _open_source(config):
+    try:
+        source = data_lib.open_source(
+            config.dataset, data_dir=config.data_dir, download=config.download,
+            manual_dir=config.manual_dir, image_size=config.image_size, seed=config.seed)
+        data_lib._check_augment(config.augment, source.info)
+    except (ValueError, ImportError) as error:
+        raise ConfigError(str(error)) from error
+    return source
+
+
+def _uses_arrays(config, info):
+    """True for the numpy-array path (see the module docstring); refuses what it cannot do."""
+    in_memory = config.dataset in data_lib.IN_MEMORY_DATASETS
+    mixing = data_lib.label_mixing(config.augment)
+    if has_tensorflow():
+        return in_memory and not mixing and keras.backend.backend() == "jax"
+    if not in_memory:
+        raise ConfigError(
+            f"Data set {info.name!r} is read through tf.data, which needs TensorFlow (not "
+            f"installed); {list(data_lib.IN_MEMORY_DATASETS)} train without it."
+        )
+    if mixing:
+        raise ConfigError("MixUp and CutMix run in the tf.data pipeline, which needs TensorFlow.")
+    return True
+
+
+def _count_train(config, source, uses_arrays):
+    if uses_arrays:
+        count = len(data_lib.load_split(config.dataset, "train", source=source)[1])
+    else:
+        count = data_lib.count_examples(config.dataset, "train", source=source)
+    if count is not None and config.max_examples is not None:
+        count = min(count, config.max_examples)
+    return count
+
+
+def _array_data(config, source, info, global_batch, one_hot):
+    """Numpy inputs, preprocessed once (only scaled when augmenting: the layers need [0, 1])."""
+    preprocessing = info.preprocessing
+    augment_layers = tuple(data_lib.image_augmentation_layers(config.augment, config.seed))
+
+    def prepare(split):
+        x, y = data_lib.load_split(config.dataset, split, source=source)
+        if config.max_examples is not None:
+            x, y = x[:config.max_examples], y[:config.max_examples]
+        x = np.asarray(x, "float32") * np.float32(preprocessing.scale)
+        if not augment_layers:
+            x = (x - np.asarray(preprocessing.mean, "float32")) / np.asarray(preprocessing.std, "float32")
+        if one_hot:
+            y = np.eye(info.num_classes, dtype="float32")[y]
+        return x, y
+
+    train = _ShuffledArrays(*prepare("train"), global_batch, config.seed, config.drop_remainder)
+    splits = {split: dict(zip(("x", "y"), prepare(split)), batch_size=global_batch)
+              for split in ("validation", "test")}
+    return _Data(train=train, splits=splits, callbacks=[train.epoch_callback()],
+                 augment_on_device=augment_layers)
+
+
+def _tf_data(config, source, global_batch, one_hot, steps, initial_epoch):
+    kwargs = dict(max_examples=config.max_examples, one_hot=one_hot, seed=config.seed, source=source)
+    train, fit_steps = None, None
+    if initial_epoch < config.epochs:
+        if steps is not None:
+            # A per-epoch-seeded stream of the remaining epochs: a resumed run sees the same batches.
+            train = data_lib.get_dataset(
+                config.dataset, "train", global_batch, augment=config.augment,
+                drop_remainder=config.drop_remainder, start_epoch=initial_epoch,
+                num_epochs=config.epochs, **kwargs)
+            fit_steps = steps
+        else:
+            train = data_lib.get_dataset(config.dataset, "train", global_batch,
+                                         augment=config.augment,
+                                         drop_remainder=config.drop_remainder, **kwargs)
+    splits = {split: {"x": data_lib.get_dataset(config.dataset, split, global_batch, **kwargs)}
+              for split in ("validation", "test")}
+    return _Data(train=train, splits=splits, fit_steps=fit_steps)
+
+
+def _training_model(model, data, info):
+    """The model `fit` trains: `model` itself, or a training-only wrapper that augments on device.
+
+    The wrapper shares `model`'s layers (and so its weights); it adds the augmentation layers and the
+    normalisation after them. The saved and exported model never contains augmentation.
+    """
+    if not data.augment_on_device:
+        return model
+    preprocessing = info.preprocessing
+    normalize = keras.layers.Normalization(
+        mean=list(preprocessing.mean), variance=[s * s for s in preprocessing.std],
+        name="normalize")
+    return keras.Sequential(
+        [keras.Input(tuple(info.input_shape)), *data.augment_on_device, normalize, model],
+        name=f"{model.name}_training")
+
+
+# --------------------------------------------------------------------------------------------------
+# The run.
 
 
 def train(config):
     """Trains (or resumes) one model as `config` says; returns a `TrainResult`.
 
-    Raises ValueError for a bad config and `data.DatasetUnavailableError` when the data set is not
-    on this machine, both before any training starts.
+    Everything is checked before any training: the config, the data set, the model's arguments and
+    the run directory (the model is built once, after the strategy exists, and trained).
+
+    Raises:
+        ConfigError: a bad config, data set or model argument.
+        data.DatasetUnavailableError: the data set is not on this machine.
+        rundir.RunDirectoryError: `model_dir` holds a run this one must not resume or overwrite.
+        callbacks.NonFiniteError: the loss or the weights stopped being finite (nothing is exported;
+            the states of the epochs before stay in backup/).
+        rundir.DiskFullError: the disk filled up (the complete states stay: re-run to resume).
+        EvaluationError: the final evaluation failed (model.keras and backup/ are kept: re-run to
+            evaluate again without retraining).
     """
+    session = _start(config)
+    if session.verbose and session.chief:
+        print(_banner(session), flush=True)
+    saver = _fit(session)
+    return _finish(session, saver)
+
+
+@dataclasses.dataclass
+class _Session:
+    """Everything `train` set up before training."""
+
+    config: TrainConfig
+    strategy: object
+    chief: bool
+    run: rundir.RunDirectory
+    replicas: int
+    global_batch: int
+    info: data_lib.DatasetInfo
+    uses_arrays: bool
+    steps: int
+    steps_per_execution: int
+    model: keras.Model
+    fit_model: keras.Model
+    export_name: str
+    export_path: str
+    state: rundir.TrainingState
+    data: _Data
+    verbose: int
+    tensorboard: bool
+
+    @property
+    def initial_epoch(self):
+        return self.state.epoch if self.state else 0
+
+
+def _start(config):
+    """Checks everything and builds the model, its data and its run directory; trains nothing."""
     config.validate()
     # The strategy comes first: MultiWorkerMirroredStrategy and jax.distributed must be set up
     # before any other op runs in the process.
@@ -284,126 +609,249 @@ def train(config):
     # Then the seed: tf.data shuffles combine their seeds with TF's global seed, so seeding later would
     # make the batch order depend on whatever seeded the process before.
     keras.utils.set_random_seed(config.seed)
-    model_dir = config.model_dir or tempfile.mkdtemp(prefix="glonet_train_")
     chief = distribute.is_chief()
+    model_dir = config.model_dir or tempfile.mkdtemp(prefix="glonet_train_")
     # Non-chief multi-worker processes write their copies where they do not clash with the chief.
-    write_dir = model_dir if chief else os.path.join(model_dir, f"worker_{_task_index()}")
-    os.makedirs(write_dir, exist_ok=True)
-    backup_dir = os.path.join(write_dir, "backup")
-    checkpoint_dir = os.path.join(write_dir, "checkpoints")
-
+    run = rundir.RunDirectory(model_dir if chief else os.path.join(model_dir, f"worker_{_task_index()}"))
     replicas = int(strategy.num_replicas_in_sync)
     global_batch = config.batch_size * replicas
 
-    source_kwargs = dict(data_dir=config.data_dir, download=config.download,
-                         manual_dir=config.manual_dir, image_size=config.image_size,
-                         seed=config.seed)
-    info = data_lib.dataset_info(config.dataset, **source_kwargs)
+    source = _open_source(config)
+    info = source.info
+    uses_arrays = _uses_arrays(config, info)
     one_hot = info.task == "classification" and (
-        data_lib.label_mixing(config.augment) or config.label_smoothing > 0
-    )
-    initial_epoch = _resume_epoch(backup_dir)
-    num_train = data_lib.count_examples(config.dataset, "train", **source_kwargs)
-    if config.max_examples is not None and num_train is not None:
-        num_train = min(num_train, config.max_examples)
-    dataset_kwargs = dict(source_kwargs, max_examples=config.max_examples, one_hot=one_hot)
-    if num_train is not None and initial_epoch < config.epochs:
-        # A per-epoch-seeded stream of the remaining epochs: a resumed run sees the same batches.
-        steps = data_lib.steps_per_epoch(num_train, global_batch, config.drop_remainder)
-        train_data = data_lib.get_dataset(
-            config.dataset, "train", global_batch, augment=config.augment,
-            drop_remainder=config.drop_remainder,
-            start_epoch=initial_epoch, num_epochs=config.epochs,
-            **dataset_kwargs)
-    else:
-        steps = None
-        train_data = data_lib.get_dataset(config.dataset, "train", global_batch,
-                                          augment=config.augment,
-                                          drop_remainder=config.drop_remainder, **dataset_kwargs)
-    validation_data = data_lib.get_dataset(config.dataset, "validation", global_batch,
-                                           **dataset_kwargs)
-    test_data = data_lib.get_dataset(config.dataset, "test", global_batch, **dataset_kwargs)
+        data_lib.label_mixing(config.augment) or config.label_smoothing > 0)
+    if config.label_smoothing and info.task != "classification":
+        raise ConfigError("label_smoothing needs a classification data set.")
+    steps = _count_train(config, source, uses_arrays)
+    steps = None if steps is None else data_lib.steps_per_epoch(steps, global_batch,
+                                                                config.drop_remainder)
+    tf_replicas = replicas if keras.backend.backend() == "tensorflow" else 1
+    steps_per_execution = choose_steps_per_execution(config.steps_per_execution, steps, tf_replicas)
 
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = build_model(config, info)
-        loss, metrics = _loss_and_metrics(info, one_hot, config.label_smoothing)
-        model.compile(
-            optimizer=make_optimizer(config, steps or _estimate_steps(info, global_batch)),
-            loss=loss,
-            metrics=metrics,
-            jit_compile=config.jit_compile,
-        )
-    distribute.apply_multi_worker_workarounds(model, strategy)
+    export_name = config.export_name or model.name
+    export_path = _check_export_path(config, export_name, run) if chief else None
 
-    timer = EpochTimer()
-    callbacks = [
-        keras.callbacks.BackupAndRestore(backup_dir),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(checkpoint_dir, "best.weights.h5"), monitor="val_loss",
-            save_best_only=True, save_weights_only=True),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(checkpoint_dir, "last.weights.h5"), save_weights_only=True),
-        timer,
-    ]
-    if config.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(write_dir, "logs")))
+    state = run.claim(fingerprint(config, model, info, global_batch), epochs=config.epochs,
+                      overwrite=config.overwrite, command=config.command)
+    run.remove_partial_files()
+    if uses_arrays:
+        data = _array_data(config, source, info, global_batch, one_hot)
+    else:
+        data = _tf_data(config, source, global_batch, one_hot, steps, state.epoch if state else 0)
+    with strategy.scope():
+        fit_model = _training_model(model, data, info)
+        loss, metrics = _loss_and_metrics(info, one_hot, config.label_smoothing)
+        fit_model.compile(
+            optimizer=make_optimizer(config, steps or _estimate_steps(info, global_batch)),
+            loss=loss, metrics=metrics, jit_compile=config.jit_compile,
+            steps_per_execution=steps_per_execution)
+        if fit_model is not model:
+            # So that model.keras carries the training config too; the optimizer is the one fit updates.
+            loss, metrics = _loss_and_metrics(info, one_hot, config.label_smoothing)
+            model.compile(optimizer=fit_model.optimizer, loss=loss, metrics=metrics)
+        if state is not None:
+            _load_state(model, state.model_path)
+    distribute.apply_multi_worker_workarounds(fit_model, strategy)
+
     verbose = config.verbose
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
+    return _Session(
+        config=config, strategy=strategy, chief=chief, run=run, replicas=replicas,
+        global_batch=global_batch, info=info, uses_arrays=uses_arrays, steps=steps,
+        steps_per_execution=steps_per_execution, model=model, fit_model=fit_model,
+        export_name=export_name, export_path=export_path, state=state, data=data, verbose=verbose,
+        tensorboard=config.tensorboard and has_tensorflow())
 
-    with distribute.synchronized_batch_norm(model, enabled=replicas > 1):
-        history = model.fit(
-            train_data,
-            validation_data=validation_data,
-            epochs=config.epochs,
-            steps_per_epoch=steps,
-            shuffle=False,  # The pipeline shuffles (seeded per epoch).
-            callbacks=callbacks,
-            verbose=verbose,
-        )
-        if config.restore_best and os.path.exists(os.path.join(checkpoint_dir, "best.weights.h5")):
-            model.load_weights(os.path.join(checkpoint_dir, "best.weights.h5"))
-        validation_metrics = _to_float(model.evaluate(validation_data, verbose=0, return_dict=True))
-        test_metrics = _to_float(model.evaluate(test_data, verbose=0, return_dict=True))
 
-    model_path = os.path.join(write_dir, "model.keras")
-    model.save(model_path)
-    data_lib.save_preprocessing(info.preprocessing, os.path.join(write_dir, "preprocessing.json"))
-    history_logs = {key: [float(v) for v in values] for key, values in history.history.items()}
+def _fit(session):
+    """Trains the remaining epochs (if any); returns the state saver (history, best epoch)."""
+    config, data = session.config, session.data
+    timer = EpochTimer()
+    saver = RunStateCheckpoint(session.run, session.model, timer, state=session.state)
+    callbacks = [timer, StopOnNonFinite(), saver, *data.callbacks]
+    if session.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(session.run.path, "logs")))
+    if session.initial_epoch < config.epochs:
+        with distribute.synchronized_batch_norm(session.fit_model, enabled=session.replicas > 1):
+            session.fit_model.fit(
+                data.train,
+                **data.validation_kwargs(),
+                epochs=config.epochs,
+                initial_epoch=session.initial_epoch,
+                steps_per_epoch=data.fit_steps,
+                shuffle=False,  # The input shuffles (seeded per epoch).
+                callbacks=callbacks,
+                verbose=session.verbose,
+            )
+    return saver
+
+
+def _finish(session, saver):
+    """Saves the model, then evaluates and exports it, then marks the run finished."""
+    config, run, model, info = session.config, session.run, session.model, session.info
+    if config.restore_best and saver.best is not None:
+        with session.strategy.scope():
+            _load_state(model, run.state_model(saver.best["epoch"]))
+    check_finite(model, "The final model")
+    record = _training_record(session, saver)
+    # The trained model and its record go to disk before the final evaluation: if that fails,
+    # nothing of the training is lost (and a re-run evaluates again without retraining).
+    model_path = os.path.join(run.path, "model.keras")
+    metrics_path = os.path.join(run.path, "metrics.json")
+    rundir.write_atomically(model_path, model.save)
+    rundir.write_json(os.path.join(run.path, "preprocessing.json"), info.preprocessing.to_dict())
+    rundir.write_json(metrics_path, record)
+    try:
+        with distribute.synchronized_batch_norm(session.fit_model, enabled=session.replicas > 1):
+            validation_metrics = _evaluate(session.fit_model, session.data.splits["validation"])
+            test_metrics = _evaluate(session.fit_model, session.data.splits["test"])
+    except Exception as error:
+        raise EvaluationError(
+            f"The final evaluation failed ({type(error).__name__}: {error}). The trained model is "
+            f"saved in {model_path} and the run's state kept: fix the cause and run the same "
+            "command again to evaluate without retraining."
+        ) from error
+
+    model.preprocessing = info.preprocessing
+    model.preset_metadata = _preset_metadata(config, info, validation_metrics, test_metrics)
     export_path = None
-    if config.export_dir and chief:
+    if session.export_path:
         from glonet_keras.export import export_saved_model
 
-        export_path = export_saved_model(model, config.export_dir, version=config.export_version,
-                                         preprocessing=info.preprocessing, task=info.task,
-                                         overwrite=True)
-    metrics_path = os.path.join(write_dir, "metrics.json")
-    record = {
-        "test": test_metrics,
-        "validation": validation_metrics,
-        "history": history_logs,
+        _record_export(run, session.export_path)  # First: a re-run may replace a half-done export.
+        export_path = export_saved_model(
+            model, config.export_dir, version=config.export_version, model_name=session.export_name,
+            preprocessing=info.preprocessing, task=info.task, overwrite=True)
+    record.update(status="finished", test=test_metrics, validation=validation_metrics,
+                  export_path=export_path)
+    rundir.write_json(metrics_path, record)
+    run.finish(_summary(config, saver, test_metrics))
+    return TrainResult(
+        model=model, history=saver.history, test_metrics=test_metrics,
+        validation_metrics=validation_metrics, seconds_per_epoch=list(saver.seconds),
+        replicas=session.replicas, global_batch_size=session.global_batch,
+        initial_epoch=session.initial_epoch, info=info, model_dir=run.path, model_path=model_path,
+        metrics_path=metrics_path, export_path=export_path, strategy=session.strategy,
+        steps_per_execution=session.steps_per_execution,
+    )
+
+
+def _training_record(session, saver):
+    """metrics.json before the final evaluation (its status becomes "finished" after)."""
+    config = session.config
+    return {
+        "status": "evaluating",
+        "test": None,
+        "validation": None,
+        "history": saver.history,
+        "seconds_per_epoch": saver.seconds,
         "epochs": config.epochs,
-        "initial_epoch": initial_epoch,
-        "seconds_per_epoch": timer.seconds,
-        "replicas": replicas,
-        "global_batch_size": global_batch,
-        "strategy": type(strategy).__name__,
-        "num_parameters": int(model.count_params()),
-        "dataset": info.to_dict(),
+        "initial_epoch": session.initial_epoch,
+        "best_epoch": saver.best,
+        "restored_best": bool(config.restore_best and saver.best),
+        "replicas": session.replicas,
+        "global_batch_size": session.global_batch,
+        "steps_per_execution": session.steps_per_execution,
+        "strategy": type(session.strategy).__name__,
+        "input_pipeline": "numpy arrays" if session.uses_arrays else "tf.data",
+        "num_parameters": int(session.model.count_params()),
+        "dataset": session.info.to_dict(),
         "config": _jsonable(dataclasses.asdict(config)),
-        "export_path": export_path,
+        "export_path": None,
         "versions": versions(),
     }
-    with open(metrics_path, "w") as handle:
-        json.dump(record, handle, indent=2)
-    return TrainResult(
-        model=model, history=history_logs, test_metrics=test_metrics,
-        validation_metrics=validation_metrics, seconds_per_epoch=list(timer.seconds),
-        replicas=replicas, global_batch_size=global_batch, initial_epoch=initial_epoch, info=info,
-        model_dir=write_dir, model_path=model_path, metrics_path=metrics_path,
-        export_path=export_path, strategy=strategy,
-    )
+
+
+def _load_state(model, path):
+    """Loads a saved state (the model's and its optimizer's variables) into the compiled model."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(path)
+
+
+def _evaluate(model, split):
+    return {key: float(value)
+            for key, value in model.evaluate(**split, verbose=0, return_dict=True).items()}
+
+
+def _check_export_path(config, name, run):
+    """The export's version directory, refused now if another run's export is already there."""
+    if not config.export_dir:
+        return None
+    if not _EXPORT_NAME.fullmatch(name):
+        raise ConfigError(f"The model name {name!r} cannot be an export folder; pass export_name.")
+    path = os.path.join(os.path.abspath(config.export_dir), name, str(config.export_version))
+    record = run.record() or {}
+    if os.path.exists(path) and not config.overwrite and record.get("export_path") != path:
+        raise ConfigError(
+            f"{path} already holds a SavedModel that this run did not write: pass another "
+            "export_version / export_name, or overwrite=True (--overwrite) to replace it."
+        )
+    return path
+
+
+def _record_export(run, export_path):
+    record = run.record()
+    record["export_path"] = os.path.abspath(export_path)
+    rundir.write_json(run.run_file, record)
+
+
+def _preset_metadata(config, info, validation_metrics, test_metrics):
+    metrics = {f"test_{key}": value for key, value in test_metrics.items()}
+    metrics.update({f"validation_{key}": value for key, value in validation_metrics.items()})
+    return {
+        "dataset": info.name,
+        "task": info.task,
+        # DatasetInfo.class_names lands with the data branch; sets without names give None.
+        "class_names": getattr(info, "class_names", None),
+        "preprocessing": info.preprocessing.to_dict(),
+        "metrics": metrics,
+        "training_command": " ".join(config.command) if config.command else None,
+        "config": _jsonable(dataclasses.asdict(config)),
+    }
+
+
+def _summary(config, saver, test_metrics):
+    scores = ", ".join(f"test {key} {value:.4f}" for key, value in test_metrics.items())
+    return f"{len(saver.seconds)} epochs of {config.epochs}; {scores}"
+
+
+def _banner(session):
+    """The block printed before training: what is trained, on what, where, from which epoch."""
+    config, info, model, state = session.config, session.info, session.model, session.state
+    splits = " / ".join(f"{count:,} {split}" for split, count in info.num_examples.items() if count)
+    if state is None:
+        start = f"fresh start, {config.epochs} epoch{'s' if config.epochs > 1 else ''}"
+    elif state.epoch >= config.epochs:
+        start = f"all {state.epoch} epochs trained: evaluating and saving"
+    else:
+        start = f"resuming at epoch {state.epoch + 1} of {config.epochs} (state of epoch {state.epoch})"
+    notes = []
+    if config.max_examples is not None:
+        notes.append(f"only the first {config.max_examples:,} examples of each split are used")
+    if config.tensorboard and not session.tensorboard:
+        notes.append("TensorBoard off: TensorFlow is not installed")
+    if config.restore_best:
+        notes.append("the best epoch by validation loss is kept at the end")
+    lines = [
+        "glonet-keras training",
+        f"  model      {type(model).__name__} {model.name!r}: {model.count_params():,} parameters",
+        f"  data       {info.name}: {splits}; input {tuple(info.input_shape)}, "
+        f"{info.num_classes} {'classes' if info.task == 'classification' else 'output'}; "
+        f"{'numpy arrays' if session.uses_arrays else 'tf.data'}",
+        f"  strategy   {type(session.strategy).__name__}, {session.replicas} replica(s), global "
+        f"batch {session.global_batch}, {session.steps or '?'} steps per epoch, "
+        f"{session.steps_per_execution} per execution",
+        f"  output     {session.run.path}",
+        f"  start      {start}",
+    ]
+    lines += [f"  note       {note}" for note in notes]
+    return "\n".join(lines)
 
 
 def _estimate_steps(info, global_batch):
@@ -423,4 +871,8 @@ def _jsonable(value):
         return [_jsonable(item) for item in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
     return repr(value)

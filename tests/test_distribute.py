@@ -18,6 +18,7 @@ import pytest
 from glonet_keras import GloNetMLP, distribute
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Trains the same tiny run under `strategy` and prints the weights' fingerprint as JSON.
 RUN = textwrap.dedent("""
     import json, sys
@@ -161,6 +162,34 @@ def test_multi_worker_mirrored_two_local_workers_match_one_device(tmp_path):
                                max_examples=256, tensorboard=False, verbose=0,
                                strategy="one_device", batch_size=32)).model.get_weights()
     assert _max_difference(single, worker_0) <= 1e-5
+
+
+@pytest.mark.slow
+def test_multi_worker_from_the_command_line_on_two_local_processes(tmp_path):
+    """train.py builds nothing before the strategy, so MultiWorkerMirroredStrategy can start."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    command = [sys.executable, os.path.join(ROOT, "training", "train.py"), "--strategy=multi_worker",
+               "--depth=2", "--width=8", "--max_examples=64", "--batch_size=8", "--epochs=1",
+               "--notensorboard", "--verbose=2", f"--model_dir={tmp_path}"]
+    processes = [
+        subprocess.Popen(command, env=dict(ENV, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}})),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in range(2)
+    ]
+    try:
+        outputs = [process.communicate(timeout=300) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    # (Keras' multi-step loop fails with several TF replicas: one step per execution there.)
+    assert "2 replica(s), global batch 16, 4 steps per epoch, 1 per execution" in outputs[0][0]
+    for metrics_path in (tmp_path / "metrics.json", tmp_path / "worker_1" / "metrics.json"):
+        metrics = json.loads(metrics_path.read_text())
+        assert metrics["replicas"] == 2 and metrics["status"] == "finished"
 
 
 @pytest.mark.slow

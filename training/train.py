@@ -1,6 +1,8 @@
 """Trains a GloNet (or a baseline) on a named data set, resumably, and optionally exports it.
 
-A thin absl shell over `glonet_keras.trainer.train`. Examples:
+A thin absl shell over `glonet_keras.trainer.train`: it turns flags into a `TrainConfig` and
+calls it; the trainer checks everything (flags, data, model arguments, the run directory) after
+the distribution strategy exists and before any training. Examples:
 
     python training/train.py --model=glonet_mlp --depth=10 --width=64 --dataset=digits \
         --epochs=20 --model_dir=/tmp/digits_glonet
@@ -9,23 +11,28 @@ A thin absl shell over `glonet_keras.trainer.train`. Examples:
     # CIFAR-10 from a prepared tfds directory, with augmentation, exported for TF Serving:
     python training/train.py --model=glonet_cnn --depth=20 --dataset=cifar10 \
         --data_dir=~/tensorflow_datasets --augment=flip,crop --schedule=cosine \
-        --model_dir=/tmp/c10 --export_dir=/tmp/serving
+        --model_dir=/tmp/c10 --export_dir=/tmp/serving --export_name=cifar10_glonet
 
-Kill it (even with SIGKILL) and start it again with the same flags: it resumes from the last
-completed epoch (BackupAndRestore in <model_dir>/backup). Writes <model_dir>/metrics.json,
-model.keras, preprocessing.json, checkpoints/{best,last}.weights.h5 and TensorBoard logs/.
-A bad flag value exits with status 2 and a one-line reason.
+Stop it (Ctrl-C, or even SIGKILL) and start the same command again: it resumes from the last
+completed epoch. The same --model_dir with other flags, fewer --epochs than already trained, or a
+finished run is refused with the reason; --overwrite starts fresh.
+
+Exit status: 0 done; 1 training failed (non-finite loss, full disk, failed final evaluation: one
+line on stderr saying what is kept and what to do); 2 a bad flag, data set, model argument or run
+directory (one line on stderr, nothing trained); 130 interrupted (one line with the command that
+resumes).
 """
 
 import os
+import shlex
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from glonet_keras import callbacks, distribute, rundir, trainer  # noqa: E402
 from glonet_keras import data as data_lib  # noqa: E402
-from glonet_keras import distribute, trainer  # noqa: E402
 from glonet_keras.models import MODEL_CLASSES  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -38,7 +45,14 @@ flags.DEFINE_string("activation", None, "Block activation (a keras.activations n
 flags.DEFINE_enum("normalization", None, ["none", "batch", "layer"], "Normalisation in blocks.")
 flags.DEFINE_enum("initializer", None, ["he", "torch"], "Kernel initialisation.")
 flags.DEFINE_enum("aggregation", None, ["sum", "mean"], "GloNet aggregation (GloNets only).")
+flags.DEFINE_bool("include_stem", None, "Also tap the stem's output (GloNets only).")
 flags.DEFINE_float("dropout", None, "Dropout before the head.")
+flags.DEFINE_enum("layout", None, ["cifar", "imagenet", "isotropic"], "CNN layout (CNNs only).")
+flags.DEFINE_list("blocks_per_stage", None, "CNN blocks per stage, e.g. 2,2,2 (instead of --depth).")
+flags.DEFINE_integer("patch_size", None, "ViT patch size, or the isotropic CNN's patch stem.")
+flags.DEFINE_bool("scan", None, "GloNet MLP: run the blocks as one scanned stack (flat compile time).")
+flags.DEFINE_integer("num_heads", None, "ViT attention heads.")
+flags.DEFINE_integer("mlp_dim", None, "ViT MLP width.")
 # Data.
 flags.DEFINE_string("dataset", "digits", f"Data set: one of {list(data_lib.DATASETS)}.")
 flags.DEFINE_string("data_dir", None, "tfds data root, image folder root or SGEMM CSV.")
@@ -64,36 +78,53 @@ flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing (one-hot losses).")
 flags.DEFINE_bool("mixed_precision", False, "Train in mixed_float16.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA compilation.")
+flags.DEFINE_string("steps_per_execution", "auto",
+                    "Training steps per compiled call: 'auto' or an integer (rounded down to a "
+                    "divisor of the steps per epoch).")
 flags.DEFINE_integer("seed", 0, "Seed of the weights, the split and the shuffle.")
 flags.DEFINE_bool("restore_best", False, "Keep the best-validation-loss weights, not the last.")
-flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs under model_dir/logs.")
+flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs under model_dir/logs (needs TF).")
 flags.DEFINE_enum("verbose", "auto", ["auto", "0", "1", "2"], "Keras progress output.")
 # Output.
-flags.DEFINE_string("model_dir", None, "Directory for checkpoints, logs, metrics and the model.")
+flags.DEFINE_string("model_dir", None, "Directory for the run: state, checkpoints, logs, metrics, "
+                    "the model.")
+flags.DEFINE_bool("overwrite", False, "Delete the run already in --model_dir (finished or with "
+                  "other flags) and start fresh.")
 flags.DEFINE_string("export_dir", None, "Export a TF Serving SavedModel under this base path.")
+flags.DEFINE_string("export_name", None, "Folder of the export under --export_dir (default: the "
+                    "model's name).")
 flags.DEFINE_integer("export_version", 1, "SavedModel version number.")
 flags.mark_flag_as_required("model_dir")
 
+# Flags passed to the model class as they are, when given.
+MODEL_FLAGS = ("activation", "initializer", "aggregation", "include_stem", "dropout", "layout",
+               "patch_size", "num_heads", "mlp_dim", "scan")
+# What is refused before any training, with one line on stderr and exit status 2. (Any other
+# ValueError comes from inside training: a bug to see in full, with its traceback.)
+SETUP_ERRORS = (trainer.ConfigError, rundir.RunDirectoryError, data_lib.DatasetUnavailableError)
+# What ends a run early with one line on stderr and exit status 1 (nothing is lost: see rundir).
+TRAINING_FAILURES = (callbacks.NonFiniteError, rundir.DiskFullError, trainer.EvaluationError)
 
-class UsageError(ValueError):
-    pass
+
+class UsageError(trainer.ConfigError):
+    """A flag value that cannot become a TrainConfig field."""
 
 
-def config_from_flags():
+def config_from_flags(argv):
     """Turns the flags into a validated `TrainConfig` (ValueError names the bad flag)."""
-    model_kwargs = {}
-    for name in ("activation", "initializer", "aggregation", "dropout"):
-        if FLAGS[name].value is not None:
-            model_kwargs[name] = FLAGS[name].value
+    model_kwargs = {name: FLAGS[name].value for name in MODEL_FLAGS if FLAGS[name].value is not None}
     if FLAGS.normalization is not None:
         model_kwargs["normalization"] = None if FLAGS.normalization == "none" else FLAGS.normalization
+    if FLAGS.blocks_per_stage:
+        model_kwargs["blocks_per_stage"] = _integers("blocks_per_stage", FLAGS.blocks_per_stage)
     image_size = None
     if FLAGS.image_size:
-        try:
-            image_size = tuple(int(size) for size in FLAGS.image_size)
-            assert len(image_size) == 2 and min(image_size) > 0
-        except (ValueError, AssertionError):
+        image_size = _integers("image_size", FLAGS.image_size)
+        if len(image_size) != 2:
             raise UsageError(f"--image_size must be HEIGHT,WIDTH, received {FLAGS.image_size}.")
+    steps_per_execution = FLAGS.steps_per_execution
+    if steps_per_execution != "auto":
+        (steps_per_execution,) = _integers("steps_per_execution", [steps_per_execution])
     config = trainer.TrainConfig(
         model=FLAGS.model, depth=FLAGS.depth, width=FLAGS.width, model_kwargs=model_kwargs,
         dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, download=FLAGS.download,
@@ -106,18 +137,36 @@ def config_from_flags():
         momentum=FLAGS.momentum, label_smoothing=FLAGS.label_smoothing,
         mixed_precision=FLAGS.mixed_precision,
         jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
-        seed=FLAGS.seed, model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir,
+        steps_per_execution=steps_per_execution,
+        seed=FLAGS.seed, model_dir=FLAGS.model_dir, overwrite=FLAGS.overwrite,
+        export_dir=FLAGS.export_dir, export_name=FLAGS.export_name,
         export_version=FLAGS.export_version, tensorboard=FLAGS.tensorboard,
         restore_best=FLAGS.restore_best,
         verbose="auto" if FLAGS.verbose == "auto" else int(FLAGS.verbose),
+        command=_command(argv),
     )
     return config.validate()
 
 
-def fail(message):
-    """One line on stderr, exit status 2: what a user sees for any bad flag value."""
+def _integers(name, values):
+    try:
+        numbers = tuple(int(value) for value in values)
+    except ValueError:
+        raise UsageError(f"--{name} takes integers, received {','.join(values)}.") from None
+    if min(numbers, default=1) < 1:
+        raise UsageError(f"--{name} takes positive integers, received {','.join(values)}.")
+    return numbers
+
+
+def _command(argv):
+    """This very command line (what resumes the run)."""
+    return ["python", *argv]
+
+
+def fail(message, status=2):
+    """One line on stderr and an exit status: what a user sees for anything that ends a run early."""
     print(f"train.py: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def parse_flags(argv):
@@ -136,20 +185,31 @@ def main(argv):
         except (ValueError, RuntimeError) as error:
             fail(f"--logical_cpus: {error}")
     try:
-        config = config_from_flags()
-        # Fail on the data set (missing files, unknown augmentations) before any model is built.
-        info = data_lib.dataset_info(config.dataset, data_dir=config.data_dir,
-                                     download=config.download, manual_dir=config.manual_dir,
-                                     image_size=config.image_size, seed=config.seed)
-        data_lib._check_augment(config.augment, info)
-        trainer.build_model(config, info)  # Model arguments are checked by the builder.
-    except (ValueError, FileNotFoundError, ImportError) as error:
+        config = config_from_flags(sys.argv)
+        result = trainer.train(config)
+    except SETUP_ERRORS as error:
         fail(error)
-    result = trainer.train(config)
+    except TRAINING_FAILURES as error:
+        fail(error, status=1)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print(f"train.py: interrupted; {_saved_epochs(FLAGS.model_dir)} Resume with: "
+              f"{shlex.join([sys.executable, *sys.argv])}", file=sys.stderr, flush=True)
+        sys.exit(130)
     summary = ", ".join(f"{key} {value:.4f}" for key, value in result.test_metrics.items())
     print(f"test: {summary}; replicas {result.replicas}; metrics in {result.metrics_path}")
     if result.export_path:
         print(f"exported to {result.export_path}")
+
+
+def _saved_epochs(model_dir):
+    try:
+        state = rundir.RunDirectory(model_dir).latest_state()
+    except OSError:
+        state = None
+    if state is None:
+        return "no epoch was completed yet."
+    return f"the state after epoch {state.epoch} is kept in {model_dir}."
 
 
 if __name__ == "__main__":
