@@ -25,7 +25,7 @@ EXPERIMENTS = ("fashion_mlp_sweep", "fashion_cnn_sweep", "fashion_deep")
 
 BUDGETS = {
     "full": dict(
-        mlp_depths=(5, 10, 20, 40, 60, 80, 100, 200), mlp_epochs=5, mlp_train_examples=None,
+        mlp_depths=(5, 10, 20, 40, 60, 80, 100, 200), mlp_epochs=3, mlp_train_examples=None,
         cnn_depths=(20, 56, 110), cnn_epochs=5, cnn_train_examples=10_000, cnn_seeds=1,
         deep_depth=110, deep_epochs=5, deep_train_examples=10_000, vit_blocks=12,
         probe_examples=5_000,

@@ -55,6 +55,11 @@ flags.DEFINE_integer("export_version", 1, "Version folder of the exported SavedM
 # One recipe per preset: the exact train.py flags. Every run uses seed 0, which is also the seed of
 # the data split (digits: sklearn's stratified 80/20 split with random_state=0; mnist1d: the
 # benchmark's standard 4,000/1,000 split); train.py carves its validation set (10 %) out of train.
+FASHION_RECIPE = dict(
+    dataset="fashion_mnist", epochs=30, batch_size=256, optimizer="adamw", learning_rate=0.002,
+    weight_decay=0.05, schedule="cosine", warmup_epochs=2, label_smoothing=0.1,
+    augment="flip,crop", seed=0,
+)
 RECIPES = {
     "glonet_mlp_digits": dict(
         summary="GloNet MLP, 8 dense blocks of width 64, on the 8x8 scikit-learn digits.",
@@ -93,6 +98,42 @@ RECIPES = {
         flags=dict(model="glonet_cnn", depth=14, width=32, dataset="mnist1d", epochs=30,
                    batch_size=64, learning_rate=0.002, schedule="cosine", seed=0),
     ),
+    # Fashion-MNIST: one recipe for every image model (AdamW, cosine with warm-up, label smoothing,
+    # random crop with 4 px padding and horizontal flip), batch 256, 30 epochs, seed 0. Trained on a
+    # lent GPU with the JAX backend (`--steps=train` runs exactly these commands; see docs/zoo.md).
+    "glonet_cnn_fashion_mnist": dict(
+        summary="Convolutional GloNet, BN-free (the paper's GloNet: no normalisation at all), CIFAR "
+                "layout, depth 20 (9 blocks, 28/56/112 channels), on Fashion-MNIST.",
+        flags=dict(model="glonet_cnn", depth=20, width=28, **FASHION_RECIPE),
+    ),
+    "glonet_cnn_bn_fashion_mnist": dict(
+        summary="Convolutional GloNet with batch norm inside its blocks (as the authors' CIFAR-10 "
+                "notebook; still no skips), CIFAR layout, depth 20 (9 blocks, 28/56/112 channels), "
+                "on Fashion-MNIST.",
+        flags=dict(model="glonet_cnn", depth=20, width=28, normalization="batch", **FASHION_RECIPE),
+    ),
+    "resnet_cnn_fashion_mnist": dict(
+        summary="ResNet-v2 baseline of glonet_cnn_fashion_mnist (same layout, depth, width, recipe "
+                "and epochs; batch norm and identity skips) on Fashion-MNIST.",
+        flags=dict(model="resnet_cnn", depth=20, width=28, **FASHION_RECIPE),
+    ),
+    "glonet_cnn_isotropic_fashion_mnist": dict(
+        summary="Isotropic convolutional GloNet, BN-free: a 2x2 patch stem, then 12 blocks of 64 "
+                "channels at 14x14 (every tap in one space, no projection), on Fashion-MNIST.",
+        flags=dict(model="glonet_cnn", layout="isotropic", depth=26, width=64, **FASHION_RECIPE),
+    ),
+    "glonet_vit_fashion_mnist": dict(
+        summary="GloNet ViT (8 blocks, 128-d tokens, 4x4 patches, 4 heads, MLP width 256) on "
+                "Fashion-MNIST.",
+        flags=dict(model="glonet_vit", depth=8, width=128, patch_size=4, num_heads=4, mlp_dim=256,
+                   **{**FASHION_RECIPE, "learning_rate": 0.001, "warmup_epochs": 3}),
+    ),
+    "glonet_mlp_fashion_mnist": dict(
+        summary="GloNet MLP, 4 dense blocks of width 512 (dropout 0.2 before the head), on "
+                "Fashion-MNIST.",
+        flags=dict(model="glonet_mlp", depth=4, width=512, dropout=0.2,
+                   **{**FASHION_RECIPE, "learning_rate": 0.001, "augment": "flip"}),
+    ),
 }
 
 DATASETS = {
@@ -119,6 +160,23 @@ DATASETS = {
         labels=[str(i) for i in range(10)],
     ),
 }
+
+DATASETS["fashion_mnist"] = dict(
+    description="Fashion-MNIST (Xiao, Rasul & Vollgraf, Zalando Research, 2017): 70,000 28x28 "
+                "grayscale images of 10 clothing classes, read offline from the four original gzip "
+                "IDX files (Debian package dataset-fashion-mnist, or the Keras cache), sha256-checked",
+    source="glonet_keras.data (offline IDX files; see docs/zoo.md)",
+    split="the official split: 60,000 train (of which train.py holds out 10 %, 6,000 images, for "
+          "validation) / 10,000 test",
+    raw_input="uint8 images of shape (28, 28, 1), pixel values 0..255",
+    license="MIT (Zalando Research)",
+    labels=["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+            "Bag", "Ankle boot"],
+    # Test accuracies of Zalando's benchmark table, for scale (not from this project).
+    references={"MLP 256-128-100 (Zalando benchmark)": 0.883,
+                "2-conv net under 100K parameters": 0.925, "ResNet18": 0.949,
+                "DenseNet-BC 768K parameters": 0.954, "WRN-28-10": 0.959, "human": 0.835},
+)
 
 LICENSE = "Apache-2.0"
 
