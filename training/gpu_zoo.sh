@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Trains the Fashion-MNIST presets on one GPU with the JAX backend: exactly the train.py commands of
+# training/make_zoo.py's recipes (`make_zoo.py --steps=train`), one preset at a time, each under its
+# own time limit, most important first. Package them afterwards on any machine (TensorFlow CPU is
+# fine: the weights are backend-portable) with
+#     python training/make_zoo.py --steps=package,docs --names=... --runs_dir=<where the runs are>
+#
+# Usage: training/gpu_zoo.sh RUNS_DIR SECONDS_PER_PRESET NAME...
+# Needs: Keras 3, JAX with a GPU, numpy, h5py, absl-py; the Fashion-MNIST files where
+# glonet_keras.data finds them (GLONET_KERAS_FASHION_MNIST_DIR). TensorFlow is not needed.
+set -u
+runs_dir=$1
+limit=$2
+shift 2
+export KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+mkdir -p "$runs_dir"
+# GPU_ZOO_SMOKE=1: a tiny run of every code path (4 epochs of 256 images), to test this script.
+extra=()
+[ "${GPU_ZOO_SMOKE:-0}" = 1 ] && extra=(--extra_train_flags=--epochs=4,--max_examples=256)
+for name in "$@"; do
+    start=$(date +%s)
+    timeout "$limit" python3 training/make_zoo.py --steps=train --names="$name" --runs_dir="$runs_dir" \
+        "${extra[@]}"
+    status=$?
+    echo "[$name] exit $status after $(( $(date +%s) - start )) s"
+    tail -n 4 "$runs_dir/$name.log" 2>/dev/null
+done
