@@ -54,8 +54,9 @@ class GlobalAggregation(keras.layers.Layer):
         if _is_single_shape(input_shape):
             if len(input_shape) < 3:
                 raise ValueError(
-                    "GlobalAggregation takes a list of tensors (one per block) or one stacked "
-                    f"tensor (batch, blocks, ...) of rank >= 3; received shape {tuple(input_shape)}."
+                    "GlobalAggregation takes a non-empty list of tensors (one per block) or one "
+                    f"stacked tensor (batch, blocks, ...) of rank >= 3; received shape "
+                    f"{tuple(input_shape)}."
                 )
             self.built = True
             return
@@ -121,7 +122,8 @@ class GlobalAggregation(keras.layers.Layer):
 
 def _is_single_shape(shape):
     """True for the shape of one tensor (a tuple of ints/None), False for a list of shapes."""
-    return isinstance(shape, (list, tuple)) and all(d is None or isinstance(d, int) for d in shape)
+    return (isinstance(shape, (list, tuple)) and len(shape) > 0
+            and all(d is None or isinstance(d, int) for d in shape))
 
 
 def _shapes_compatible(a, b):

@@ -114,7 +114,7 @@ def check_wrong_input_shape(cls, kwargs):
         raise AssertionError(f"{cls.__name__} accepted an input of shape {bad.shape}")
 
 
-def run_on_backend(backend, script, timeout=240):
+def run_on_backend(backend, script, timeout=600):
     """Runs `script` in a fresh interpreter with KERAS_BACKEND=backend; returns its stdout."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO_ROOT)
     result = subprocess.run(
