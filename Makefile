@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make demo DATASET=fashion_mnist` runs the demo on Fashion-MNIST (after `make data`).
+DATASET ?= digits
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
@@ -18,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m glonet_keras.demo
+	$(PY) -m glonet_keras.demo --dataset $(DATASET)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=15 tests

@@ -1,6 +1,7 @@
 """The main job (`make demo`): everything glonet-keras does, on offline data, in a few minutes on a CPU.
 
-1. Train a GloNet MLP on the offline digits through the library's training path
+1. Train a GloNet MLP on an offline data set (digits by default; `--dataset fashion_mnist` for the
+   real 28x28 benchmark once `make data` has installed it) through the library's training path
    (`glonet_keras.trainer.train`: MirroredStrategy over the available devices, Keras progress bars,
    checkpoints) and print its test accuracy.
 2. Show what a GloNet gives: each block's share of the aggregate (norm of its tap) and of the
@@ -8,9 +9,10 @@
    the same head, from one forward pass (`glonet_keras.analysis`).
 3. Export a TF Serving SavedModel and answer one REST request from it (`glonet_keras.export`,
    `glonet_keras.serving`).
-4. Load a pretrained GloNet from the zoo in one line and evaluate it.
+4. Load a pretrained GloNet of the same data set from the zoo in one line and evaluate it.
 
-    python -m glonet_keras.demo [--num_blocks 24] [--epochs 20] [--output_dir runs/demo]
+    python -m glonet_keras.demo [--dataset digits|fashion_mnist|mnist1d] [--num_blocks 24]
+                                [--epochs 20] [--output_dir runs/demo]
 """
 
 import argparse
@@ -19,11 +21,15 @@ import time
 
 import numpy as np
 
-from glonet_keras import analysis, presets, serving
-from glonet_keras.data import Preprocessing, load_arrays
+from glonet_keras import analysis, data, presets, serving
 from glonet_keras.trainer import TrainConfig, train
 
-PRETRAINED = "glonet_cnn_digits"
+# The zoo model shown in step 4, per data set.
+PRETRAINED = {
+    "digits": "glonet_cnn_digits",
+    "mnist1d": "glonet_cnn_mnist1d",
+    "fashion_mnist": "glonet_cnn_bn_fashion_mnist",
+}
 
 
 def tap_norm_shares(model, x):
@@ -53,6 +59,7 @@ def report_blocks(model, x_test, y_test):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(PRETRAINED), default="digits")
     parser.add_argument("--num_blocks", type=int, default=24)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=20)
@@ -61,11 +68,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     start = time.time()
 
-    print("== 1. Train a GloNet MLP on the offline digits (8x8 images, no download)")
+    print(f"== 1. Train a GloNet MLP on {args.dataset} (offline, no download)")
+    batch_size = 128 if args.dataset == "fashion_mnist" else 32
     result = train(
         TrainConfig(
-            model="glonet_mlp", depth=args.num_blocks, width=args.width, dataset="digits",
-            epochs=args.epochs, batch_size=32, learning_rate=1e-3, strategy="mirrored",
+            model="glonet_mlp", depth=args.num_blocks, width=args.width, dataset=args.dataset,
+            epochs=args.epochs, batch_size=batch_size, learning_rate=1e-3, strategy="mirrored",
             seed=args.seed, model_dir=os.path.join(args.output_dir, "model"),
             export_dir=os.path.join(args.output_dir, "serving"), tensorboard=False,
             overwrite=True,  # `make demo` again replaces the previous demo run.
@@ -79,7 +87,7 @@ def main(argv=None):
     print(f"test accuracy: {result.test_metrics['accuracy']:.4f}")
 
     print("\n== 2. Per block: share of the aggregate, share of the logits, early exits")
-    (_, _), (x_test_raw, y_test) = load_arrays("digits", seed=args.seed)
+    x_test_raw, y_test = data.load_split(args.dataset, "test", seed=args.seed)
     x_test = np.asarray(result.info.preprocessing(x_test_raw))
     report_blocks(model, x_test, y_test)
 
@@ -94,13 +102,14 @@ def main(argv=None):
         f"max |SavedModel - Keras| = {np.abs(np.array(answer['probabilities']) - keras_probabilities).max():.1e}"
     )
 
-    print(f"\n== 4. A pretrained GloNet from the zoo, in one line: create_model({PRETRAINED!r}, pretrained=True)")
-    pretrained = presets.create_model(PRETRAINED, pretrained=True)
-    preprocess = Preprocessing.from_dict(pretrained.preset_metadata["preprocessing"])
-    accuracy = analysis.early_exit_accuracy(pretrained, np.asarray(preprocess(x_test_raw)), y_test)
+    name = PRETRAINED[args.dataset]
+    print(f"\n== 4. A pretrained GloNet from the zoo, in one line: create_model({name!r}, pretrained=True)")
+    pretrained = presets.create_model(name, pretrained=True)
+    accuracy = analysis.early_exit_accuracy(
+        pretrained, np.asarray(pretrained.preprocessing(x_test_raw)), y_test)
     published = pretrained.preset_metadata["metrics"]["test_accuracy"]
     print(
-        f"{PRETRAINED}: test accuracy {accuracy[-1]:.4f} (published {published:.4f}); "
+        f"{name}: test accuracy {accuracy[-1]:.4f} (published {published:.4f}); "
         f"first k blocks: " + ", ".join(f"k={k + 1}: {a:.3f}" for k, a in enumerate(accuracy))
     )
     print(f"\ndone in {time.time() - start:.1f} s")
