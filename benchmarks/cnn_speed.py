@@ -25,15 +25,19 @@ from benchmarks import report, timing  # noqa: E402
 from benchmarks.synthetic import random_images  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("depths", ["20", "56", "110"], "CIFAR depths (6n + 2) to time.")
-flags.DEFINE_integer("images", 10_240, "Random training images per epoch (cut to whole batches).")
-flags.DEFINE_integer("width", 16, "Channels of the first stage (stages double it).")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_integer("repetitions", timing.REPETITIONS, "Timed epochs per model after one warm-up epoch.")
-flags.DEFINE_string("steps_per_execution", "auto", "'auto' or a positive integer.")
-flags.DEFINE_enum("data_form", "auto", timing.FORMS, "How the arrays are fed to fit (timing.fit_inputs).")
-flags.DEFINE_bool("fuse", True, "On JAX, run each group of steps as one lax.scan (fastfit).")
-flags.DEFINE_string("output", None, "Optional JSON file for the results.")
+
+
+def define_flags():
+    """The command line's flags (defined only when run as a program, so modules import freely)."""
+    flags.DEFINE_list("depths", ["20", "56", "110"], "CIFAR depths (6n + 2) to time.")
+    flags.DEFINE_integer("images", 10_240, "Random training images per epoch (cut to whole batches).")
+    flags.DEFINE_integer("width", 16, "Channels of the first stage (stages double it).")
+    flags.DEFINE_integer("batch_size", 128, "Batch size.")
+    flags.DEFINE_integer("repetitions", timing.REPETITIONS, "Timed epochs per model after one warm-up epoch.")
+    flags.DEFINE_string("steps_per_execution", "auto", "'auto' or a positive integer.")
+    flags.DEFINE_enum("data_form", "auto", timing.FORMS, "How the arrays are fed to fit (timing.fit_inputs).")
+    flags.DEFINE_bool("fuse", True, "On JAX, run each group of steps as one lax.scan (fastfit).")
+    flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
 
 def run_benchmark(depths=(20, 56, 110), images=10_240, width=16, batch_size=128,
@@ -99,4 +103,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -46,22 +46,26 @@ from benchmarks import report, timing  # noqa: E402
 from benchmarks.synthetic import random_images, sgemm_like_data  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["glonet_mlp:10", "resnet_mlp:10", "glonet_mlp:200", "glonet_cnn:20",
-                             "resnet_cnn:20"], "Models as <family>:<depth>; families: "
-                  "glonet_mlp, resnet_mlp (blocks), glonet_cnn, resnet_cnn (CIFAR depth 6n+2).")
-flags.DEFINE_list("variants", None, "Variants to time (see the module docstring); default: all "
-                  "that apply to the backend (DEFAULT_VARIANTS).")
-flags.DEFINE_integer("mlp_steps", 128, "Training steps per repetition for the MLPs.")
-flags.DEFINE_integer("cnn_steps", 32, "Training steps per repetition for the CNNs.")
-flags.DEFINE_integer("repetitions", timing.REPETITIONS, "Timed rounds after the warm-up.")
-flags.DEFINE_string("steps_per_execution", "auto", "What `auto` in a variant means: 'auto' "
-                    "(fastfit.auto_steps_per_execution) or a positive integer.")
-flags.DEFINE_integer("mlp_width", 16, "Width of the MLPs.")
-flags.DEFINE_integer("mlp_batch", 1024, "Batch size of the MLPs.")
-flags.DEFINE_integer("cnn_width", 16, "Channels of the CNNs' first stage.")
-flags.DEFINE_integer("cnn_batch", 128, "Batch size of the CNNs.")
-flags.DEFINE_integer("image_size", 32, "Image height and width of the CNNs.")
-flags.DEFINE_string("output", None, "Optional JSON file for the results.")
+
+
+def define_flags():
+    """The command line's flags (defined only when run as a program, so modules import freely)."""
+    flags.DEFINE_list("models", ["glonet_mlp:10", "resnet_mlp:10", "glonet_mlp:200", "glonet_cnn:20",
+                                 "resnet_cnn:20"], "Models as <family>:<depth>; families: "
+                      "glonet_mlp, resnet_mlp (blocks), glonet_cnn, resnet_cnn (CIFAR depth 6n+2).")
+    flags.DEFINE_list("variants", None, "Variants to time (see the module docstring); default: all "
+                      "that apply to the backend (DEFAULT_VARIANTS).")
+    flags.DEFINE_integer("mlp_steps", 128, "Training steps per repetition for the MLPs.")
+    flags.DEFINE_integer("cnn_steps", 32, "Training steps per repetition for the CNNs.")
+    flags.DEFINE_integer("repetitions", timing.REPETITIONS, "Timed rounds after the warm-up.")
+    flags.DEFINE_string("steps_per_execution", "auto", "What `auto` in a variant means: 'auto' "
+                        "(fastfit.auto_steps_per_execution) or a positive integer.")
+    flags.DEFINE_integer("mlp_width", 16, "Width of the MLPs.")
+    flags.DEFINE_integer("mlp_batch", 1024, "Batch size of the MLPs.")
+    flags.DEFINE_integer("cnn_width", 16, "Channels of the CNNs' first stage.")
+    flags.DEFINE_integer("cnn_batch", 128, "Batch size of the CNNs.")
+    flags.DEFINE_integer("image_size", 32, "Image height and width of the CNNs.")
+    flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
 DEFAULT_VARIANTS = {
     "tensorflow": ["fit:numpy:1", "fit:numpy:auto", "fit:tfdata:auto", "fit:numpy:auto:v1",
@@ -370,4 +374,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -43,18 +43,22 @@ FAMILIES = {
 }
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("families", ["glonet_mlp", "resnet_mlp"],
-                  f"Model families, GloNet before its ResNet-v2: {list(FAMILIES)}.")
-flags.DEFINE_list("depths", ["10", "50", "100", "200"], "Depths (MLP blocks; CNN depth 6n+2).")
-flags.DEFINE_integer("steps", 4, "Training steps per point.")
-flags.DEFINE_integer("batch_size", None, "Batch size (default: 1024 for MLPs, 128 for CNNs).")
-flags.DEFINE_integer("width", 16, "MLP width / CNN first-stage channels.")
-flags.DEFINE_bool("scan", False, "Also measure the scanned form (scan=True) of every family "
-                  "whose builder offers it.")
-flags.DEFINE_integer("max_unrolled_depth", 200, "Deeper unrolled models are skipped.")
-flags.DEFINE_integer("point_timeout", 600, "Seconds one point may take.")
-flags.DEFINE_string("output", None, "Optional JSON file for the results.")
-flags.DEFINE_string("point", None, "Internal: measure one point (JSON) and print its result.")
+
+
+def define_flags():
+    """The command line's flags (defined only when run as a program, so modules import freely)."""
+    flags.DEFINE_list("families", ["glonet_mlp", "resnet_mlp"],
+                      f"Model families, GloNet before its ResNet-v2: {list(FAMILIES)}.")
+    flags.DEFINE_list("depths", ["10", "50", "100", "200"], "Depths (MLP blocks; CNN depth 6n+2).")
+    flags.DEFINE_integer("steps", 4, "Training steps per point.")
+    flags.DEFINE_integer("batch_size", None, "Batch size (default: 1024 for MLPs, 128 for CNNs).")
+    flags.DEFINE_integer("width", 16, "MLP width / CNN first-stage channels.")
+    flags.DEFINE_bool("scan", False, "Also measure the scanned form (scan=True) of every family "
+                      "whose builder offers it.")
+    flags.DEFINE_integer("max_unrolled_depth", 200, "Deeper unrolled models are skipped.")
+    flags.DEFINE_integer("point_timeout", 600, "Seconds one point may take.")
+    flags.DEFINE_string("output", None, "Optional JSON file for the results.")
+    flags.DEFINE_string("point", None, "Internal: measure one point (JSON) and print its result.")
 
 MB = 2**20
 
@@ -190,4 +194,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

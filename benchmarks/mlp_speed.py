@@ -37,23 +37,27 @@ from benchmarks import report, timing  # noqa: E402
 from benchmarks.synthetic import sgemm_like_data  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("depths", ["10", "24", "50", "100", "200"],
-                  "Depths (blocks) to time; the paper's Table 1 adds 600 and 1000.")
-flags.DEFINE_integer("rows", 170_000,
-                     "Synthetic training rows (the paper's SGEMM train split), cut to whole batches.")
-flags.DEFINE_integer("width", 16, "Width of every block.")
-flags.DEFINE_integer("batch_size", 1024, "Batch size.")
-flags.DEFINE_integer("repetitions", timing.REPETITIONS, "Timed epochs per model after one warm-up epoch.")
-flags.DEFINE_string("steps_per_execution", "auto", "'auto' or a positive integer.")
-flags.DEFINE_enum("data_form", "auto", timing.FORMS, "How the arrays are fed to fit (timing.fit_inputs).")
-flags.DEFINE_bool("fuse", True, "On JAX, run each group of steps as one lax.scan (fastfit).")
-flags.DEFINE_bool("scan", False, "Time the scanned GloNet MLP (GloNetMLP(scan=True)) at every depth.")
-flags.DEFINE_enum("resnet_forms", "auto", ["auto", "unrolled", "scanned"],
-                  "ResNet-v2 form: 'auto' times every form the builder offers (within "
-                  "--max_unrolled_depth for the unrolled one) and keeps the faster.")
-flags.DEFINE_integer("max_unrolled_depth", 200,
-                     "Deeper unrolled models are skipped (their compile time grows with depth).")
-flags.DEFINE_string("output", None, "Optional JSON file for the results.")
+
+
+def define_flags():
+    """The command line's flags (defined only when run as a program, so modules import freely)."""
+    flags.DEFINE_list("depths", ["10", "24", "50", "100", "200"],
+                      "Depths (blocks) to time; the paper's Table 1 adds 600 and 1000.")
+    flags.DEFINE_integer("rows", 170_000,
+                         "Synthetic training rows (the paper's SGEMM train split), cut to whole batches.")
+    flags.DEFINE_integer("width", 16, "Width of every block.")
+    flags.DEFINE_integer("batch_size", 1024, "Batch size.")
+    flags.DEFINE_integer("repetitions", timing.REPETITIONS, "Timed epochs per model after one warm-up epoch.")
+    flags.DEFINE_string("steps_per_execution", "auto", "'auto' or a positive integer.")
+    flags.DEFINE_enum("data_form", "auto", timing.FORMS, "How the arrays are fed to fit (timing.fit_inputs).")
+    flags.DEFINE_bool("fuse", True, "On JAX, run each group of steps as one lax.scan (fastfit).")
+    flags.DEFINE_bool("scan", False, "Time the scanned GloNet MLP (GloNetMLP(scan=True)) at every depth.")
+    flags.DEFINE_enum("resnet_forms", "auto", ["auto", "unrolled", "scanned"],
+                      "ResNet-v2 form: 'auto' times every form the builder offers (within "
+                      "--max_unrolled_depth for the unrolled one) and keeps the faster.")
+    flags.DEFINE_integer("max_unrolled_depth", 200,
+                         "Deeper unrolled models are skipped (their compile time grows with depth).")
+    flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
 # Paper, Table 1: seconds per epoch (ResNet-v2 with BN, GloNet) by depth.
 PAPER_TABLE_1 = {
@@ -202,4 +206,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
