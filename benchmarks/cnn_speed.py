@@ -33,9 +33,11 @@ def define_flags():
     flags.DEFINE_integer("images", 10_240, "Random training images per epoch (cut to whole batches).")
     flags.DEFINE_integer("width", 16, "Channels of the first stage (stages double it).")
     flags.DEFINE_integer("batch_size", 128, "Batch size.")
-    flags.DEFINE_integer("repetitions", timing.REPETITIONS, "Timed epochs per model after one warm-up epoch.")
+    flags.DEFINE_integer("repetitions", timing.REPETITIONS,
+                         "Timed epochs per model after one warm-up epoch.")
     flags.DEFINE_string("steps_per_execution", "auto", "'auto' or a positive integer.")
-    flags.DEFINE_enum("data_form", "auto", timing.FORMS, "How the arrays are fed to fit (timing.fit_inputs).")
+    flags.DEFINE_enum("data_form", "auto", timing.FORMS,
+                      "How the arrays are fed to fit (timing.fit_inputs).")
     flags.DEFINE_bool("fuse", True, "On JAX, run each group of steps as one lax.scan (fastfit).")
     flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
@@ -69,8 +71,9 @@ def run_benchmark(depths=(20, 56, 110), images=10_240, width=16, batch_size=128,
         return timing.fit_epoch_task(model, data, fit_kwargs), {
             "steps_per_execution": spe, "fused": fused, "data_form": timing.resolve_form(data_form)}
 
-    rows = timing.compare_at_depths(depths, {"glonet": builder(GloNetCNN), "resnet_bn": builder(ResNetCNN)},
-                                    make_task, metric="s_per_epoch", repetitions=repetitions, log=log)
+    builders = {"glonet": builder(GloNetCNN), "resnet_bn": builder(ResNetCNN)}
+    rows = timing.compare_at_depths(depths, builders, make_task, metric="s_per_epoch",
+                                    repetitions=repetitions, log=log)
     for row in rows:
         for key in ("glonet", "resnet_bn"):
             row[f"{key}_images_per_s"] = len(x) / row[f"{key}_s_per_epoch"]

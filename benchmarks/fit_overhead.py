@@ -309,7 +309,8 @@ def run_model(spec, variants, *, steps, repetitions, steps_per_execution="auto",
                          measured["samples_s"])["median"]),
                      samples_ms_per_step=[1e3 * s for s in per_step])
         result["variants"][name] = entry
-    for reference, field in ((report.RAW_STEP, "ratio_to_raw"), ("raw:device:auto", "ratio_to_raw_loop")):
+    references = ((report.RAW_STEP, "ratio_to_raw"), ("raw:device:auto", "ratio_to_raw_loop"))
+    for reference, field in references:
         if reference in result["variants"]:
             base = result["variants"][reference]["samples_ms_per_step"]
             for entry in result["variants"].values():

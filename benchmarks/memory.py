@@ -90,7 +90,8 @@ def measure_point(family, depth, form="unrolled", steps=4, batch_size=None, widt
 
     model = getattr(models, class_name)(**{depth_argument: depth}, **kwargs)
     spe, fused = timing.compile_for_fit(model, loss=loss, batch_size=batch_size,
-                                        steps_per_epoch=steps, batch_bytes=timing.batch_nbytes(x, y, batch_size))
+                                        steps_per_epoch=steps,
+                                        batch_bytes=timing.batch_nbytes(x, y, batch_size))
     model.fit(*data, epochs=1, verbose=0, **fit_kwargs)
     result = {"family": family, "depth": depth, "form": form, "steps": steps,
               "batch_size": batch_size, "parameters": int(model.count_params()),

@@ -43,15 +43,18 @@ def define_flags():
     """The command line's flags (defined only when run as a program, so modules import freely)."""
     flags.DEFINE_list("depths", ["10", "24", "50", "100", "200"],
                       "Depths (blocks) to time; the paper's Table 1 adds 600 and 1000.")
-    flags.DEFINE_integer("rows", 170_000,
-                         "Synthetic training rows (the paper's SGEMM train split), cut to whole batches.")
+    flags.DEFINE_integer("rows", 170_000, "Synthetic training rows (the paper's SGEMM train "
+                         "split), cut to whole batches.")
     flags.DEFINE_integer("width", 16, "Width of every block.")
     flags.DEFINE_integer("batch_size", 1024, "Batch size.")
-    flags.DEFINE_integer("repetitions", timing.REPETITIONS, "Timed epochs per model after one warm-up epoch.")
+    flags.DEFINE_integer("repetitions", timing.REPETITIONS,
+                         "Timed epochs per model after one warm-up epoch.")
     flags.DEFINE_string("steps_per_execution", "auto", "'auto' or a positive integer.")
-    flags.DEFINE_enum("data_form", "auto", timing.FORMS, "How the arrays are fed to fit (timing.fit_inputs).")
+    flags.DEFINE_enum("data_form", "auto", timing.FORMS,
+                      "How the arrays are fed to fit (timing.fit_inputs).")
     flags.DEFINE_bool("fuse", True, "On JAX, run each group of steps as one lax.scan (fastfit).")
-    flags.DEFINE_bool("scan", False, "Time the scanned GloNet MLP (GloNetMLP(scan=True)) at every depth.")
+    flags.DEFINE_bool("scan", False,
+                      "Time the scanned GloNet MLP (GloNetMLP(scan=True)) at every depth.")
     flags.DEFINE_enum("resnet_forms", "auto", ["auto", "unrolled", "scanned"],
                       "ResNet-v2 form: 'auto' times every form the builder offers (within "
                       "--max_unrolled_depth for the unrolled one) and keeps the faster.")
@@ -161,7 +164,7 @@ def _pick_faster_resnet(raw):
     if "glonet_s_per_epoch_samples" in raw:
         ratio = timing.paired_ratios(raw["glonet_s_per_epoch_samples"],
                                      raw[f"{prefix}s_per_epoch_samples"])
-        row["ratio"], row["ratio_min"], row["ratio_max"] = ratio["median"], ratio["min"], ratio["max"]
+        row.update(ratio=ratio["median"], ratio_min=ratio["min"], ratio_max=ratio["max"])
     return row
 
 
@@ -171,7 +174,8 @@ def format_row(row):
     glonet = row.get("glonet_skipped") or f"{timing.spread(row, 'glonet_s_per_epoch')} s/epoch"
     resnet = row.get("resnet_bn_skipped") or (
         f"{timing.spread(row, 'resnet_bn_s_per_epoch')} s/epoch ({row['resnet_bn_form']})")
-    return f"depth {row['depth']:4d}  GloNet {glonet}  ResNet-v2(BN) {resnet}  ratio {ratio}  (paper {paper})"
+    return (f"depth {row['depth']:4d}  GloNet {glonet}  ResNet-v2(BN) {resnet}  ratio {ratio}  "
+            f"(paper {paper})")
 
 
 def main(argv):

@@ -138,7 +138,8 @@ def fit_inputs(x, y, *, batch_size, form="auto", seed=0):
     if form == "numpy":
         return (x, y), {"batch_size": batch_size, "shuffle": True}
     if form == "device":
-        return (fastfit.DeviceArrayDataset(x, y, batch_size=batch_size, seed=seed),), {"shuffle": False}
+        dataset = fastfit.DeviceArrayDataset(x, y, batch_size=batch_size, seed=seed)
+        return (dataset,), {"shuffle": False}
     import tensorflow as tf  # The tf.data form needs TensorFlow, whatever the backend.
 
     dataset = (tf.data.Dataset.from_tensor_slices((x, y))
@@ -245,7 +246,7 @@ def compare_at_depths(depths, builders, make_task, metric="s", repetitions=REPET
             row[f"{key}_compile_s"] = max(0.0, result["warmup_s"] - summary["median"])
         if first in timed and second in timed:
             ratio = paired_ratios(timed[first]["samples_s"], timed[second]["samples_s"])
-            row["ratio"], row["ratio_min"], row["ratio_max"] = ratio["median"], ratio["min"], ratio["max"]
+            row.update(ratio=ratio["median"], ratio_min=ratio["min"], ratio_max=ratio["max"])
         else:
             row["ratio"] = row["ratio_min"] = row["ratio_max"] = None
         rows.append(row)

@@ -92,7 +92,8 @@ def _check_side_by_side(row, metric="s_per_epoch", repetitions=3):
         assert row[f"{key}_{metric}_min"] <= row[f"{key}_{metric}"] <= row[f"{key}_{metric}_max"]
         assert row[f"{key}_{metric}"] == timing.summarize(samples)["median"]
         assert row[f"{key}_warmup_s"] > 0 and row[f"{key}_steps_per_execution"] >= 1
-    ratios = [a / b for a, b in zip(row[f"glonet_{metric}_samples"], row[f"resnet_bn_{metric}_samples"])]
+    ratios = [a / b for a, b in zip(row[f"glonet_{metric}_samples"],
+                                    row[f"resnet_bn_{metric}_samples"])]
     assert row["ratio"] == pytest.approx(timing.summarize(ratios)["median"])
     assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
 
