@@ -44,13 +44,14 @@ def define_flags():
 
 def run_benchmark(depths=(20, 56, 110), images=10_240, width=16, batch_size=128,
                   repetitions=timing.REPETITIONS, image_size=32, *, steps_per_execution="auto",
-                  data_form="auto", fuse=True, log=print):
+                  data_form="auto", fuse=True, log=print, on_result=None):
     """Times GloNetCNN and ResNetCNN (BN) at each depth; returns one dict per depth.
 
     Row keys: depth, repetitions; glonet_s_per_epoch (median) with _min/_max/_samples,
     glonet_images_per_s, glonet_warmup_s, glonet_compile_s, glonet_steps_per_execution,
     glonet_fused, glonet_data_form; the same for resnet_bn; ratio (median of per-epoch time
-    ratios GloNet / ResNet) with ratio_min/ratio_max.
+    ratios GloNet / ResNet) with ratio_min/ratio_max. `on_result(rows so far)` is called after
+    every depth (to save partial results).
     """
     import keras
 
@@ -72,14 +73,18 @@ def run_benchmark(depths=(20, 56, 110), images=10_240, width=16, batch_size=128,
             "steps_per_execution": spe, "fused": fused, "data_form": timing.resolve_form(data_form)}
 
     builders = {"glonet": builder(GloNetCNN), "resnet_bn": builder(ResNetCNN)}
-    rows = timing.compare_at_depths(depths, builders, make_task, metric="s_per_epoch",
-                                    repetitions=repetitions, log=log)
-    for row in rows:
+    rows = []
+    for depth in depths:
+        (row,) = timing.compare_at_depths([depth], builders, make_task, metric="s_per_epoch",
+                                          repetitions=repetitions, log=log)
         for key in ("glonet", "resnet_bn"):
             row[f"{key}_images_per_s"] = len(x) / row[f"{key}_s_per_epoch"]
         log(f"depth {row['depth']:4d}  GloNet {row['glonet_images_per_s']:9.0f} img/s  "
             f"ResNet-v2(BN) {row['resnet_bn_images_per_s']:9.0f} img/s  "
             f"time ratio {timing.spread(row, 'ratio', digits=2)}")
+        rows.append(row)
+        if on_result:
+            on_result(rows)
     return rows
 
 
@@ -93,14 +98,13 @@ def main(argv):
     print(f"Machine: {machine}", flush=True)
     print(f"images={FLAGS.images} width={FLAGS.width} batch={FLAGS.batch_size} "
           f"repetitions={FLAGS.repetitions} (median [min-max] of timed epochs)")
+    save = timing.json_saver(FLAGS.output, {"benchmark": "cnn_speed", "machine": machine,
+                                            "images": FLAGS.images,
+                                            "repetitions": FLAGS.repetitions}, "results")
     rows = run_benchmark([int(d) for d in FLAGS.depths], FLAGS.images, FLAGS.width,
-                         FLAGS.batch_size, FLAGS.repetitions,
-                         steps_per_execution=spe,
-                         data_form=FLAGS.data_form, fuse=FLAGS.fuse)
-    if FLAGS.output:
-        timing.write_json(FLAGS.output, {"benchmark": "cnn_speed", "machine": machine,
-                                         "images": FLAGS.images, "repetitions": FLAGS.repetitions,
-                                         "results": rows})
+                         FLAGS.batch_size, FLAGS.repetitions, steps_per_execution=spe,
+                         data_form=FLAGS.data_form, fuse=FLAGS.fuse, on_result=save)
+    save(rows, complete=True)
     print()
     report.cnn_speed_table(rows)
 

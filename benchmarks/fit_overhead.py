@@ -327,8 +327,12 @@ def _quiet(task):
 
 
 def run_benchmark(models, variants=None, *, mlp_steps=128, cnn_steps=32,
-                  repetitions=timing.REPETITIONS, steps_per_execution="auto", log=print, **sizes):
-    """Runs every model spec; returns the list of per-model results (see `run_model`)."""
+                  repetitions=timing.REPETITIONS, steps_per_execution="auto", log=print,
+                  on_result=None, **sizes):
+    """Runs every model spec; returns the list of per-model results (see `run_model`).
+
+    `on_result(results so far)` is called after every model (to save partial results).
+    """
     import keras
 
     backend = keras.backend.backend()
@@ -342,6 +346,8 @@ def run_benchmark(models, variants=None, *, mlp_steps=128, cnn_steps=32,
                            steps_per_execution=steps_per_execution, log=log, **sizes)
         report.fit_overhead_model_table(result, log=log)
         results.append(result)
+        if on_result:
+            on_result(results)
     return results
 
 
@@ -362,14 +368,14 @@ def main(argv):
     machine = timing.describe_machine()
     print(f"Machine: {machine}", flush=True)
     print(f"repetitions={FLAGS.repetitions} (median [min-max] over interleaved rounds)")
+    save = timing.json_saver(FLAGS.output, {"benchmark": "fit_overhead", "machine": machine,
+                                            "repetitions": FLAGS.repetitions}, "results")
     results = run_benchmark(
         FLAGS.models, FLAGS.variants, mlp_steps=FLAGS.mlp_steps, cnn_steps=FLAGS.cnn_steps,
-        repetitions=FLAGS.repetitions, steps_per_execution=spe,
+        repetitions=FLAGS.repetitions, steps_per_execution=spe, on_result=save,
         mlp_width=FLAGS.mlp_width, mlp_batch=FLAGS.mlp_batch, cnn_width=FLAGS.cnn_width,
         cnn_batch=FLAGS.cnn_batch, image_size=FLAGS.image_size)
-    if FLAGS.output:
-        timing.write_json(FLAGS.output, {"benchmark": "fit_overhead", "machine": machine,
-                                         "repetitions": FLAGS.repetitions, "results": results})
+    save(results, complete=True)
     print()
     report.fit_overhead_summary(results)
 

@@ -45,7 +45,7 @@ else
   FIT_ARGS=(--models=glonet_mlp:10,resnet_mlp:10,glonet_mlp:200,glonet_cnn:20,resnet_cnn:20
             --mlp_steps=128 --cnn_steps=64)
   MLP_ARGS=(--depths=10,24,50,100,200,600,1000 --rows=65536)
-  MEM_ARGS=(--depths=10,50,100,1000 --steps=4)  # 1000: the scanned form only
+  MEM_ARGS=(--depths=10,50,100,1000 --steps=4 --point_timeout=60)  # 1000: scanned only
   LIMITS=(210 180 110)
 fi
 

@@ -22,6 +22,7 @@ the GloNet/ResNet ratio at each depth, side by side.
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 
@@ -150,8 +151,11 @@ def forms_for(family, scan, depth, max_unrolled_depth):
 
 def run_benchmark(families=("glonet_mlp", "resnet_mlp"), depths=(10, 50, 100, 200), *, steps=4,
                   batch_size=None, width=16, scan=False, max_unrolled_depth=200, timeout=600,
-                  log=print):
-    """Measures every (family, form, depth); returns the list of point dicts."""
+                  log=print, on_result=None):
+    """Measures every (family, form, depth); returns the list of point dicts.
+
+    `on_result(points so far)` is called after every point (to save partial results).
+    """
     unknown = set(families) - set(FAMILIES)
     if unknown:
         raise ValueError(f"Unknown families {sorted(unknown)}. Available: {list(FAMILIES)}.")
@@ -163,6 +167,8 @@ def run_benchmark(families=("glonet_mlp", "resnet_mlp"), depths=(10, 50, 100, 20
                                   width=width, timeout=timeout)
                 log(_describe(point))
                 points.append(point)
+                if on_result:
+                    on_result(points)
     return points
 
 
@@ -181,14 +187,18 @@ def main(argv):
     if FLAGS.point:
         print(json.dumps(measure_point(**json.loads(FLAGS.point))), flush=True)
         return
+    # A SIGTERM (e.g. from `timeout`) becomes SystemExit, so that subprocess.run kills the point
+    # being measured instead of leaving it running on its own.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     machine = timing.describe_machine()
     print(f"Machine: {machine}", flush=True)
+    save = timing.json_saver(FLAGS.output, {"benchmark": "memory", "machine": machine,
+                                            "steps": FLAGS.steps}, "points")
     points = run_benchmark(FLAGS.families, [int(d) for d in FLAGS.depths], steps=FLAGS.steps,
                            batch_size=FLAGS.batch_size, width=FLAGS.width, scan=FLAGS.scan,
-                           max_unrolled_depth=FLAGS.max_unrolled_depth, timeout=FLAGS.point_timeout)
-    if FLAGS.output:
-        timing.write_json(FLAGS.output, {"benchmark": "memory", "machine": machine,
-                                         "steps": FLAGS.steps, "points": points})
+                           max_unrolled_depth=FLAGS.max_unrolled_depth,
+                           timeout=FLAGS.point_timeout, on_result=save)
+    save(points, complete=True)
     report.memory_tables(points)
     if any("error" in p for p in points):
         sys.exit(1)

@@ -87,7 +87,7 @@ def model_forms(builder, depth, wanted, max_unrolled_depth):
 def run_benchmark(depths=(10, 24, 50, 100, 200), rows=170_000, width=16, batch_size=1024,
                   repetitions=timing.REPETITIONS, *, scan=False, resnet_forms="auto",
                   max_unrolled_depth=200, steps_per_execution="auto", data_form="auto", fuse=True,
-                  log=print):
+                  log=print, on_result=None):
     """Times GloNetMLP and ResNetMLP(BN) at each depth on the fast fit path; one dict per depth.
 
     Row keys: depth, repetitions; glonet_s_per_epoch (median) with _min/_max, glonet_warmup_s,
@@ -95,6 +95,7 @@ def run_benchmark(depths=(10, 24, 50, 100, 200), rows=170_000, width=16, batch_s
     the same for resnet_bn (the faster form when several were timed; every timed form is in
     "resnet_bn_forms"); ratio (median of per-epoch ratios GloNet / ResNet) with ratio_min/max;
     paper_ratio. A model that could not run at a depth has "<key>_skipped" and a ratio of None.
+    `on_result(rows so far)` is called after every depth (to save partial results).
 
     Raises:
         ValueError: `scan=True` while GloNetMLP has no `scan` argument yet.
@@ -144,6 +145,8 @@ def run_benchmark(depths=(10, 24, 50, 100, 200), rows=170_000, width=16, batch_s
         row["paper_ratio"] = paper[1] / paper[0] if paper else None
         results.append(row)
         log(format_row(row))
+        if on_result:
+            on_result(results)
     return results
 
 
@@ -195,16 +198,15 @@ def main(argv):
     print(f"Machine: {machine}", flush=True)
     print(f"rows={FLAGS.rows} width={FLAGS.width} batch={FLAGS.batch_size} "
           f"repetitions={FLAGS.repetitions} (median [min-max] of timed epochs)")
+    save = timing.json_saver(FLAGS.output, {
+        "benchmark": "mlp_speed", "machine": machine, "rows": FLAGS.rows,
+        "batch_size": FLAGS.batch_size, "repetitions": FLAGS.repetitions}, "results")
     results = run_benchmark(
         [int(d) for d in FLAGS.depths], FLAGS.rows, FLAGS.width, FLAGS.batch_size,
         FLAGS.repetitions, scan=FLAGS.scan, resnet_forms=FLAGS.resnet_forms,
-        max_unrolled_depth=FLAGS.max_unrolled_depth,
-        steps_per_execution=spe, data_form=FLAGS.data_form,
-        fuse=FLAGS.fuse)
-    if FLAGS.output:
-        timing.write_json(FLAGS.output, {"benchmark": "mlp_speed", "machine": machine,
-                                         "rows": FLAGS.rows, "batch_size": FLAGS.batch_size,
-                                         "repetitions": FLAGS.repetitions, "results": results})
+        max_unrolled_depth=FLAGS.max_unrolled_depth, steps_per_execution=spe,
+        data_form=FLAGS.data_form, fuse=FLAGS.fuse, on_result=save)
+    save(results, complete=True)
     print()
     report.mlp_speed_table(results)
 

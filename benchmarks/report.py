@@ -180,6 +180,8 @@ def print_file(path, log=print):
         payload = json.load(handle)
     name = payload.get("benchmark")
     log(f"\n== {name} ({os.path.basename(path)}): {payload.get('machine', '?')}")
+    if payload.get("complete") is False:
+        log("(incomplete: the run stopped before the end; these are the parts it finished)")
     if name == "mlp_speed":
         mlp_speed_table(payload["results"], log=log)
     elif name == "cnn_speed":

@@ -137,9 +137,9 @@ def fit_inputs(x, y, *, batch_size, form="auto", seed=0):
     form = resolve_form(form)
     if form == "numpy":
         return (x, y), {"batch_size": batch_size, "shuffle": True}
-    if form == "device":
-        dataset = fastfit.DeviceArrayDataset(x, y, batch_size=batch_size, seed=seed)
-        return (dataset,), {"shuffle": False}
+    if form == "device":  # What fastfit.in_memory_inputs gives on JAX.
+        inputs = fastfit.in_memory_inputs(x, y, batch_size=batch_size, seed=seed)
+        return (inputs.pop("x"),), inputs
     import tensorflow as tf  # The tf.data form needs TensorFlow, whatever the backend.
 
     dataset = (tf.data.Dataset.from_tensor_slices((x, y))
@@ -292,6 +292,18 @@ def write_json(path, payload):
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def json_saver(path, payload, key):
+    """A callable(results, complete=False) that writes {**payload, key: results, "complete": ...}.
+
+    Benchmarks call it after every finished model or depth, so that a run stopped by a timeout (or
+    a crash) still leaves what it measured, marked "complete": false. Without a path, a no-op.
+    """
+    def save(results, complete=False):
+        if path:
+            write_json(path, dict(payload, **{key: list(results), "complete": bool(complete)}))
+    return save
 
 
 def print_table(header, rows, log=print):

@@ -13,18 +13,18 @@ raw compiled step; these helpers are what its measurements call for (the numbers
 2. On JAX, Keras 3 still calls the compiled step once per step, passing the whole training state
    each time, which costs time in proportion to the number of variables (so it grows with depth).
    `fuse_train_steps(model)` makes one group of steps one compiled `jax.lax.scan`.
-3. In-memory data fed without a per-step copy from the host. On JAX, `fit(x=jax_array)` does not
-   help: Keras copies device arrays back to NumPy and uploads every batch again. `DeviceArrayDataset`
-   keeps the arrays on the device and gathers each (shuffled) batch there. On TensorFlow, NumPy
-   arrays given to `fit` already become a vectorised, prefetching `tf.data` pipeline.
+3. In-memory data fed without a per-step copy from the host (`in_memory_inputs`). On JAX,
+   `fit(x=jax_array)` does not help: Keras copies device arrays back to NumPy and uploads every
+   batch again; `DeviceArrayDataset` keeps the arrays on the device and gathers each (shuffled)
+   batch there. On TensorFlow, NumPy arrays given to `fit` already become a vectorised,
+   prefetching `tf.data` pipeline.
 
 Example:
 >>> steps = math.ceil(len(x) / 1024)
 >>> spe = auto_steps_per_execution(steps, estimate_step_seconds(model, 1024))
 >>> model.compile(optimizer="adam", loss="mse", steps_per_execution=spe)
 >>> fuse_train_steps(model)                       # True on JAX, False (nothing to do) elsewhere
->>> data = DeviceArrayDataset(x, y, batch_size=1024, seed=0)
->>> model.fit(data, epochs=10, shuffle=False)     # the data set shuffles examples itself
+>>> model.fit(**in_memory_inputs(x, y, batch_size=1024, seed=0), epochs=10)
 
 No TensorFlow import here: the GPU machines have JAX only.
 """
@@ -306,6 +306,38 @@ def _stack(batches, np_or_jnp):
     import jax
 
     return jax.tree_util.tree_map(lambda *leaves: np_or_jnp.stack(leaves), *batches)
+
+
+def in_memory_inputs(x, y=None, *, batch_size, sample_weight=None, shuffle=True, seed=0):
+    """`fit` keyword arguments that feed in-memory arrays the fastest way for this backend.
+
+    JAX: a `DeviceArrayDataset` (the arrays copied to the device once, batches gathered there)
+    with `shuffle=False` for `fit` (the data set shuffles examples itself, seeded per epoch).
+    Other backends: the arrays themselves with `batch_size` and `shuffle` (on TensorFlow Keras
+    turns them into a vectorised, prefetching `tf.data` pipeline).
+
+    Args:
+        x, y, sample_weight: NumPy arrays (or array-likes) with one row per example.
+        batch_size: examples per batch.
+        shuffle: reshuffle the examples every epoch.
+        seed: the shuffle's seed on JAX (elsewhere `fit` shuffles with NumPy's global generator,
+            which `keras.utils.set_random_seed` seeds).
+
+    Returns:
+        A dict for `model.fit(**inputs, epochs=...)`.
+
+    Example:
+    >>> history = model.fit(**in_memory_inputs(x, y, batch_size=1024), epochs=10)
+    """
+    if keras.backend.backend() == "jax":
+        data = DeviceArrayDataset(x, y, batch_size=batch_size, sample_weight=sample_weight,
+                                  shuffle=shuffle, seed=seed)
+        return {"x": data, "shuffle": False}
+    batch_size = _check_positive("batch_size", batch_size, integer=True)
+    inputs = {"x": x, "y": y, "batch_size": batch_size, "shuffle": bool(shuffle)}
+    if sample_weight is not None:
+        inputs["sample_weight"] = sample_weight
+    return inputs
 
 
 class DeviceArrayDataset(keras.utils.PyDataset):

@@ -54,6 +54,20 @@ def test_write_json_leaves_the_old_file_when_the_payload_cannot_be_written(tmp_p
     assert os.listdir(tmp_path) == ["out.json"]  # no temporary file left behind
 
 
+def test_partial_results_are_saved_and_reported_as_incomplete(tmp_path, capsys):
+    path = tmp_path / "partial.json"
+    save = timing.json_saver(str(path), {"benchmark": "memory", "machine": "test"}, "points")
+    point = dict(family="glonet_mlp", form="unrolled", depth=2, train_rss_mb=5.0)
+    save([point])
+    assert json.loads(path.read_text())["complete"] is False
+    report.print_file(str(path))
+    assert "incomplete" in capsys.readouterr().out
+    save([point, dict(point, depth=4)], complete=True)
+    payload = json.loads(path.read_text())
+    assert payload["complete"] is True and len(payload["points"]) == 2
+    timing.json_saver(None, {}, "points")([point])  # no path: nothing written, no error
+
+
 def test_steps_per_execution_and_data_form_are_checked():
     assert timing.parse_steps_per_execution("auto") == "auto"
     assert timing.parse_steps_per_execution("16") == 16

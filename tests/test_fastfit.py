@@ -168,6 +168,18 @@ def test_bad_data_is_refused_with_the_reason(kwargs, message):
         fastfit.DeviceArrayDataset(**kwargs)
 
 
+def test_in_memory_inputs_pick_the_backends_fast_form():
+    x, y = _arrays(8)
+    inputs = fastfit.in_memory_inputs(x, y, batch_size=4, sample_weight=np.ones(8))
+    if keras.backend.backend() == "jax":
+        assert isinstance(inputs["x"], fastfit.DeviceArrayDataset) and inputs["shuffle"] is False
+    else:
+        assert inputs["x"] is x and inputs["y"] is y and inputs["batch_size"] == 4
+        assert inputs["shuffle"] is True and inputs["sample_weight"].shape == (8,)
+    with pytest.raises(ValueError, match="batch_size"):
+        fastfit.in_memory_inputs(x, y, batch_size=0)
+
+
 def test_out_of_range_batches_raise_index_error():
     x, y = _arrays(4)
     data = fastfit.DeviceArrayDataset(x, y, batch_size=2)
@@ -247,6 +259,8 @@ reference.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
 fused = model(ResNetMLP, spe=4, fuse=True)
 fused.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
 report["resnet"] = dict(weights=max_difference(reference, fused))
+inputs = fastfit.in_memory_inputs(x, y, batch_size=16)
+report["in_memory_inputs"] = [type(inputs["x"]).__name__, inputs["shuffle"]]
 report["spe1_fused"] = fastfit.fuse_train_steps(model(spe=1))
 print("REPORT" + json.dumps(report))
 """
@@ -261,3 +275,4 @@ def test_on_jax_fused_steps_and_device_data_train_exactly_like_keras():
     assert report["glonet"]["weights"] < 1e-5 and report["glonet"]["loss"] < 1e-5, report
     assert report["resnet"]["weights"] < 1e-5, report
     assert report["train_on_batch_finite"]
+    assert report["in_memory_inputs"] == ["DeviceArrayDataset", False]
