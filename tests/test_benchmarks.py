@@ -1,11 +1,255 @@
-from benchmarks import cnn_speed
+"""The benchmark scripts at tiny sizes: what they measure, how they summarise it, how they refuse."""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import cnn_speed, fit_overhead, memory, mlp_speed, report, timing
+from tests.harness import REPO_ROOT
+
+QUIET = dict(log=lambda line: None)
+
+
+# ---- timing ---------------------------------------------------------------------------------
+
+def test_summaries_and_paired_ratios():
+    assert timing.summarize([3, 1, 2]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert timing.format_summary(timing.summarize([1.0, 2.0, 4.0]), scale=1e3, digits=0) == \
+        "2000 [1000-4000]"
+    ratios = timing.paired_ratios([2.0, 3.0, 8.0], [1.0, 3.0, 2.0])
+    assert (ratios["median"], ratios["min"], ratios["max"]) == (2.0, 1.0, 4.0)
+    with pytest.raises(ValueError, match="at least one"):
+        timing.summarize([])
+    with pytest.raises(ValueError, match="pair"):
+        timing.paired_ratios([1.0], [1.0, 2.0])
+
+
+def test_tasks_are_warmed_up_once_then_interleaved_in_rotating_order():
+    calls = []
+
+    def task(name, seconds):
+        def run():
+            calls.append(name)
+            return seconds
+        return run
+
+    results = timing.time_interleaved({"a": task("a", 1.0), "b": task("b", 2.0), "c": task("c", 3.0)},
+                                      repetitions=3)
+    assert calls == ["a", "b", "c",  "a", "b", "c",  "b", "c", "a",  "c", "a", "b"]
+    assert results["b"] == {"warmup_s": 2.0, "samples_s": [2.0, 2.0, 2.0]}
+    with pytest.raises(ValueError, match="repetitions"):
+        timing.time_interleaved({"a": task("a", 1.0)}, repetitions=0)
+
+
+def test_write_json_leaves_the_old_file_when_the_payload_cannot_be_written(tmp_path):
+    path = tmp_path / "out.json"
+    timing.write_json(str(path), {"ok": 1})
+    with pytest.raises(TypeError):
+        timing.write_json(str(path), {"bad": object()})
+    assert json.loads(path.read_text()) == {"ok": 1}
+    assert os.listdir(tmp_path) == ["out.json"]  # no temporary file left behind
+
+
+def test_partial_results_are_saved_and_reported_as_incomplete(tmp_path, capsys):
+    path = tmp_path / "partial.json"
+    save = timing.json_saver(str(path), {"benchmark": "memory", "machine": "test"}, "points")
+    point = dict(family="glonet_mlp", form="unrolled", depth=2, train_rss_mb=5.0)
+    save([point])
+    assert json.loads(path.read_text())["complete"] is False
+    report.print_file(str(path))
+    assert "incomplete" in capsys.readouterr().out
+    save([point, dict(point, depth=4)], complete=True)
+    payload = json.loads(path.read_text())
+    assert payload["complete"] is True and len(payload["points"]) == 2
+    timing.json_saver(None, {}, "points")([point])  # no path: nothing written, no error
+
+
+def test_steps_per_execution_and_data_form_are_checked():
+    assert timing.parse_steps_per_execution("auto") == "auto"
+    assert timing.parse_steps_per_execution("16") == 16
+    for bad in ("0", "-3", "many", "1.5"):
+        with pytest.raises(ValueError, match="positive integer"):
+            timing.parse_steps_per_execution(bad)
+    with pytest.raises(ValueError, match="Unknown data form"):
+        timing.resolve_form("disk")
+
+
+def test_scan_support_is_read_from_the_constructor():
+    class Scanned:
+        def __init__(self, num_blocks=2, scan=False):
+            pass
+
+    class Unrolled:
+        def __init__(self, num_blocks=2):
+            pass
+
+    assert timing.supports_scan(Scanned) and not timing.supports_scan(Unrolled)
+    with pytest.raises(ValueError, match="does not accept scan=True"):
+        timing.check_scan_available(Unrolled)
+    timing.check_scan_available(Scanned)
+    assert mlp_speed.model_forms(Scanned, 1000, "auto", 200) == ["scanned"]
+    assert mlp_speed.model_forms(Scanned, 100, "auto", 200) == ["unrolled", "scanned"]
+    assert "no scan=True" in mlp_speed.model_forms(Unrolled, 1000, "auto", 200)
+    assert mlp_speed.model_forms(Unrolled, 100, "unrolled", 200) == ["unrolled"]
+
+
+# ---- the speed benchmarks -------------------------------------------------------------------
+
+def _check_side_by_side(row, metric="s_per_epoch", repetitions=3):
+    for key in ("glonet", "resnet_bn"):
+        samples = row[f"{key}_{metric}_samples"]
+        assert len(samples) == repetitions
+        assert row[f"{key}_{metric}_min"] <= row[f"{key}_{metric}"] <= row[f"{key}_{metric}_max"]
+        assert row[f"{key}_{metric}"] == timing.summarize(samples)["median"]
+        assert row[f"{key}_warmup_s"] > 0 and row[f"{key}_steps_per_execution"] >= 1
+    ratios = [a / b for a, b in zip(row[f"glonet_{metric}_samples"],
+                                    row[f"resnet_bn_{metric}_samples"])]
+    assert row["ratio"] == pytest.approx(timing.summarize(ratios)["median"])
+    assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
 
 
 def test_cnn_speed_times_both_models_side_by_side():
-    rows = cnn_speed.run_benchmark(depths=(8,), images=64, width=4, batch_size=32, epochs=1,
-                                   image_size=8, log=lambda line: None)
-    (row,) = rows
-    assert row["depth"] == 8
-    for key in ("glonet", "resnet_bn"):
-        assert row[f"{key}_s_per_epoch"] > 0 and row[f"{key}_warmup_s"] > 0
-    assert row["ratio"] == row["glonet_s_per_epoch"] / row["resnet_bn_s_per_epoch"]
+    (row,) = cnn_speed.run_benchmark(depths=(8,), images=64, width=4, batch_size=32,
+                                     repetitions=3, image_size=8, **QUIET)
+    assert row["depth"] == 8 and row["repetitions"] == 3
+    _check_side_by_side(row)
+    assert row["glonet_images_per_s"] == pytest.approx(64 / row["glonet_s_per_epoch"])
+
+
+def test_mlp_speed_rows_json_and_table(tmp_path, capsys):
+    (row,) = mlp_speed.run_benchmark(depths=(2,), rows=300, batch_size=64, repetitions=3, **QUIET)
+    _check_side_by_side(row)
+    assert row["glonet_form"] == row["resnet_bn_form"] == "unrolled"
+    assert row["paper_ratio"] is None
+    # 300 rows are cut to 4 whole batches of 64: one execution of 4 steps per epoch.
+    assert row["glonet_steps_per_execution"] == 4
+    path = tmp_path / "mlp.json"
+    timing.write_json(str(path), {"benchmark": "mlp_speed", "machine": "test", "results": [row]})
+    assert report.main([str(path), str(tmp_path / "missing.json")]) == 1
+    printed = capsys.readouterr().out
+    assert "unrolled" in printed and timing.spread(row, "ratio", digits=2) in printed
+    assert "missing.json: unreadable" in printed
+
+
+def test_mlp_speed_skips_unrolled_models_deeper_than_the_limit():
+    (row,) = mlp_speed.run_benchmark(depths=(3,), rows=128, batch_size=64, repetitions=1,
+                                     max_unrolled_depth=2, **QUIET)
+    assert "max_unrolled_depth=2" in row["glonet_skipped"]
+    assert "no scan=True" in row["resnet_bn_skipped"] or "resnet_bn_s_per_epoch" in row
+    assert row["ratio"] is None
+
+
+def test_mlp_speed_refuses_scan_until_the_builder_offers_it():
+    from glonet_keras.models import GloNetMLP
+
+    if timing.supports_scan(GloNetMLP):
+        pytest.skip("GloNetMLP has scan=True now: nothing to refuse.")
+    with pytest.raises(ValueError, match="does not accept scan=True"):
+        mlp_speed.run_benchmark(depths=(2,), rows=128, batch_size=64, scan=True, **QUIET)
+    result = subprocess.run([sys.executable, "benchmarks/mlp_speed.py", "--scan", "--depths=2"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode != 0
+    assert "does not accept scan=True" in result.stderr + result.stdout
+
+
+# ---- fit_overhead ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, message", [
+    ("fit:numpy", "kind:form:spe"),
+    ("train:numpy:1", "kind must be"),
+    ("raw:numpy:1", "raw: device"),
+    ("fit:numpy:0", "positive integer"),
+    ("fit:numpy:auto:fast", "unknown options"),
+    ("fused:numpy:auto", "fused steps are for JAX"),
+    ("fit:device:auto", "device form is for JAX"),
+])
+def test_bad_variants_are_refused_with_the_reason(text, message):
+    with pytest.raises(ValueError, match=message):
+        fit_overhead.Variant.parse(text, "tensorflow")
+
+
+def test_variants_parse_their_options():
+    variant = fit_overhead.Variant.parse("fit:numpy:8:v1:xla", "tensorflow")
+    assert (variant.kind, variant.form, variant.spe, variant.verbose, variant.xla) == \
+        ("fit", "numpy", 8, 1, True)
+    with pytest.raises(ValueError, match="xla option is for TensorFlow"):
+        fit_overhead.Variant.parse("fit:numpy:8:xla", "jax")
+
+
+def test_fit_overhead_compares_fit_with_the_raw_step(capsys):
+    variants = [fit_overhead.Variant.parse(v, "tensorflow")
+                for v in ("fit:numpy:1", "fit:numpy:auto", "raw:device:1", "raw:device:auto")]
+    result = fit_overhead.run_model("glonet_mlp:2", variants, steps=4, repetitions=3,
+                                    mlp_batch=32, **QUIET)
+    entries = result["variants"]
+    assert set(entries) == {v.name for v in variants}
+    assert entries["fit:numpy:auto"]["steps_per_execution"] == 4
+    assert entries["raw:device:1"]["steps"] == entries["raw:device:auto"]["steps"] == 4
+    raw = entries["raw:device:1"]
+    assert raw["ratio_to_raw"] == {"median": 1.0, "min": 1.0, "max": 1.0, "n": 3}
+    for entry in entries.values():
+        assert len(entry["samples_ms_per_step"]) == 3 and entry["ms_per_step"]["median"] > 0
+        ratios = [a / b for a, b in zip(entry["samples_ms_per_step"], raw["samples_ms_per_step"])]
+        assert entry["ratio_to_raw"]["median"] == pytest.approx(timing.summarize(ratios)["median"])
+    report.fit_overhead_summary([result])
+    assert "glonet_mlp:2" in capsys.readouterr().out
+
+
+def test_fit_overhead_rejects_unknown_models():
+    with pytest.raises(ValueError, match="Unknown model family"):
+        fit_overhead.model_and_data("glonet_vit", 2, steps=2)
+    with pytest.raises(ValueError, match="<family>:<depth>"):
+        fit_overhead.run_model("glonet_mlp", [], steps=2, repetitions=1, **QUIET)
+
+
+# ---- memory ---------------------------------------------------------------------------------
+
+def test_memory_tables_fit_a_slope_and_pair_glonet_with_resnet(capsys):
+    points = [dict(family=f, form="unrolled", depth=d, train_rss_mb=base + slope * d)
+              for f, base, slope in (("glonet_mlp", 10.0, 0.5), ("resnet_mlp", 20.0, 1.0))
+              for d in (10, 20, 40)]
+    points.append(dict(family="glonet_mlp", form="scanned", depth=1000, error="timed out after 1 s"))
+    slopes = report.memory_slopes(points, "train_rss_mb")
+    assert slopes[("glonet_mlp", "unrolled")] == pytest.approx(0.5)
+    assert slopes[("resnet_mlp", "unrolled")] == pytest.approx(1.0)
+    report.memory_tables(points)
+    printed = capsys.readouterr().out
+    assert f"{(10 + 0.5 * 40) / (20 + 40):.2f}" in printed  # the ratio at depth 40
+    assert "depth 1000 failed: timed out" in printed
+
+
+def test_memory_refuses_unknown_families():
+    with pytest.raises(ValueError, match="Unknown families"):
+        memory.run_benchmark(["glonet_vit"], [2], **QUIET)
+
+
+@pytest.mark.slow
+def test_memory_point_in_a_fresh_process_reports_what_training_added():
+    point = memory.run_point("glonet_mlp", 2, "unrolled", steps=2, batch_size=32, width=4,
+                             timeout=300)
+    assert "error" not in point, point
+    assert point["parameters"] > 0 and point["baseline_rss_mb"] > 50
+    assert 0 < point["train_rss_mb"] < 2000
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke_runs_end_to_end_on_jax(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, PYTHONPATH=REPO_ROOT)
+    result = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--smoke"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in ("fit_overhead", "mlp_speed", "memory"):
+        payload = json.loads((tmp_path / f"{name}.json").read_text())
+        assert payload["benchmark"] == name and "jax" in payload["machine"]
+    assert "== summary" in result.stdout and "within 10 %" in result.stdout
+
+
+def test_every_benchmark_defaults_to_at_least_three_repetitions():
+    assert timing.REPETITIONS >= 3
+    for function in (mlp_speed.run_benchmark, cnn_speed.run_benchmark, fit_overhead.run_benchmark):
+        assert inspect.signature(function).parameters["repetitions"].default >= 3

@@ -236,7 +236,7 @@ def run_speed(budget, seeds):
     from benchmarks.mlp_speed import run_benchmark
 
     rows = run_benchmark(budget["speed_depths"], rows=budget["speed_rows"],
-                         epochs=budget["speed_epochs"], log=log)
+                         repetitions=budget["speed_epochs"], log=log)
     return dict(rows=budget["speed_rows"], results=rows)
 
 

@@ -1,0 +1,385 @@
+"""How far `model.fit` is from a raw compiled training step, and what closes the gap.
+
+For each model (GloNet MLP-10 and MLP-200 and the ResNet-v2 MLP-10 at the SGEMM shape: 14 inputs,
+width 16, batch 1024; GloNet CNN-20 and ResNet-v2 CNN-20 at the CIFAR shape: 32x32x3, batch 128)
+this times, in one process, on the same data, several *variants* of one training step:
+
+    fit:<form>:<spe>[:options]    model.fit as the library runs it: data form `numpy` (the arrays
+                                   given to fit), `device` (fastfit.DeviceArrayDataset, JAX) or
+                                   `tfdata` (a per-example tf.data pipeline like the trainer's),
+                                   with steps_per_execution <spe> (an integer or `auto`:
+                                   fastfit.auto_steps_per_execution)
+    fused:<form>:<spe>[:options]  the same with fastfit.fuse_train_steps (JAX: one lax.scan per
+                                   group of steps)
+    raw:device:<spe>[:options]    the same loss and optimizer update, compiled outside Keras' fit
+                                   loop, on batches already on the device, <spe> steps per call:
+                                   JAX: jax.jit of model.stateless_call + stateless_compute_loss,
+                                   jax.grad and optimizer.stateless_apply (<spe> > 1: a lax.scan);
+                                   TensorFlow: a tf.function (jit_compile as fit resolves it) of
+                                   GradientTape + optimizer.apply (<spe> > 1: a tf.range loop)
+    options: `v1` fit with verbose=1 (the progress bar; its output goes to /dev/null, so this is
+             its Python cost, not the terminal's), `xla` jit_compile=True (TensorFlow).
+
+Every variant runs `--steps` training steps per repetition (one fit epoch); after a warm-up
+repetition that includes tracing and compilation (reported as compile seconds), `--repetitions`
+rounds are interleaved across variants. Reported: ms per step, median [min-max], and the ratio to
+the raw step (`raw:device:1`, the issue's "raw jitted step"), paired per round. Variants with the
+same kind, steps_per_execution and options share one compiled model.
+
+    python benchmarks/fit_overhead.py --output=/tmp/fit_overhead.json                   # TF, CPU
+    KERAS_BACKEND=jax python benchmarks/fit_overhead.py --models=glonet_mlp:10          # JAX
+"""
+
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+
+from absl import app, flags
+
+if __package__ in (None, ""):
+    # Run as a script (`python benchmarks/...py`): make the repository root importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import report, timing  # noqa: E402
+from benchmarks.synthetic import random_images, sgemm_like_data  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command line's flags (defined only when run as a program, so modules import freely)."""
+    flags.DEFINE_list("models", ["glonet_mlp:10", "resnet_mlp:10", "glonet_mlp:200", "glonet_cnn:20",
+                                 "resnet_cnn:20"], "Models as <family>:<depth>; families: "
+                      "glonet_mlp, resnet_mlp (blocks), glonet_cnn, resnet_cnn (CIFAR depth 6n+2).")
+    flags.DEFINE_list("variants", None, "Variants to time (see the module docstring); default: all "
+                      "that apply to the backend (DEFAULT_VARIANTS).")
+    flags.DEFINE_integer("mlp_steps", 128, "Training steps per repetition for the MLPs.")
+    flags.DEFINE_integer("cnn_steps", 32, "Training steps per repetition for the CNNs.")
+    flags.DEFINE_integer("repetitions", timing.REPETITIONS, "Timed rounds after the warm-up.")
+    flags.DEFINE_string("steps_per_execution", "auto", "What `auto` in a variant means: 'auto' "
+                        "(fastfit.auto_steps_per_execution) or a positive integer.")
+    flags.DEFINE_integer("mlp_width", 16, "Width of the MLPs.")
+    flags.DEFINE_integer("mlp_batch", 1024, "Batch size of the MLPs.")
+    flags.DEFINE_integer("cnn_width", 16, "Channels of the CNNs' first stage.")
+    flags.DEFINE_integer("cnn_batch", 128, "Batch size of the CNNs.")
+    flags.DEFINE_integer("image_size", 32, "Image height and width of the CNNs.")
+    flags.DEFINE_string("output", None, "Optional JSON file for the results.")
+
+DEFAULT_VARIANTS = {
+    "tensorflow": ["fit:numpy:1", "fit:numpy:auto", "fit:tfdata:auto", "fit:numpy:auto:v1",
+                   "fit:numpy:auto:xla", "raw:device:1", "raw:device:auto", "raw:device:1:xla"],
+    "jax": ["fit:numpy:1", "fit:numpy:auto", "fit:device:auto", "fused:numpy:auto",
+            "fused:device:auto", "fused:device:auto:v1", "raw:device:1", "raw:device:auto"],
+}
+FAMILIES = ("glonet_mlp", "resnet_mlp", "glonet_cnn", "resnet_cnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One way of running the training steps (parsed from 'kind:form:spe[:options]')."""
+
+    name: str
+    kind: str           # "fit", "fused" or "raw"
+    form: str           # "numpy", "device" or "tfdata"
+    spe: object         # int or "auto"
+    verbose: int = 0
+    xla: bool = False
+
+    @classmethod
+    def parse(cls, text, backend):
+        parts = text.split(":")
+        if len(parts) < 3:
+            raise ValueError(f"Variant {text!r} is not kind:form:spe[:options].")
+        kind, form, spe, options = parts[0], parts[1], parts[2], parts[3:]
+        if kind not in ("fit", "fused", "raw"):
+            raise ValueError(f"Variant {text!r}: kind must be fit, fused or raw.")
+        if form not in ("numpy", "device", "tfdata") or (kind == "raw" and form != "device"):
+            raise ValueError(f"Variant {text!r}: form must be numpy, device or tfdata (raw: device).")
+        try:
+            spe = timing.parse_steps_per_execution(spe)
+        except ValueError as error:
+            raise ValueError(f"Variant {text!r}: {error}") from error
+        unknown = set(options) - {"v1", "xla"}
+        if unknown:
+            raise ValueError(f"Variant {text!r}: unknown options {sorted(unknown)} (v1, xla).")
+        if kind == "fused" and backend != "jax":
+            raise ValueError(f"Variant {text!r}: fused steps are for JAX (TensorFlow already runs "
+                             "a group of steps in one tf.function).")
+        if form == "device" and kind != "raw" and backend != "jax":
+            raise ValueError(f"Variant {text!r}: the device form is for JAX.")
+        if "xla" in options and backend != "tensorflow":
+            raise ValueError(f"Variant {text!r}: the xla option is for TensorFlow (JAX always "
+                             "compiles with XLA).")
+        return cls(text, kind, form, spe, verbose=1 if "v1" in options else 0, xla="xla" in options)
+
+    def group(self, spe):
+        """Variants of one group share one compiled model (raw steps compile their own function)."""
+        return (self.kind, None if self.kind == "raw" else spe, self.xla)
+
+
+def model_and_data(family, depth, *, steps, mlp_width=16, mlp_batch=1024, cnn_width=16,
+                   cnn_batch=128, image_size=32):
+    """(builder() -> model, x, y, batch size, loss) for a family at a depth, `steps` batches of data."""
+    import keras
+
+    from glonet_keras.models import GloNetCNN, GloNetMLP, ResNetCNN, ResNetMLP
+
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown model family {family!r}. Available: {list(FAMILIES)}.")
+    if family.endswith("_mlp"):
+        cls = GloNetMLP if family == "glonet_mlp" else ResNetMLP
+        x, y = sgemm_like_data(steps * mlp_batch)
+
+        def build():
+            return cls(num_blocks=depth, width=mlp_width, num_classes=1, input_shape=(14,))
+
+        return build, x, y, mlp_batch, "mse"
+    cls = GloNetCNN if family == "glonet_cnn" else ResNetCNN
+    x, y = random_images(steps * cnn_batch, image_size)
+
+    def build():
+        return cls(depth=depth, width=cnn_width, input_shape=(image_size, image_size, 3))
+
+    return build, x, y, cnn_batch, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def resolve_spe(spe, default, steps, model, batch_size, batch_bytes):
+    """A variant's steps per execution as an int ('auto' means `default`, itself maybe 'auto')."""
+    from glonet_keras import fastfit
+
+    spe = default if spe == "auto" else spe
+    if spe == "auto":
+        spe = fastfit.auto_steps_per_execution(
+            steps, fastfit.estimate_step_seconds(model, batch_size), batch_bytes=batch_bytes)
+    return min(int(spe), steps)
+
+
+# --------------------------------------------------------------------------------------------
+# Raw compiled steps (outside Keras' fit loop), one implementation per backend.
+
+
+def raw_step_task(model, x, y, batch_size, steps_per_call):
+    """A task running len(x) // batch_size steps (rounded down to whole calls); returns seconds.
+
+    Returns (task, steps per task call).
+    """
+    import keras
+
+    batches = len(x) // batch_size
+    calls = batches // steps_per_call
+    if calls < 1:
+        raise ValueError(f"{batches} batches make no call of {steps_per_call} steps.")
+    shape = (calls, steps_per_call, batch_size)
+    xs = x[:calls * steps_per_call * batch_size].reshape(shape + x.shape[1:])
+    ys = y[:calls * steps_per_call * batch_size].reshape(shape + y.shape[1:])
+    if steps_per_call == 1:
+        xs, ys = xs[:, 0], ys[:, 0]
+    make = _jax_raw_step if keras.backend.backend() == "jax" else _tf_raw_step
+    return make(model, xs, ys, steps_per_call), calls * steps_per_call
+
+
+def _jax_raw_step(model, xs, ys, steps_per_call):
+    import jax
+
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+
+    def loss_and_updates(trainable, non_trainable, metrics, x, y):
+        y_pred, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+        loss, (_, non_trainable, metrics) = model.stateless_compute_loss(
+            trainable, non_trainable, metrics, x=x, y=y, y_pred=y_pred, training=True)
+        return loss, (non_trainable, metrics)
+
+    def one_step(state, batch):
+        trainable, non_trainable, optimizer_state, metrics = state
+        (loss, (non_trainable, metrics)), grads = jax.value_and_grad(
+            loss_and_updates, has_aux=True)(trainable, non_trainable, metrics, *batch)
+        trainable, optimizer_state = optimizer.stateless_apply(optimizer_state, grads, trainable)
+        return (trainable, non_trainable, optimizer_state, metrics), loss
+
+    if steps_per_call == 1:
+        step = jax.jit(one_step, donate_argnums=0)
+    else:
+        step = jax.jit(lambda state, batches: jax.lax.scan(one_step, state, batches),
+                       donate_argnums=0)
+    batches = [jax.device_put((x, y)) for x, y in zip(xs, ys)]
+    # Lists, as stateless_call / stateless_apply return them (a scan's carry keeps its structure);
+    # copies, because donating the state deletes its buffers, which must not be the model's.
+    holder = {"state": tuple([jax.numpy.copy(v.value) for v in variables] for variables in (
+        model.trainable_variables, model.non_trainable_variables, optimizer.variables,
+        model.metrics_variables))}
+
+    def task():
+        start = time.perf_counter()
+        state = holder["state"]
+        for batch in batches:
+            state, loss = step(state, batch)
+        jax.block_until_ready(loss)
+        holder["state"] = state
+        return time.perf_counter() - start
+
+    return task
+
+
+def _tf_raw_step(model, xs, ys, steps_per_call):
+    import tensorflow as tf  # The TensorFlow backend's own raw step.
+
+    model.optimizer.build(model.trainable_variables)
+
+    @tf.function(jit_compile=bool(model.jit_compile), reduce_retracing=True)
+    def one_step(x, y):
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+        grads = tape.gradient(loss, model.trainable_weights)
+        model.optimizer.apply(grads, model.trainable_weights)
+        return loss
+
+    if steps_per_call == 1:
+        step = one_step
+    else:
+        @tf.function
+        def step(x_group, y_group):
+            loss = tf.constant(0.0)
+            for i in tf.range(steps_per_call):
+                loss = one_step(x_group[i], y_group[i])
+            return loss
+
+    batches = [(tf.constant(x), tf.constant(y)) for x, y in zip(xs, ys)]
+
+    def task():
+        start = time.perf_counter()
+        for batch in batches:
+            loss = step(*batch)
+        float(loss)  # Waits for the last step.
+        return time.perf_counter() - start
+
+    return task
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def run_model(spec, variants, *, steps, repetitions, steps_per_execution="auto", log=print,
+              **sizes):
+    """Times every variant on one model spec ('family:depth'); returns one result dict."""
+    import keras
+
+    family, _, depth = spec.partition(":")
+    if not depth.isdigit():
+        raise ValueError(f"Model {spec!r} is not <family>:<depth>.")
+    build, x, y, batch_size, loss = model_and_data(family, int(depth), steps=steps, **sizes)
+    batch_bytes = timing.batch_nbytes(x, y, batch_size)
+    models, tasks, info = {}, {}, {}
+    log(f"{spec}: batch {batch_size}, {steps} steps per repetition")
+    keras.backend.clear_session()
+    for variant in variants:
+        keras.utils.set_random_seed(0)
+        probe = models.get("probe") or build()
+        models["probe"] = probe
+        spe = resolve_spe(variant.spe, steps_per_execution, steps, probe, batch_size, batch_bytes)
+        key = variant.group(spe)
+        if key not in models:
+            keras.utils.set_random_seed(0)
+            model = build()
+            jit = True if variant.xla else "auto"
+            timing.compile_for_fit(model, loss=loss, batch_size=batch_size, steps_per_epoch=steps,
+                                   steps_per_execution=1 if variant.kind == "raw" else spe,
+                                   fuse=variant.kind == "fused", jit_compile=jit)
+            models[key] = model
+        model = models[key]
+        if variant.kind == "raw":
+            tasks[variant.name], timed_steps = raw_step_task(model, x, y, batch_size, spe)
+        else:
+            data, fit_kwargs = timing.fit_inputs(x, y, batch_size=batch_size, form=variant.form)
+            tasks[variant.name] = _quiet(timing.fit_epoch_task(model, data, fit_kwargs,
+                                                               verbose=variant.verbose))
+            timed_steps = steps
+        info[variant.name] = {"steps_per_execution": spe, "steps": timed_steps,
+                              "jit_compile": bool(model.jit_compile)}
+    timed = timing.time_interleaved(tasks, repetitions, log=log)
+    result = {"model": spec, "batch_size": batch_size, "steps": steps, "variants": {}}
+    for name, measured in timed.items():
+        per_step = [s / info[name]["steps"] for s in measured["samples_s"]]
+        entry = dict(info[name], ms_per_step=timing.summarize([1e3 * s for s in per_step]),
+                     warmup_s=measured["warmup_s"],
+                     compile_s=max(0.0, measured["warmup_s"] - timing.summarize(
+                         measured["samples_s"])["median"]),
+                     samples_ms_per_step=[1e3 * s for s in per_step])
+        result["variants"][name] = entry
+    references = ((report.RAW_STEP, "ratio_to_raw"), ("raw:device:auto", "ratio_to_raw_loop"))
+    for reference, field in references:
+        if reference in result["variants"]:
+            base = result["variants"][reference]["samples_ms_per_step"]
+            for entry in result["variants"].values():
+                entry[field] = timing.paired_ratios(entry["samples_ms_per_step"], base)
+    return result
+
+
+def _quiet(task):
+    """Runs a task with stdout sent to /dev/null (the verbose=1 progress bar's output)."""
+    def run():
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            return task()
+    return run
+
+
+def run_benchmark(models, variants=None, *, mlp_steps=128, cnn_steps=32,
+                  repetitions=timing.REPETITIONS, steps_per_execution="auto", log=print,
+                  on_result=None, **sizes):
+    """Runs every model spec; returns the list of per-model results (see `run_model`).
+
+    `on_result(results so far)` is called after every model (to save partial results).
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend not in DEFAULT_VARIANTS:
+        raise ValueError(f"fit_overhead runs on the TensorFlow and JAX backends, not {backend!r}.")
+    parsed = [Variant.parse(text, backend) for text in (variants or DEFAULT_VARIANTS[backend])]
+    results = []
+    for spec in models:
+        steps = cnn_steps if "_cnn" in spec else mlp_steps
+        result = run_model(spec, parsed, steps=steps, repetitions=repetitions,
+                           steps_per_execution=steps_per_execution, log=log, **sizes)
+        report.fit_overhead_model_table(result, log=log)
+        results.append(result)
+        if on_result:
+            on_result(results)
+    return results
+
+
+def main(argv):
+    del argv
+    try:
+        spe = timing.parse_steps_per_execution(FLAGS.steps_per_execution)
+    except ValueError as error:
+        raise app.UsageError(f"--{error}") from error
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        for text in FLAGS.variants or []:
+            Variant.parse(text, backend)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    machine = timing.describe_machine()
+    print(f"Machine: {machine}", flush=True)
+    print(f"repetitions={FLAGS.repetitions} (median [min-max] over interleaved rounds)")
+    save = timing.json_saver(FLAGS.output, {"benchmark": "fit_overhead", "machine": machine,
+                                            "repetitions": FLAGS.repetitions}, "results")
+    results = run_benchmark(
+        FLAGS.models, FLAGS.variants, mlp_steps=FLAGS.mlp_steps, cnn_steps=FLAGS.cnn_steps,
+        repetitions=FLAGS.repetitions, steps_per_execution=spe, on_result=save,
+        mlp_width=FLAGS.mlp_width, mlp_batch=FLAGS.mlp_batch, cnn_width=FLAGS.cnn_width,
+        cnn_batch=FLAGS.cnn_batch, image_size=FLAGS.image_size)
+    save(results, complete=True)
+    print()
+    report.fit_overhead_summary(results)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
