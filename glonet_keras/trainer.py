@@ -51,7 +51,7 @@ import keras
 import numpy as np
 
 from glonet_keras import data as data_lib
-from glonet_keras import distribute, rundir
+from glonet_keras import distribute, fastfit, rundir
 from glonet_keras.callbacks import EpochTimer, RunStateCheckpoint, StopOnNonFinite, check_finite
 from glonet_keras.models import get_model_class
 
@@ -400,43 +400,13 @@ def versions():
 # Data.
 
 
-class _ShuffledArrays(keras.utils.PyDataset):
-    """Batches of in-memory arrays; epoch e is shuffled with its own seed (seed, e).
-
-    So a resumed run sees the same batches as an uninterrupted one. `epoch` is set by
-    `epoch_callback()` at the start of every epoch.
-    """
-
-    def __init__(self, x, y, batch_size, seed, drop_remainder):
-        super().__init__()
-        self.x, self.y = x, y
-        self.batch_size, self.seed = batch_size, seed
-        self._num_batches = data_lib.steps_per_epoch(len(y), batch_size, drop_remainder)
-        self.epoch, self._order = 0, None
-
-    def __len__(self):
-        return self._num_batches
-
-    def __getitem__(self, index):
-        if self._order is None or self._order[0] != self.epoch:
-            rng = np.random.default_rng(self.seed * 1_000_003 + self.epoch)
-            self._order = (self.epoch, rng.permutation(len(self.y)))
-        rows = self._order[1][index * self.batch_size:(index + 1) * self.batch_size]
-        return self.x[rows], self.y[rows]
-
-    def epoch_callback(self):
-        return keras.callbacks.LambdaCallback(
-            on_epoch_begin=lambda epoch, logs=None: setattr(self, "epoch", epoch))
-
-
 @dataclasses.dataclass
 class _Data:
     """The inputs of fit and evaluate, from tf.data or from numpy arrays."""
 
-    train: object = None  # fit's `x`: a tf.data.Dataset or a _ShuffledArrays (None: nothing to fit)
+    train: object = None  # fit's `x`: a tf.data.Dataset or a DeviceArrayDataset (None: nothing to fit)
     splits: dict = None  # "validation"/"test" -> evaluate's keyword arguments
     fit_steps: int = None  # steps_per_epoch for fit (the tf.data stream of all remaining epochs)
-    callbacks: list = dataclasses.field(default_factory=list)
     augment_on_device: tuple = ()  # augmentation layers of the training-only model (array path)
 
     def validation_kwargs(self):
@@ -485,8 +455,13 @@ def _count_train(config, source, uses_arrays):
     return count
 
 
-def _array_data(config, source, info, global_batch, one_hot):
-    """Numpy inputs, preprocessed once (only scaled when augmenting: the layers need [0, 1])."""
+def _array_data(config, source, info, global_batch, one_hot, initial_epoch):
+    """In-memory inputs, preprocessed once (only scaled when augmenting: the layers need [0, 1]).
+
+    The training split is a `fastfit.DeviceArrayDataset`: on JAX it stays on the device and every
+    batch is gathered there; epoch e is shuffled with its own seed (seed, e), so a run resumed at
+    `initial_epoch` sees the batches an uninterrupted run sees.
+    """
     preprocessing = info.preprocessing
     augment_layers = tuple(data_lib.image_augmentation_layers(config.augment, config.seed))
 
@@ -501,11 +476,13 @@ def _array_data(config, source, info, global_batch, one_hot):
             y = np.eye(info.num_classes, dtype="float32")[y]
         return x, y
 
-    train = _ShuffledArrays(*prepare("train"), global_batch, config.seed, config.drop_remainder)
+    x, y = prepare("train")
+    train = fastfit.DeviceArrayDataset(x, y, batch_size=global_batch, seed=config.seed,
+                                       drop_remainder=config.drop_remainder,
+                                       start_epoch=initial_epoch)
     splits = {split: dict(zip(("x", "y"), prepare(split)), batch_size=global_batch)
               for split in ("validation", "test")}
-    return _Data(train=train, splits=splits, callbacks=[train.epoch_callback()],
-                 augment_on_device=augment_layers)
+    return _Data(train=train, splits=splits, augment_on_device=augment_layers)
 
 
 def _tf_data(config, source, global_batch, one_hot, steps, initial_epoch):
@@ -638,10 +615,11 @@ def _start(config):
     state = run.claim(fingerprint(config, model, info, global_batch), epochs=config.epochs,
                       overwrite=config.overwrite, command=config.command)
     run.remove_partial_files()
+    initial_epoch = state.epoch if state else 0
     if uses_arrays:
-        data = _array_data(config, source, info, global_batch, one_hot)
+        data = _array_data(config, source, info, global_batch, one_hot, initial_epoch)
     else:
-        data = _tf_data(config, source, global_batch, one_hot, steps, state.epoch if state else 0)
+        data = _tf_data(config, source, global_batch, one_hot, steps, initial_epoch)
     with strategy.scope():
         fit_model = _training_model(model, data, info)
         loss, metrics = _loss_and_metrics(info, one_hot, config.label_smoothing)
@@ -656,6 +634,10 @@ def _start(config):
         if state is not None:
             _load_state(model, state.model_path)
     distribute.apply_multi_worker_workarounds(fit_model, strategy)
+    if uses_arrays and replicas == 1:
+        # JAX: each group of steps_per_execution steps runs as one compiled lax.scan, fed from the
+        # device (Keras 3.15 calls its compiled step once per batch). A no-op on other backends.
+        fastfit.fuse_train_steps(fit_model)
 
     verbose = config.verbose
     if verbose == "auto":
@@ -673,7 +655,7 @@ def _fit(session):
     config, data = session.config, session.data
     timer = EpochTimer()
     saver = RunStateCheckpoint(session.run, session.model, timer, state=session.state)
-    callbacks = [timer, StopOnNonFinite(), saver, *data.callbacks]
+    callbacks = [timer, StopOnNonFinite(), saver]
     if session.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(session.run.path, "logs")))
     if session.initial_epoch < config.epochs:
