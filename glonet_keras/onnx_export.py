@@ -104,7 +104,7 @@ def export_onnx(
     >>> logits, probabilities = session.run(["logits", "probabilities"], {"images": raw_images})
     """
     tf = export_lib._import_tensorflow()
-    onnx, tf2onnx = _import_converters()
+    onnx, _ = _import_converters()
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
             "ONNX export converts TensorFlow graphs and runs on the TensorFlow backend; the backend "
@@ -147,7 +147,7 @@ def export_onnx(
     protos = {}
     for name, function in functions.items():
         defaults = {export_lib.THRESHOLD_INPUT: float(anytime_threshold)} if name == "anytime" else {}
-        protos[name] = _to_onnx(onnx, tf2onnx, function, opset)
+        protos[name] = _to_onnx(onnx, function, opset)
         onnx.helper.set_model_props(protos[name], {METADATA_KEY: json.dumps(
             {**record, "signature": name, "defaults": defaults})})
     _write_all(onnx, protos, paths, overwrite)
@@ -164,7 +164,7 @@ def _check_target(target, overwrite):
             raise FileExistsError(f"{target} exists: pass overwrite=True to replace it.")
 
 
-def _to_onnx(onnx, tf2onnx, function, opset):
+def _to_onnx(onnx, function, opset):
     """The ONNX model of a traced serving tf.function, its inputs and outputs named as in TF."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
@@ -178,14 +178,11 @@ def _to_onnx(onnx, tf2onnx, function, opset):
     input_names = [spec.name for spec in tf.nest.flatten(concrete.structured_input_signature)]
     output_names = list(tf.nest.flatten(
         {key: key for key in concrete.structured_outputs}))  # Sorted keys: the outputs' order.
-    proto, _ = tf2onnx.convert.from_graph_def(
-        frozen.graph.as_graph_def(),
-        input_names=[tensor.name for tensor in frozen.inputs],
-        output_names=[tensor.name for tensor in frozen.outputs],
-        opset=opset,
-    )
-    renames = {tensor.name: name for tensor, name in zip(frozen.inputs, input_names)}
-    renames.update({tensor.name: name for tensor, name in zip(frozen.outputs, output_names)})
+    frozen_inputs = [tensor.name for tensor in frozen.inputs]
+    frozen_outputs = [tensor.name for tensor in frozen.outputs]
+    proto = _convert_graph_def(frozen.graph.as_graph_def(), frozen_inputs, frozen_outputs, opset)
+    renames = dict(zip(frozen_inputs, input_names))
+    renames.update(zip(frozen_outputs, output_names))
     _rename(proto.graph, renames)
     for value in list(proto.graph.input) + list(proto.graph.output):
         dims = value.type.tensor_type.shape.dim
@@ -193,6 +190,34 @@ def _to_onnx(onnx, tf2onnx, function, opset):
             dims[0].dim_param = "batch"  # tf2onnx's `unk__<n>`: name the dynamic batch dimension.
     onnx.checker.check_model(proto)
     return proto
+
+
+def _convert_graph_def(graph_def, input_names, output_names, opset):
+    """tf2onnx's `convert.from_graph_def`, with its optimizers run without a deep copy of the graph
+    before each one (`catch_errors=False`): with nested Ifs the copies took minutes for 8 blocks,
+    the optimizers themselves a second. An optimizer that fails leaves the graph unoptimized."""
+    import logging
+
+    import tensorflow as tf
+    from tf2onnx import optimizer, tf_loader, tfonnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # Its INFO lines flood a CLI's log.
+    with tf.Graph().as_default() as graph, tf_loader.tf_session(graph=graph):
+        tf.import_graph_def(graph_def, name="")
+        graph_def = tf_loader.tf_optimize(input_names, output_names, graph_def)  # Grappler.
+
+    def convert():
+        with tf.Graph().as_default() as graph:
+            tf.import_graph_def(graph_def, name="")
+            return tfonnx.process_tf_graph(graph, opset=opset, input_names=input_names,
+                                           output_names=output_names)
+
+    try:
+        onnx_graph = optimizer.optimize_graph(convert(), catch_errors=False)
+    except Exception as error:  # noqa: BLE001  (an optimizer's failure must not fail the export)
+        logging.getLogger(__name__).warning("tf2onnx optimizers failed (%s); unoptimized.", error)
+        onnx_graph = convert()
+    return onnx_graph.make_model("glonet_keras serving graph")
 
 
 def _rename(graph, renames):
