@@ -43,7 +43,6 @@ import keras
 import numpy as np
 
 from glonet_keras import analysis
-from glonet_keras import skeleton as skeleton_lib
 from glonet_keras.layers import ClassToken, DenseStack, PositionEmbedding
 from glonet_keras.skeleton import skeleton
 
@@ -521,6 +520,8 @@ class AnytimeStages:
         mode: the aggregation, "sum" or "mean".
         includes_stem: the stem's tap is in every prefix.
         num_outputs: the head's outputs.
+        exits: the depths where confidence is checked, increasing, ending at L (every block by
+            default). Fewer checks cost less where blocks are cheap (see `anytime_stages`).
     """
 
     stages: list
@@ -528,6 +529,7 @@ class AnytimeStages:
     mode: str
     includes_stem: bool
     num_outputs: int
+    exits: tuple
 
     @property
     def num_blocks(self):
@@ -539,15 +541,42 @@ class AnytimeStages:
             return total
         return total / (k + int(self.includes_stem))
 
+    def segments(self):
+        """`(exit k, [stages run since the previous exit])` for each exit, in order."""
+        start = 0
+        for k in self.exits:
+            yield k, self.stages[start:k]
+            start = k
 
-def anytime_stages(model):
+
+def check_anytime_exits(exits, num_blocks):
+    """The exits where anytime inference checks confidence: sorted, distinct, ending at L."""
+    if exits is None:
+        return tuple(range(1, num_blocks + 1))
+    if not isinstance(exits, (list, tuple, range)) or any(
+            isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_blocks
+            for k in exits):
+        raise ValueError(
+            f"`anytime_exits` must be a list of integers in [1, {num_blocks}], received {exits!r}."
+        )
+    return tuple(sorted({int(k) for k in exits} | {num_blocks}))  # The last block always answers.
+
+
+def anytime_stages(model, exits=None):
     """Cuts a GloNet into per-block Keras models (see `AnytimeStages`).
+
+    Args:
+        model: a GloNet whose blocks are separate layers.
+        exits: the depths where inference may stop (confidence is checked there only); default
+            every block. L is always one. Each check costs the head and a softmax: with cheap
+            blocks (a narrow MLP at batch 1) checking every block can cost more than the blocks, so
+            check every few (e.g. `range(10, L + 1, 10)`).
 
     Raises:
         NotAGloNetError: not a GloNet.
         ValueError: a scanned block stack (one layer for all blocks: convert it with
-            `glonet_keras.models.mlp.to_unrolled` first), or a block that reads more than the
-            previous block's output (then no prefix can stop between them).
+            `glonet_keras.models.mlp.to_unrolled` first), a block that reads more than the previous
+            block's output (then no prefix can stop between them), or bad `exits`.
     """
     parts = skeleton(model)
     if parts.stacked:
@@ -557,6 +586,7 @@ def anytime_stages(model):
             "`glonet_keras.models.mlp.to_unrolled(model)` (same weights, same outputs) for anytime "
             "inference. Its exit_k exports work as they are."
         )
+    exits = check_anytime_exits(exits, parts.num_blocks)
     blocks = list(parts.block_outputs.values())
     taps = list(parts.taps)
     stem_taps = [taps.pop(0)] if parts.includes_stem else []
@@ -576,7 +606,7 @@ def anytime_stages(model):
     head = keras.Model(z, analysis._apply_head(parts, z), name=f"{model.name}_head")
     return AnytimeStages(stages=stages, head=head, mode=parts.aggregation.mode,
                          includes_stem=parts.includes_stem,
-                         num_outputs=int(parts.head.units))
+                         num_outputs=int(parts.head.units), exits=exits)
 
 
 def top_probability(logits):
@@ -597,25 +627,26 @@ def _confident(logits, threshold):
     return top_probability(logits) >= threshold
 
 
-def first_confident_exits(exit_logits, threshold):
+def first_confident_exits(exit_logits, threshold, exits=None):
     """The anytime rule on precomputed exits: `(exits, logits)` for `exit_logits (batch, L, outputs)`.
 
-    `exits[i]` is the first k whose prediction for example i reaches `threshold` (L if none does);
-    `logits[i]` is that exit's prediction. What the `anytime` signature returns for a batch.
+    `exits[i]` is the first candidate exit k (`exits`, default every block; L always) whose
+    prediction for example i reaches `threshold`, else L; `logits[i]` is that exit's prediction.
+    What the `anytime` signature returns for a batch.
     """
     threshold = check_probability(threshold, "threshold")
     exit_logits = np.asarray(exit_logits)
     batch, num_blocks = exit_logits.shape[:2]
-    exits = np.full(batch, num_blocks, dtype="int32")
+    chosen = np.full(batch, num_blocks, dtype="int32")
     done = np.zeros(batch, dtype=bool)
-    for k in range(1, num_blocks + 1):
+    for k in check_anytime_exits(exits, num_blocks):
         newly = _confident(exit_logits[:, k - 1], threshold) & ~done
-        exits[newly] = k
+        chosen[newly] = k
         done |= newly
-    return exits, exit_logits[np.arange(batch), exits - 1]
+    return chosen, exit_logits[np.arange(batch), chosen - 1]
 
 
-def anytime_predict(model, x, threshold=0.9, stages=None):
+def anytime_predict(model, x, threshold=0.9, stages=None, exits=None):
     """Runs `x` as one batch block by block, stopping once every example has a confident exit.
 
     Blocks after the stop are never called. Works on every backend (the exported `anytime`
@@ -625,7 +656,8 @@ def anytime_predict(model, x, threshold=0.9, stages=None):
         model: a GloNet classifier.
         x: model inputs (preprocessed), one batch.
         threshold: the confidence to reach, in [0, 1] (1.0: never, i.e. the full model).
-        stages: `anytime_stages(model)`, to reuse across calls.
+        stages: `anytime_stages(model, exits)`, to reuse across calls (then `exits` is its own).
+        exits: the candidate exits (see `anytime_stages`); default every block.
 
     Returns:
         A dict of numpy arrays: `logits` and `probabilities` `(batch, outputs)` of each example's
@@ -633,28 +665,29 @@ def anytime_predict(model, x, threshold=0.9, stages=None):
     """
     _check_classifier(model)
     threshold = check_probability(threshold, "threshold")
-    stages = stages or anytime_stages(model)
+    stages = stages or anytime_stages(model, exits)
     hidden, total = x, None
-    chosen, exits, done = None, None, None
-    for k, stage in enumerate(stages.stages, start=1):
-        outputs = stage(hidden, training=False)
-        hidden = outputs[0]
-        for tap in outputs[1:]:
-            total = tap if total is None else total + tap
+    chosen, chosen_exits, done = None, None, None
+    for k, segment in stages.segments():
+        for stage in segment:
+            outputs = stage(hidden, training=False)
+            hidden = outputs[0]
+            for tap in outputs[1:]:
+                total = tap if total is None else total + tap
         logits = keras.ops.convert_to_numpy(stages.head(stages.aggregate(total, k), training=False))
         logits = logits.astype("float32")
         if chosen is None:
             chosen = np.zeros_like(logits)
-            exits = np.zeros(len(logits), dtype="int32")
+            chosen_exits = np.zeros(len(logits), dtype="int32")
             done = np.zeros(len(logits), dtype=bool)
         newly = _confident(logits, threshold) & ~done
-        chosen[newly], exits[newly] = logits[newly], k
+        chosen[newly], chosen_exits[newly] = logits[newly], k
         done |= newly
         if done.all():
             break
     if not done.all():  # The last block answers for everyone still unsure.
-        chosen[~done], exits[~done] = logits[~done], k
-    return {"logits": chosen, "probabilities": _probabilities(chosen), "exit": exits,
+        chosen[~done], chosen_exits[~done] = logits[~done], k
+    return {"logits": chosen, "probabilities": _probabilities(chosen), "exit": chosen_exits,
             "blocks_computed": k}
 
 
@@ -665,11 +698,12 @@ def _probabilities(logits):
     return exp / exp.sum(-1, keepdims=True)
 
 
-def anytime_report(model, x, y, thresholds=DEFAULT_THRESHOLDS, batch_size=256):
+def anytime_report(model, x, y, thresholds=DEFAULT_THRESHOLDS, batch_size=256, exits=None):
     """Accuracy and blocks computed per example of anytime inference at each threshold.
 
     Served one example at a time, an example costs `exit` blocks; `mean_blocks` is their mean over
-    `x` (a batch stops at its slowest example, so batching costs more). From one early-exit pass.
+    `x` (a batch stops at its slowest example, so batching costs more). From one early-exit pass;
+    `exits` are the candidate exits (default every block).
 
     Returns:
         A list of dicts `{"threshold", "accuracy", "mean_blocks", "num_blocks"}`, and a last entry
@@ -686,9 +720,9 @@ def anytime_report(model, x, y, thresholds=DEFAULT_THRESHOLDS, batch_size=256):
 
     report = []
     for threshold in thresholds:
-        exits, logits = first_confident_exits(exit_logits, threshold)
+        chosen, logits = first_confident_exits(exit_logits, threshold, exits)
         report.append({"threshold": float(threshold), "accuracy": accuracy(logits),
-                       "mean_blocks": float(exits.mean()), "num_blocks": num_blocks})
+                       "mean_blocks": float(chosen.mean()), "num_blocks": num_blocks})
     report.append({"threshold": None, "accuracy": accuracy(exit_logits[:, -1]),
                    "mean_blocks": float(num_blocks), "num_blocks": num_blocks})
     return report

@@ -91,6 +91,7 @@ def export_saved_model(
     exits=None,
     anytime=False,
     anytime_threshold=DEFAULT_ANYTIME_THRESHOLD,
+    anytime_exits=None,
     overwrite=False,
 ):
     """Writes `model` as a SavedModel for TF Serving; returns the version directory.
@@ -120,6 +121,9 @@ def export_saved_model(
         anytime: add the `anytime` signature (a GloNet classifier whose blocks are separate layers;
             a scanned stack must be unrolled first, `glonet_keras.models.mlp.to_unrolled`).
         anytime_threshold: the default `threshold` of `anytime`, in [0, 1], recorded in glonet.json.
+        anytime_exits: the depths where `anytime` checks confidence (and may stop); default every
+            block, L always. Each check costs the head and a softmax: for a deep model of cheap
+            blocks, check every few blocks (`glonet_keras.deploy.anytime_stages`).
         overwrite: replace an existing version directory instead of raising. The new export is
             written beside it first; the old one is removed only once the new one is in place.
 
@@ -157,7 +161,7 @@ def export_saved_model(
     class_names = _resolve_class_names(model, class_names, task, num_outputs)
     model_name = check_path_component(model.name if model_name is None else model_name)
     exits = check_exits(model, exits)
-    stages = _anytime_stages(model, task, anytime, anytime_threshold)
+    stages = _anytime_stages(model, task, anytime, anytime_threshold, anytime_exits)
     path = os.path.join(os.fspath(export_dir), model_name, str(int(version)))
     _check_version_path(path, overwrite)
 
@@ -187,6 +191,7 @@ def export_saved_model(
         "preprocessing": preprocessing.to_dict(),
         "signatures": ["serving_default"] + list(archive._endpoint_names),
         "exits": exits,
+        "anytime_exits": None if stages is None else list(stages.exits),
         "signature_defaults": signature_defaults,
         "num_blocks": _num_blocks(model),
         "keras_backend": keras.backend.backend(),
@@ -229,7 +234,7 @@ def _num_blocks(model):
     return getattr(model, "num_blocks", None)
 
 
-def _anytime_stages(model, task, anytime, threshold):
+def _anytime_stages(model, task, anytime, threshold, exits=None):
     """The per-block stages of the anytime signature (checked before anything is traced), or None."""
     if not anytime:
         return None
@@ -243,7 +248,7 @@ def _anytime_stages(model, task, anytime, threshold):
     if not is_glonet(model):
         raise ValueError(f"`anytime` needs a GloNet; {model.name!r} has no exits to stop at.")
     deploy.check_probability(threshold, "anytime_threshold")
-    return deploy.anytime_stages(model)
+    return deploy.anytime_stages(model, exits)
 
 
 def _import_tensorflow():
@@ -441,62 +446,69 @@ def anytime_serving_function(converter, stages, specs, preprocessing):
 def _anytime_blocks(converter, stages, specs):
     """A TF function (model input, threshold) -> (logits float32, exit int32) running the blocks.
 
-    Level k runs block k, the head on the first k taps and the confidence check, then a `tf.cond`
-    whose false branch calls level k+1: a block runs only if an example is still unsure. The
-    levels are traced from the last to the first, each calling the next one's concrete function,
-    so tracing is linear in L and never recursive. Blocks and the head are endpoints of `converter`
+    Level j runs the blocks after the previous candidate exit up to the j-th one, k (one function
+    call), the head on the first k taps and the confidence check, then a `tf.cond` whose false
+    branch calls level j+1: a block runs only if an example is still unsure. The levels are traced
+    from the last to the first, each calling the next one's concrete function, so tracing is
+    linear in L and never recursive. Blocks and the head are endpoints of `converter`
     (tf.functions on TensorFlow, jax2tf conversions on JAX).
     """
     import tensorflow as tf
 
-    num_blocks, num_outputs = stages.num_blocks, stages.num_outputs
-    blocks = []
-    for k, stage in enumerate(stages.stages, start=1):
-        source = specs.model if k == 1 else _spec_of(stage.inputs[0])
-        blocks.append(converter.add_endpoint(
-            f"anytime_block_{k}", lambda h, stage=stage: stage(h, training=False),
-            input_signature=[source],
-        ))
-    head = converter.add_endpoint("anytime_head", lambda z: stages.head(z, training=False),
-                                  input_signature=[_spec_of(stages.head.inputs[0])])
+    num_outputs = stages.num_outputs
     total_spec = _spec_of(stages.head.inputs[0])
-    state_specs = [total_spec, tf.TensorSpec([None, num_outputs], tf.float32),
-                   tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.bool),
-                   tf.TensorSpec([], tf.float32)]
 
-    def level_function(k, next_level):
-        def level(hidden, total, chosen, exits, done, threshold):
-            outputs = blocks[k - 1](hidden)
+    def run_segment(hidden, total, segment):
+        for stage in segment:
+            outputs = stage(hidden, training=False)
             hidden = outputs[0]
             for tap in outputs[1:]:
-                total = total + tap
+                total = total + tap  # In the order of GlobalAggregation: equal to truncate().
+        return hidden, total
+
+    # One function per segment (the blocks between two exits): one call per check, not per block.
+    levels = []
+    for k, segment in stages.segments():
+        first = k == len(segment)  # The segment that starts at block 1 reads the model's input.
+        source = specs.model if first else _spec_of(segment[0].inputs[0])
+        run_blocks = converter.add_endpoint(
+            f"anytime_blocks_to_{k}", lambda h, t, segment=segment: run_segment(h, t, segment),
+            input_signature=[source, total_spec],
+        )
+        levels.append((k, run_blocks, source))
+    head = converter.add_endpoint("anytime_head", lambda z: stages.head(z, training=False),
+                                  input_signature=[total_spec])
+    state_specs = [total_spec, tf.TensorSpec([None, num_outputs], tf.float32),
+                   tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32)]
+
+    def level_function(k, run_blocks, source, next_level):
+        def level(hidden, total, chosen, exits, threshold):
+            hidden, total = run_blocks(hidden, total)
             logits = tf.cast(head(stages.aggregate(total, k)), "float32")
-            confident = _confident(logits, threshold)
-            newly = tf.logical_and(confident, tf.logical_not(done))
+            # exits == 0: not confident yet. `threshold` is +inf when it is 1 (never reached).
+            newly = tf.logical_and(_top_probability(logits) >= threshold, tf.equal(exits, 0))
             chosen = tf.where(newly[:, None], logits, chosen)
             exits = tf.where(newly, k, exits)
-            done = tf.logical_or(done, confident)
             if next_level is None:  # The last block answers for every example still unsure.
-                return tf.where(done[:, None], chosen, logits), tf.where(done, exits, k)
-            return tf.cond(tf.reduce_all(done), lambda: (chosen, exits),
-                           lambda: next_level(hidden, total, chosen, exits, done, threshold))
+                unsure = tf.equal(exits, 0)
+                return tf.where(unsure[:, None], logits, chosen), tf.where(unsure, k, exits)
+            return tf.cond(tf.reduce_all(exits > 0), lambda: (chosen, exits),
+                           lambda: next_level(hidden, total, chosen, exits, threshold))
 
-        source = specs.model if k == 1 else _spec_of(stages.stages[k - 1].inputs[0])
         function = tf.function(level, input_signature=[source] + state_specs, autograph=False)
         return function.get_concrete_function()
 
-    next_level = None
-    for k in range(num_blocks, 0, -1):
-        next_level = level_function(k, next_level)
-    first_level = next_level
+    first_level = None
+    for k, run_blocks, source in reversed(levels):
+        first_level = level_function(k, run_blocks, source, first_level)
 
     def run(x, threshold):
         batch = tf.shape(x)[0]
-        width = total_spec.shape[1:]
+        never = tf.constant(float("inf"), tf.float32)
         return first_level(
-            x, tf.zeros(tf.concat([[batch], width], 0), total_spec.dtype),
+            x, tf.zeros(tf.concat([[batch], total_spec.shape[1:]], 0), total_spec.dtype),
             tf.zeros([batch, num_outputs], "float32"), tf.zeros([batch], "int32"),
-            tf.zeros([batch], "bool"), threshold,
+            tf.where(threshold < 1.0, threshold, never),
         )
 
     return run
@@ -508,17 +520,15 @@ def _spec_of(keras_tensor):
     return tf.TensorSpec((None,) + tuple(keras_tensor.shape[1:]), keras_tensor.dtype)
 
 
-def _confident(logits, threshold):
-    """Top probability (softmax; max(sigmoid, 1 - sigmoid) for one logit) >= threshold < 1: the
-    rule of `glonet_keras.deploy.first_confident_exits`, in TensorFlow."""
+def _top_probability(logits):
+    """The top softmax probability, or max(sigmoid, 1 - sigmoid) for one logit: the confidence of
+    `glonet_keras.deploy.top_probability`, in TensorFlow."""
     import tensorflow as tf
 
     if logits.shape[-1] == 1:
         probability = tf.math.sigmoid(logits[:, 0])
-        top = tf.maximum(probability, 1.0 - probability)
-    else:
-        top = tf.reduce_max(tf.nn.softmax(logits, axis=-1), axis=-1)
-    return tf.logical_and(top >= threshold, threshold < 1.0)
+        return tf.maximum(probability, 1.0 - probability)
+    return tf.reduce_max(tf.nn.softmax(logits, axis=-1), axis=-1)
 
 
 def _outputs(logits, task):

@@ -66,6 +66,7 @@ def export_onnx(
     exits=None,
     anytime=False,
     anytime_threshold=export_lib.DEFAULT_ANYTIME_THRESHOLD,
+    anytime_exits=None,
     preprocessing=None,
     input_dtype=None,
     task=None,
@@ -83,6 +84,7 @@ def export_onnx(
         anytime: also write the `anytime` graph (a GloNet classifier with separate block layers).
         anytime_threshold: the default threshold recorded in the anytime file's metadata (ONNX
             inputs have no defaults: callers send `threshold`).
+        anytime_exits: the depths where `anytime` checks confidence (default every block).
         preprocessing, input_dtype, task, class_names: as in `export_saved_model` (defaults from
             `model.preprocessing` and `model.preset_metadata`).
         opset: the ONNX opset.
@@ -124,7 +126,7 @@ def export_onnx(
     num_outputs = int(model.outputs[0].shape[-1])
     class_names = export_lib._resolve_class_names(model, class_names, task, num_outputs)
     exits = export_lib.check_exits(model, exits)
-    stages = export_lib._anytime_stages(model, task, anytime, anytime_threshold)
+    stages = export_lib._anytime_stages(model, task, anytime, anytime_threshold, anytime_exits)
     paths = onnx_paths(path, exits, anytime)
     for target in paths.values():
         _check_target(target, overwrite)
@@ -143,6 +145,7 @@ def export_onnx(
         "task": task, "class_names": class_names, "preprocessing": preprocessing.to_dict(),
         "input_name": specs.raw.name, "input_dtype": preprocessing.input_dtype,
         "num_blocks": export_lib._num_blocks(model), "exits": exits,
+        "anytime_exits": None if stages is None else list(stages.exits),
     }
     protos = {}
     for name, function in functions.items():

@@ -229,6 +229,31 @@ def test_the_anytime_signature_never_runs_a_block_after_the_stop(tmp_path):
     assert _counts(model.non_trainable_variables) == [1, 1, 1, 1, 0]
 
 
+def test_anytime_checks_only_its_candidate_exits(tmp_path):
+    model = _counting_glonet(5)
+    x = np.array([[0.3, -1.0, 2.0], [1.0, 0.5, -0.2]], "float32")
+    early = analysis.early_exit_logits(model, x)
+    threshold = float(deploy.top_probability(early[:, 2]).max()) + 1e-6  # not before block 4
+    for variable in model.non_trainable_variables:
+        variable.assign(0.0)
+    path = export_saved_model(model, tmp_path, anytime=True, anytime_exits=[2, 4])
+    assert load_metadata(path)["anytime_exits"] == [2, 4, 5]
+    loaded = tf.saved_model.load(path)  # Kept: its signatures hold only weak references to it.
+    signature = loaded.signatures["anytime"]
+    counters = [v for v in signature.variables if "counter" in v.name]
+    answer = signature(features=tf.constant(x), threshold=tf.constant(threshold))
+    exits, logits = deploy.first_confident_exits(early, threshold, exits=[2, 4])
+    assert answer["exit"].numpy().tolist() == exits.tolist() and set(exits.tolist()) <= {4, 5}
+    assert relative_error(answer["logits"].numpy(), logits) < 1e-5
+    expected = [1, 1, 1, 1, int(exits.max() == 5)]
+    assert _counts(counters) == expected
+    result = deploy.anytime_predict(model, x, threshold, exits=[2, 4])
+    np.testing.assert_array_equal(result["exit"], exits)
+    assert _counts(model.non_trainable_variables) == expected
+    with pytest.raises(ValueError, match="`anytime_exits` must be a list of integers in \\[1, 5\\]"):
+        export_saved_model(model, tmp_path / "x", anytime=True, anytime_exits=[0, 2])
+
+
 # -------------------------------------------------------------------------------- export
 
 
@@ -284,7 +309,8 @@ def test_a_truncated_export_is_smaller_and_equal(tmp_path):
 def test_anytime_signature_equals_truncate_at_its_exit_and_full_at_one(digits_mlp, tmp_path):
     model, x, _, raw = digits_mlp
     path = export_saved_model(model, tmp_path, anytime=True, exits=[4])
-    signature = tf.saved_model.load(path).signatures["anytime"]
+    loaded = tf.saved_model.load(path)
+    signature = loaded.signatures["anytime"]
     raw, x = raw[:96], x[:96]
     answer = signature(features=tf.constant(raw), threshold=tf.constant(0.9))
     exits = answer["exit"].numpy()

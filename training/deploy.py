@@ -53,6 +53,8 @@ flags.DEFINE_list("exits", [], "More exit_<k> signatures besides the chosen k.")
 flags.DEFINE_enum("anytime", "auto", ["auto", "true", "false"],
                   "Add the anytime signature (auto: when the model supports it).")
 flags.DEFINE_float("anytime_threshold", 0.9, "Default confidence threshold of `anytime`.")
+flags.DEFINE_list("anytime_exits", None, "Depths where `anytime` checks confidence (default every "
+                                         "block; check every few blocks when blocks are cheap).")
 flags.DEFINE_string("onnx_path", None, "Also write the graphs as ONNX: this .onnx file (serve) "
                                        "and <stem>_exit_<k>.onnx, <stem>_anytime.onnx beside it.")
 # Reports.
@@ -101,11 +103,13 @@ def check_flags():
         raise ValueError(f"--max_examples must be >= 1, received {FLAGS.max_examples}")
     try:
         extra_exits = [int(k) for k in FLAGS.exits]
+        anytime_exits = None if FLAGS.anytime_exits is None else [int(k) for k in FLAGS.anytime_exits]
     except ValueError:
-        raise ValueError(f"--exits must be integers, received {FLAGS.exits}") from None
+        raise ValueError(f"--exits and --anytime_exits must be integers, received {FLAGS.exits} "
+                         f"and {FLAGS.anytime_exits}") from None
     if FLAGS.onnx_path and not FLAGS.onnx_path.endswith(".onnx"):
         raise ValueError(f"--onnx_path must end in .onnx, received {FLAGS.onnx_path!r}")
-    return extra_exits
+    return extra_exits, anytime_exits
 
 
 def load_model():
@@ -187,10 +191,13 @@ def print_table(table, depth):
 
 
 def main(argv):
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines would bury the table.
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}")
     try:
-        extra_exits = check_flags()
+        extra_exits, anytime_exits = check_flags()
     except ValueError as error:
         fail(error)
     from glonet_keras import deploy
@@ -204,7 +211,8 @@ def main(argv):
         anytime = FLAGS.anytime == "true" or (
             FLAGS.anytime == "auto" and not skeleton(model).stacked)
         exits = sorted({depth, *extra_exits})
-        export_kwargs = dict(exits=exits, anytime=anytime, anytime_threshold=FLAGS.anytime_threshold)
+        export_kwargs = dict(exits=exits, anytime=anytime, anytime_threshold=FLAGS.anytime_threshold,
+                             anytime_exits=anytime_exits)
         # A preset is served under its zoo name; a run under its model's name.
         model_name = FLAGS.model_name or model.preset_metadata.get("name") or model.name
         path = export_saved_model(model, FLAGS.export_dir, version=FLAGS.version,
