@@ -9,8 +9,10 @@ the loaded signatures (what TF Serving runs: preprocessing included):
 - `serve`: all L blocks;
 - `exit_<L/4>`: the first quarter of the blocks (the issue's bar: at most 40 % of `serve` at batch 1);
 - `anytime` on EASY inputs (test digits confident at an early exit) and on HARD ones (never
-  confident: every block runs), at the same threshold;
-- optionally (`--onnx`), the same graphs in ONNX Runtime.
+  confident: every block runs), at the same threshold, checking confidence after every block, and
+  (`--check_every=N`) a second export that checks every N blocks only (`anytime_exits`);
+- optionally (`--onnx`), the same graphs in ONNX Runtime (its anytime graph checks every
+  `--check_every` blocks, at most 16 times: the limit of the ONNX export).
 
 Each of `--reps` repetitions times every variant `--calls` times, interleaved (so drift hits all
 alike); a variant's number is the median over repetitions of its per-repetition median, with the
@@ -45,6 +47,8 @@ flags.DEFINE_float("threshold", 0.9, "Anytime confidence threshold.")
 flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
 flags.DEFINE_integer("reps", 3, "Repetitions (>= 3) of the whole timing round.")
 flags.DEFINE_integer("calls", 30, "Timed calls per variant and repetition.")
+flags.DEFINE_integer("check_every", 10, "Also time an anytime signature that checks confidence "
+                     "every N blocks only (anytime_exits); 0 or 1: skip it.")
 flags.DEFINE_bool("onnx", False, "Also time the ONNX graphs in ONNX Runtime.")
 flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
@@ -103,9 +107,19 @@ def variants(model, x_easy, x_hard, export_dir, threshold, batch_sizes):
     from glonet_keras.export import export_saved_model
     from glonet_keras.skeleton import skeleton
 
-    k = max(1, skeleton(model).num_blocks // 4)
+    num_blocks = skeleton(model).num_blocks
+    k = max(1, num_blocks // 4)
     path = export_saved_model(model, export_dir, exits=[k], anytime=True, early_exits=False)
-    signatures = tf.saved_model.load(path).signatures
+    loaded = [tf.saved_model.load(path)]  # Kept alive: signatures hold weak references.
+    anytime = {"anytime": loaded[0].signatures["anytime"]}
+    every = FLAGS.check_every
+    if every > 1:
+        sparse = export_saved_model(model, export_dir, model_name=f"{model.name}_every_{every}",
+                                    anytime=True, anytime_exits=range(every, num_blocks + 1, every),
+                                    early_exits=False)
+        loaded.append(tf.saved_model.load(sparse))
+        anytime[f"anytime/{every}"] = loaded[1].signatures["anytime"]
+    signatures = loaded[0].signatures
     name = model.inputs[0].name
     calls = {}
     for batch in batch_sizes:
@@ -113,16 +127,20 @@ def variants(model, x_easy, x_hard, export_dir, threshold, batch_sizes):
         level = tf.constant(threshold, tf.float32)
         calls[("serve", batch)] = lambda x=hard: signatures["serve"](**{name: x})
         calls[(f"exit_{k}", batch)] = lambda x=hard: signatures[f"exit_{k}"](**{name: x})
-        calls[("anytime easy", batch)] = lambda x=easy: signatures["anytime"](
-            **{name: x, "threshold": level})
-        calls[("anytime hard", batch)] = lambda x=hard: signatures["anytime"](
-            **{name: x, "threshold": level})
+        for label, signature in anytime.items():
+            calls[(f"{label} easy", batch)] = lambda x=easy, f=signature: f(
+                **{name: x, "threshold": level})
+            calls[(f"{label} hard", batch)] = lambda x=hard, f=signature: f(
+                **{name: x, "threshold": level})
     if FLAGS.onnx:
         import onnxruntime
 
         from glonet_keras.onnx_export import export_onnx
 
-        files = export_onnx(model, os.path.join(export_dir, "model.onnx"), exits=[k], anytime=True)
+        # ONNX anytime graphs take at most 16 checks (onnx_export.MAX_ONNX_ANYTIME_EXITS).
+        every = max(every, -(-num_blocks // 16))
+        files = export_onnx(model, os.path.join(export_dir, "model.onnx"), exits=[k], anytime=True,
+                            anytime_exits=range(every, num_blocks + 1, every))
         sessions = {key: onnxruntime.InferenceSession(file, providers=["CPUExecutionProvider"])
                     for key, file in files.items()}
         for batch in batch_sizes:
@@ -130,11 +148,11 @@ def variants(model, x_easy, x_hard, export_dir, threshold, batch_sizes):
             level = np.array(threshold, np.float32)
             calls[("onnx serve", batch)] = lambda x=hard: sessions["serve"].run(None, {name: x})
             calls[(f"onnx exit_{k}", batch)] = lambda x=hard: sessions[f"exit_{k}"].run(None, {name: x})
-            calls[("onnx anytime easy", batch)] = lambda x=easy: sessions["anytime"].run(
+            calls[(f"onnx anytime/{every} easy", batch)] = lambda x=easy: sessions["anytime"].run(
                 None, {name: x, "threshold": level})
-            calls[("onnx anytime hard", batch)] = lambda x=hard: sessions["anytime"].run(
+            calls[(f"onnx anytime/{every} hard", batch)] = lambda x=hard: sessions["anytime"].run(
                 None, {name: x, "threshold": level})
-    return k, calls
+    return k, calls, loaded
 
 
 def time_calls(calls, reps, per_rep):
@@ -167,8 +185,9 @@ def run(family, log=print):
         f"{int(exits.max())} (mean exit over the test split {exits.mean():.1f})")
     batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     with tempfile.TemporaryDirectory() as export_dir:
-        k, calls = variants(model, x_easy, x_hard, export_dir, FLAGS.threshold, batch_sizes)
+        k, calls, loaded = variants(model, x_easy, x_hard, export_dir, FLAGS.threshold, batch_sizes)
         timings = time_calls(calls, FLAGS.reps, FLAGS.calls)
+        del loaded
     rows = []
     for (variant, batch), (median, low, high) in timings.items():
         reference = timings[("onnx serve" if variant.startswith("onnx") else "serve", batch)][0]

@@ -16,7 +16,11 @@ How: each signature's `tf.function` is frozen (variables -> constants) with its 
 lowered to Switch/Merge, and tf2onnx converts it (its cond rewriter turns each lowered `tf.cond`
 back into an ONNX `If`). The anytime graph therefore keeps its nesting: block k+1 lives in the else
 branch of block k's `If`, and ONNX Runtime runs only the branch taken, so blocks after the stop are
-not computed there either. ONNX Runtime checks rank and dtype of the input itself; the graph's own
+not computed there either.
+
+Limits: tf2onnx's conversion of nested conds grows about quadratically with their number, so an
+ONNX anytime graph takes at most 16 candidate exits (`anytime_exits`, e.g. every L/16 blocks); the
+SavedModel's has none. ONNX Runtime checks the input's rank and dtype itself; the graph's own
 `threshold` range check (a TF Assert) has no ONNX equivalent and is dropped: there a threshold above
 1 is never reached and one below 0 always is.
 
@@ -35,6 +39,10 @@ from glonet_keras import export as export_lib
 
 DEFAULT_OPSET = 17
 METADATA_KEY = "glonet"
+# tf2onnx rebuilds one nested If per anytime exit, and its conversion grows about quadratically in
+# the nesting (measured: 8 levels 3.5 s, 16 levels 10 s, 24 levels 49 s and 1.7 GB of memory, 32
+# levels over protobuf's 2 GB limit). The SavedModel's anytime signature has no such limit.
+MAX_ONNX_ANYTIME_EXITS = 16
 
 
 def _import_converters():
@@ -84,7 +92,8 @@ def export_onnx(
         anytime: also write the `anytime` graph (a GloNet classifier with separate block layers).
         anytime_threshold: the default threshold recorded in the anytime file's metadata (ONNX
             inputs have no defaults: callers send `threshold`).
-        anytime_exits: the depths where `anytime` checks confidence (default every block).
+        anytime_exits: the depths where `anytime` checks confidence (default every block); at
+            most `MAX_ONNX_ANYTIME_EXITS` (16) of them in ONNX.
         preprocessing, input_dtype, task, class_names: as in `export_saved_model` (defaults from
             `model.preprocessing` and `model.preset_metadata`).
         opset: the ONNX opset.
@@ -127,13 +136,21 @@ def export_onnx(
     class_names = export_lib._resolve_class_names(model, class_names, task, num_outputs)
     exits = export_lib.check_exits(model, exits)
     stages = export_lib._anytime_stages(model, task, anytime, anytime_threshold, anytime_exits)
+    if stages is not None and len(stages.exits) > MAX_ONNX_ANYTIME_EXITS:
+        step = -(-stages.num_blocks // MAX_ONNX_ANYTIME_EXITS)
+        raise ValueError(
+            f"The ONNX anytime graph nests one If per candidate exit, and {model.name!r} has "
+            f"{len(stages.exits)}: tf2onnx cannot convert more than {MAX_ONNX_ANYTIME_EXITS} "
+            f"nested checks in reasonable time and memory. Pass anytime_exits with at most "
+            f"{MAX_ONNX_ANYTIME_EXITS} depths, e.g. range({step}, {stages.num_blocks + 1}, {step}) "
+            "(the SavedModel's anytime signature has no such limit)."
+        )
     paths = onnx_paths(path, exits, anytime)
     for target in paths.values():
         _check_target(target, overwrite)
 
     specs = export_lib._input_specs(model, preprocessing, tf.as_dtype(preprocessing.input_dtype))
-    converter = keras.export.ExportArchive()
-    converter.track(model)
+    converter = _FrozenEndpoints()
     functions = {
         name: export_lib._serving_function(converter, name, computation, specs, preprocessing, task)
         for name, computation in export_lib.serving_computations(model, False, exits).items()
@@ -155,6 +172,28 @@ def export_onnx(
             {**record, "signature": name, "defaults": defaults})})
     _write_all(onnx, protos, paths, overwrite)
     return paths
+
+
+class _FrozenEndpoints:
+    """Stands in for the ExportArchive converter of `glonet_keras.export`: each endpoint (the
+    model, a segment of anytime blocks, the head) is traced and frozen on its own, its weights
+    constants inside it. Freezing only the whole anytime graph instead would give every nested
+    level a frozen copy of the weights of all deeper levels (they are captured through the
+    nesting): O(L^2) constants, 2 GB already at 32 blocks of width 32."""
+
+    def add_endpoint(self, name, fn, input_signature):
+        import tensorflow as tf
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
+        )
+
+        del name
+        concrete = tf.function(fn, input_signature=input_signature,
+                               autograph=False).get_concrete_function()
+        frozen = convert_variables_to_constants_v2(concrete)
+        # The frozen function returns a flat list: give callers the traced structure back.
+        return lambda *args: tf.nest.pack_sequence_as(concrete.structured_outputs,
+                                                      tf.nest.flatten(frozen(*args)))
 
 
 def _check_target(target, overwrite):

@@ -87,6 +87,7 @@ def test_choose_depth_takes_the_smallest_k_within_tolerance(digits_mlp):
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(50)
     assert deploy.choose_depth(model, dataset, tolerance=0.01) == choice
     assert choice.to_dict()["accuracy"] == choice.accuracy
+    assert analysis.choose_depth(model, (x, y), tolerance=0.01) == choice  # the re-export
 
 
 def test_choose_depth_refusals(digits_mlp):
@@ -476,3 +477,38 @@ def test_the_model_card_renders_the_depth_table(digits_mlp, tmp_path):
     assert "| 8 | 95.8 |" in section and "measured on this test" in section
     assert "threshold" in section  # the anytime table
     assert zoo_docs.deployment_section({}) == []  # a card without a measured table has none
+
+
+_JAX_ANYTIME = """
+    import sys
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from glonet_keras import GloNetCNN, analysis, deploy
+    from glonet_keras.export import export_saved_model
+
+    assert keras.backend.backend() == "jax"
+    model = GloNetCNN(depth=8, width=4, input_shape=(12, 12, 1), num_classes=3, include_stem=True)
+    loaded = tf.saved_model.load(export_saved_model(model, sys.argv[1], anytime=True, exits=[2]))
+    x = np.random.default_rng(0).random((4, 12, 12, 1)).astype("float32")
+    early = analysis.early_exit_logits(model, x)
+    threshold = float(np.median(deploy.top_probability(early.reshape(-1, 3))))
+    for level in (0.0, threshold, 1.0):
+        answer = loaded.signatures["anytime"](images=tf.constant(x), threshold=tf.constant(level))
+        exits, logits = deploy.first_confident_exits(early, level)
+        np.testing.assert_array_equal(answer["exit"].numpy(), exits)
+        np.testing.assert_allclose(answer["logits"].numpy(), logits, rtol=1e-5, atol=1e-5)
+    truncated = np.asarray(analysis.truncate(model, 2)(x))
+    np.testing.assert_allclose(loaded.signatures["exit_2"](images=tf.constant(x))["logits"].numpy(),
+                               truncated, rtol=1e-5, atol=1e-5)
+    print("JAX anytime OK")
+"""
+
+
+@pytest.mark.slow
+def test_exit_and_anytime_export_on_the_jax_backend(tmp_path):
+    # The blocks and the head are jax2tf conversions; the levels and their conds are TensorFlow.
+    from tests.harness import run_on_backend
+
+    script = _JAX_ANYTIME.replace("sys.argv[1]", repr(str(tmp_path)))
+    assert "JAX anytime OK" in run_on_backend("jax", script)

@@ -127,3 +127,19 @@ def test_refusals_and_nothing_half_written(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert {name: Path(path).read_bytes() for name, path in files.items()} == before
     assert sorted(os.listdir(tmp_path)) == ["model.onnx", "model_exit_1.onnx"]  # no temporaries
+
+
+def test_a_deep_anytime_graph_needs_fewer_checks_in_onnx(tmp_path):
+    model = GloNetMLP(num_blocks=20, width=4, input_shape=(3,), num_classes=2)
+    with pytest.raises(ValueError, match="has 20: .* range\\(2, 21, 2\\)"):
+        export_onnx(model, tmp_path / "deep.onnx", anytime=True)
+    assert os.listdir(tmp_path) == []
+    files = export_onnx(model, tmp_path / "deep.onnx", anytime=True, anytime_exits=range(5, 21, 5))
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    early = analysis.early_exit_logits(model, x)
+    threshold = float(np.median(deploy.top_probability(early.reshape(-1, 2))))
+    answer = _run(files["anytime"], features=x, threshold=np.array(threshold, np.float32))
+    exits, logits = deploy.first_confident_exits(early, threshold, exits=[5, 10, 15])
+    np.testing.assert_array_equal(answer["exit"], exits)
+    assert relative_error(answer["logits"], logits) < 1e-4
+    assert load_metadata(files["anytime"])["anytime_exits"] == [5, 10, 15, 20]
