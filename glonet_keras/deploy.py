@@ -55,7 +55,7 @@ _ACCURACY_EPSILON = 1e-9  # 0.95 - 0.01 is 0.9399999999999999 in floats; a tie i
 
 
 def _as_arrays(data, what):
-    """`(x, y)` numpy arrays from a tuple `(x, y)` or an iterable (e.g. tf.data) of (x, y) batches."""
+    """`(x, y)` numpy arrays from a tuple `(x, y)` or an iterable (tf.data) of (x, y) batches."""
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = data
         return np.asarray(x), np.asarray(y)
@@ -67,7 +67,8 @@ def _as_arrays(data, what):
     xs, ys = [], []
     for batch in data:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise ValueError(f"Each batch of `{what}` must be (x, y[, weights]), received {type(batch).__name__}.")
+            raise ValueError(f"Each batch of `{what}` must be (x, y[, weights]), received "
+                             f"{type(batch).__name__}.")
         xs.append(np.asarray(batch[0]))
         ys.append(np.asarray(batch[1]))
     if not xs:
@@ -151,7 +152,8 @@ def choose_depth(model, validation_data, tolerance=0.01, batch_size=256):
     tolerance = check_probability(tolerance, "tolerance")
     _check_classifier(model)
     x, y = _as_arrays(validation_data, "validation_data")
-    accuracies = [float(a) for a in analysis.early_exit_accuracy(model, x, y, batch_size=batch_size)]
+    curve = analysis.early_exit_accuracy(model, x, y, batch_size=batch_size)
+    accuracies = [float(a) for a in curve]
     full = accuracies[-1]
     depth = next(k for k, accuracy in enumerate(accuracies, start=1)
                  if accuracy + _ACCURACY_EPSILON >= full - tolerance)
@@ -173,7 +175,8 @@ def _trace_nodes(model, input_shapes):
         if getattr(operation, "_nodes_by_depth", None):  # A functional model used as a layer.
             records.extend(_trace_nodes(operation, [x.shape for x in keras.tree.flatten(args)]))
         else:
-            records.append((operation, keras.tree.flatten(args), kwargs, keras.tree.flatten(outputs)))
+            records.append((operation, keras.tree.flatten(args), kwargs,
+                            keras.tree.flatten(outputs)))
         return outputs
 
     inputs = [keras.KerasTensor(shape, x.dtype) for shape, x in zip(input_shapes, model.inputs)]
@@ -216,7 +219,8 @@ def _einsum_flops(layer, inputs, outputs):
 def _attention_flops(layer, inputs, kwargs):
     # MultiHeadAttention(query, value, key=None): positionally or by keyword.
     named = dict(zip(("query", "value", "key"), inputs))
-    named.update({name: kwargs[name] for name in ("query", "value", "key") if kwargs.get(name) is not None})
+    named.update({name: kwargs[name] for name in ("query", "value", "key")
+                  if kwargs.get(name) is not None})
     query = named["query"].shape
     value = named.get("value", named["query"]).shape
     key = named.get("key", named.get("value", named["query"])).shape
@@ -471,7 +475,8 @@ def depth_within_budget(table, latency_budget_ms, batch_size=1):
     smallest k). Raises ValueError, naming the fastest depth, when none fits."""
     if (isinstance(latency_budget_ms, bool) or not isinstance(latency_budget_ms, numbers.Real)
             or not latency_budget_ms > 0):
-        raise ValueError(f"`latency_budget_ms` must be a number > 0, received {latency_budget_ms!r}.")
+        raise ValueError(
+            f"`latency_budget_ms` must be a number > 0, received {latency_budget_ms!r}.")
     if not table or batch_size not in table[0].latency_ms:
         raise ValueError(f"The depth table has no latency at batch size {batch_size}.")
     fitting = [row for row in table if row.latency_ms[batch_size] <= latency_budget_ms]

@@ -226,7 +226,7 @@ def main(argv):
                                      **export_kwargs)
         if FLAGS.plot:
             deploy.plot_accuracy_latency(table, FLAGS.plot, batch_size=FLAGS.latency_batch_size,
-                                         title=f"{model.name}: accuracy against latency")
+                                         title=f"{model_name}: accuracy against latency")
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         fail(error)
     print_table(table, depth)
