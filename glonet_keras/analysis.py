@@ -237,3 +237,23 @@ def _class_labels(y, num_outputs):
             f"holds values in [{y.min()}, {y.max()}]."
         )
     return y.astype("int64")
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing a depth: the deployment functions live in glonet_keras.deploy (which builds on this
+# module); these names make them reachable where the early-exit analysis is.
+# ---------------------------------------------------------------------------------------------
+
+
+def choose_depth(model, validation_data, tolerance=0.01, batch_size=256):
+    """The smallest k within `tolerance` of the full model's accuracy: `glonet_keras.deploy.choose_depth`."""
+    from glonet_keras import deploy
+
+    return deploy.choose_depth(model, validation_data, tolerance=tolerance, batch_size=batch_size)
+
+
+def depth_table(model, data, **kwargs):
+    """Accuracy, parameters, FLOPs and latency of every k-prefix: `glonet_keras.deploy.depth_table`."""
+    from glonet_keras import deploy
+
+    return deploy.depth_table(model, data, **kwargs)

@@ -11,15 +11,26 @@ Signatures (all traced with `training=False`, so dropout and any augmentation st
   the sigmoid of a single (binary) logit; regression returns `logits` only.
 - `early_exits` (GloNets only): the same input, returning `{"logits": (batch, L, outputs),
   "probabilities": ...}`, entry k - 1 on axis 1 being the prediction of the first k blocks with the
-  shared head (`glonet_keras.analysis.early_exit_model`). A server can pick its precision per request.
+  shared head (`glonet_keras.analysis.early_exit_model`). It computes all L blocks.
+- `exit_<k>` (with `exits=[k, ...]`): the same input and outputs as `serve`, from the first k blocks
+  only (`analysis.truncate(model, k)`): its graph holds no layer of blocks k+1..L, so it costs about
+  k / L of the full model.
+- `anytime` (with `anytime=True`, GloNet classifiers): inputs `<input name>` and `threshold` (a float32
+  scalar in [0, 1]); runs the blocks in order and stops once every example of the batch has an exit
+  whose top probability reaches `threshold` (1.0: never, i.e. every block). Returns `logits` and
+  `probabilities` of each example's exit and `exit` (int32, 1..L). Each further block sits in the
+  false branch of a `tf.cond`, so blocks after the stop never run. A SignatureDef cannot carry a
+  default that TF Serving applies (it requires every input), so the default threshold is recorded in
+  glonet.json (`signature_defaults`), where `glonet_keras.serving` reads it; TF Serving clients send
+  `threshold` themselves.
 
 The graph checks its input itself, because a loaded signature does not: a tensor of the wrong rank,
 channel count or (for fixed-size models) spatial size is an InvalidArgumentError, never a crash of
 the serving process; a batch of 0 returns empty outputs of the right shape.
 
 `assets.extra/glonet.json` records the preprocessing (`Preprocessing.to_dict()`), task, class names,
-model class and config, and the signatures' input name and dtype, for people and tools (TF Serving
-ignores it).
+model class and config, the signatures' input name and dtype, the exits and the anytime default
+threshold, for people and tools (TF Serving ignores it).
 
 Works on the TensorFlow backend and on the JAX backend when TensorFlow is installed (the model is
 converted with jax2tf; preprocessing and checks are TensorFlow ops around it). Everything is traced
@@ -39,10 +50,12 @@ import keras
 
 from glonet_keras import analysis
 from glonet_keras.preprocessing import Preprocessing
-from glonet_keras.skeleton import is_glonet
+from glonet_keras.skeleton import is_glonet, skeleton
 
 TASKS = ("classification", "regression")
 METADATA_FILE = os.path.join("assets.extra", "glonet.json")
+THRESHOLD_INPUT = "threshold"  # The anytime signature's second input.
+DEFAULT_ANYTIME_THRESHOLD = 0.9
 
 
 def check_path_component(name, what="model_name"):
@@ -75,6 +88,10 @@ def export_saved_model(
     task=None,
     class_names=None,
     early_exits=True,
+    exits=None,
+    anytime=False,
+    anytime_threshold=DEFAULT_ANYTIME_THRESHOLD,
+    anytime_exits=None,
     overwrite=False,
 ):
     """Writes `model` as a SavedModel for TF Serving; returns the version directory.
@@ -99,6 +116,14 @@ def export_saved_model(
         class_names: the label of each output index (recorded in glonet.json so a served index
             maps back to a label); default `model.preset_metadata["class_names"]` when present.
         early_exits: add the `early_exits` signature when the model is a GloNet.
+        exits: depths k (1..L) of a GloNet to serve as `exit_<k>` signatures, each computing only
+            its first k blocks. (To ship only k blocks, export `analysis.truncate(model, k)`.)
+        anytime: add the `anytime` signature (a GloNet classifier whose blocks are separate layers;
+            a scanned stack must be unrolled first, `glonet_keras.models.mlp.to_unrolled`).
+        anytime_threshold: the default `threshold` of `anytime`, in [0, 1], recorded in glonet.json.
+        anytime_exits: the depths where `anytime` checks confidence (and may stop); default every
+            block, L always. Each check costs the head and a softmax: for a deep model of cheap
+            blocks, check every few blocks (`glonet_keras.deploy.anytime_stages`).
         overwrite: replace an existing version directory instead of raising. The new export is
             written beside it first; the old one is removed only once the new one is in place.
 
@@ -135,6 +160,8 @@ def export_saved_model(
     num_outputs = int(model.outputs[0].shape[-1])
     class_names = _resolve_class_names(model, class_names, task, num_outputs)
     model_name = check_path_component(model.name if model_name is None else model_name)
+    exits = check_exits(model, exits)
+    stages = _anytime_stages(model, task, anytime, anytime_threshold, anytime_exits)
     path = os.path.join(os.fspath(export_dir), model_name, str(int(version)))
     _check_version_path(path, overwrite)
 
@@ -142,15 +169,16 @@ def export_saved_model(
     specs = _input_specs(model, preprocessing, input_dtype)
     converter = keras.export.ExportArchive()
     converter.track(model)
-    computations = {"serve": model}
-    if early_exits and is_glonet(model):
-        computations["early_exits"] = analysis.early_exit_model(model)
     archive = keras.export.ExportArchive()
     # The first endpoint added is also exported as `serving_default`.
-    for name, computation in computations.items():
+    for name, computation in serving_computations(model, early_exits, exits).items():
         archive.add_endpoint(
             name, _serving_function(converter, name, computation, specs, preprocessing, task)
         )
+    signature_defaults = {}
+    if stages is not None:
+        archive.add_endpoint("anytime", anytime_serving_function(converter, stages, specs, preprocessing))
+        signature_defaults["anytime"] = {THRESHOLD_INPUT: float(anytime_threshold)}
     metadata = {
         "model_class": type(model).__name__,
         "model_config": _jsonable_config(model),
@@ -161,13 +189,66 @@ def export_saved_model(
         "input_dtype": input_dtype.name,
         "input_shape": specs.raw.shape.as_list(),
         "preprocessing": preprocessing.to_dict(),
-        "signatures": ["serving_default"] + list(computations),
-        "num_blocks": getattr(model, "num_blocks", None),
+        "signatures": ["serving_default"] + list(archive._endpoint_names),
+        "exits": exits,
+        "anytime_exits": None if stages is None else list(stages.exits),
+        "signature_defaults": signature_defaults,
+        "num_blocks": _num_blocks(model),
         "keras_backend": keras.backend.backend(),
         "keras_version": keras.__version__,
     }
     _write_atomically(archive, metadata, path, overwrite)
     return path
+
+
+def check_exits(model, exits):
+    """`exits` as a sorted list of distinct depths k in [1, L] of a GloNet; [] for None."""
+    if exits is None or (isinstance(exits, (list, tuple)) and not exits):
+        return []
+    if not is_glonet(model):
+        raise ValueError(f"`exits` needs a GloNet; {model.name!r} has no GlobalAggregation to cut.")
+    num_blocks = skeleton(model).num_blocks
+    if not isinstance(exits, (list, tuple)) or any(
+            isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_blocks
+            for k in exits):
+        raise ValueError(
+            f"`exits` must be a list of integers in [1, {num_blocks}] (the blocks of "
+            f"{model.name!r}), received {exits!r}."
+        )
+    return sorted({int(k) for k in exits})
+
+
+def serving_computations(model, early_exits=True, exits=()):
+    """The Keras models behind the single-input signatures: `{signature name: model}`."""
+    computations = {"serve": model}
+    if early_exits and is_glonet(model):
+        computations["early_exits"] = analysis.early_exit_model(model)
+    for k in exits:
+        computations[f"exit_{k}"] = analysis.truncate(model, k)
+    return computations
+
+
+def _num_blocks(model):
+    if is_glonet(model):
+        return skeleton(model).num_blocks
+    return getattr(model, "num_blocks", None)
+
+
+def _anytime_stages(model, task, anytime, threshold, exits=None):
+    """The per-block stages of the anytime signature (checked before anything is traced), or None."""
+    if not anytime:
+        return None
+    from glonet_keras import deploy
+
+    if task != "classification":
+        raise ValueError(
+            f"`anytime` stops at a confident exit, but {model.name!r} is a {task} model: a "
+            "regression output has no confidence. Export `exits=[k, ...]` instead."
+        )
+    if not is_glonet(model):
+        raise ValueError(f"`anytime` needs a GloNet; {model.name!r} has no exits to stop at.")
+    deploy.check_probability(threshold, "anytime_threshold")
+    return deploy.anytime_stages(model, exits)
 
 
 def _import_tensorflow():
@@ -330,6 +411,124 @@ def _serving_function(converter, name, computation, specs, preprocessing, task):
     function = tf.function(serve, input_signature=[specs.raw], autograph=False)
     function.get_concrete_function()  # Traced now: a failure raises before anything is written.
     return function
+
+
+def anytime_serving_function(converter, stages, specs, preprocessing):
+    """The `anytime` tf.function: (raw input, threshold) -> checks -> preprocessing -> blocks until
+    every example is confident -> {logits, probabilities, exit}."""
+    import tensorflow as tf
+
+    run = _anytime_blocks(converter, stages, specs)
+    num_outputs = stages.num_outputs
+
+    def anytime(inputs, threshold):
+        inputs = tf.ensure_shape(inputs, specs.raw.shape)
+        threshold = tf.ensure_shape(threshold, [])
+        # NaN fails both comparisons; a served threshold outside [0, 1] is a mistake, not "never".
+        valid = tf.logical_and(threshold >= 0.0, threshold <= 1.0)
+        check = tf.debugging.Assert(valid, ["`threshold` must be in [0, 1], received", threshold])
+        with tf.control_dependencies([check]):
+            threshold = tf.identity(threshold)
+        x = preprocessing(inputs)
+        logits, exits = tf.cond(
+            tf.shape(x)[0] > 0,
+            lambda: run(x, threshold),
+            lambda: (tf.zeros([0, num_outputs], "float32"), tf.zeros([0], "int32")),
+        )
+        return {**_outputs(logits, "classification"), "exit": exits}
+
+    threshold_spec = tf.TensorSpec([], tf.float32, name=THRESHOLD_INPUT)
+    function = tf.function(anytime, input_signature=[specs.raw, threshold_spec], autograph=False)
+    function.get_concrete_function()
+    return function
+
+
+def _anytime_blocks(converter, stages, specs):
+    """A TF function (model input, threshold) -> (logits float32, exit int32) running the blocks.
+
+    Level j runs the blocks after the previous candidate exit up to the j-th one, k (one function
+    call), the head on the first k taps and the confidence check, then a `tf.cond` whose false
+    branch calls level j+1: a block runs only if an example is still unsure. The levels are traced
+    from the last to the first, each calling the next one's concrete function, so tracing is
+    linear in L and never recursive. Blocks and the head are endpoints of `converter`
+    (tf.functions on TensorFlow, jax2tf conversions on JAX).
+    """
+    import tensorflow as tf
+
+    num_outputs = stages.num_outputs
+    total_spec = _spec_of(stages.head.inputs[0])
+
+    def run_segment(hidden, total, segment):
+        for stage in segment:
+            outputs = stage(hidden, training=False)
+            hidden = outputs[0]
+            for tap in outputs[1:]:
+                total = total + tap  # In the order of GlobalAggregation: equal to truncate().
+        return hidden, total
+
+    # One function per segment (the blocks between two exits): one call per check, not per block.
+    levels = []
+    for k, segment in stages.segments():
+        first = k == len(segment)  # The segment that starts at block 1 reads the model's input.
+        source = specs.model if first else _spec_of(segment[0].inputs[0])
+        run_blocks = converter.add_endpoint(
+            f"anytime_blocks_to_{k}", lambda h, t, segment=segment: run_segment(h, t, segment),
+            input_signature=[source, total_spec],
+        )
+        levels.append((k, run_blocks, source))
+    head = converter.add_endpoint("anytime_head", lambda z: stages.head(z, training=False),
+                                  input_signature=[total_spec])
+    state_specs = [total_spec, tf.TensorSpec([None, num_outputs], tf.float32),
+                   tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32)]
+
+    def level_function(k, run_blocks, source, next_level):
+        def level(hidden, total, chosen, exits, threshold):
+            hidden, total = run_blocks(hidden, total)
+            logits = tf.cast(head(stages.aggregate(total, k)), "float32")
+            # exits == 0: not confident yet. `threshold` is +inf when it is 1 (never reached).
+            newly = tf.logical_and(_top_probability(logits) >= threshold, tf.equal(exits, 0))
+            chosen = tf.where(newly[:, None], logits, chosen)
+            exits = tf.where(newly, k, exits)
+            if next_level is None:  # The last block answers for every example still unsure.
+                unsure = tf.equal(exits, 0)
+                return tf.where(unsure[:, None], logits, chosen), tf.where(unsure, k, exits)
+            return tf.cond(tf.reduce_all(exits > 0), lambda: (chosen, exits),
+                           lambda: next_level(hidden, total, chosen, exits, threshold))
+
+        function = tf.function(level, input_signature=[source] + state_specs, autograph=False)
+        return function.get_concrete_function()
+
+    first_level = None
+    for k, run_blocks, source in reversed(levels):
+        first_level = level_function(k, run_blocks, source, first_level)
+
+    def run(x, threshold):
+        batch = tf.shape(x)[0]
+        never = tf.constant(float("inf"), tf.float32)
+        return first_level(
+            x, tf.zeros(tf.concat([[batch], total_spec.shape[1:]], 0), total_spec.dtype),
+            tf.zeros([batch, num_outputs], "float32"), tf.zeros([batch], "int32"),
+            tf.where(threshold < 1.0, threshold, never),
+        )
+
+    return run
+
+
+def _spec_of(keras_tensor):
+    import tensorflow as tf
+
+    return tf.TensorSpec((None,) + tuple(keras_tensor.shape[1:]), keras_tensor.dtype)
+
+
+def _top_probability(logits):
+    """The top softmax probability, or max(sigmoid, 1 - sigmoid) for one logit: the confidence of
+    `glonet_keras.deploy.top_probability`, in TensorFlow."""
+    import tensorflow as tf
+
+    if logits.shape[-1] == 1:
+        probability = tf.math.sigmoid(logits[:, 0])
+        return tf.maximum(probability, 1.0 - probability)
+    return tf.reduce_max(tf.nn.softmax(logits, axis=-1), axis=-1)
 
 
 def _outputs(logits, task):

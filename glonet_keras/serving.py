@@ -11,6 +11,12 @@ The contract is TF Serving's `POST /v1/models/<name>[/versions/<v>]:predict` bod
 
 A batch of 0 instances is answered like any other: `{"predictions": []}` (or empty output lists).
 
+Signatures with scalar inputs besides the batch (the `anytime` signature's `threshold`): as in TF
+Serving, a scalar has no batch dimension, so it travels in the columnar format only
+(`{"signature_name": "anytime", "inputs": {"images": batch, "threshold": 0.8}}`). When a request
+leaves it out, the default the export recorded in glonet.json (`signature_defaults`, read by `load`)
+is used; TF Serving itself has no defaults and needs it in every request.
+
 `predict(loaded, body)` raises `ServingError` (a ValueError) with a message that says what is wrong
 with a malformed request, and `respond(loaded, body)` turns it into `(status, {"error": message})`:
 
@@ -26,6 +32,7 @@ Nothing else escapes: every malformed request gets a JSON error, never a traceba
 
 import json
 import numbers
+import os
 import re
 
 import numpy as np
@@ -49,10 +56,19 @@ class RequestTooLarge(ServingError):
 
 
 def load(path):
-    """Loads an exported version directory (`<export_dir>/<name>/<version>`)."""
+    """Loads an exported version directory (`<export_dir>/<name>/<version>`).
+
+    The export's glonet.json record, when there is one, is attached as `glonet_metadata`: it holds
+    the default of each scalar signature input (`signature_defaults`).
+    """
     import tensorflow as tf
 
-    return tf.saved_model.load(path)
+    from glonet_keras.export import METADATA_FILE, load_metadata
+
+    loaded = tf.saved_model.load(path)
+    loaded.glonet_metadata = load_metadata(path) if os.path.isfile(
+        os.path.join(path, METADATA_FILE)) else {}
+    return loaded
 
 
 def _short(value, limit=60):
@@ -99,6 +115,7 @@ def _parse_body(body, max_body_bytes):
 
 
 def _signature(loaded, name):
+    """`(signature, batch input name, its spec, {scalar input name: spec})` of signature `name`."""
     if not isinstance(name, str):
         raise ServingError(f"'signature_name' must be a string, received {_short(name)}.")
     if name not in loaded.signatures:
@@ -107,22 +124,57 @@ def _signature(loaded, name):
         )
     signature = loaded.signatures[name]
     _, specs = signature.structured_input_signature
-    if len(specs) != 1:
-        raise ServingError(f"Signature {name!r} takes {len(specs)} inputs; this helper serves one.")
-    ((input_name, spec),) = specs.items()
-    return signature, input_name, spec
+    batched = [key for key, spec in specs.items() if spec.shape.rank != 0]
+    if len(batched) != 1:
+        raise ServingError(
+            f"Signature {name!r} takes {len(batched)} batched inputs; this helper serves one (and "
+            "scalar inputs)."
+        )
+    (input_name,) = batched
+    scalars = {key: spec for key, spec in specs.items() if key != input_name}
+    return signature, input_name, specs[input_name], scalars
 
 
-def _unwrap_named(value, input_name, where):
-    """Accepts `{"<input name>": value}` in place of `value`."""
-    if isinstance(value, dict):
-        if set(value) != {input_name}:
+def _unwrap_named(value, input_name, where, scalar_names=()):
+    """Accepts `{"<input name>": value, ...}` in place of `value`; returns (value, scalars given)."""
+    if not isinstance(value, dict):
+        return value, {}
+    allowed = {input_name, *scalar_names}
+    if input_name not in value or not set(value) <= allowed:
+        only = (f"inputs are {sorted(allowed)}" if scalar_names
+                else f"only input is {input_name!r}")
+        raise ServingError(
+            f"{where} names inputs {_short(sorted(map(str, value)))}, but the signature's {only}."
+        )
+    return value[input_name], {key: value[key] for key in value if key != input_name}
+
+
+def _scalar_inputs(loaded, signature_name, scalars, given):
+    """The scalar inputs as tensors: each given value, else the export's recorded default."""
+    import tensorflow as tf
+
+    metadata = getattr(loaded, "glonet_metadata", None) or {}
+    defaults = (metadata.get("signature_defaults") or {}).get(signature_name, {})
+    values = {}
+    for name, spec in scalars.items():
+        if name in given:
+            value = given[name]
+        elif name in defaults:
+            value = defaults[name]
+        else:
             raise ServingError(
-                f"{where} names inputs {_short(sorted(map(str, value)))}, but the signature's only "
-                f"input is {input_name!r}."
+                f"Signature {signature_name!r} needs the scalar input {name!r}, and this SavedModel "
+                f"records no default: send it in the columnar format, "
+                f'{{"inputs": {{..., "{name}": value}}}}.'
             )
-        return value[input_name]
-    return value
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ServingError(f"Input {name!r} must be a number, received {_short(value)}.")
+        array = np.array(value, dtype=np.float64)
+        if not np.isfinite(array):
+            raise ServingError(f"Input {name!r} must be finite, received {_short(value)}.")
+        _check_range(array, spec.dtype, name)
+        values[name] = tf.constant(array.astype(spec.dtype.as_numpy_dtype))
+    return values
 
 
 def _type_names(kinds):
@@ -267,25 +319,39 @@ def predict(loaded, body, *, max_body_bytes=MAX_BODY_BYTES, max_instances=MAX_IN
     import tensorflow as tf
 
     body, request_format = _parse_body(body, max_body_bytes)
-    signature, input_name, spec = _signature(loaded, body.get("signature_name", DEFAULT_SIGNATURE))
+    signature_name = body.get("signature_name", DEFAULT_SIGNATURE)
+    signature, input_name, spec, scalars = _signature(loaded, signature_name)
     if request_format == "instances":
         instances = body["instances"]
         if not isinstance(instances, list):
             raise ServingError("'instances' must be a list, one entry per example.")
-        batch = [_unwrap_named(item, input_name, f"Instance {i}") for i, item in enumerate(instances)]
+        # A scalar input has no batch dimension: it cannot be given per instance (as in TF Serving).
+        per_instance = sorted({key for item in instances if isinstance(item, dict)
+                               for key in item if key in scalars})
+        if per_instance:
+            raise ServingError(
+                f"{per_instance} are scalar inputs of signature {signature_name!r}: they have no "
+                "batch dimension, so send them once, in the columnar format ('inputs')."
+            )
+        batch = [_unwrap_named(item, input_name, f"Instance {i}")[0]
+                 for i, item in enumerate(instances)]
+        given = {}
     else:
-        batch = _unwrap_named(body["inputs"], input_name, "'inputs'")
+        batch, given = _unwrap_named(body["inputs"], input_name, "'inputs'", tuple(scalars))
     if isinstance(batch, list) and len(batch) > max_instances:
         raise RequestTooLarge(
             f"The request holds {len(batch)} instances, over the limit of {max_instances}: "
             "split it into smaller batches."
         )
+    inputs = {input_name: _to_array(batch, spec, input_name),
+              **_scalar_inputs(loaded, signature_name, scalars, given)}
     try:
-        outputs = signature(**{input_name: _to_array(batch, spec, input_name)})
+        outputs = signature(**inputs)
     except tf.errors.InvalidArgumentError as error:
         # The exported graph checks its input too (shape, image size); say what it refused.
+        refused = f"input {input_name!r}" if len(inputs) == 1 else f"inputs {sorted(inputs)}"
         raise ServingError(
-            f"The model refused input {input_name!r}: {_graph_error_reason(error.message)}"
+            f"The model refused {refused}: {_graph_error_reason(error.message)}"
         ) from None
     outputs = {key: value.numpy() for key, value in outputs.items()}
     if request_format == "inputs":

@@ -8,6 +8,10 @@ Steps (`--steps`, in this order):
   refresh  without training or measuring: bring an existing zoo/<name>/ to the current format
            (metadata fields derived from the others, the model card, the sha256 of every file);
            the weights and config are left as they are
+  deployment  without training: measure an existing GloNet preset's depth table (accuracy,
+           latency at batch 1 and 64, parameters, FLOPs per k) and anytime report on its test
+           split, on this machine, into metadata.json `deployment` and the model card (package
+           does it too); the weights and config are left as they are
   docs     write, from zoo/*/ only: the pretrained registry glonet_keras/zoo_registry.json (data:
            the sha256 and size of each file and a description, nothing else) and the zoo table
            in docs/zoo.md and in the README's zoo section
@@ -35,12 +39,13 @@ from pathlib import Path
 from absl import app, flags
 
 from zoo_docs import (  # noqa: E402  (training/ is on sys.path when this script runs)
-    README_BEGIN, README_END, load_zoo, registry, registry_text, replace_between, zoo_table,
+    README_BEGIN, README_END, deployment_record, deployment_section, load_zoo, registry,
+    registry_text, replace_between, zoo_table,
 )
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTRY_PATH = REPO / "glonet_keras" / "zoo_registry.json"
-STEPS = ("train", "package", "refresh", "docs", "export")
+STEPS = ("train", "package", "refresh", "deployment", "docs", "export")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("names", None, "Presets to (re)make; default: all recipes.")
@@ -328,6 +333,9 @@ def package(name):
         "export_command": f"python training/make_zoo.py --steps=export --names={name} "
                           "--export_dir=/tmp/glonet_serving",
     }
+    deployment = measure_deployment(model, preprocessing, dataset, recipe["flags"].get("seed", 0))
+    if deployment is not None:
+        record["deployment"] = deployment
     directory = Path(FLAGS.zoo_dir) / name
     if directory.exists():
         import shutil
@@ -347,6 +355,36 @@ def write_card_and_metadata(directory, metadata):
     metadata.setdefault("class_names", metadata["dataset"]["labels"])
     (directory / presets.CARD_FILE).write_text(model_card(metadata))
     presets.write_metadata(directory, metadata)
+
+
+def measure_deployment(model, preprocessing, dataset, seed=0):
+    """The card's depth table and anytime report on the held-out test split; None for a baseline."""
+    import numpy as np
+
+    from glonet_keras import analysis
+    from glonet_keras.data import load_arrays
+
+    if not analysis.is_glonet(model):
+        return None
+    _, (x_test, y_test) = load_arrays(dataset, seed)
+    return deployment_record(model, np.asarray(preprocessing(x_test)), y_test,
+                             machine="2 shared CPU cores, no GPU (timings noisy)")
+
+
+def deployment(name):
+    """Measures an existing preset's deployment record into its metadata and card; no training."""
+    from glonet_keras import presets
+
+    directory = Path(FLAGS.zoo_dir) / name
+    model = presets.load_preset_directory(directory)
+    metadata = json.loads((directory / presets.METADATA_FILE).read_text())
+    record = measure_deployment(model, model.preprocessing, metadata["dataset"]["name"],
+                                metadata["training"]["config"].get("seed", 0))
+    if record is None:
+        print(f"[{name}] a baseline: no depth table", flush=True)
+        return
+    write_card_and_metadata(directory, {**metadata, "deployment": record})
+    print(f"[{name}] depth table measured", flush=True)
 
 
 def refresh(name):
@@ -445,10 +483,11 @@ def model_card(metadata):
                   "(Zalando's benchmark table): " + "; ".join(
                       f"{label} {100 * value:.1f} %"
                       for label, value in sorted(references.items(), key=lambda item: item[1])) + "."]
+    lines.append("")
+    lines += deployment_section(metadata)
     training = metadata["training"]
     versions = metadata["training_versions"]
     lines += [
-        "",
         "## Training",
         "",
         "Produced only by the training program, with this exact command (from the repository root):",
@@ -529,6 +568,8 @@ def main(argv):
             package(name)
         if "refresh" in steps:
             refresh(name)
+        if "deployment" in steps:
+            deployment(name)
     if "docs" in steps:
         write_docs()
     if "export" in steps:

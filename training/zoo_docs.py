@@ -48,6 +48,64 @@ def zoo_table(entries):
     return "\n".join(rows)
 
 
+def deployment_record(model, x, y, *, repeats=30, machine="2 shared CPU cores, no GPU"):
+    """What a model card's deployment section shows, measured now (metadata.json `deployment`):
+    the depth table (`glonet_keras.deploy.depth_table`, every k) and the anytime report, on `x, y`
+    (the held-out test split, preprocessed), with the machine the latencies were measured on."""
+    from glonet_keras import deploy
+    from glonet_keras.skeleton import skeleton
+
+    every_depth = range(1, skeleton(model).num_blocks + 1)
+    rows = deploy.depth_table(model, (x, y), depths=every_depth, repeats=repeats)
+    return {
+        "evaluated_on": "test",
+        "machine": machine,
+        "latency": "median of warm calls of the compiled truncated model, preprocessing excluded",
+        "depth_table": [row.to_dict() for row in rows],
+        "anytime": deploy.anytime_report(model, x, y),
+    }
+
+
+def deployment_section(metadata):
+    """The model card's "Deploy at a chosen depth" lines, from metadata["deployment"] ([] if none)."""
+    record = metadata.get("deployment")
+    if not record:
+        return []
+    batches = sorted({int(b) for row in record["depth_table"] for b in row["latency_ms"]})
+    lines = [
+        "## Deploy at a chosen depth",
+        "",
+        "Every k-prefix is a model (the first k blocks, the same head). Accuracy on the "
+        f"{record['evaluated_on']} split; latency measured on {record['machine']} ({record['latency']}); "
+        "parameters and FLOPs (2 x multiply-adds, per example) of the truncated graph. "
+        "`python training/deploy.py --preset=" + metadata["name"] + " --export_dir=...` picks k on "
+        "the validation split and exports `exit_k` and `anytime` signatures (docs/deploy.md).",
+        "",
+        "| k | accuracy (%) | " + " | ".join(f"latency, batch {b} (ms)" for b in batches)
+        + " | parameters | MFLOPs |",
+        "|---:|---:|" + "---:|" * len(batches) + "---:|---:|",
+    ]
+    for row in record["depth_table"]:
+        latencies = " | ".join(f"{row['latency_ms'][str(b)]:.3f}" for b in batches)
+        lines.append(f"| {row['depth']} | {100 * row['accuracy']:.1f} | {latencies} | "
+                     f"{row['parameters']:,} | {row['flops'] / 1e6:.3f} |")
+    anytime = record.get("anytime")
+    if anytime:
+        lines += [
+            "",
+            "Anytime inference (`anytime` signature): stop at the first exit whose top probability "
+            "reaches the threshold; served one example at a time, an example costs its exit's blocks.",
+            "",
+            "| threshold | accuracy (%) | mean blocks computed |",
+            "|---:|---:|---:|",
+        ]
+        for entry in anytime:
+            threshold = "full model" if entry["threshold"] is None else f"{entry['threshold']:g}"
+            lines.append(f"| {threshold} | {100 * entry['accuracy']:.1f} | "
+                         f"{entry['mean_blocks']:.2f} of {entry['num_blocks']} |")
+    return lines + [""]
+
+
 def registry(entries, zoo_dir):
     """The pretrained registry (glonet_keras/zoo_registry.json): per preset, only what finds and
     verifies it: a description and the sha256 and size of each file the loader fetches."""
