@@ -5,6 +5,7 @@
 #
 #   OUT=/path/to/results benchmarks/gpu_suite.sh            # the real sizes, on a GPU
 #   OUT=/tmp/smoke benchmarks/gpu_suite.sh --smoke          # tiny sizes, any machine (the test)
+#   OUT=/path/to/results benchmarks/gpu_suite.sh --quick    # fewer models and depths, ~3-4 min
 #
 # Expects Keras importable with the JAX backend (see docs/gpu.md for carrying the wheels); uses
 # $PYTHON (default python3). Exit status: the number of steps that failed or timed out.
@@ -20,9 +21,9 @@
 set -u
 cd "$(dirname "$0")/.." || exit 1
 
-SMOKE=0
-if [ "${1:-}" = "--smoke" ]; then SMOKE=1; elif [ $# -gt 0 ]; then
-  echo "usage: OUT=<dir> $0 [--smoke]" >&2; exit 2
+MODE=full
+if [ "${1:-}" = "--smoke" ] || [ "${1:-}" = "--quick" ]; then MODE=${1#--}; elif [ $# -gt 0 ]; then
+  echo "usage: OUT=<dir> $0 [--smoke|--quick]" >&2; exit 2
 fi
 OUT="${OUT:-$PWD/gpu_suite_out}"
 mkdir -p "$OUT" || exit 1
@@ -35,12 +36,20 @@ SCAN=$("$PY" -c "from benchmarks.timing import supports_scan
 from glonet_keras.models import GloNetMLP
 print('--scan' if supports_scan(GloNetMLP) else '')") || exit 1
 
-if [ "$SMOKE" = 1 ]; then
+if [ "$MODE" = smoke ]; then
   FIT_ARGS=(--models=glonet_mlp:2,resnet_mlp:2,glonet_cnn:8 --mlp_steps=8 --cnn_steps=2
             --mlp_batch=32 --cnn_batch=4 --image_size=8)
   MLP_ARGS=(--depths=2,4 --rows=1024 --batch_size=64)
   MEM_ARGS=(--depths=2,4 --steps=2 --batch_size=32)
   LIMITS=(300 300 300)
+elif [ "$MODE" = quick ]; then
+  # What a lease with little time left affords: the fit/raw ratio on the MLP and CNN, Table 1 at
+  # 10, 100, 200 and 1,000 (the last scanned), and memory at three depths.
+  FIT_ARGS=(--models=glonet_mlp:10,resnet_mlp:10,glonet_cnn:20,resnet_cnn:20
+            --mlp_steps=64 --cnn_steps=32)
+  MLP_ARGS=(--depths=10,100,200,1000 --rows=32768)
+  MEM_ARGS=(--depths=10,100,1000 --steps=3 --point_timeout=40)
+  LIMITS=(100 90 60)
 else
   FIT_ARGS=(--models=glonet_mlp:10,resnet_mlp:10,glonet_mlp:200,glonet_cnn:20,resnet_cnn:20
             --mlp_steps=128 --cnn_steps=64)
