@@ -634,10 +634,6 @@ def _start(config):
         if state is not None:
             _load_state(model, state.model_path)
     distribute.apply_multi_worker_workarounds(fit_model, strategy)
-    if uses_arrays and replicas == 1:
-        # JAX: each group of steps_per_execution steps runs as one compiled lax.scan, fed from the
-        # device (Keras 3.15 calls its compiled step once per batch). A no-op on other backends.
-        fastfit.fuse_train_steps(fit_model)
 
     verbose = config.verbose
     if verbose == "auto":
