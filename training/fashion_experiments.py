@@ -26,7 +26,7 @@ EXPERIMENTS = ("fashion_mlp_sweep", "fashion_cnn_sweep", "fashion_deep")
 BUDGETS = {
     "full": dict(
         mlp_depths=(5, 10, 20, 40, 60, 80, 100, 200), mlp_epochs=3, mlp_train_examples=None,
-        cnn_depths=(20, 56, 110), cnn_epochs=5, cnn_train_examples=10_000, cnn_seeds=1,
+        cnn_depths=(20, 56, 110), cnn_epochs=3, cnn_train_examples=5_000, cnn_seeds=1,
         deep_depth=110, deep_epochs=5, deep_train_examples=10_000, vit_blocks=12,
         probe_examples=5_000,
     ),
@@ -370,8 +370,37 @@ def deep_section(result, findings):
     lines += [table(["model", "parameters", "accuracy %", "k within 1 pt", "k within 2 pt",
                      "deeper half, tap share (init -> trained)", "deeper half, update share",
                      "effective depth (tap / update)"], rows), ""]
+    lines += [f"- {text}" for text in _diagnoses(result["models"])] + [""]
     lines += [f"![{name}](figures/{_figure_name(name)}.png)" for name in result["models"]] + [""]
     return lines
+
+
+def _diagnoses(models, dead_below=0.2, gap_points=20):
+    """Why a CNN does or does not exit early, read off its probe and exit curves."""
+    texts = []
+    for name, record in models.items():
+        probe, curve = record.get("probe_accuracy"), record["early_exit"]
+        if not probe:
+            continue
+        dead = [i + 1 for i, accuracy in enumerate(probe) if accuracy < dead_below]
+        parts = []
+        if dead:
+            parts.append(
+                f"{len(dead)} of its {len(probe)} blocks (the first from block {dead[0]}) are dead to "
+                f"a linear read-out (probe below {dead_below * 100:.0f} %): they add taps that carry "
+                "no class information, so depth buys nothing there, though the sum keeps the model "
+                "trainable")
+        gaps = [k + 1 for k in range(len(probe)) if probe[k] - curve[k] > gap_points / 100]
+        if gaps:
+            parts.append(
+                f"at {len(gaps)} depths k (first k = {gaps[0]}) block k alone holds more than "
+                f"{gap_points} points more for a linear read-out than the shared head reads from the "
+                "first k blocks: the information is there, but the head (and the per-stage "
+                "projection, where there is one) is fitted to the full sum, so a prefix misses "
+                "the scale and direction the later taps add")
+        if parts:
+            texts.append(f"**Why, {name}**: " + "; ".join(parts) + ".")
+    return texts
 
 
 def _figure_name(name):
