@@ -38,13 +38,14 @@ def define_flags():
     flags.DEFINE_string("steps_per_execution", "auto", "'auto' or a positive integer.")
     flags.DEFINE_enum("data_form", "auto", timing.FORMS,
                       "How the arrays are fed to fit (timing.fit_inputs).")
-    flags.DEFINE_bool("fuse", True, "On JAX, run each group of steps as one lax.scan (fastfit).")
+    flags.DEFINE_bool("fuse", False, "On JAX, run each group of steps as one lax.scan "
+                      "(fastfit.fuse_train_steps; off by default: see benchmarks/README.md).")
     flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
 
 def run_benchmark(depths=(20, 56, 110), images=10_240, width=16, batch_size=128,
                   repetitions=timing.REPETITIONS, image_size=32, *, steps_per_execution="auto",
-                  data_form="auto", fuse=True, log=print, on_result=None):
+                  data_form="auto", fuse=False, log=print, on_result=None):
     """Times GloNetCNN and ResNetCNN (BN) at each depth; returns one dict per depth.
 
     Row keys: depth, repetitions; glonet_s_per_epoch (median) with _min/_max/_samples,

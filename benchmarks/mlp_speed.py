@@ -7,8 +7,8 @@ the same shape (14 SGEMM-like integer features, standardised; a smooth regressio
 a whole number of batches. Epoch time depends on the shapes, not on the values.
 
 Both models of a depth are timed in one process through `model.fit` on the fast fit path
-(`benchmarks.timing.compile_for_fit`: automatic `steps_per_execution`, fused steps and
-device-resident data on JAX): one warm-up epoch (tracing / XLA compilation, reported separately),
+(`benchmarks.timing.compile_for_fit`: automatic `steps_per_execution`, device-resident data on
+JAX; `--fuse` adds the experimental fused steps): one warm-up epoch (tracing / XLA compilation, reported separately),
 then `--repetitions` epochs of each model, interleaved; the table gives the median and the
 [min-max] spread, and the ratio is the median of the per-round ratios. Absolute times are only
 comparable within one run on one machine; the ratio is the number to compare.
@@ -52,7 +52,8 @@ def define_flags():
     flags.DEFINE_string("steps_per_execution", "auto", "'auto' or a positive integer.")
     flags.DEFINE_enum("data_form", "auto", timing.FORMS,
                       "How the arrays are fed to fit (timing.fit_inputs).")
-    flags.DEFINE_bool("fuse", True, "On JAX, run each group of steps as one lax.scan (fastfit).")
+    flags.DEFINE_bool("fuse", False, "On JAX, run each group of steps as one lax.scan "
+                      "(fastfit.fuse_train_steps; off by default: see benchmarks/README.md).")
     flags.DEFINE_bool("scan", False,
                       "Time the scanned GloNet MLP (GloNetMLP(scan=True)) at every depth.")
     flags.DEFINE_enum("resnet_forms", "auto", ["auto", "unrolled", "scanned"],
@@ -86,7 +87,7 @@ def model_forms(builder, depth, wanted, max_unrolled_depth):
 
 def run_benchmark(depths=(10, 24, 50, 100, 200), rows=170_000, width=16, batch_size=1024,
                   repetitions=timing.REPETITIONS, *, scan=False, resnet_forms="auto",
-                  max_unrolled_depth=200, steps_per_execution="auto", data_form="auto", fuse=True,
+                  max_unrolled_depth=200, steps_per_execution="auto", data_form="auto", fuse=False,
                   log=print, on_result=None):
     """Times GloNetMLP and ResNetMLP(BN) at each depth on the fast fit path; one dict per depth.
 

@@ -79,7 +79,7 @@ FORMS = ("auto", "numpy", "device", "tfdata")
 
 
 def compile_for_fit(model, *, loss, batch_size, steps_per_epoch, batch_bytes=None,
-                    steps_per_execution="auto", fuse=True, jit_compile="auto", learning_rate=1e-3):
+                    steps_per_execution="auto", fuse=False, jit_compile="auto", learning_rate=1e-3):
     """Compiles `model` with Adam for the fast fit path; returns (steps_per_execution, fused).
 
     `steps_per_execution="auto"` asks `fastfit.auto_steps_per_execution` (from a FLOP estimate of

@@ -226,6 +226,11 @@ def fuse_train_steps(model):
     Call it after `model.compile(...)` and before `fit`; compiling again removes it. It replaces
     `model.train_function`, which `fit`, `train_on_batch` and callbacks use as Keras does.
 
+    Experimental, and off everywhere by default: on the 2-core CPU (JAX) a small CNN's epoch was
+    about 12x slower fused than unfused (no recompilation), and a trainer run that fused on an
+    H200 did not finish a CNN-20 epoch in 200 s. Measure before you use it
+    (`benchmarks/fit_overhead.py`, `fused:*` variants).
+
     Args:
         model: a compiled `keras.Model`.
 

@@ -143,18 +143,13 @@ def test_mlp_speed_skips_unrolled_models_deeper_than_the_limit():
     assert row["ratio"] is None
 
 
-def test_mlp_speed_refuses_scan_until_the_builder_offers_it():
-    from glonet_keras.models import GloNetMLP
-
-    if timing.supports_scan(GloNetMLP):
-        pytest.skip("GloNetMLP has scan=True now: nothing to refuse.")
-    with pytest.raises(ValueError, match="does not accept scan=True"):
-        mlp_speed.run_benchmark(depths=(2,), rows=128, batch_size=64, scan=True, **QUIET)
-    result = subprocess.run([sys.executable, "benchmarks/mlp_speed.py", "--scan", "--depths=2"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert result.returncode != 0
-    assert "does not accept scan=True" in result.stderr + result.stdout
+def test_mlp_speed_times_the_scanned_glonet_beyond_the_unrolled_limit():
+    """--scan: the scanned GloNet is timed at a depth where the unrolled models are skipped."""
+    row, = mlp_speed.run_benchmark(depths=(3,), rows=128, batch_size=64, scan=True,
+                                   max_unrolled_depth=2, **QUIET)
+    assert row["glonet_form"] == "scanned"
+    assert row["glonet_s_per_epoch"] > 0
+    assert "glonet_skipped" not in row
 
 
 # ---- fit_overhead ---------------------------------------------------------------------------
