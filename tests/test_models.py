@@ -192,3 +192,14 @@ def test_deep_glonet_trains_where_the_plain_chain_does_not():
         accuracies[cls.__name__] = model.evaluate(x_test, y_test, verbose=0)[1]
     assert accuracies["GloNetMLP"] >= 0.90, accuracies
     assert accuracies["PlainMLP"] <= 0.30, accuracies
+
+
+def test_an_unrolled_chain_deeper_than_pythons_recursion_limit_builds():
+    """Keras maps a functional graph recursively: 600 plain blocks (1,200 layers on one path) hit
+    Python's default limit of 1,000 frames before the builders made room for it."""
+    import sys
+
+    limit = sys.getrecursionlimit()
+    model = g.PlainMLP(num_blocks=600, width=2, input_shape=(2,), num_classes=2)
+    assert model.num_blocks == 600 and len(model.layers) > 1200
+    assert sys.getrecursionlimit() == limit  # restored afterwards
