@@ -39,8 +39,8 @@ from pathlib import Path
 from absl import app, flags
 
 from zoo_docs import (  # noqa: E402  (training/ is on sys.path when this script runs)
-    README_BEGIN, README_END, deployment_record, deployment_section, load_zoo, registry,
-    registry_text, replace_between, zoo_table,
+    FASHION_BEGIN, FASHION_END, README_BEGIN, README_END, deployment_record, deployment_section,
+    fashion_table, load_zoo, registry, registry_text, replace_between, zoo_table,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -532,6 +532,9 @@ def write_docs():
         if path.exists() and README_BEGIN in path.read_text():
             replace_between(path, README_BEGIN, README_END, table)
             print(f"zoo table written to {_display_path(path)}")
+    zoo_md = REPO / "docs" / "zoo.md"
+    if zoo_md.exists() and FASHION_BEGIN in zoo_md.read_text():
+        replace_between(zoo_md, FASHION_BEGIN, FASHION_END, fashion_table(entries))
     print(table)
 
 
