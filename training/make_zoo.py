@@ -108,7 +108,7 @@ RECIPES = {
     ),
     # Fashion-MNIST: one recipe for every image model (AdamW, cosine with a warm-up epoch, label
     # smoothing 0.1, random crop with 4 px padding and horizontal flip), batch 128, seed 0; 12 epochs
-    # for the CIFAR-layout CNNs (about 2 min an epoch on the 2-core CPU these were trained on), 8
+    # for the CIFAR-layout CNNs (about 2 min an epoch on the 2-core CPU these were trained on), 5
     # for the isotropic CNN, 20 for the MLP, 10 for the ViT. docs/zoo.md says how long each took
     # and why these are short.
     "glonet_cnn_bn_fashion_mnist": dict(
@@ -140,7 +140,7 @@ RECIPES = {
                 "design that self-regulated and exited early at depth where the CIFAR layout did not "
                 "(docs/RESULTS.md).",
         flags=dict(model="glonet_cnn", layout="isotropic", depth=26, width=32,
-                   **{**FASHION_RECIPE, "epochs": 8}),
+                   **{**FASHION_RECIPE, "epochs": 5}),
     ),
 }
 
