@@ -514,6 +514,14 @@ def model_card(metadata):
         "exit, fine-tuning, serving) and to measure GloNet's properties.",
         "",
     ]
+    if references:
+        lines[-1:-1] = [
+            "",
+            f"Trained for {training['epochs']} epochs on {training['machine']}: a short budget, so "
+            "its accuracy is what that budget gives, below what longer training of the same "
+            "architecture reaches (compare the references above). `python training/make_zoo.py "
+            f"--names={metadata['name']} --extra_train_flags=--epochs=N` trains it longer.",
+        ]
     return "\n".join(lines)
 
 
