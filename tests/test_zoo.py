@@ -88,6 +88,10 @@ def test_the_zoo_has_the_required_presets_and_the_registry_matches_the_files():
         assert (ZOO / name / "model.weights.h5").stat().st_size < 4 * 2**20  # small files
         if metadata["class_name"].startswith("GloNet"):
             assert len(metadata["metrics"]["early_exit_accuracy"]) == metadata["num_blocks"]
+            # The card's early-exit table runs k = 1..L in order (not "1, 10, 11, 2, ..." as text).
+            card = (ZOO / name / "README.md").read_text()
+            ks = " | ".join(str(k) for k in range(1, metadata["num_blocks"] + 1))
+            assert f"| k | {ks} |" in card, name
 
 
 @pytest.mark.parametrize("name", PUBLISHED)

@@ -123,9 +123,9 @@ RECIPES = {
         flags=dict(model="resnet_cnn", depth=20, width=16, **FASHION_RECIPE),
     ),
     "glonet_mlp_fashion_mnist": dict(
-        summary="GloNet MLP, 4 dense blocks of width 512 (dropout 0.2 before the head), on "
+        summary="GloNet MLP, 4 dense blocks of width 384 (dropout 0.2 before the head), on "
                 "Fashion-MNIST.",
-        flags=dict(model="glonet_mlp", depth=4, width=512, dropout=0.2,
+        flags=dict(model="glonet_mlp", depth=4, width=384, dropout=0.2,
                    **{**FASHION_RECIPE, "epochs": 20, "augment": "flip"}),
     ),
     "glonet_vit_fashion_mnist": dict(
@@ -453,7 +453,8 @@ def model_card(metadata):
         f"{100 * metrics['validation_accuracy']:.2f} %).",
     ]
     if "early_exit_accuracy" in metrics:
-        exits = metrics["early_exit_accuracy"]
+        # metadata.json stores the keys as strings (sorted as text once saved): order them by k.
+        exits = dict(sorted(metrics["early_exit_accuracy"].items(), key=lambda item: int(item[0])))
         lines += [
             "- Early exit (the first k blocks with the same head, `glonet_keras.analysis.truncate`):",
             "",
