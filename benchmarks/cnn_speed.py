@@ -33,14 +33,7 @@ def define_flags():
     flags.DEFINE_integer("images", 10_240, "Random training images per epoch (cut to whole batches).")
     flags.DEFINE_integer("width", 16, "Channels of the first stage (stages double it).")
     flags.DEFINE_integer("batch_size", 128, "Batch size.")
-    flags.DEFINE_integer("repetitions", timing.REPETITIONS,
-                         "Timed epochs per model after one warm-up epoch.")
-    flags.DEFINE_string("steps_per_execution", "auto", "'auto' or a positive integer.")
-    flags.DEFINE_enum("data_form", "auto", timing.FORMS,
-                      "How the arrays are fed to fit (timing.fit_inputs).")
-    flags.DEFINE_bool("fuse", False, "On JAX, run each group of steps as one lax.scan "
-                      "(fastfit.fuse_train_steps; off by default: see benchmarks/README.md).")
-    flags.DEFINE_string("output", None, "Optional JSON file for the results.")
+    timing.define_fit_path_flags()
 
 
 def run_benchmark(depths=(20, 56, 110), images=10_240, width=16, batch_size=128,
@@ -91,10 +84,7 @@ def run_benchmark(depths=(20, 56, 110), images=10_240, width=16, batch_size=128,
 
 def main(argv):
     del argv
-    try:
-        spe = timing.parse_steps_per_execution(FLAGS.steps_per_execution)
-    except ValueError as error:
-        raise app.UsageError(f"--{error}") from error
+    spe = timing.steps_per_execution_flag(FLAGS.steps_per_execution)
     machine = timing.describe_machine()
     print(f"Machine: {machine}", flush=True)
     print(f"images={FLAGS.images} width={FLAGS.width} batch={FLAGS.batch_size} "

@@ -353,10 +353,7 @@ def run_benchmark(models, variants=None, *, mlp_steps=128, cnn_steps=32,
 
 def main(argv):
     del argv
-    try:
-        spe = timing.parse_steps_per_execution(FLAGS.steps_per_execution)
-    except ValueError as error:
-        raise app.UsageError(f"--{error}") from error
+    spe = timing.steps_per_execution_flag(FLAGS.steps_per_execution)
     import keras
 
     backend = keras.backend.backend()

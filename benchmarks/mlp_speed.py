@@ -47,13 +47,7 @@ def define_flags():
                          "split), cut to whole batches.")
     flags.DEFINE_integer("width", 16, "Width of every block.")
     flags.DEFINE_integer("batch_size", 1024, "Batch size.")
-    flags.DEFINE_integer("repetitions", timing.REPETITIONS,
-                         "Timed epochs per model after one warm-up epoch.")
-    flags.DEFINE_string("steps_per_execution", "auto", "'auto' or a positive integer.")
-    flags.DEFINE_enum("data_form", "auto", timing.FORMS,
-                      "How the arrays are fed to fit (timing.fit_inputs).")
-    flags.DEFINE_bool("fuse", False, "On JAX, run each group of steps as one lax.scan "
-                      "(fastfit.fuse_train_steps; off by default: see benchmarks/README.md).")
+    timing.define_fit_path_flags()
     flags.DEFINE_bool("scan", False,
                       "Time the scanned GloNet MLP (GloNetMLP(scan=True)) at every depth.")
     flags.DEFINE_enum("resnet_forms", "auto", ["auto", "unrolled", "scanned"],
@@ -61,7 +55,6 @@ def define_flags():
                       "--max_unrolled_depth for the unrolled one) and keeps the faster.")
     flags.DEFINE_integer("max_unrolled_depth", 200,
                          "Deeper unrolled models are skipped (their compile time grows with depth).")
-    flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
 # Paper, Table 1: seconds per epoch (ResNet-v2 with BN, GloNet) by depth.
 PAPER_TABLE_1 = {
@@ -184,10 +177,7 @@ def format_row(row):
 
 def main(argv):
     del argv
-    try:
-        spe = timing.parse_steps_per_execution(FLAGS.steps_per_execution)
-    except ValueError as error:
-        raise app.UsageError(f"--{error}") from error
+    spe = timing.steps_per_execution_flag(FLAGS.steps_per_execution)
     from glonet_keras.models.mlp import GloNetMLP
 
     if FLAGS.scan:

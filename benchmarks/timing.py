@@ -110,6 +110,30 @@ def parse_steps_per_execution(text):
     return int(text)
 
 
+def steps_per_execution_flag(text):
+    """`parse_steps_per_execution` for a program's flag: an absl usage error on bad text."""
+    from absl import app
+
+    try:
+        return parse_steps_per_execution(text)
+    except ValueError as error:
+        raise app.UsageError(f"--{error}") from error
+
+
+def define_fit_path_flags():
+    """The flags every side-by-side fit benchmark shares (mlp_speed.py, cnn_speed.py)."""
+    from absl import flags
+
+    flags.DEFINE_integer("repetitions", REPETITIONS,
+                         "Timed epochs per model after one warm-up epoch.")
+    flags.DEFINE_string("steps_per_execution", "auto", "'auto' or a positive integer.")
+    flags.DEFINE_enum("data_form", "auto", FORMS,
+                      "How the arrays are fed to fit (timing.fit_inputs).")
+    flags.DEFINE_bool("fuse", False, "On JAX, run each group of steps as one lax.scan "
+                      "(fastfit.fuse_train_steps; off by default: see benchmarks/README.md).")
+    flags.DEFINE_string("output", None, "Optional JSON file for the results.")
+
+
 def resolve_form(form):
     """The data form "auto" stands for on this backend: "device" on JAX, "numpy" elsewhere."""
     import keras
