@@ -119,9 +119,10 @@ def test_download_verify_cache_remeasure_and_load_offline(name, tmp_path):
             measured = float(np.mean(exits[:, int(k) - 1].argmax(-1) == y))
             assert abs(measured - published) <= TOLERANCE, (k, measured, published)
 
-    # The server is gone: the warm cache alone must do.
+    # The server is gone: the warm cache alone must do (the same weights give the same logits; 512
+    # examples show that as well as 10,000 and keep the Fashion-MNIST presets within the suite's time).
     again = glonet_keras.create_model(name, pretrained=True, origin=server.url, cache_dir=tmp_path)
-    np.testing.assert_array_equal(again.predict(x, batch_size=256, verbose=0), logits)
+    np.testing.assert_array_equal(again.predict(x[:512], batch_size=256, verbose=0), logits[:512])
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
