@@ -3,6 +3,7 @@
 Each builder's test is a tiny config plus calls into these functions.
 """
 
+import importlib
 import json
 import os
 import subprocess
@@ -14,6 +15,15 @@ import numpy as np
 import tensorflow as tf
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def training_module(name):
+    """Imports `training/<name>.py` (the programs are scripts, not a package) and returns it."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "training"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(os.path.join(REPO_ROOT, "training"))
 
 
 def relative_error(actual, expected):

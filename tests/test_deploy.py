@@ -19,7 +19,7 @@ from glonet_keras.data import load_arrays
 from glonet_keras.export import export_saved_model, load_metadata
 from glonet_keras.models.mlp import to_scanned
 from glonet_keras.preprocessing import Preprocessing
-from tests.harness import relative_error
+from tests.harness import relative_error, training_module
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DIGITS_MLP = REPO_ROOT / "zoo" / "glonet_mlp_digits"
@@ -463,11 +463,7 @@ def test_deploy_cli_on_a_digits_preset(tmp_path):
 
 
 def test_the_model_card_renders_the_depth_table(digits_mlp, tmp_path):
-    sys.path.insert(0, str(REPO_ROOT / "training"))
-    try:
-        import zoo_docs
-    finally:
-        sys.path.remove(str(REPO_ROOT / "training"))
+    zoo_docs = training_module("zoo_docs")
     model, x, y, _ = digits_mlp
     record = zoo_docs.deployment_record(model, x, y, repeats=3, machine="this test")
     section = "\n".join(zoo_docs.deployment_section({"name": "glonet_mlp_digits", "deployment": record}))

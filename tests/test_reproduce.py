@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests.harness import training_module
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAM = os.path.join(REPO_ROOT, "training", "reproduce.py")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -18,15 +20,6 @@ def _run(*args, timeout=300):
                           timeout=timeout, env=env, cwd=REPO_ROOT)
 
 
-def _reproduce_module():
-    sys.path.insert(0, os.path.join(REPO_ROOT, "training"))
-    try:
-        import reproduce
-    finally:
-        sys.path.pop(0)
-    return reproduce
-
-
 def test_unknown_experiment_is_a_usage_error():
     result = _run("--experiments=depth_sweep,warp_drive", "--output_dir=/nonexistent")
     assert result.returncode != 0
@@ -34,7 +27,7 @@ def test_unknown_experiment_is_a_usage_error():
 
 
 def test_report_verdicts_follow_the_numbers():
-    reproduce = _reproduce_module()
+    reproduce = training_module("reproduce")
     flat = {"5": [0.95, 0.96, 0.95], "160": [0.95, 0.94, 0.96]}
     collapsed = {"5": [0.95, 0.95, 0.94], "160": [0.10, 0.11, 0.10]}
     results = {

@@ -7,17 +7,10 @@ import sys
 import numpy as np
 import pytest
 
+from tests.harness import training_module
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAM = os.path.join(REPO_ROOT, "training", "vit_head_probe.py")
-
-
-def _probe_module():
-    sys.path.insert(0, os.path.join(REPO_ROOT, "training"))
-    try:
-        import vit_head_probe
-    finally:
-        sys.path.pop(0)
-    return vit_head_probe
 
 
 @pytest.mark.parametrize("args, named", [
@@ -34,7 +27,7 @@ def test_bad_flags_are_usage_errors_before_any_data_is_read(args, named):
 def test_every_variant_builds_and_the_zero_head_starts_at_uniform_logits():
     import keras
 
-    probe = _probe_module()
+    probe = training_module("vit_head_probe")
     images = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype("float32")
     logits = {}
     for variant in probe.VARIANTS:

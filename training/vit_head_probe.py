@@ -56,10 +56,9 @@ def build(variant):
             head = model.get_layer("head")
             head.set_weights([0 * weight for weight in head.get_weights()])
         return model
+    encoder = {key: value for key, value in ARGS.items() if key != "input_shape"}
     inputs, _, blocks = _embed_and_encode(
-        ARGS["input_shape"], patch_size=4, hidden_dim=96, num_heads=4, mlp_dim=192, num_blocks=6,
-        activation="gelu", initializer="he", dtype=None,
-    )
+        ARGS["input_shape"], **encoder, activation="gelu", initializer="he", dtype=None)
     if variant == "glonet_tap_norm":
         taps = [keras.layers.LayerNormalization(epsilon=1e-6)(TokenPooling("cls")(b)) for b in blocks]
     else:
