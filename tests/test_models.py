@@ -32,6 +32,9 @@ CASES = {
     "PlainCNN": (g.PlainCNN, TINY_CNN),
     "GloNetViT": (g.GloNetViT, dict(TINY_VIT, include_stem=True)),
     "ViT": (g.ViT, TINY_VIT),
+    "GloNetViT-conv-zero-head": (g.GloNetViT, dict(TINY_VIT, tokenizer="conv",
+                                                   head_initializer="zeros")),
+    "ViT-conv": (g.ViT, dict(TINY_VIT, tokenizer="conv")),
 }
 IDS = sorted(CASES)
 
@@ -163,12 +166,50 @@ def test_regression_output():
         (g.GloNetViT, dict(input_shape=(30, 30, 3)), "divisible by `patch_size`=4"),
         (g.GloNetViT, dict(hidden_dim=10, num_heads=4), "divisible by `num_heads`=4"),
         (g.ViT, dict(input_shape=(None, None, 3)), "fully known"),
+        (g.ViT, dict(tokenizer="cnn"), "['patch', 'conv']"),
+        (g.GloNetViT, dict(tokenizer="conv", patch_size=6, input_shape=(12, 12, 1)),
+         "power of two >= 2; received 6"),
+        (g.GloNetViT, dict(head_initializer="ones"), "[None, 'zeros']"),
+        (g.GloNetCNN, dict(head_initializer="he"), "[None, 'zeros']"),
     ],
 )
 def test_bad_configurations_fail_at_construction(cls, kwargs, message):
     with pytest.raises(ValueError) as error:
         cls(**kwargs)
     assert message in str(error.value)
+
+
+def test_head_initializer_is_a_glonet_argument():
+    with pytest.raises(TypeError, match="only GloNet models take it"):
+        g.ViT(head_initializer="zeros")
+
+
+@pytest.mark.parametrize("cls, kwargs", [
+    (g.GloNetMLP, TINY_MLP), (g.GloNetCNN, TINY_CNN), (g.GloNetViT, TINY_VIT),
+    (g.GloNetViT, dict(TINY_VIT, tokenizer="conv")),
+])
+def test_zero_head_starts_uniform_and_keeps_the_exact_split(cls, kwargs):
+    """A zero head: every logit 0 before training; after one step the split into blocks is exact."""
+    keras.utils.set_random_seed(0)
+    model = cls(head_initializer="zeros", **kwargs)
+    default = cls(**kwargs)
+    assert not np.any(keras.ops.convert_to_numpy(default.get_layer("head").kernel) == 0)
+    x = harness.random_inputs(model, batch=8)
+    assert not model.predict(x, verbose=0).any()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.train_on_batch(x, np.arange(8) % kwargs["num_classes"])
+    assert model.predict(x, verbose=0).any()
+    harness.check_glonet_contract(model, x)
+
+
+def test_conv_tokenizer_halves_the_image_log2_patch_size_times():
+    model = g.GloNetViT(**dict(TINY_VIT, patch_size=4, input_shape=(16, 16, 1), tokenizer="conv"))
+    # 16x16 -> 8x8 -> 4x4: 16 tokens and the class token, the same count as 4x4 patches.
+    assert model.get_layer("position_embedding").output.shape[1] == 17
+    assert [model.get_layer(f"tokenizer_conv_{i}").filters for i in (1, 2)] == [4, 8]
+    with pytest.raises(ValueError):
+        model.get_layer("patch_embedding")
 
 
 def test_deep_glonet_trains_where_the_plain_chain_does_not():

@@ -53,6 +53,10 @@ flags.DEFINE_integer("patch_size", None, "ViT patch size, or the isotropic CNN's
 flags.DEFINE_bool("scan", None, "GloNet MLP: run the blocks as one scanned stack (flat compile time).")
 flags.DEFINE_integer("num_heads", None, "ViT attention heads.")
 flags.DEFINE_integer("mlp_dim", None, "ViT MLP width.")
+flags.DEFINE_enum("tokenizer", None, ["patch", "conv"], "ViT tokenizer: one strided patch "
+                  "convolution, or log2(patch_size) stages of 3x3 convolution and max-pool.")
+flags.DEFINE_enum("head_initializer", None, ["zeros"], "GloNet head initialisation (GloNets only; "
+                  "default: as --initializer): zeros starts from uniform logits.")
 # Data.
 flags.DEFINE_string("dataset", "digits", f"Data set: one of {list(data_lib.DATASETS)}.")
 flags.DEFINE_string("data_dir", None, "tfds data root, image folder root or SGEMM CSV.")
@@ -98,7 +102,7 @@ flags.mark_flag_as_required("model_dir")
 
 # Flags passed to the model class as they are, when given.
 MODEL_FLAGS = ("activation", "initializer", "aggregation", "include_stem", "dropout", "layout",
-               "patch_size", "num_heads", "mlp_dim", "scan")
+               "patch_size", "num_heads", "mlp_dim", "scan", "tokenizer", "head_initializer")
 # What is refused before any training, with one line on stderr and exit status 2. (Any other
 # ValueError comes from inside training: a bug to see in full, with its traceback.)
 SETUP_ERRORS = (trainer.ConfigError, rundir.RunDirectoryError, data_lib.DatasetUnavailableError)

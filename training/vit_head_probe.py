@@ -10,12 +10,14 @@ before training, and the train and validation accuracy after each epoch (validat
 5,000 training images, never trained on here; the test split is not touched):
 
 - `glonet`: GloNetViT as published (He-initialised head);
-- `glonet_zero_head`: the same with the head's kernel and bias set to zero (logits start uniform);
+- `glonet_zero_head`: the same with `head_initializer="zeros"` (logits start uniform);
+- `glonet_zero_head_conv`: that, with the convolutional tokenizer (`tokenizer="conv"`);
 - `glonet_mean`: `aggregation="mean"` (the sum divided by the number of blocks);
 - `glonet_tap_norm`: a LayerNorm on each block's class token before the sum (keeps the split exact:
   block i contributes W . LN_i(x_i));
 - `glonet_gap_taps`: each block's tokens averaged instead of its class token;
-- `vit`: the standard ViT (LayerNorm on the last block's class token, then the head).
+- `vit`: the standard ViT (LayerNorm on the last block's class token, then the head);
+- `vit_conv`: the standard ViT with the convolutional tokenizer.
 
 Every variant: 6 blocks, 96-d tokens, 4x4 patches, 4 heads, MLP width 192 (glonet_vit_fashion_mnist).
 Single seed, short budget: a screen for what to try at full length, not a result.
@@ -32,7 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-VARIANTS = ("glonet", "glonet_zero_head", "glonet_mean", "glonet_tap_norm", "glonet_gap_taps", "vit")
+VARIANTS = ("glonet", "glonet_zero_head", "glonet_zero_head_conv", "glonet_mean", "glonet_tap_norm",
+            "glonet_gap_taps", "vit", "vit_conv")
 flags.DEFINE_list("variants", list(VARIANTS), f"Variants to train, from {list(VARIANTS)}.")
 flags.DEFINE_integer("train_examples", 10000, "Train on the first N training images.")
 flags.DEFINE_integer("epochs", 2, "Epochs per variant.")
@@ -48,14 +51,13 @@ def build(variant):
     from glonet_keras.layers import TokenPooling
     from glonet_keras.models.vit import GloNetViT, ViT, _embed_and_encode
 
-    if variant == "vit":
-        return ViT(**ARGS)
-    if variant in ("glonet", "glonet_zero_head", "glonet_mean"):
-        model = GloNetViT(aggregation="mean" if variant == "glonet_mean" else "sum", **ARGS)
-        if variant == "glonet_zero_head":
-            head = model.get_layer("head")
-            head.set_weights([0 * weight for weight in head.get_weights()])
-        return model
+    tokenizer = "conv" if variant.endswith("_conv") else "patch"
+    if variant.startswith("vit"):
+        return ViT(tokenizer=tokenizer, **ARGS)
+    if variant in ("glonet", "glonet_zero_head", "glonet_zero_head_conv", "glonet_mean"):
+        return GloNetViT(aggregation="mean" if variant == "glonet_mean" else "sum",
+                         head_initializer="zeros" if "zero_head" in variant else None,
+                         tokenizer=tokenizer, **ARGS)
     encoder = {key: value for key, value in ARGS.items() if key != "input_shape"}
     inputs, _, blocks = _embed_and_encode(
         ARGS["input_shape"], **encoder, activation="gelu", initializer="he", dtype=None)

@@ -171,8 +171,8 @@ class GloNetCNN(_CNNBase):
         patch_size: side of the isotropic layout's patch stem (default 2); only for "isotropic".
         num_classes: outputs of the linear head (logits); 1 for regression.
         input_shape: `(H, W, C)` (spatial sizes may be None) or `(length, channels)` for 1-D.
-        activation, normalization, initializer, aggregation, include_stem, dropout, dtype: as in
-            `GloNetMLP`.
+        activation, normalization, initializer, aggregation, include_stem, dropout,
+            head_initializer, dtype: as in `GloNetMLP`.
         name: the model's name (default `"glonet_cnn"`).
 
     Example:
@@ -199,6 +199,7 @@ class GloNetCNN(_CNNBase):
         aggregation="sum",
         include_stem=False,
         dropout=0.0,
+        head_initializer=None,
         dtype=None,
         **kwargs,
     ):

@@ -70,6 +70,8 @@ class GloNetMLP(_MLPBase):
         aggregation: `"sum"` (default, the paper) or `"mean"`.
         include_stem: also feed the stem's output into the aggregation (as `tap_0`).
         dropout: dropout rate before the head.
+        head_initializer: `None` (default: the head follows `initializer`) or `"zeros"` (kernel
+            and bias zero, so training starts from uniform logits; the per-block split stays exact).
         scan: hold the blocks as one scanned `DenseStack` (layer `blocks`): the graph, build and
             compile time stay flat in depth (1,000 blocks build in about a second). Its taps are one
             stacked tensor (`tap_stack`, `(batch, L, width)`) that analysis and export read like L
@@ -98,6 +100,7 @@ class GloNetMLP(_MLPBase):
         aggregation="sum",
         include_stem=False,
         dropout=0.0,
+        head_initializer=None,
         scan=False,
         dtype=None,
         **kwargs,
