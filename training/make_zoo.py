@@ -57,6 +57,10 @@ flags.DEFINE_string("runs_dir", str(REPO / "runs" / "zoo"),
 flags.DEFINE_list("extra_train_flags", [],
                   "Flags appended to every train.py command (smoke tests, e.g. --epochs=3,"
                   "--max_examples=256); published presets use none.")
+flags.DEFINE_bool("resume", False,
+                  "Continue an interrupted training run in --runs_dir (train.py resumes from its last "
+                  "complete epoch, and refuses if the recipe changed) instead of starting it afresh. "
+                  "The recorded wall time adds the epochs trained before the interruption.")
 flags.DEFINE_string("export_dir", None, "Write a SavedModel of each preset under this directory.")
 flags.DEFINE_integer("export_version", 1, "Version folder of the exported SavedModels.")
 
@@ -108,10 +112,9 @@ RECIPES = {
     ),
     # Fashion-MNIST: one recipe for every image model (AdamW, cosine with a warm-up epoch, label
     # smoothing 0.1, random crop with 4 px padding and horizontal flip), batch 128, seed 0. Epochs:
-    # 28 for the GloNet CNN (width 24; about 3 min an epoch on the 2-core CPU it was trained on,
-    # where oneDNN without XLA ran this width 1.7x faster than XLA), 12 for its ResNet-v2 baseline
-    # (width 16, not yet retrained at the GloNet's width and epochs), 5 for the isotropic CNN, 20
-    # for the MLP, 10 for the ViT. docs/zoo.md says how long each took and why some are short.
+    # 28 for the GloNet CNN and its ResNet-v2 baseline (both width 24; about 3 min an epoch on
+    # the 2-core CPU they were trained on, where oneDNN without XLA ran this width 1.7x faster than
+    # XLA), 5 for the isotropic CNN, 20 for the MLP, 10 for the ViT. docs/zoo.md says how long each took and why some are short.
     "glonet_cnn_bn_fashion_mnist": dict(
         summary="Convolutional GloNet with batch norm inside its blocks (as the authors' CIFAR-10 "
                 "notebook; still no skips between blocks), CIFAR layout, depth 20 (9 blocks, "
@@ -120,10 +123,12 @@ RECIPES = {
                    **{**FASHION_RECIPE, "epochs": 28, "jit_compile": "false"}),
     ),
     "resnet_cnn_fashion_mnist": dict(
-        summary="ResNet-v2 (batch norm and identity skips), CIFAR layout, depth 20, width 16, 12 "
-                "epochs of the Fashion-MNIST recipe: the baseline of glonet_cnn_bn_fashion_mnist's "
-                "layout, depth and recipe, but not yet of its width (24) and epochs (28).",
-        flags=dict(model="resnet_cnn", depth=20, width=16, **FASHION_RECIPE),
+        summary="ResNet-v2 (batch norm and identity skips), CIFAR layout, depth 20, width 24 "
+                "(24/48/96 channels), on Fashion-MNIST: the baseline of "
+                "glonet_cnn_bn_fashion_mnist, with the same layout, depth, width, recipe and "
+                "epochs (28).",
+        flags=dict(model="resnet_cnn", depth=20, width=24,
+                   **{**FASHION_RECIPE, "epochs": 28, "jit_compile": "false"}),
     ),
     "glonet_mlp_fashion_mnist": dict(
         summary="GloNet MLP, 4 dense blocks of width 384 (dropout 0.2 before the head), on "
@@ -201,28 +206,53 @@ def train_command(name, run_dir):
     return ["python", "training/train.py", *args, *FLAGS.extra_train_flags, f"--model_dir={run_dir}"]
 
 
+def earlier_training(run_dir):
+    """`(epochs, seconds)` an interrupted run in `run_dir` already trained (from its last state)."""
+    from glonet_keras import rundir
+
+    state = rundir.RunDirectory(run_dir).latest_state()
+    return (state.epoch, float(sum(state.seconds_per_epoch))) if state else (0, 0.0)
+
+
 def run_training(name):
     run_dir = Path(FLAGS.runs_dir) / name
-    if run_dir.exists():
+    earlier_epochs, earlier_seconds = 0, 0.0
+    if FLAGS.resume and run_dir.exists():
+        from glonet_keras import rundir
+
+        if (rundir.RunDirectory(run_dir).record() or {}).get("status") == "finished":
+            if (run_dir / "command.json").exists():
+                print(f"[{name}] already trained in {_display_path(run_dir)}; nothing to resume",
+                      flush=True)
+                return
+            raise SystemExit(f"[{name}] {_display_path(run_dir)} holds a finished run without the "
+                             "command.json this script writes; train it afresh (without --resume).")
+        earlier_epochs, earlier_seconds = earlier_training(run_dir)
+        print(f"[{name}] resuming after epoch {earlier_epochs} ({earlier_seconds:.0f} s trained)",
+              flush=True)
+    elif run_dir.exists():
         # A fresh run: train.py would otherwise resume from the old run's backup.
         import shutil
 
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     command = train_command(name, _display_path(run_dir))
     print(f"[{name}] {shlex.join(command)}", flush=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     start = time.perf_counter()
-    with open(run_dir.parent / f"{name}.log", "w") as log:
+    with open(run_dir.parent / f"{name}.log", "a" if earlier_epochs else "w") as log:
         process = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=env, stdout=log,
                                  stderr=subprocess.STDOUT)
     if process.returncode:
         raise SystemExit(f"[{name}] train.py failed (exit {process.returncode}); see "
                          f"{run_dir.parent / (name + '.log')}")
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start + earlier_seconds
+    record = {"command": shlex.join(command), "wall_seconds": seconds, "machine": describe_machine()}
+    if earlier_epochs:
+        # The interrupted call's start-up time is not in its epochs' times, so it is not counted.
+        record["resumed_after_epoch"] = earlier_epochs
     with open(run_dir / "command.json", "w") as handle:
-        json.dump({"command": shlex.join(command), "wall_seconds": seconds,
-                   "machine": describe_machine()}, handle)
+        json.dump(record, handle)
     print(f"[{name}] trained in {seconds:.0f} s", flush=True)
 
 

@@ -1,0 +1,83 @@
+"""training/make_zoo.py --resume: an interrupted zoo run continues, and its wall time adds up.
+
+train.py itself is replaced by a stand-in here (its resuming is tested in test_train.py and
+test_rundir.py); what is tested is what make_zoo.py keeps, deletes and records around it.
+"""
+
+import json
+import subprocess
+import types
+
+import keras
+import pytest
+from absl import flags
+
+from glonet_keras import rundir
+from tests.harness import training_module
+
+NAME = "glonet_mlp_digits"
+
+
+@pytest.fixture
+def make_zoo(tmp_path, monkeypatch):
+    module = training_module("make_zoo")
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        kwargs["stdout"].write("trained\n")
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    saved = flags.FLAGS.flag_values_dict()
+    flags.FLAGS(["make_zoo", f"--runs_dir={tmp_path}"])
+    module.calls = calls
+    yield module
+    for key in ("resume", "runs_dir"):
+        flags.FLAGS[key].value = saved[key]
+
+
+def interrupted_run(run_dir, epochs=2, seconds=(40.0, 41.5)):
+    """A run directory as train.py leaves it when killed after `epochs` complete epochs."""
+    run = rundir.RunDirectory(run_dir)
+    run.claim({"model": "test"}, epochs=5)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    run.save_state(rundir.TrainingState(epoch=epochs, model_path=None, history={"loss": [1.0] * epochs},
+                                        seconds_per_epoch=list(seconds)), model.save)
+    (run_dir.parent / f"{NAME}.log").write_text("epochs 1-2\n")
+    return run
+
+
+def test_resume_keeps_the_run_and_adds_the_earlier_epochs_time(make_zoo, tmp_path):
+    run_dir = tmp_path / NAME
+    interrupted_run(run_dir)
+    flags.FLAGS.resume = True
+    make_zoo.run_training(NAME)
+    assert rundir.RunDirectory(run_dir).latest_state().epoch == 2  # kept for train.py to resume
+    record = json.loads((run_dir / "command.json").read_text())
+    assert record["resumed_after_epoch"] == 2
+    assert record["wall_seconds"] >= 81.5
+    assert (tmp_path / f"{NAME}.log").read_text() == "epochs 1-2\ntrained\n"
+    assert make_zoo.calls[0][-1] == f"--model_dir={run_dir}"
+
+
+def test_without_resume_the_old_run_is_deleted(make_zoo, tmp_path):
+    run_dir = tmp_path / NAME
+    interrupted_run(run_dir)
+    make_zoo.run_training(NAME)
+    assert rundir.RunDirectory(run_dir).latest_state() is None
+    record = json.loads((run_dir / "command.json").read_text())
+    assert "resumed_after_epoch" not in record and record["wall_seconds"] < 81.5
+    assert (tmp_path / f"{NAME}.log").read_text() == "trained\n"
+
+
+def test_resume_of_a_finished_run_trains_nothing(make_zoo, tmp_path):
+    run_dir = tmp_path / NAME
+    interrupted_run(run_dir).finish("done")
+    flags.FLAGS.resume = True
+    with pytest.raises(SystemExit, match="without the command.json"):
+        make_zoo.run_training(NAME)
+    (run_dir / "command.json").write_text('{"wall_seconds": 7}')
+    make_zoo.run_training(NAME)
+    assert make_zoo.calls == []
+    assert json.loads((run_dir / "command.json").read_text()) == {"wall_seconds": 7}
