@@ -128,6 +128,7 @@ def test_config_validation_names_the_field(changes, message):
         ("--model=glonet_cnn", "depth = 6n \\+ 2"),  # with --depth=3: the builder's own check
         ("--dataset=cifar10", "'cifar10' is not prepared"),
         ("--layout=imagenet", "GloNetMLP does not take \\['layout'\\]"),
+        ("--tokenizer=conv", "GloNetMLP does not take \\['tokenizer'\\]"),
         ("--steps_per_execution=many", "--steps_per_execution takes integers"),
     ],
 )
@@ -146,7 +147,8 @@ def test_bad_flags_exit_nonzero_with_one_line(tmp_path, flag, message):
 @pytest.mark.slow
 def test_new_model_flags_reach_the_model_and_the_banner(tmp_path):
     command = _flags(dict(TINY, model="glonet_vit", depth=1, width=8, epochs=1), tmp_path / "run")
-    command += ["--patch_size=4", "--num_heads=2", "--mlp_dim=16", "--include_stem"]
+    command += ["--patch_size=4", "--num_heads=2", "--mlp_dim=16", "--include_stem",
+                "--tokenizer=conv", "--head_initializer=zeros"]
     finished = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=240)
     assert finished.returncode == 0, finished.stderr[-2000:]
     banner = finished.stdout[finished.stdout.index("glonet-keras training"):]
@@ -154,7 +156,8 @@ def test_new_model_flags_reach_the_model_and_the_banner(tmp_path):
         assert expected in banner.split("Epoch 1/1")[0], banner
     architecture = json.loads((tmp_path / "run" / "run.json").read_text())["fingerprint"]["model"]
     assert architecture["config"] | dict(patch_size=4, num_heads=2, mlp_dim=16, include_stem=True,
-                                         hidden_dim=8, num_blocks=1) == architecture["config"]
+                                         hidden_dim=8, num_blocks=1, tokenizer="conv",
+                                         head_initializer="zeros") == architecture["config"]
 
 
 def _wait_for(path, process, timeout=150):
