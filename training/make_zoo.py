@@ -114,7 +114,8 @@ RECIPES = {
     # smoothing 0.1, random crop with 4 px padding and horizontal flip), batch 128, seed 0. Epochs:
     # 28 for the GloNet CNN and its ResNet-v2 baseline (both width 24; about 3 min an epoch on
     # the 2-core CPU they were trained on, where oneDNN without XLA ran this width 1.7x faster than
-    # XLA), 5 for the isotropic CNN, 20 for the MLP, 40 for the ViT. docs/zoo.md says how long each took and why some are short.
+    # XLA), 5 for the isotropic CNN, 20 for the MLP, 40 for the ViT. docs/zoo.md says how long
+    # each took and why some are short.
     "glonet_cnn_bn_fashion_mnist": dict(
         summary="Convolutional GloNet with batch norm inside its blocks (as the authors' CIFAR-10 "
                 "notebook; still no skips between blocks), CIFAR layout, depth 20 (9 blocks, "
