@@ -205,8 +205,12 @@ def test_ctrl_c_during_a_write_finishes_it_and_ends_with_one_line_that_resumes(t
     model_dir = tmp_path / "run"
     command = _flags(dict(TINY, epochs=3, max_examples=64), model_dir)
     env = dict(ENV, GLONET_KERAS_TEST_PAUSE_BEFORE_RENAME="epoch_0002.keras")
+    # A test runner started in the background by a non-interactive shell (`pytest ... &`) has SIGINT
+    # ignored, and its children inherit that; train.py rightly keeps an ignored Ctrl-C ignored. The
+    # child gets the default disposition, as in a terminal, whatever started pytest.
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for(model_dir / "backup" / ".partial-epoch_0002.keras", process)
         process.send_signal(signal.SIGINT)  # Lands in the middle of writing epoch 2's state.
