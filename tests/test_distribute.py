@@ -141,6 +141,7 @@ def _run_workers(codes, envs, timeout=240):
     return results
 
 
+@pytest.mark.slow  # Two TensorFlow processes and a third run: 35 s on 2 cores.
 def test_multi_worker_mirrored_two_local_workers_match_one_device(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}

@@ -37,6 +37,12 @@ CASES = {
     "ViT-conv": (g.ViT, dict(TINY_VIT, tokenizer="conv")),
 }
 IDS = sorted(CASES)
+# The fast suite compiles one case per class (its default knobs); the knob variants, which reuse
+# their class's graph code, compile in `make test-slow`. Every case still round-trips its config
+# and checks its input shape here, which cost no compilation.
+CLASS_IDS = sorted({cls.__name__ for cls, _ in CASES.values()})
+VARIANT_IDS = [name for name in IDS if name not in CLASS_IDS]
+COMPILED = [*CLASS_IDS, *(pytest.param(name, marks=pytest.mark.slow) for name in VARIANT_IDS)]
 
 
 @pytest.fixture(params=IDS)
@@ -44,32 +50,58 @@ def case(request):
     return CASES[request.param]
 
 
+@pytest.fixture(params=COMPILED)
+def compiled_case(request):
+    return CASES[request.param]
+
+
+def test_every_class_has_a_case_with_its_default_knobs():
+    assert set(CLASS_IDS) <= set(CASES)
+    for name in CLASS_IDS:
+        assert CASES[name][0].__name__ == name
+
+
 def test_config_round_trip(case):
     harness.check_config_round_trip(*case)
 
 
-def test_keras_file_round_trip(case, tmp_path):
-    harness.check_saved_model_file(*case, tmp_path)
+def test_keras_file_round_trip(compiled_case, tmp_path):
+    harness.check_saved_model_file(*compiled_case, tmp_path)
 
 
-def test_predict_arrays_and_dataset(case):
-    harness.check_predict_arrays_and_dataset(*case)
+def test_predict_arrays_and_dataset(compiled_case):
+    harness.check_predict_arrays_and_dataset(*compiled_case)
 
 
-def test_training_step_lowers_loss(case):
-    harness.check_training_step_lowers_loss(*case)
+def test_training_step_lowers_loss(compiled_case):
+    harness.check_training_step_lowers_loss(*compiled_case)
 
 
-def test_mixed_float16(case):
-    harness.check_mixed_precision(*case)
+def test_mixed_float16(compiled_case):
+    harness.check_mixed_precision(*compiled_case)
 
 
 def test_wrong_input_shape_names_both_shapes(case):
     harness.check_wrong_input_shape(*case)
 
 
+# One GloNet per family on JAX in the fast suite (the scanned MLP for its loop, the ViT with the
+# conv tokenizer and zero head); every builder in `make test-slow`. A fresh JAX interpreter compiles
+# each model for a step and a predict: about 7 s a model on 2 cores, 100 s for all of CASES.
+JAX_SMOKE = ["GloNetCNN", "GloNetMLP-scan", "GloNetViT-conv-zero-head"]
+
+
+def test_one_glonet_per_family_runs_on_jax_backend():
+    _check_builders_on_jax(JAX_SMOKE)
+
+
+@pytest.mark.slow
 def test_every_builder_runs_on_jax_backend():
-    cases = {name: (cls.__name__, kwargs) for name, (cls, kwargs) in CASES.items()}
+    _check_builders_on_jax(IDS)
+
+
+def _check_builders_on_jax(names):
+    cases = {name: (CASES[name][0].__name__, CASES[name][1]) for name in names}
     output = harness.run_on_backend(
         "jax",
         f"""
@@ -93,7 +125,7 @@ def test_every_builder_runs_on_jax_backend():
         """,
     )
     results = json.loads(output.split("RESULTS", 1)[1])
-    assert sorted(results) == IDS
+    assert sorted(results) == sorted(names)
     for name, (shape, finite_out, finite_loss) in results.items():
         assert shape == [4, CASES[name][1]["num_classes"]], name
         assert finite_out and finite_loss, name
@@ -185,7 +217,8 @@ def test_head_initializer_is_a_glonet_argument():
 
 
 @pytest.mark.parametrize("cls, kwargs", [
-    (g.GloNetMLP, TINY_MLP), (g.GloNetCNN, TINY_CNN), (g.GloNetViT, TINY_VIT),
+    (g.GloNetMLP, TINY_MLP), (g.GloNetCNN, TINY_CNN),
+    pytest.param(g.GloNetViT, TINY_VIT, marks=pytest.mark.slow),  # the conv case covers the ViT
     (g.GloNetViT, dict(TINY_VIT, tokenizer="conv")),
 ])
 def test_zero_head_starts_uniform_and_keeps_the_exact_split(cls, kwargs):

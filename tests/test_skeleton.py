@@ -46,6 +46,7 @@ def _with_bias(model):
 
 def test_every_model_class_has_a_tiny_config():
     assert set(TINY) == set(MODEL_CLASSES)
+    assert set(_LARGE_VARIANTS) <= set(g.list_models())  # the slow ones are registered names
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_CLASSES))
@@ -60,7 +61,15 @@ def test_builders_keep_the_contract(name, tmp_path):
     harness.check_glonet_contract(model, _inputs(model), export_dir=str(tmp_path))
 
 
-@pytest.mark.parametrize("name", g.list_models())
+# Architecture-only variants at full size (no weights; their builders keep the contract at tiny
+# size above): the three largest take 25 s here, so they run in `make test-slow`.
+_LARGE_VARIANTS = ("glonet_cnn18_imagenet", "glonet_cnn56_cifar", "glonet_vit_cifar")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name in _LARGE_VARIANTS else name
+    for name in g.list_models()
+])
 def test_registered_variants_keep_the_contract(name):
     pretrained = name in g.list_models(pretrained=True)
     model = g.create_model(name, pretrained=pretrained)

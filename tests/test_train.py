@@ -128,8 +128,11 @@ def test_config_validation_names_the_field(changes, message):
         ("--model=glonet_cnn", "depth = 6n \\+ 2"),  # with --depth=3: the builder's own check
         ("--dataset=cifar10", "'cifar10' is not prepared"),
         ("--layout=imagenet", "GloNetMLP does not take \\['layout'\\]"),
-        ("--tokenizer=conv", "GloNetMLP does not take \\['tokenizer'\\]"),
-        ("--steps_per_execution=many", "--steps_per_execution takes integers"),
+        # The same two paths again (a model argument, a flag's value), in `make test-slow`.
+        pytest.param("--tokenizer=conv", "GloNetMLP does not take \\['tokenizer'\\]",
+                     marks=pytest.mark.slow),
+        pytest.param("--steps_per_execution=many", "--steps_per_execution takes integers",
+                     marks=pytest.mark.slow),
     ],
 )
 def test_bad_flags_exit_nonzero_with_one_line(tmp_path, flag, message):
