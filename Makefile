@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m glonet_keras.demo --dataset $(DATASET)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --durations=15 tests
+	$(PY) -m pytest -n 2 --dist worksteal --durations=15 tests
 
 # Fashion-MNIST's four gzip IDX files, where glonet_keras.data looks for them. As root with apt-get,
 # installs the Debian package (`apt-get update` only when the install fails without it); otherwise
