@@ -12,6 +12,7 @@ import textwrap
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +25,11 @@ def training_module(name):
         return importlib.import_module(name)
     finally:
         sys.path.remove(os.path.join(REPO_ROOT, "training"))
+
+
+def slow_where(names, is_slow):
+    """`names` as pytest parameters, those where `is_slow(name)` marked slow (for `make test-slow`)."""
+    return [pytest.param(name, marks=pytest.mark.slow) if is_slow(name) else name for name in names]
 
 
 def relative_error(actual, expected):

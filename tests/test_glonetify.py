@@ -187,10 +187,8 @@ def _pooled_features(model):
     return pool.input._keras_history.operation.name
 
 
-@pytest.fixture(scope="module", params=[
-    pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_FAMILIES else name
-    for name in FAMILIES
-])
+@pytest.fixture(scope="module",
+                params=harness.slow_where(FAMILIES, lambda name: name in _SLOW_FAMILIES))
 def family(request):
     build, expected = FAMILIES[request.param]
     model = build()

@@ -41,8 +41,7 @@ IDS = sorted(CASES)
 # their class's graph code, compile in `make test-slow`. Every case still round-trips its config
 # and checks its input shape here, which cost no compilation.
 CLASS_IDS = sorted({cls.__name__ for cls, _ in CASES.values()})
-VARIANT_IDS = [name for name in IDS if name not in CLASS_IDS]
-COMPILED = [*CLASS_IDS, *(pytest.param(name, marks=pytest.mark.slow) for name in VARIANT_IDS)]
+COMPILED = harness.slow_where(IDS, lambda name: name not in CLASS_IDS)
 
 
 @pytest.fixture(params=IDS)

@@ -66,10 +66,8 @@ def test_builders_keep_the_contract(name, tmp_path):
 _LARGE_VARIANTS = ("glonet_cnn18_imagenet", "glonet_cnn56_cifar", "glonet_vit_cifar")
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.slow) if name in _LARGE_VARIANTS else name
-    for name in g.list_models()
-])
+@pytest.mark.parametrize(
+    "name", harness.slow_where(g.list_models(), lambda name: name in _LARGE_VARIANTS))
 def test_registered_variants_keep_the_contract(name):
     pretrained = name in g.list_models(pretrained=True)
     model = g.create_model(name, pretrained=pretrained)

@@ -16,6 +16,7 @@ import glonet_keras
 from glonet_keras import analysis, presets
 from glonet_keras.data import DatasetUnavailableError, Preprocessing, load_arrays
 from glonet_keras.models.common import GloNetModelBase
+from tests import harness
 from tests.http_server import FileServer
 
 ZOO = Path(__file__).resolve().parent.parent / "zoo"
@@ -137,10 +138,8 @@ def test_download_verify_cache_remeasure_and_load_offline(name, tmp_path):
 
 # Exporting a Fashion-MNIST preset takes 6-15 s; the small presets cover every class (and
 # `make_zoo.py --steps=deployment` exports the big ones), so those run in `make test-slow`.
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.slow) if name.endswith("_fashion_mnist") else name
-    for name in PUBLISHED
-])
+@pytest.mark.parametrize(
+    "name", harness.slow_where(PUBLISHED, lambda name: name.endswith("_fashion_mnist")))
 def test_round_trip_through_save_to_preset_and_export(name, tmp_path):
     tf = pytest.importorskip("tensorflow")
     from glonet_keras.export import export_saved_model
