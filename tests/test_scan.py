@@ -64,12 +64,18 @@ def test_gradients_are_equal():
                         tape.gradient(value, model.trainable_variables)))
 
     g_unrolled, g_scanned = gradients(unrolled), gradients(scanned)
-    for name in ("stem/kernel", "head/kernel", "head/bias"):
-        np.testing.assert_allclose(g_scanned[name], g_unrolled[name], rtol=1e-5, atol=1e-7)
+    # The scan sums the same float32 terms in another order, so single entries that nearly cancel
+    # differ by a few 1e-5 of their own (tiny) size: an element-wise rtol measures that rounding,
+    # not the gradient. Each gradient is compared against its own scale, as the decompositions are.
+    pairs = [(g_scanned[name], g_unrolled[name]) for name in ("stem/kernel", "head/kernel", "head/bias")]
     for stacked, part, index in (("kernel", "dense", "kernel"), ("bias", "dense", "bias"),
                                  ("gamma", "norm", "gamma"), ("beta", "norm", "beta")):
-        per_block = np.stack([g_unrolled[f"block_{i}_{part}/{index}"] for i in range(1, 7)])
-        np.testing.assert_allclose(g_scanned[f"blocks/{stacked}"], per_block, rtol=1e-4, atol=1e-6)
+        per_block = [g_unrolled[f"block_{i}_{part}/{index}"] for i in range(1, 7)]
+        # Block by block, so a block whose gradient is small is not hidden by a larger one.
+        pairs += [(g_scanned[f"blocks/{stacked}"][i], per_block[i]) for i in range(6)]
+    for actual, expected in pairs:
+        assert np.max(np.abs(expected)) > 0
+        assert harness.relative_error(actual, expected) < 1e-5
 
 
 def test_the_graph_does_not_grow_with_depth():
