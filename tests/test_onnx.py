@@ -11,7 +11,7 @@ import onnx
 import onnxruntime
 import pytest
 
-from glonet_keras import GloNetCNN, GloNetMLP, analysis, deploy, presets
+from glonet_keras import GloNetCNN, GloNetMLP, GloNetViT, analysis, deploy, presets
 from glonet_keras.data import load_arrays
 from glonet_keras.onnx_export import export_onnx, load_metadata, onnx_paths
 from glonet_keras.preprocessing import Preprocessing
@@ -69,6 +69,30 @@ def test_the_digits_preset_and_its_anytime_graph(tmp_path):
         np.testing.assert_array_equal(answer["exit"], exits)
         assert relative_error(answer["logits"], logits) < 1e-4, threshold
     assert load_metadata(files["anytime"])["defaults"] == {"threshold": 0.9}
+
+
+def test_a_vit_with_exact_gelu_converts_and_equals_keras(tmp_path):
+    # TensorFlow's exact GELU is built on Erfc, which tf2onnx 1.17 cannot convert: the export
+    # rewrites it as 1 - Erf. The ViT presets use this GELU, so every ViT failed before.
+    model = GloNetViT(num_blocks=2, hidden_dim=8, num_heads=2, mlp_dim=16, patch_size=4,
+                      input_shape=(8, 8, 1), num_classes=3)
+    files = export_onnx(model, tmp_path / "vit.onnx", anytime=True)
+    x = np.random.default_rng(0).normal(scale=3.0, size=(5, 8, 8, 1)).astype("float32")
+    expected = np.asarray(model(x, training=False))
+    assert relative_error(_run(files["serve"], images=x)["logits"], expected) < 1e-4
+    answer = _run(files["anytime"], images=x, threshold=np.array(1.0, np.float32))
+    assert relative_error(answer["logits"], expected) < 1e-4 and answer["exit"].tolist() == [2] * 5
+    assert all(node.op_type != "Erfc" for node in onnx.load(files["serve"]).graph.node)
+
+
+def test_the_erfc_rewrite_keeps_the_exact_gelu_at_extreme_values(tmp_path):
+    features = keras.Input((25,), name="features")
+    model = keras.Model(features, keras.layers.Activation("gelu")(features))
+    x = np.linspace(-30.0, 30.0, 25, dtype="float32")[None]
+    files = export_onnx(model, tmp_path / "gelu.onnx")
+    served = _run(files["serve"], features=x)["logits"]
+    expected = np.asarray(keras.activations.gelu(x, approximate=False))
+    np.testing.assert_allclose(served, expected, rtol=1e-6, atol=1e-6)
 
 
 def _compute_nodes_by_depth(graph, depth=0, found=None):
