@@ -31,6 +31,12 @@ def truncate(model, k):
     The stem's tap, if the model aggregates it, stays in. The result computes only what it uses:
     its graph holds the first k blocks (a scanned stack runs only k steps). Raises ValueError
     unless 1 <= k <= L.
+
+    What the model carries for serving comes along: its `preprocessing`, and its
+    `preset_metadata` (task, class names, ...) with `name` becoming `<name>_first_<k>` (so its
+    export never lands in the full model's folder), `metrics` dropped (they were measured on all
+    L blocks) and `truncated_from` recording `{"name", "num_blocks", "depth"}`. So
+    `export_saved_model(truncate(model, k), ...)` serves raw inputs as the full model does.
     """
     parts = skeleton(model)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= parts.num_blocks:
@@ -44,7 +50,26 @@ def truncate(model, k):
         taps = parts.taps[: k + int(parts.includes_stem)]
     z = GlobalAggregation(mode=parts.aggregation.mode, name=skeleton_lib.AGGREGATION,
                           dtype=parts.aggregation.dtype_policy)(taps)
-    return keras.Model(_single_input(parts), _apply_head(parts, z), name=f"{model.name}_first_{k}")
+    truncated = keras.Model(_single_input(parts), _apply_head(parts, z),
+                            name=f"{model.name}_first_{k}")
+    return _carry_serving_attributes(model, truncated, k, parts.num_blocks)
+
+
+def _carry_serving_attributes(model, truncated, k, num_blocks):
+    """Gives `truncated` the `preprocessing` and `preset_metadata` of `model` (see `truncate`)."""
+    preprocessing = getattr(model, "preprocessing", None)
+    if preprocessing is not None:
+        truncated.preprocessing = preprocessing
+    metadata = getattr(model, "preset_metadata", None)
+    if isinstance(metadata, dict):
+        metadata = {key: value for key, value in metadata.items() if key != "metrics"}
+        name = metadata.get("name")
+        if isinstance(name, str):
+            metadata["name"] = f"{name}_first_{k}"
+        metadata["truncated_from"] = {"name": name if isinstance(name, str) else model.name,
+                                      "num_blocks": num_blocks, "depth": k}
+        truncated.preset_metadata = metadata
+    return truncated
 
 
 def _truncated_stack(parts, k):

@@ -106,8 +106,9 @@ def export_saved_model(
         version: integer >= 1 (TF Serving serves the highest).
         preprocessing: the `Preprocessing` (or its dict) the model was trained with. None: the
             model's `preprocessing` attribute if it has one, else identity on float32 inputs.
-        model_name: folder name under export_dir; default `model.name`. Either must be one plain
-            folder name (see `check_path_component`).
+        model_name: folder name under export_dir; default the preset's name
+            (`model.preset_metadata["name"]`), else `model.name` (`default_model_name`). Either
+            must be one plain folder name (see `check_path_component`).
         input_dtype: dtype of the raw input ("uint8", "float32", ...; one of
             `preprocessing.NUMERIC_DTYPES`); default the preprocessing's.
         task: "classification" (logits + probabilities) or "regression" (logits). None: the task
@@ -159,7 +160,8 @@ def export_saved_model(
     task = _resolve_task(model, task)
     num_outputs = int(model.outputs[0].shape[-1])
     class_names = _resolve_class_names(model, class_names, task, num_outputs)
-    model_name = check_path_component(model.name if model_name is None else model_name)
+    model_name = check_path_component(default_model_name(model) if model_name is None
+                                      else model_name)
     exits = check_exits(model, exits)
     stages = _anytime_stages(model, task, anytime, anytime_threshold, anytime_exits)
     path = os.path.join(os.fspath(export_dir), model_name, str(int(version)))
@@ -199,6 +201,13 @@ def export_saved_model(
     }
     _write_atomically(archive, metadata, path, overwrite)
     return path
+
+
+def default_model_name(model):
+    """The folder an export goes to by default: the preset's name (`preset_metadata["name"]`, so
+    two presets of one family never share a folder), else `model.name`."""
+    name = _metadata_of(model).get("name")
+    return name if isinstance(name, str) else model.name
 
 
 def check_exits(model, exits):

@@ -291,20 +291,37 @@ def test_exit_signatures_equal_truncate_and_hold_only_their_blocks(cnn_export):
     assert _block_indices(v.name for v in loaded.signatures["serve"].variables) == set(range(1, 7))
 
 
-def test_a_truncated_export_is_smaller_and_equal(tmp_path):
+def test_a_truncated_export_is_smaller_equal_and_keeps_the_presets_preprocessing(tmp_path):
+    # docs/deploy.md's recipe, export_saved_model(analysis.truncate(model, k), ...), on a model that
+    # carries what a loaded preset carries: the truncated export used to serve raw inputs with no
+    # preprocessing and no class names (12.6 % instead of 92 % on a Fashion-MNIST preset).
     model = GloNetMLP(num_blocks=8, width=32, input_shape=(6,), num_classes=4)
+    model.preprocessing = Preprocessing(scale=1 / 16, mean=(0.5,), std=(0.25,))
+    labels = ["a", "b", "c", "d"]
+    model.preset_metadata = {"name": "tiny_preset", "task": "classification",
+                             "class_names": labels, "metrics": {"test_accuracy": 0.9}}
     truncated = analysis.truncate(model, 2)
-    full_path = Path(export_saved_model(model, tmp_path, model_name="full"))
-    small_path = Path(export_saved_model(truncated, tmp_path, model_name="first_2"))
+    assert truncated.preprocessing is model.preprocessing
+    assert truncated.preset_metadata["truncated_from"] == {"name": "tiny_preset", "num_blocks": 8,
+                                                           "depth": 2}
+    assert "metrics" not in truncated.preset_metadata  # measured on all 8 blocks
+    # Default folders: the preset's name, and the truncated model's own: they never collide.
+    full_path = Path(export_saved_model(model, tmp_path))
+    small_path = Path(export_saved_model(truncated, tmp_path))
+    assert full_path == tmp_path / "tiny_preset" / "1"
+    assert small_path == tmp_path / "tiny_preset_first_2" / "1"
 
     def variables_bytes(path):
         return sum(f.stat().st_size for f in (path / "variables").iterdir())
 
     assert variables_bytes(small_path) < 0.5 * variables_bytes(full_path)
-    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
-    served = tf.saved_model.load(str(small_path)).signatures["serving_default"](features=tf.constant(x))
-    assert relative_error(served["logits"].numpy(), truncated.predict(x, verbose=0)) < 1e-5
-    assert load_metadata(small_path)["num_blocks"] == 2
+    raw = np.random.default_rng(0).integers(0, 17, size=(3, 6)).astype("float32")
+    served = tf.saved_model.load(str(small_path)).signatures["serving_default"](features=tf.constant(raw))
+    expected = truncated.predict(model.preprocessing(raw), verbose=0)
+    assert relative_error(served["logits"].numpy(), expected) < 1e-5
+    recorded = load_metadata(small_path)
+    assert recorded["num_blocks"] == 2 and recorded["class_names"] == labels
+    assert recorded["preprocessing"] == model.preprocessing.to_dict()
 
 
 def test_anytime_signature_equals_truncate_at_its_exit_and_full_at_one(digits_mlp, tmp_path):
