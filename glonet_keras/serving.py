@@ -169,7 +169,13 @@ def _scalar_inputs(loaded, signature_name, scalars, given):
             )
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ServingError(f"Input {name!r} must be a number, received {_short(value)}.")
-        array = np.array(value, dtype=np.float64)
+        try:
+            array = np.array(value, dtype=np.float64)
+        except OverflowError:  # An integer beyond float64 (10**400): JSON allows it.
+            raise ServingError(
+                f"Input {name!r} holds an integer too large for any numeric dtype (above 1.8e308), "
+                f"received {_short(value)}; it takes {spec.dtype.name} values."
+            ) from None
         if not np.isfinite(array):
             raise ServingError(f"Input {name!r} must be finite, received {_short(value)}.")
         _check_range(array, spec.dtype, name)
