@@ -69,6 +69,36 @@ def test_smoke_run_writes_report_figures_and_merges_results(tmp_path):
         assert (tmp_path / "figures" / name).read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_verdicts_say_inconclusive_near_the_threshold_and_label_single_runs():
+    common = training_module("experiment_common")
+    rules = lambda values: [("held", values, 2.0), ("mostly held", values, 5.0)]  # noqa: E731
+    assert common.verdict(rules([0.5, 1.0, 1.5])) == "held"
+    assert common.verdict(rules([3.0, 4.0, 4.5])) == "mostly held"
+    assert common.verdict(rules([8.0, 9.0, 10.0])) == "did not hold"
+    # A mean on either side of a threshold, within one std of it, settles nothing.
+    assert common.verdict(rules([1.0, 3.0, 1.5])) == "inconclusive at the held threshold"
+    assert common.verdict(rules([1.0, 3.5, 3.0])) == "inconclusive at the held threshold"
+    assert common.verdict(rules([4.0, 6.5, 5.0])) == "inconclusive at the mostly held threshold"
+    # One run has no spread: its verdict and its cells say so.
+    assert common.verdict(rules([2.1])) == "mostly held; 1 seed"
+    assert common.verdict(rules([2.1]), label_seeds=False) == "mostly held"
+    assert common.fmt([0.651]) == "65.1 (1 seed)"
+    assert common.fmt([0.5, 0.7]) == "60.0 ± 10.0"
+
+
+def test_fashion_cnn_sweep_is_judged_by_the_two_point_rule_alone():
+    reproduce = training_module("reproduce")
+    fashion = training_module("fashion_experiments")
+    cnn = {"GloNet": {"20": [0.651], "110": [0.396]}, "Plain": {"20": [0.70], "110": [0.10]}}
+    result = dict(cnn=cnn, seeds=[0], train_examples=5000, epochs=3)
+    findings = []
+    lines = fashion.cnn_sweep_section(result, findings)
+    assert "**Fashion-MNIST CNN depth resilience (did not hold; 1 seed)**" in findings[0]
+    assert "at chance while GloNet still trains" in findings[0]  # reported beside, not folded in
+    assert "± 0.0" not in "\n".join(lines) and "65.1 (1 seed)" in "\n".join(lines)
+    assert "## Verdict rules" in reproduce.render_report({"_run": {}})
+
+
 @pytest.mark.slow
 def test_smoke_run_of_every_experiment(tmp_path):
     result = _run("--smoke", "--seeds=2", f"--output_dir={tmp_path}", timeout=900)

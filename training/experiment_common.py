@@ -83,8 +83,44 @@ def mean_std(values):
 
 
 def fmt(values, scale=100.0, digits=1):
+    """'mean ± std' over seeds; a single run says "(1 seed)", never "± 0.0"."""
     mean, std = mean_std(values)
+    if len(values) == 1:
+        return f"{mean * scale:.{digits}f} (1 seed)"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def verdict(rules, otherwise="did not hold", label_seeds=True):
+    """The verdict of rules written before the numbers (docs/RESULTS.md, "Verdict rules").
+
+    Args:
+        rules: [(name, per-seed values, threshold)], tried in order. The first rule whose mean over
+            seeds is at or below its threshold names the verdict. A rule whose mean lies within one
+            (population) std of its threshold makes the verdict "inconclusive", whichever side
+            the mean is on: the seeds do not settle it.
+        otherwise: the verdict when no rule passes.
+        label_seeds: add "; 1 seed" to the verdict of a single run.
+
+    Returns:
+        e.g. "held", "did not hold", "inconclusive at the held threshold"; with one seed (no std to
+        judge by) "did not hold; 1 seed".
+    """
+    import numpy as np
+
+    seeds = 0
+    for name, values, threshold in rules:
+        values = np.asarray(values, dtype="float64")
+        seeds = len(values)
+        mean, std = values.mean(), values.std()
+        if seeds > 1 and std > 0 and abs(mean - threshold) <= std:
+            result = f"inconclusive at the {name} threshold"
+            break
+        if mean <= threshold:
+            result = name
+            break
+    else:
+        result = otherwise
+    return result + ("; 1 seed" if seeds == 1 and label_seeds else "")
 
 
 def table(header, rows):

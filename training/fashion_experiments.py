@@ -19,7 +19,9 @@ import os
 
 import numpy as np
 
-from experiment_common import BATCH_SIZE, SeededTrainer, accuracy, effective_depth, fmt, log, table
+from experiment_common import (
+    BATCH_SIZE, SeededTrainer, accuracy, effective_depth, fmt, log, table, verdict,
+)
 
 EXPERIMENTS = ("fashion_mlp_sweep", "fashion_cnn_sweep", "fashion_deep")
 
@@ -270,7 +272,10 @@ def mlp_sweep_section(result, findings):
     glonet = {d: _mean(mlp["GloNet"][str(d)]) for d in depths}
     lo, hi = depths[0], depths[-1]
     spread = max(glonet.values()) - min(glonet.values())
-    verdict = "held" if spread <= 0.02 else "mostly held" if spread <= 0.05 else "did not hold"
+    # Per seed: the largest minus the smallest accuracy over the depths, in points.
+    per_seed = 100 * np.asarray([mlp["GloNet"][str(d)] for d in depths])
+    judged = verdict([("held", per_seed.max(0) - per_seed.min(0), 2.0),
+                      ("mostly held", per_seed.max(0) - per_seed.min(0), 5.0)])
     parts = []
     for label in ("Plain", "ResNet (no BN)", "ResNet-v2 (BN)"):
         acc_hi = _mean(mlp[label][str(hi)])
@@ -279,7 +284,7 @@ def mlp_sweep_section(result, findings):
                      f"{acc_hi * 100:.1f} % at {hi} (lowest {_mean(mlp[label][str(worst)]) * 100:.1f}"
                      f" % at {worst})")
     findings.append(
-        f"**Fashion-MNIST MLP depth resilience ({verdict})**: the GloNet MLP stays within "
+        f"**Fashion-MNIST MLP depth resilience ({judged})**: the GloNet MLP stays within "
         f"{spread * 100:.1f} points from {lo} to {hi} blocks ({glonet[lo] * 100:.1f} -> "
         f"{glonet[hi] * 100:.1f} %); " + "; ".join(parts) + ". Held = all depths within 2 points.")
     return lines
@@ -312,12 +317,10 @@ def cnn_sweep_section(result, findings):
     plain_drop = (_mean(cnn["Plain"][lo]) - _mean(cnn["Plain"][hi])) * 100
     collapsed = [label for label in ("Plain", "ResNet (no BN)")
                  if label in cnn and _mean(cnn[label][hi]) < CHANCE_MARGIN]
-    if abs(glonet_drop) <= 2:
-        verdict = "held"
-    elif _mean(cnn["GloNet"][hi]) >= CHANCE_MARGIN and collapsed:
-        verdict = "partly held"
-    else:
-        verdict = "did not hold"
+    # The rule is the 2-point rule of every depth sweep here; that the BN-free baselines collapse
+    # where GloNet still trains is reported beside it, not folded into a softer verdict.
+    drops = 100 * (np.asarray(cnn["GloNet"][lo]) - np.asarray(cnn["GloNet"][hi]))
+    judged = verdict([("held", np.abs(drops), 2.0)])
     if "ResNet-v2 (BN)" in cnn:
         steps = -(-result["train_examples"] // BATCH_SIZE) * result["epochs"]
         lines += [
@@ -326,15 +329,14 @@ def cnn_sweep_section(result, findings):
             "initial values, and the test-time normalisation uses them. It needs a longer budget "
             "(as the digits sweep found) before it can be compared.", ""]
     findings.append(
-        f"**Fashion-MNIST CNN depth resilience ({verdict})** (depths "
+        f"**Fashion-MNIST CNN depth resilience ({judged})** (depths "
         f"{', '.join(map(str, depths))}, %): " + "; ".join(described)
         + f". From depth {lo} to {hi} GloNet changes by {-glonet_drop:+.1f} points and the plain "
         f"chain by {-plain_drop:+.1f}"
         + (f"; at depth {hi} {' and '.join(collapsed)} are at chance while GloNet still trains"
            if collapsed else "")
-        + ". Held = GloNet within 2 points from the shallowest to the deepest; partly held = "
-        "GloNet trains where a BN-free baseline collapses (below 20 %) but loses more than 2 points "
-        "(short budget on a subset: see the table).")
+        + ". Held = GloNet within 2 points from the shallowest to the deepest (short budget on a "
+        "subset: see the table).")
     return lines
 
 
@@ -381,11 +383,12 @@ def deep_section(result, findings):
                           f"{probe[-1] * 100:.0f} % from block {n}, while the shared head's exits "
                           f"give {curve[0] * 100:.0f} %, {curve[half - 1] * 100:.0f} % and "
                           f"{curve[-1] * 100:.0f} %.")
-        regulated = shares[half:].sum() < 0.9 * init_shares[half:].sum()
-        early = k2 <= 0.5 * n
+        early = verdict([("held", [k2 / n], 0.5)], label_seeds=False)
+        regulated = verdict([("held", [shares[half:].sum() / init_shares[half:].sum()], 0.9)],
+                            label_seeds=False)
         findings.append(
-            f"**{name}: early exit {'held' if early else 'did not hold'}, self-regulation "
-            f"{'held' if regulated else 'did not hold'}**: {full * 100:.1f} % with all {n} blocks; "
+            f"**{name}: early exit {early}, self-regulation {regulated} (1 seed)**: "
+            f"{full * 100:.1f} % with all {n} blocks; "
             f"the first {k1} blocks come within 1 point and {k2} within 2. The deeper half's tap "
             f"share goes from {init_shares[half:].sum() * 100:.0f} % at initialisation to "
             f"{shares[half:].sum() * 100:.0f} % after training (update share "
