@@ -51,6 +51,7 @@ class GlobalAggregation(keras.layers.Layer):
         self.supports_masking = False
 
     def build(self, input_shape):
+        input_shape = _as_shapes(input_shape)
         if _is_single_shape(input_shape):
             if len(input_shape) < 3:
                 raise ValueError(
@@ -106,6 +107,7 @@ class GlobalAggregation(keras.layers.Layer):
         return reduce(stacked, axis=1)
 
     def compute_output_shape(self, input_shape):
+        input_shape = _as_shapes(input_shape)
         if _is_single_shape(input_shape):
             shape = tuple(input_shape)
             return shape if self.cumulative else shape[:1] + shape[2:]
@@ -118,6 +120,18 @@ class GlobalAggregation(keras.layers.Layer):
         config = super().get_config()
         config.update({"mode": self.mode, "cumulative": self.cumulative})
         return config
+
+
+def _as_shapes(shape):
+    """A shape, or a list of shapes, as tuples of ints / None (a `tf.TensorShape` has `as_list`)."""
+    if hasattr(shape, "as_list"):
+        return tuple(shape.as_list()) if shape.rank is not None else shape
+    if isinstance(shape, (list, tuple)) and any(
+            hasattr(s, "as_list") or isinstance(s, (list, tuple)) for s in shape):
+        return [_as_shapes(s) for s in shape]
+    if isinstance(shape, (list, tuple)):
+        return tuple(int(d) if isinstance(d, np.integer) else d for d in shape)
+    return shape
 
 
 def _is_single_shape(shape):

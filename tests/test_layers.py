@@ -61,6 +61,19 @@ def test_compute_output_shape_keeps_dims_known_in_any_input():
     assert GlobalAggregation().compute_output_shape([(None, None, 4), (None, 6, 4)]) == (None, 6, 4)
 
 
+def test_build_and_output_shape_take_tensorflow_shapes():
+    # What a layer receives when TensorFlow code (or Keras' own TF paths) hands it shapes.
+    tf = pytest.importorskip("tensorflow")
+    shapes = [tf.TensorShape([None, 5, 7]), tf.TensorShape([None, 5, 7])]
+    layer = GlobalAggregation(cumulative=True)
+    layer.build(shapes)
+    assert layer.built and layer.compute_output_shape(shapes) == (None, 2, 5, 7)
+    assert GlobalAggregation().compute_output_shape(tf.TensorShape([None, 3, 4])) == (None, 4)
+    assert GlobalAggregation().compute_output_shape([(None, np.int64(5))] * 2) == (None, 5)
+    with pytest.raises(ValueError, match=r"input 1 has shape \(None, 6\)"):
+        GlobalAggregation().build([tf.TensorShape([None, 5]), tf.TensorShape([None, 6])])
+
+
 def test_not_a_list_is_rejected():
     with pytest.raises(ValueError, match="non-empty list of tensors"):
         GlobalAggregation()(np.ones((2, 3), "float32"))
