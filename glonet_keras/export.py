@@ -370,8 +370,12 @@ def _check_version_path(path, overwrite):
             raise FileExistsError(f"{path} exists: pick another version or pass overwrite=True.")
 
 
-# The raw input the signatures take, and the preprocessed input the model takes (tf.TensorSpec).
-_Specs = collections.namedtuple("_Specs", ["raw", "model"])
+# The raw input the signatures take, the preprocessed input the model takes (tf.TensorSpec), and
+# the smallest size the raw input's unknown spatial dimensions may have (None: it has none).
+_Specs = collections.namedtuple("_Specs", ["raw", "model", "minimum_size"])
+
+# The largest size `minimum_input_size` tries before giving up on finding one.
+_MAX_PROBED_SIZE = 4096
 
 
 def _input_specs(model, preprocessing, input_dtype):
@@ -381,13 +385,78 @@ def _input_specs(model, preprocessing, input_dtype):
     shape = tuple(model_input.shape[1:])
     raw_shape = shape
     if preprocessing.image_size is not None:
-        # Any image size is accepted and resized inside the graph.
+        # Any image size is accepted and resized inside the graph: from 1 pixel up.
         raw_shape = (None, None) + shape[2:]
         shape = tuple(preprocessing.image_size) + shape[2:]
+        minimum = 1
+    else:
+        minimum = minimum_input_size(model)
     return _Specs(
         raw=tf.TensorSpec((None,) + raw_shape, input_dtype, name=model_input.name),
         model=tf.TensorSpec((None,) + shape, model_input.dtype),
+        minimum_size=minimum,
     )
+
+
+def minimum_input_size(model):
+    """The smallest size of the unknown (None) spatial dimensions of the model's input at which no
+    layer computes an empty tensor; None when the input has no unknown spatial dimension.
+
+    An image of 0 pixels (or one smaller than a 'valid' convolution or pooling can take) leaves a
+    global pooling nothing to average: NaN logits, or a misleading error deep in the graph. The
+    exported graph refuses such inputs up front. Found from the model's graph symbolically (no
+    computation): 1 for 'same'-padded CNNs, more with 'valid' convolutions or pooling. If no size
+    up to 4096 passes the symbolic walk (a layer it cannot follow), 1 is used: non-empty only.
+    """
+    from glonet_keras import deploy
+
+    shape = tuple(model.inputs[0].shape)
+    dynamic = [i for i in range(1, len(shape) - 1) if shape[i] is None]
+    if not dynamic:
+        return None
+
+    def fits(size):
+        probe = tuple(size if i in dynamic else d for i, d in enumerate(shape))
+        try:
+            records = deploy._trace_nodes(model, [(1,) + probe[1:]])
+        except Exception:  # Keras refuses sizes a layer cannot take ("would be negative").
+            return False
+        return all(d is None or d > 0 for *_, outputs in records for output in outputs
+                   for d in output.shape)
+
+    if fits(1):
+        return 1
+    low, high = 1, 2  # fits(low) is False
+    while not fits(high):
+        low, high = high, 2 * high
+        if high > _MAX_PROBED_SIZE:
+            return 1
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
+
+
+def _check_raw_input(inputs, specs):
+    """`inputs` with the graph's checks on it: its rank and known sizes (EnsureShape), and the
+    minimum size of its unknown spatial dimensions (an Assert, InvalidArgumentError when it fails)."""
+    import tensorflow as tf
+
+    # A loaded signature runs on any shape it is given; a wrong rank reaching a convolution
+    # aborts the process (oneDNN check failure). EnsureShape makes it an InvalidArgumentError.
+    inputs = tf.ensure_shape(inputs, specs.raw.shape)
+    shape = specs.raw.shape.as_list()
+    dynamic = [i for i in range(1, len(shape) - 1) if shape[i] is None]
+    if specs.minimum_size is None or not dynamic:
+        return inputs
+    sizes = tf.gather(tf.shape(inputs), dynamic)
+    check = tf.debugging.Assert(
+        tf.logical_or(tf.equal(tf.shape(inputs)[0], 0),  # A batch of 0 has nothing to compute.
+                      tf.reduce_all(sizes >= specs.minimum_size)),
+        [f"`{specs.raw.name}` must be at least {specs.minimum_size} in each spatial dimension "
+         "(the smallest input every layer can take), received sizes", sizes])
+    with tf.control_dependencies([check]):
+        return tf.identity(inputs)
 
 
 def _serving_function(converter, name, computation, specs, preprocessing, task):
@@ -405,10 +474,8 @@ def _serving_function(converter, name, computation, specs, preprocessing, task):
     empty_shape = [0] + [int(d) for d in computation.outputs[0].shape[1:]]
 
     def serve(inputs):
-        # A loaded signature runs on any shape it is given; a wrong rank reaching a convolution
-        # aborts the process (oneDNN check failure). EnsureShape makes it an InvalidArgumentError.
-        inputs = tf.ensure_shape(inputs, specs.raw.shape)
-        x = preprocessing(inputs)  # An image of 0 pixels fails in the resize, with its message.
+        inputs = _check_raw_input(inputs, specs)
+        x = preprocessing(inputs)
         # Batch 0: answer with empty outputs; convolutions on empty batches are not reliable.
         outputs = tf.cond(
             tf.shape(x)[0] > 0,
@@ -431,7 +498,7 @@ def anytime_serving_function(converter, stages, specs, preprocessing):
     num_outputs = stages.num_outputs
 
     def anytime(inputs, threshold):
-        inputs = tf.ensure_shape(inputs, specs.raw.shape)
+        inputs = _check_raw_input(inputs, specs)
         threshold = tf.ensure_shape(threshold, [])
         # NaN fails both comparisons; a served threshold outside [0, 1] is a mistake, not "never".
         valid = tf.logical_and(threshold >= 0.0, threshold <= 1.0)

@@ -293,6 +293,34 @@ def test_the_graph_checks_its_input_and_never_aborts(tmp_path):
             assert answers[f"{label} early_exits {list(shape)}"] == exits, (label, shape)
 
 
+def test_an_image_smaller_than_the_network_takes_is_refused_not_nan(tmp_path):
+    # A CNN with a dynamic spatial size answered 0-by-N images with NaN logits (or an error about
+    # filter depth from deep in the graph); a 'valid' convolution has a larger minimum.
+    from glonet_keras import serving
+    from glonet_keras.export import minimum_input_size
+
+    dynamic = GloNetCNN(depth=8, width=4, input_shape=(None, None, 1), num_classes=3)
+    images = keras.Input((None, None, 1), name="images")
+    hidden = keras.layers.MaxPooling2D(2)(keras.layers.Conv2D(4, 3, padding="valid")(images))
+    valid = keras.Model(images, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(hidden)))
+    assert minimum_input_size(dynamic) == 1 and minimum_input_size(valid) == 4
+    cases = {"dynamic": (dynamic, 1, [(2, 1, 1, 1), (1, 7, 3, 1)], [(1, 0, 5, 1), (1, 5, 0, 1)]),
+             "valid": (valid, 4, [(1, 4, 4, 1), (1, 4, 9, 1)], [(1, 3, 3, 1), (1, 9, 1, 1)])}
+    for name, (model, minimum, taken, refused) in cases.items():
+        loaded = serving.load(export_saved_model(model, tmp_path, model_name=name))
+        serve = loaded.signatures["serving_default"]
+        for shape in taken:
+            logits = serve(images=tf.ones(shape))["logits"].numpy()
+            assert logits.shape[0] == shape[0] and np.all(np.isfinite(logits)), (name, shape)
+        for shape in refused:
+            with pytest.raises(tf.errors.InvalidArgumentError, match=f"must be at least {minimum} "):
+                serve(images=tf.ones(shape))
+            status, answer = serving.respond(loaded, {"instances": np.ones(shape).tolist()})
+            reason = "empty list" if 0 in shape else f"must be at least {minimum} in each spatial"
+            assert status == 400 and reason in answer["error"], answer
+        assert serve(images=tf.ones((0, 0, 0, 1)))["logits"].shape[0] == 0  # batch 0: empty answer
+
+
 _JAX_EXPORT = """
     import sys
     import keras
