@@ -13,9 +13,14 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tensorflow():
+    """TensorFlow, for the checks that need tf.data or a SavedModel; they skip where it is absent
+    (the harness itself imports on a JAX-only machine)."""
+    return pytest.importorskip("tensorflow")
 
 
 def training_module(name):
@@ -83,6 +88,7 @@ def check_predict_arrays_and_dataset(cls, kwargs):
     from_arrays = model.predict(x, batch_size=4, verbose=0)
     assert from_arrays.shape == (6, kwargs.get("num_classes", 10))
     assert np.all(np.isfinite(from_arrays))
+    tf = _tensorflow()
     dataset = tf.data.Dataset.from_tensor_slices(x).batch(4)
     np.testing.assert_allclose(model.predict(dataset, verbose=0), from_arrays, rtol=1e-5, atol=1e-6)
 
@@ -179,6 +185,7 @@ def check_glonet_contract(model, x, *, rtol=1e-5, export_dir=None):
     if export_dir is not None:
         from glonet_keras.export import export_saved_model
 
+        tf = _tensorflow()
         path = export_saved_model(model, export_dir, model_name="contract", overwrite=True)
         served = tf.saved_model.load(path).signatures["early_exits"]
         (input_name,) = served.structured_input_signature[1]
