@@ -35,10 +35,17 @@ import json
 import os
 import re
 import shutil
+import secrets
 import signal
+import stat
 import sys
 import threading
 import time
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory lock (a second concurrent run is not detected there).
+    fcntl = None
 
 RUN_FILE = "run.json"
 STATE_DIR = "backup"
@@ -52,9 +59,23 @@ FORMAT_VERSION = 1
 _STATE_FILE = re.compile(r"epoch_(\d{4,})\.json")
 _STATE_SUFFIX = ".keras"
 _PARTIAL_PREFIX = ".partial-"
+# A temporary file of this library: `.partial-<pid>-<8 hex digits>-<final name>`, unique per
+# process and write, so two writers never share one. Only names of exactly this form are ever
+# treated as the run's own (and deleted as leftovers of a killed write); at the top of a run
+# directory, only those of a file a run writes (`RUN_ENTRIES`).
+_PARTIAL_FILE = re.compile(r"\.partial-\d+-[0-9a-f]{8}-(.+)")
+# The largest run.json / epoch state record read back (they are a few kB; a run.json of 300 MB is
+# no record of this library's).
+MAX_RECORD_BYTES = 16 * 2**20
+# Run entries that are directories; the others are regular files.
+_DIRECTORY_ENTRIES = (STATE_DIR, CHECKPOINT_DIR, "logs")
 # Tests name a file here to hold its write between the temporary file and the rename, so that a
 # SIGKILL lands in the middle of that write.
 _TEST_PAUSE_ENV = "GLONET_KERAS_TEST_PAUSE_BEFORE_RENAME"
+
+
+# realpath -> [descriptor holding its flock, RunDirectory objects of this process using it].
+_LOCKS = {}
 
 
 class RunDirectoryError(ValueError):
@@ -80,10 +101,9 @@ def write_atomically(path, write, hint=""):
         DiskFullError: the device is full (the temporary file is removed).
     """
     directory, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(directory, _PARTIAL_PREFIX + name)
+    temporary = os.path.join(directory, partial_name(name))
     try:
         with interrupts_deferred() as interrupted:
-            _remove(temporary)
             write(temporary)
             _fsync(temporary)
             if os.environ.get(_TEST_PAUSE_ENV) == name:
@@ -97,6 +117,17 @@ def write_atomically(path, write, hint=""):
                 errno.ENOSPC, f"No space left on device while writing {path}. {hint}".strip()
             ) from error
         raise
+
+
+def partial_name(name):
+    """A temporary name for `name` that no other process or write uses (see `_PARTIAL_FILE`)."""
+    return f"{_PARTIAL_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{name}"
+
+
+def is_partial_name(entry, final_names=None):
+    """True for a temporary file of this library (of one of `final_names`, when given)."""
+    match = _PARTIAL_FILE.fullmatch(entry)
+    return bool(match) and (final_names is None or match.group(1) in final_names)
 
 
 _held_interrupts = None  # The list of the outermost `interrupts_deferred` block, while one runs.
@@ -168,10 +199,74 @@ def _remove(path):
 
 def sha256(path):
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def open_regular(path):
+    """Opens `path` for binary reading only if it is a regular file (a link to one is fine).
+
+    Never blocks: a FIFO, a device, a socket or a directory is refused with an OSError naming the
+    file and what it is, without reading from it (a plain `open()` of a FIFO waits forever).
+    """
+    mode = os.stat(path).st_mode  # Sockets cannot even be opened: judge before opening.
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, f"{file_kind(mode)}, not a regular file", path)
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode  # Again: it may have been swapped since.
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"{file_kind(mode)}, not a regular file", path)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(descriptor, True)
+        handle = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with handle:
+        yield handle
+
+
+def file_kind(mode):
+    """What a stat mode is, in words ("a FIFO", "a directory", ...)."""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def read_json_record(path, max_bytes=MAX_RECORD_BYTES):
+    """A JSON object read from a regular file of at most `max_bytes`.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ValueError: naming the file, for anything else (not a regular file, unreadable, too
+            large, not JSON, nested too deeply, not an object).
+    """
+    try:
+        with open_regular(path) as handle:
+            content = handle.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read ({error.strerror or error})") from None
+    if len(content) > max_bytes:
+        raise ValueError(f"{path} is larger than {max_bytes:,} bytes")
+    try:
+        record = json.loads(content)
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be a record") from None
+    except ValueError as error:  # Includes UnicodeDecodeError.
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return record
 
 
 def normalize(record):
@@ -226,6 +321,54 @@ class RunDirectory:
         self.state_dir = os.path.join(self.path, STATE_DIR)
         self.checkpoint_dir = os.path.join(self.path, CHECKPOINT_DIR)
         self.run_file = os.path.join(self.path, RUN_FILE)
+        self._lock = None  # The descriptor holding this directory's lock, once claimed.
+
+    def __del__(self):
+        self.release()
+
+    def release(self):
+        """Lets another process use the directory (the kernel also drops the lock when the
+        process ends, however it ends). `train` calls it when it returns or fails."""
+        key, self._lock = getattr(self, "_lock", None), None
+        if key is None:
+            return
+        held = _LOCKS.get(key)
+        if held is not None:
+            held[1] -= 1
+            if held[1] <= 0:
+                del _LOCKS[key]
+                try:
+                    os.close(held[0])
+                except OSError:
+                    pass
+
+    def _acquire(self):
+        """Locks the directory for this process, or refuses: two runs never share one directory.
+
+        The lock is an advisory `flock` on the directory itself (no lock file is written into a
+        folder that may be the user's). It is per process: this process may claim a directory
+        again (a retry after an error), another process may not until this one releases it or ends.
+        """
+        if self._lock is not None or fcntl is None:
+            return
+        key = os.path.realpath(self.path)
+        if key in _LOCKS:
+            _LOCKS[key][1] += 1
+            self._lock = key
+            return
+        descriptor = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(descriptor)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunDirectoryError(
+                    f"{self.path} is in use by another training process (it holds the "
+                    "directory's lock). Wait for it to end, or use another --model_dir."
+                ) from None
+            return  # A file system without flock (some network mounts): run unlocked.
+        _LOCKS[key] = [descriptor, 1]
+        self._lock = key
 
     # ----------------------------------------------------------------------------------------------
     # Starting: check what is there, then claim the directory.
@@ -246,17 +389,37 @@ class RunDirectory:
             RunDirectoryError: the directory holds a finished run, a run with another config, a
                 run already trained for more than `epochs`, or files a run does not write.
         """
-        os.makedirs(self.path, exist_ok=True)
+        if os.path.lexists(self.path) and not os.path.isdir(self.path):
+            raise RunDirectoryError(f"The run directory {self.path} exists and is not a directory.")
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as error:
+            raise RunDirectoryError(
+                f"Cannot create the run directory {self.path}: {error.strerror or error}."
+            ) from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise RunDirectoryError(
+                f"The run directory {self.path} is not writable by this user: choose another "
+                "--model_dir, or make it writable."
+            )
+        self._acquire()
         fingerprint = normalize(fingerprint)
         if overwrite:
             self._remove_run_files()
         record = self.record()
         if record is None:
             self._check_only_run_files()
-            self._write_record({
-                "format": FORMAT_VERSION, "status": "training", "fingerprint": fingerprint,
-                "command": command, "started": _now(), "finished": None,
-            })
+            try:
+                self._write_record({
+                    "format": FORMAT_VERSION, "status": "training", "fingerprint": fingerprint,
+                    "command": command, "started": _now(), "finished": None,
+                })
+            except DiskFullError:
+                raise
+            except OSError as error:
+                raise RunDirectoryError(
+                    f"Cannot write {self.run_file}: {error.strerror or error}."
+                ) from None
             return None
         fresh = "start fresh with --overwrite (deletes it) or use a new --model_dir"
         if record.get("status") == "finished":
@@ -281,26 +444,46 @@ class RunDirectory:
     def record(self):
         """The contents of run.json, or None when there is none."""
         try:
-            with open(self.run_file) as handle:
-                record = json.load(handle)
+            if not os.path.lexists(self.run_file):
+                return None
+            if os.path.islink(self.run_file):
+                raise ValueError(f"{self.run_file} is a symbolic link, which a run never writes")
+            record = read_json_record(self.run_file)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as error:
+        except ValueError as error:
             raise RunDirectoryError(
-                f"{self.run_file} is unreadable ({error}); delete the run with --overwrite or use a "
-                "new --model_dir."
+                f"{error}: it is not a run record of this library. Delete the run with --overwrite "
+                "or use a new --model_dir."
             ) from None
-        if not isinstance(record, dict):
-            raise RunDirectoryError(f"{self.run_file} is not a run record (expected a JSON object).")
+        status = record.get("status")
+        if status not in ("training", "finished") or not isinstance(record.get("fingerprint"), dict):
+            raise RunDirectoryError(
+                f"{self.run_file} is not a run record of this library (status {status!r}, "
+                "fingerprint missing or not an object). Delete the run with --overwrite or use a new "
+                "--model_dir."
+            )
         return record
 
     def _write_record(self, record):
         write_json(self.run_file, record)
 
     def _foreign_entries(self):
-        return sorted(entry for entry in os.listdir(self.path)
-                      if entry not in RUN_ENTRIES and not WORKER_DIR.fullmatch(entry)
-                      and not entry.startswith(_PARTIAL_PREFIX))
+        """What is in the directory that no run writes: anything but the run's own files and
+        folders (of the right kind: a link or a FIFO named `model.keras` is foreign), workers'
+        folders and temporary files of this library's exact form."""
+        foreign = []
+        for entry in os.listdir(self.path):
+            if entry in RUN_ENTRIES or WORKER_DIR.fullmatch(entry):
+                mode = os.lstat(os.path.join(self.path, entry)).st_mode
+                expected = stat.S_ISDIR if (entry in _DIRECTORY_ENTRIES
+                                            or WORKER_DIR.fullmatch(entry)) else stat.S_ISREG
+                if expected(mode):
+                    continue
+                foreign.append(f"{entry} ({file_kind(mode)})")
+            elif not is_partial_name(entry, RUN_ENTRIES):
+                foreign.append(entry)
+        return sorted(foreign)
 
     def _check_only_run_files(self):
         foreign = self._foreign_entries()
@@ -360,16 +543,26 @@ class RunDirectory:
 
     def _read_state(self, epoch):
         model_path, metadata_path = self._state_paths(epoch)
-        with open(metadata_path) as handle:
-            metadata = json.load(handle)
-        if metadata["epoch"] != epoch:
-            raise ValueError(f"{metadata_path} says epoch {metadata['epoch']}")
-        if sha256(model_path) != metadata["model_sha256"]:
+        metadata = read_json_record(metadata_path)
+        if metadata.get("epoch") != epoch:
+            raise ValueError(f"{metadata_path} says epoch {metadata.get('epoch')!r}")
+        history, seconds, best = (metadata.get("history"), metadata.get("seconds_per_epoch"),
+                                  metadata.get("best"))
+        if not (isinstance(history, dict) and all(
+                isinstance(key, str) and isinstance(values, list) and len(values) <= epoch
+                and all(_is_number(v) for v in values) for key, values in history.items())):
+            raise ValueError(f"{metadata_path}: `history` is not a list of at most {epoch} numbers per metric")
+        if not (isinstance(seconds, list) and all(_is_number(v) for v in seconds)):
+            raise ValueError(f"{metadata_path}: `seconds_per_epoch` is not a list of numbers")
+        if best is not None and not (
+                isinstance(best, dict) and isinstance(best.get("epoch"), int)
+                and not isinstance(best.get("epoch"), bool) and 1 <= best["epoch"] <= epoch
+                and isinstance(best.get("monitor"), str) and _is_number(best.get("value"))):
+            raise ValueError(f"{metadata_path}: `best` is not an epoch record")
+        if sha256(model_path) != metadata.get("model_sha256"):
             raise ValueError(f"{model_path} does not match the sha256 recorded with it")
-        return TrainingState(epoch=epoch, model_path=model_path,
-                             history=dict(metadata["history"]),
-                             seconds_per_epoch=list(metadata["seconds_per_epoch"]),
-                             best=metadata.get("best"))
+        return TrainingState(epoch=epoch, model_path=model_path, history=history,
+                             seconds_per_epoch=seconds, best=best)
 
     def state_model(self, epoch):
         """The verified model file of a kept epoch (e.g. the best one)."""
@@ -416,7 +609,7 @@ class RunDirectory:
         for directory in (self.path, self.state_dir, self.checkpoint_dir):
             if os.path.isdir(directory):
                 for entry in os.listdir(directory):
-                    if entry.startswith(_PARTIAL_PREFIX):
+                    if is_partial_name(entry, RUN_ENTRIES if directory == self.path else None):
                         _remove(os.path.join(directory, entry))
 
     # ----------------------------------------------------------------------------------------------
@@ -428,6 +621,10 @@ class RunDirectory:
         record.update(status="finished", finished=_now(), summary=summary)
         self._write_record(record)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _now():

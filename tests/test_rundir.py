@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -282,3 +283,131 @@ def test_run_directory_writes_are_atomic(tmp_path):
         rundir.write_atomically(target, torn)
     assert json.loads(target.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["file.json"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Hostile run directories (issue 22): foreign temporary names, concurrent runs, odd files.
+
+_FINGERPRINT = {"model": "x"}
+
+
+def test_a_users_partial_named_file_is_foreign_never_deleted(tmp_path):
+    (tmp_path / ".partial-notes.txt").write_text("precious")
+    (tmp_path / ".partial-123-abcdef01-notes.txt").write_text("precious too")
+    for overwrite in (False, True):
+        with pytest.raises(rundir.RunDirectoryError, match=r"\.partial-notes\.txt"):
+            rundir.RunDirectory(tmp_path).claim(_FINGERPRINT, epochs=1, overwrite=overwrite)
+    # In a run's own directory, cleaning leftovers deletes only this library's exact temporary names.
+    run = rundir.RunDirectory(tmp_path / "run")
+    run.claim(_FINGERPRINT, epochs=1)
+    leftover = tmp_path / "run" / rundir.partial_name("model.keras")
+    leftover.write_text("torn")
+    (tmp_path / "run" / ".partial-mine").write_text("precious")
+    run.remove_partial_files()
+    assert not leftover.exists() and (tmp_path / "run" / ".partial-mine").read_text() == "precious"
+    assert (tmp_path / ".partial-notes.txt").read_text() == "precious"
+    run.release()
+
+
+def test_temporary_names_are_unique_per_process_and_write(tmp_path):
+    used = []
+    for _ in range(2):
+        rundir.write_atomically(tmp_path / "model.keras",
+                                lambda path: used.append(os.path.basename(path))
+                                or open(path, "w").close())
+    assert used[0] != used[1]
+    assert all(rundir.is_partial_name(name, ["model.keras"]) and f"-{os.getpid()}-" in name
+               for name in used)
+
+
+_CLAIM_IN_ANOTHER_PROCESS = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("rundir", sys.argv[1])
+rundir = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rundir)
+try:
+    rundir.RunDirectory(sys.argv[2]).claim({"model": "x"}, epochs=1)
+    print("claimed")
+except rundir.RunDirectoryError as error:
+    print(error)
+"""
+
+
+def test_a_second_concurrent_run_in_one_directory_is_refused(tmp_path):
+    run = rundir.RunDirectory(tmp_path)
+    run.claim(_FINGERPRINT, epochs=1)
+    command = [sys.executable, "-c", _CLAIM_IN_ANOTHER_PROCESS, rundir.__file__, str(tmp_path)]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60).stdout
+    assert "is in use by another training process" in refused and str(tmp_path) in refused
+    run.release()
+    assert subprocess.run(command, capture_output=True, text=True, timeout=60).stdout == "claimed\n"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"status": "training", "fingerprint": {"a": 1' + "0" * 5000 + "}}", "not valid JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"status": 7, "fingerprint": {}}', "status 7"),
+    (b"\xff\xfe", "not valid JSON"),
+])
+def test_a_malformed_run_record_is_one_clear_error(tmp_path, content, message):
+    path = tmp_path / rundir.RUN_FILE
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(rundir.RunDirectoryError, match=message) as error:
+        rundir.RunDirectory(tmp_path).claim(_FINGERPRINT, epochs=1)
+    assert str(path) in str(error.value) and "--overwrite" in str(error.value)
+
+
+def test_special_files_among_the_run_files_are_refused_without_hanging(tmp_path):
+    os.mkfifo(tmp_path / rundir.RUN_FILE)
+    with pytest.raises(rundir.RunDirectoryError, match="run.json .*a FIFO"):
+        rundir.RunDirectory(tmp_path).claim(_FINGERPRINT, epochs=1)
+    # A link named like a run's folder points elsewhere: never written through, never cleaned.
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "epoch_0001.json").write_text("theirs")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / rundir.STATE_DIR).symlink_to(tmp_path / "elsewhere")
+    for overwrite in (False, True):
+        with pytest.raises(rundir.RunDirectoryError, match=r"backup \(a symbolic link\)"):
+            rundir.RunDirectory(other).claim(_FINGERPRINT, epochs=1, overwrite=overwrite)
+    assert (tmp_path / "elsewhere" / "epoch_0001.json").read_text() == "theirs"
+
+
+def test_an_unusable_model_dir_is_one_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(rundir.RunDirectoryError, match="file exists and is not a directory"):
+        rundir.RunDirectory(tmp_path / "file").claim(_FINGERPRINT, epochs=1)
+    with pytest.raises(rundir.RunDirectoryError, match="Cannot create the run directory"):
+        rundir.RunDirectory(tmp_path / "file" / "run").claim(_FINGERPRINT, epochs=1)
+    disk = _mount_tmpfs(tmp_path / "readonly", "1m")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(rundir.RunDirectoryError, match="is not writable"):
+            rundir.RunDirectory(disk).claim(_FINGERPRINT, epochs=1)
+        with pytest.raises(rundir.RunDirectoryError, match="Cannot create.*Read-only file system"):
+            rundir.RunDirectory(disk / "run").claim(_FINGERPRINT, epochs=1)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("metadata", [
+    "[" * 100_000 + "]" * 100_000,
+    '{"epoch": 1, "history": {"loss": [1.0]}, "seconds_per_epoch": [1], "best": [1]}',
+    '{"epoch": 1, "history": {"loss": "abc"}, "seconds_per_epoch": [1], "best": null}',
+    '{"epoch": 1e400}',
+])
+def test_a_malformed_state_is_skipped_for_the_one_before(tmp_path, capfd, metadata):
+    run = rundir.RunDirectory(tmp_path)
+    run.claim(_FINGERPRINT, epochs=3)
+    good = rundir.TrainingState(epoch=1, model_path=None, history={"loss": [1.0]},
+                                seconds_per_epoch=[1.0], best={"epoch": 1, "monitor": "loss",
+                                                               "value": 1.0})
+    run.save_state(good, lambda path: open(path, "wb").write(b"weights"))
+    state_dir = tmp_path / rundir.STATE_DIR
+    (state_dir / "epoch_0002.keras").write_bytes(b"weights")
+    (state_dir / "epoch_0002.json").write_text(metadata)
+    state = run.latest_state()
+    assert state.epoch == 1 and state.best["epoch"] == 1
+    assert "skipping the state of epoch 2" in capfd.readouterr().err
+    run.release()
