@@ -184,8 +184,36 @@ def test_image_folder(tmp_path):
     x, y = _first_batch(data.get_dataset("image_folder", "test", 4, data_dir=str(tmp_path),
                                          image_size=(16, 16)))
     assert x.shape == (4, 16, 16, 3) and sorted(y.tolist()) == [0, 0, 1, 1]
-    with pytest.raises(data.DatasetUnavailableError, match="no 'train' directory"):
+    with pytest.raises(data.DatasetUnavailableError, match="'.*nothing' is not a directory"):
         data.dataset_info("image_folder", data_dir=str(tmp_path / "nothing"), image_size=(8, 8))
+    with pytest.raises(ValueError, match="4 different sizes .*pass image_size"):
+        data.dataset_info("image_folder", data_dir=str(tmp_path))
+
+
+def test_image_folder_flat_layout_grayscale_and_inferred_size(tmp_path):
+    # Keras' image_dataset_from_directory layout: root/<class>/<image>, here colour PNGs of one size.
+    rng = np.random.default_rng(0)
+    for class_name, count in (("cat", 6), ("dog", 4)):
+        (tmp_path / class_name).mkdir()
+        for i in range(count):
+            image = rng.integers(0, 256, size=(12, 10, 3), dtype=np.uint8)
+            tf.io.write_file(str(tmp_path / class_name / f"{i}.png"), tf.io.encode_png(image))
+    info = data.dataset_info("image_folder", data_dir=str(tmp_path), channels=1,
+                             validation_fraction=0.25)
+    assert info.input_shape == (12, 10, 1) and info.class_names == ("cat", "dog")
+    assert info.num_examples == {"train": 6, "validation": 2, "test": 2}  # seeded 20 % test
+    assert len(info.preprocessing.mean) == 1
+    batches = [data.get_dataset("image_folder", split, 10, data_dir=str(tmp_path), channels=1,
+                                validation_fraction=0.25) for split in data.SPLITS]
+    seen = [_first_batch(batch)[0] for batch in batches]
+    assert [x.shape for x in seen] == [(6, 12, 10, 1), (2, 12, 10, 1), (2, 12, 10, 1)]
+    # The splits never overlap: every image lands in exactly one.
+    flat = np.concatenate([x.reshape(len(x), -1) for x in seen])
+    assert len(np.unique(flat, axis=0)) == 10
+    with pytest.raises(ValueError, match="channels must be 1 or 3, received 2"):
+        data.dataset_info("image_folder", data_dir=str(tmp_path), channels=2)
+    with pytest.raises(ValueError, match="channels applies to the image_folder data set only"):
+        data.dataset_info("digits", channels=1)
 
 
 def test_preprocessing_round_trips_and_matches_the_pipeline(tmp_path):

@@ -261,3 +261,77 @@ def test_download_never_hangs_on_a_silent_network(tmp_path, monkeypatch):
         assert time.perf_counter() - start < 5
     finally:
         release.set()
+
+
+# ------------------------------------------------------------------------------------------------
+# Special files where a user's file should be (issue 22): never opened blocking, each named.
+
+
+@pytest.fixture
+def no_hang():
+    """Fails the test instead of hanging it, if something opens a FIFO blocking."""
+    import signal
+
+    def expire(signum, frame):
+        raise TimeoutError("hung: a blocking open of a special file")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_special_files_named_like_images_are_refused_without_hanging(tmp_path, no_hang):
+    import os
+    import socket as socket_lib
+
+    _good_folder(tmp_path)
+    cat, dog = tmp_path / "train" / "cat", tmp_path / "train" / "dog"
+    os.mkfifo(cat / "zz.png")
+    os.mkfifo(tmp_path / "elsewhere_fifo")
+    (dog / "link_to_fifo.jpg").symlink_to(tmp_path / "elsewhere_fifo")
+    (dog / "folder.png").mkdir()
+    (dog / "loop.png").symlink_to(dog / "loop.png")
+    (dog / "device.png").symlink_to("/dev/zero")
+    server = socket_lib.socket(socket_lib.AF_UNIX)
+    server.bind(str(cat / "sock.bmp"))
+    try:
+        with pytest.raises(ValueError) as error:
+            data.dataset_info("image_folder", data_dir=str(tmp_path), image_size=(8, 8))
+    finally:
+        server.close()
+    message = str(error.value)
+    for name, kind in (("train/cat/zz.png", "a FIFO"), ("train/dog/link_to_fifo.jpg", "a FIFO"),
+                       ("train/dog/folder.png", "a directory"),
+                       ("train/dog/device.png", "a character device"),
+                       ("train/cat/sock.bmp", "a socket")):
+        assert f"{tmp_path / name}: {tmp_path / name} is {kind}, not a regular file" in message
+    assert f"{dog / 'loop.png'}: cannot be read (Too many levels of symbolic links)" in message
+
+
+def test_a_link_to_a_regular_image_is_fine(tmp_path):
+    _good_folder(tmp_path)
+    (tmp_path / "outside.png").write_bytes(_png(8, 8, seed=5))
+    (tmp_path / "train" / "dog" / "linked.png").symlink_to(tmp_path / "outside.png")
+    info = data.dataset_info("image_folder", data_dir=str(tmp_path), image_size=(8, 8),
+                             validation_fraction=0.0)
+    assert info.num_examples["train"] == 7
+
+
+def test_fifos_as_csv_and_idx_files_are_refused_without_hanging(tmp_path, no_hang):
+    import os
+
+    os.mkfifo(tmp_path / "table.csv")
+    with pytest.raises(ValueError, match=r"table.csv is a FIFO, not a regular file"):
+        data.read_sgemm_csv(str(tmp_path / "table.csv"))
+    with pytest.raises(data.DatasetUnavailableError, match="no CSV file"):
+        data.dataset_info("sgemm", data_dir=str(tmp_path / "table.csv"))
+    fashion = tmp_path / "fashion"
+    fashion.mkdir()
+    for name in data.FASHION_MNIST_SHA256:
+        os.mkfifo(fashion / name)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz is a FIFO"):
+        data._read_idx(str(fashion), "train-images-idx3-ubyte.gz", (60_000, 28, 28))
+    with pytest.raises(data.DatasetUnavailableError, match="not on this machine"):
+        data.dataset_info("fashion_mnist", data_dir=str(fashion))
