@@ -614,10 +614,35 @@ def anytime_stages(model, exits=None):
                          num_outputs=int(parts.head.units), exits=exits)
 
 
+def _checked_logits(logits, rank, what, axes):
+    """`logits` as a float32 numpy array of `rank` dimensions, each non-empty but the batch, finite.
+
+    The anytime rule indexes exits on axis 1 and classes on the last axis: an array of another
+    rank would be read along the wrong axes and answer silently wrong, so it is refused."""
+    try:
+        array = np.asarray(logits)
+    except (ValueError, TypeError) as error:  # Ragged nested lists.
+        raise ValueError(f"`{what}` must be a numeric array {axes}: {error}") from None
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"`{what}` must hold numbers {axes}, received dtype {array.dtype}.")
+    if array.ndim != rank:
+        raise ValueError(
+            f"`{what}` must have {rank} dimensions {axes}, received shape {array.shape}.")
+    if any(size == 0 for size in array.shape[1:]):
+        raise ValueError(f"`{what}` has an empty dimension {axes}: shape {array.shape}.")
+    with np.errstate(over="ignore"):  # Beyond float32 becomes inf, refused just below.
+        array = array.astype("float32")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"`{what}` holds NaN or infinite values (or values beyond float32).")
+    return array
+
+
 def top_probability(logits):
     """The confidence of each row of `logits` (numpy `(batch, outputs)`): the top softmax
-    probability, or max(sigmoid, 1 - sigmoid) for one logit. float32 `(batch,)`."""
-    logits = np.asarray(logits, dtype="float32")
+    probability, or max(sigmoid, 1 - sigmoid) for one logit. float32 `(batch,)`.
+
+    Raises ValueError for another rank, an empty class axis, or non-finite logits."""
+    logits = _checked_logits(logits, 2, "logits", "(batch, outputs)")
     if logits.shape[-1] == 1:
         probability = 1.0 / (1.0 + np.exp(-logits[..., 0]))
         return np.maximum(probability, 1.0 - probability)
@@ -638,9 +663,13 @@ def first_confident_exits(exit_logits, threshold, exits=None):
     `exits[i]` is the first candidate exit k (`exits`, default every block; L always) whose
     prediction for example i reaches `threshold`, else L; `logits[i]` is that exit's prediction.
     What the `anytime` signature returns for a batch.
+
+    Raises:
+        ValueError: `exit_logits` is not a finite numeric array of rank 3 with at least one exit
+            and one output, or a bad `threshold` or `exits`.
     """
     threshold = check_probability(threshold, "threshold")
-    exit_logits = np.asarray(exit_logits)
+    exit_logits = _checked_logits(exit_logits, 3, "exit_logits", "(batch, exits, outputs)")
     batch, num_blocks = exit_logits.shape[:2]
     chosen = np.full(batch, num_blocks, dtype="int32")
     done = np.zeros(batch, dtype=bool)

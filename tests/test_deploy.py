@@ -160,6 +160,32 @@ def test_anytime_runner_equals_truncate_at_its_exit_and_full_at_one(digits_mlp):
     assert deploy.anytime_predict(model, x, threshold=0.0)["blocks_computed"] == 1
 
 
+@pytest.mark.parametrize("exit_logits, message", [
+    (np.zeros((4, 3)), "must have 3 dimensions \\(batch, exits, outputs\\), received shape \\(4, 3\\)"),
+    (np.zeros((2, 4, 3, 1)), "must have 3 dimensions .* received shape \\(2, 4, 3, 1\\)"),
+    (np.zeros(()), "must have 3 dimensions"),
+    (np.zeros((2, 0, 3)), "empty dimension"),
+    (np.zeros((2, 4, 0)), "empty dimension"),
+    (np.full((1, 2, 3), np.nan), "NaN or infinite"),
+    (np.full((1, 2, 3), 1e300), "beyond float32"),
+    (np.full((1, 2, 3), "a"), "must hold numbers"),
+    ([[[0.0, 1.0]], [[0.0]]], "numeric array"),
+])
+def test_first_confident_exits_refuses_arrays_of_the_wrong_rank(exit_logits, message):
+    # A (batch, L) array used to be read as (batch, exits) of scalars: silently wrong exits.
+    with pytest.raises(ValueError, match=message):
+        deploy.first_confident_exits(exit_logits, 0.5)
+
+
+def test_top_probability_refuses_another_rank_and_first_exits_of_a_batch_of_0():
+    with pytest.raises(ValueError, match="`logits` must have 2 dimensions"):
+        deploy.top_probability(np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError, match="`logits` must have 2 dimensions"):
+        deploy.top_probability(np.zeros(5))
+    exits, logits = deploy.first_confident_exits(np.zeros((0, 4, 3)), 0.5)
+    assert exits.shape == (0,) and logits.shape == (0, 3)
+
+
 def test_anytime_report_trades_accuracy_for_blocks(digits_mlp):
     model, x, y, _ = digits_mlp
     report = deploy.anytime_report(model, x, y, thresholds=(0.5, 0.9, 0.99, 1.0))
