@@ -242,6 +242,11 @@ def early_exit_accuracy(model, x, y, batch_size=256):
 def _class_labels(y, num_outputs):
     """Integer labels `(batch,)` from integer or one-hot `y`, checked against the model's classes."""
     y = np.asarray(y)
+    if y.ndim > 2 or (y.ndim == 2 and y.shape[1] == 0):
+        raise ValueError(
+            "Labels must be integer classes (batch,) or one-hot (batch, classes), received shape "
+            f"{y.shape}."
+        )
     if y.ndim == 2 and y.shape[1] > 1:
         if y.shape[1] != num_outputs:
             raise ValueError(

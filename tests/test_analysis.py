@@ -102,6 +102,10 @@ def test_contribution_shares_and_early_exit_accuracy():
     np.testing.assert_array_equal(analysis.early_exit_accuracy(model, x, one_hot), accuracies)
     with pytest.raises(ValueError, match="same number of examples"):
         analysis.early_exit_accuracy(model, x, y[:-1])
+    # Labels of another rank were flattened: (16, 1, 3) became 48 labels, or worse, the right count.
+    for wrong in (np.zeros((len(x), 1, 3), "int64"), np.zeros((len(x), 0), "int64")):
+        with pytest.raises(ValueError, match="one-hot \\(batch, classes\\), received shape"):
+            analysis.early_exit_accuracy(model, x, wrong)
 
 
 def test_truncate_range_and_non_glonet_errors():
