@@ -22,6 +22,7 @@ TensorFlow initialises its devices, once per process: call `configure_logical_cp
 import contextlib
 import json
 import os
+import sys
 
 import keras
 
@@ -112,25 +113,77 @@ def _local_gpus():
     return tf.config.list_logical_devices("GPU")
 
 
-def _check_tf_config():
-    raw = os.environ.get("TF_CONFIG")
+def check_tf_config(raw=None):
+    """The (workers, task) of a `TF_CONFIG` value (the environment's when None).
+
+    Raises:
+        ValueError: one line naming what is wrong: no TF_CONFIG, not JSON (or nested too deeply),
+            no `cluster.worker` list of "host:port" strings, no `task.type` naming a job of the
+            cluster, or a `task.index` that is not an index into that job.
+    """
+    raw = os.environ.get("TF_CONFIG") if raw is None else raw
     if not raw:
         raise ValueError(
             "Strategy 'multi_worker' needs TF_CONFIG, e.g. "
             '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", '
             '"index": 0}}.'
         )
+    shown = raw if len(raw) <= 200 else raw[:200] + "..."
     try:
         config = json.loads(raw)
-        workers = config["cluster"]["worker"]
-        task = config["task"]
-        assert task["type"] in config["cluster"] and 0 <= int(task["index"])
-    except (ValueError, KeyError, TypeError, AssertionError) as error:
+    except RecursionError:
+        raise ValueError(f"TF_CONFIG is nested too deeply to be a cluster spec: {shown!r}.") from None
+    except ValueError as error:
+        raise ValueError(f"TF_CONFIG is not JSON ({error}): {shown!r}.") from None
+    problem = _tf_config_problem(config)
+    if problem:
         raise ValueError(
-            f"TF_CONFIG is not a valid cluster spec ({error!r}): need cluster.worker (list of "
-            f"host:port) and task.type/task.index. Received {raw!r}."
-        ) from None
-    return workers, task
+            f"TF_CONFIG is not a valid cluster spec: {problem}. It needs cluster.worker (a list of "
+            f"\"host:port\") and task.type / task.index naming this process. Received {shown!r}."
+        )
+    return config["cluster"]["worker"], config["task"]
+
+
+def _tf_config_problem(config):
+    if not isinstance(config, dict):
+        return "not a JSON object"
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not cluster:
+        return "no `cluster` object"
+    for job, addresses in cluster.items():
+        if not (isinstance(addresses, list) and addresses
+                and all(isinstance(a, str) and a for a in addresses)):
+            return f"cluster.{job} is not a non-empty list of \"host:port\" strings"
+    if "worker" not in cluster:
+        return "no cluster.worker"
+    if not isinstance(task, dict):
+        return "no `task` object"
+    kind, index = task.get("type"), task.get("index", 0)
+    if kind not in cluster:
+        return f"task.type {kind!r} is not a job of the cluster {sorted(cluster)}"
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        return f"task.index {index!r} is not an index into cluster.{kind} ({len(cluster[kind])} tasks)"
+    return None
+
+
+def _tf_config_ignored(name):
+    """Under a local strategy, a TF_CONFIG in the environment is ignored, and said so on stderr.
+
+    Under `auto` it must at least be valid: a malformed one is an error (it was meant for
+    something, and guessing what is worse than stopping).
+    """
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return
+    if name == "auto":
+        workers, _ = check_tf_config(raw)
+        count = f"a cluster of {len(workers)} worker(s)"
+    else:
+        count = "a cluster"
+    print(f"glonet_keras: TF_CONFIG describes {count}, but strategy {name!r} trains this process "
+          "alone and ignores it (it writes and exports as the only worker). Pass "
+          "--strategy=multi_worker to join the cluster, or unset TF_CONFIG to silence this.",
+          file=sys.stderr, flush=True)
 
 
 def get_strategy(name="auto", devices=None):
@@ -156,8 +209,9 @@ def get_strategy(name="auto", devices=None):
     import tensorflow as tf
 
     if name == "multi_worker":
-        _check_tf_config()
+        check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
+    _tf_config_ignored(name)
     gpus = [d.name for d in _local_gpus()]
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
     local = list(devices) if devices else (gpus or cpus)
@@ -196,23 +250,36 @@ def _jax_strategy(name, devices):
     return JaxDataParallel(local)
 
 
-def is_chief():
+def is_chief(strategy=None):
     """True on the process that should write files (the only one outside multi-worker runs).
 
-    With TF_CONFIG, the chief is the task of type "chief", or worker 0 when the cluster has none.
+    With `strategy` given, a strategy that does not span several workers makes this process the
+    chief whatever TF_CONFIG says (a stale TF_CONFIG must not turn a local run into worker 1).
+    Under a multi-worker TF_CONFIG, the chief is the task of type "chief", or worker 0 when the
+    cluster has none.
     """
     if keras.backend.backend() == "jax":
         import jax
 
         return jax.process_index() == 0
+    if strategy is not None and not is_multi_worker(strategy):
+        return True
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         return True
+    _, task = check_tf_config(raw)
     config = json.loads(raw)
-    task = config.get("task", {})
-    if "chief" in config.get("cluster", {}):
-        return task.get("type") == "chief"
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
+    if "chief" in config["cluster"]:
+        return task["type"] == "chief"
+    return task["type"] == "worker" and task.get("index", 0) == 0
+
+
+def task_index(strategy=None):
+    """This process's index in its multi-worker job (0 outside multi-worker runs)."""
+    if strategy is not None and not is_multi_worker(strategy):
+        return 0
+    raw = os.environ.get("TF_CONFIG")
+    return check_tf_config(raw)[1].get("index", 0) if raw else 0
 
 
 def is_multi_worker(strategy):

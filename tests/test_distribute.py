@@ -77,6 +77,28 @@ def test_one_device_strategy_and_chief(monkeypatch):
     cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
     assert not distribute.is_chief()
+    # Under a strategy that spans no other worker, a TF_CONFIG left in the environment is ignored
+    # (issue 22: it made a local run write into worker_1 and skip its export).
+    assert distribute.is_chief(strategy) and distribute.task_index(strategy) == 0
+    assert distribute.task_index() == 1
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+     "task.type 'chief' is not a job of the cluster"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": -1}}', "task.index -1"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": true}}', "task.index True"),
+    ('{"cluster": {"worker": ["a:1", 7]}, "task": {"type": "worker"}}', "not a non-empty list"),
+    ('{"cluster": {"worker": ["a:1"]}}', "no `task` object"),
+    ("7", "not a JSON object"),
+])
+def test_tf_config_is_checked_whole(monkeypatch, tf_config, message):
+    with pytest.raises(ValueError, match=message):
+        distribute.check_tf_config(tf_config)
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    for name in ("auto", "multi_worker"):
+        with pytest.raises(ValueError, match=message):
+            distribute.get_strategy(name)
 
 
 def test_synchronized_batch_norm_is_switched_on_only_inside():
