@@ -45,6 +45,44 @@ def _dtype_name(value):
     return name if isinstance(name, str) else None
 
 
+# The record is applied in float32 (numpy, tf.data, the serving graph): every number in it must be a
+# normal float32, or a value finite in float64 (mean 1e300, std 1e-300) turns into inf or 0 there and
+# the model serves NaN. Images larger than this per side are refused rather than resized to.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
+MAX_IMAGE_SIDE = 16384
+MAX_CHANNELS = 4096
+
+
+def _short(value):
+    """repr(value), except a huge integer, named by its number of digits (never 4,000 of them)."""
+    if _is_integer(value) and abs(int(value)) > 10**15:
+        return f"<an integer of about {int(abs(int(value)).bit_length() * 0.30103) + 1} digits>"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_short(v) for v in value[:8]) + (", ...]" if len(value) > 8 else "]")
+    return repr(value)
+
+
+def _float32_finite(field, value, *, positive):
+    """`value` as a float that float32 holds finitely (a normal float32 > 0 where `positive`)."""
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float64
+        number = math.inf
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        raise ValueError(
+            f"Preprocessing `{field}` must be finite in float32 (|value| <= {FLOAT32_MAX:.4g}), "
+            f"received {_short(value)}: the float32 pipeline would turn it into inf and serve NaN."
+        )
+    if positive and number < FLOAT32_TINY:
+        raise ValueError(
+            f"Preprocessing `{field}` must be >= {FLOAT32_TINY:.4g} (the smallest normal float32), "
+            f"received {_short(value)}"
+            + (": in float32 it would be 0 (or lose its precision)." if number > 0 else ".")
+        )
+    return number
+
+
 def _channel_values(field, value):
     if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
         raise ValueError(
@@ -53,12 +91,17 @@ def _channel_values(field, value):
     values = tuple(value)
     if not values:
         raise ValueError(f"Preprocessing `{field}` must hold at least one value (one per channel).")
+    if len(values) > MAX_CHANNELS:
+        raise ValueError(
+            f"Preprocessing `{field}` holds {len(values)} values; at most {MAX_CHANNELS} channels."
+        )
     for item in values:
-        if not _is_real_number(item) or not math.isfinite(item):
+        if not _is_real_number(item):
             raise ValueError(
-                f"Preprocessing `{field}` must hold finite numbers, received {item!r} in {value!r}."
+                f"Preprocessing `{field}` must hold finite numbers, received {_short(item)} in "
+                f"{_short(values)}."
             )
-    return tuple(float(item) for item in values)
+    return tuple(_float32_finite(field, item, positive=field == "std") for item in values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +113,15 @@ class Preprocessing:
     Attributes:
         input_dtype: dtype of raw inputs, one of `NUMERIC_DTYPES` ("uint8" for image files,
             "float32" for arrays).
-        scale: finite number > 0 that multiplies the raw values first (1/255 for uint8 images).
-        mean, std: per-channel statistics of the scaled training inputs: finite numbers, std > 0,
-            both of the same length (one value per channel, or one for all channels).
-        image_size: `(height, width)` raw images are resized to, or None (fixed-size inputs).
+        scale: number > 0 that multiplies the raw values first (1/255 for uint8 images).
+        mean, std: per-channel statistics of the scaled training inputs, both of the same length
+            (one value per channel, or one for all channels).
+        image_size: `(height, width)` raw images are resized to (each side at most
+            `MAX_IMAGE_SIDE`), or None (fixed-size inputs).
+
+    Every number must be a normal float32 (std and scale >= 1.18e-38, |value| <= 3.4e38), and so
+    must scale / std and mean / std: the record is applied in float32, where a value finite only
+    in float64 would serve inf or NaN.
 
     Raises:
         ValueError: naming the field that is invalid.
@@ -102,31 +150,39 @@ class Preprocessing:
                 f"Preprocessing `input_dtype` must be a numeric dtype, one of {list(NUMERIC_DTYPES)}, "
                 f"received {self.input_dtype!r}."
             )
-        if not _is_real_number(self.scale) or not math.isfinite(self.scale) or self.scale <= 0:
+        if not _is_real_number(self.scale) or not self.scale > 0:
             raise ValueError(
-                f"Preprocessing `scale` must be a finite number > 0, received {self.scale!r}."
+                f"Preprocessing `scale` must be a finite number > 0, received {_short(self.scale)}."
             )
+        scale = _float32_finite("scale", self.scale, positive=True)
         mean = _channel_values("mean", self.mean)
         std = _channel_values("std", self.std)
-        if any(s <= 0 for s in std):
-            raise ValueError(f"Preprocessing `std` must be > 0 in every channel, received {std}.")
         if len(mean) != len(std):
             raise ValueError(
                 f"Preprocessing `mean` and `std` must have the same length, received {len(mean)} "
                 f"and {len(std)} values."
             )
+        # The record is the affine map x -> x * (scale / std) - mean / std: both coefficients must
+        # be finite in float32 too (mean 1e30 over std 1e-30 is each finite, but not their ratio).
+        for s, m in zip(std if len(std) > 1 else std * len(mean), mean):
+            for what, ratio in (("scale / std", scale / s), ("mean / std", abs(m) / s)):
+                if not ratio <= FLOAT32_MAX:
+                    raise ValueError(
+                        f"Preprocessing {what} overflows float32 (scale={scale!r}, mean={m!r}, "
+                        f"std={s!r}): the model would be served inf and NaN."
+                    )
         image_size = self.image_size
         if image_size is not None:
             if (isinstance(image_size, (str, bytes, dict)) or not hasattr(image_size, "__iter__")
                     or len(tuple(image_size)) != 2
-                    or not all(_is_integer(s) and s >= 1 for s in image_size)):
+                    or not all(_is_integer(s) and 1 <= s <= MAX_IMAGE_SIDE for s in image_size)):
                 raise ValueError(
-                    "Preprocessing `image_size` must be None or two integers >= 1 "
-                    f"(height, width), received {image_size!r}."
+                    f"Preprocessing `image_size` must be None or two integers in [1, "
+                    f"{MAX_IMAGE_SIDE}] (height, width), received {_short(image_size)}."
                 )
             image_size = tuple(int(s) for s in image_size)
         object.__setattr__(self, "input_dtype", dtype)
-        object.__setattr__(self, "scale", float(self.scale))
+        object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
         object.__setattr__(self, "image_size", image_size)
@@ -135,6 +191,33 @@ class Preprocessing:
     def num_channels(self):
         """How many channels `mean` and `std` describe (1: the same for every channel)."""
         return len(self.mean)
+
+    def check_fits(self, input_shape, what="the model"):
+        """Raises ValueError unless the record can feed inputs of `input_shape` (batch axis first).
+
+        One mean/std per channel (or one for all), and `image_size` only for image inputs
+        `(batch, height, width, channels)` whose known sides it equals.
+        """
+        input_shape = tuple(input_shape)
+        channels = input_shape[-1]
+        if self.num_channels != 1 and channels is not None and self.num_channels != channels:
+            raise ValueError(
+                f"The preprocessing has {self.num_channels} channel statistics (mean and std), but "
+                f"{what} takes inputs of shape {input_shape[1:]}: {channels} channels."
+            )
+        if self.image_size is not None:
+            if len(input_shape) != 4:
+                raise ValueError(
+                    f"The preprocessing resizes images to {self.image_size}, but {what} takes "
+                    f"inputs of shape {input_shape[1:]}, not (height, width, channels)."
+                )
+            if any(want is not None and want != got
+                   for want, got in zip(input_shape[1:3], self.image_size)):
+                raise ValueError(
+                    f"The preprocessing resizes images to {self.image_size}, but {what} takes "
+                    f"{input_shape[1:3]} images."
+                )
+        return self
 
     def to_dict(self):
         """The JSON form of the record: keys input_dtype, scale, mean, std, image_size."""

@@ -145,3 +145,49 @@ def test_works_without_tensorflow_and_says_when_resizing_needs_it():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ImportError: Resizing to image_size=(4, 4) uses tf.image.resize" in done.stdout
     assert "TensorFlow is not installed" in done.stdout
+
+
+# Issue 22: records finite in float64 but not in float32 were accepted, then served NaN.
+@pytest.mark.parametrize("record, message", [
+    (dict(mean=(1e300,)), "`mean` must be finite in float32"),
+    (dict(mean=(-1e39,)), "`mean` must be finite in float32"),
+    (dict(mean=(10**400,)), "`mean` must be finite in float32"),
+    (dict(std=(1e-300,)), "`std` must be >= "),
+    (dict(std=(1e-39,)), "`std` must be >= "),   # subnormal in float32: precision lost
+    (dict(std=(1e39,)), "`std` must be finite in float32"),
+    (dict(scale=1e-300), "`scale` must be >= "),  # 0 in float32: every input the same
+    (dict(scale=1e300), "`scale` must be finite in float32"),
+    (dict(scale=10**400), "`scale` must be finite in float32"),
+    (dict(mean=(1e30,), std=(1e-30,)), "mean / std overflows float32"),
+    (dict(scale=1e30, std=(1e-30,)), "scale / std overflows float32"),
+    (dict(mean=(0.0,) * 5000, std=(1.0,) * 5000), "at most 4096 channels"),
+    (dict(image_size=(10**400, 8)), "`image_size` must be None or two integers in \\[1, 16384\\]"),
+    (dict(image_size=(16385, 8)), "`image_size`"),
+])
+def test_a_record_that_float32_cannot_hold_is_refused(record, message):
+    with pytest.raises(ValueError, match=message) as error:
+        Preprocessing(**record)
+    assert len(str(error.value)) < 400
+
+
+def test_records_at_the_float32_limits_stay_finite_when_applied():
+    edge = Preprocessing(scale=1e-30, mean=(1e-30,), std=(1e-30,))
+    out = edge(np.array([[0.0, 1.0, 255.0]], "float32"))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, [[-1.0, 0.0, 254.0]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("record, shape, message", [
+    (IMAGES, (None, 6, 5, 1), "3 channel statistics"),
+    (IMAGES, (None, 3), "not \\(height, width, channels\\)"),
+    (IMAGES, (None, 5, 6, 3), "takes \\(5, 6\\) images"),
+])
+def test_a_record_that_does_not_fit_the_model_input_says_why(record, shape, message):
+    with pytest.raises(ValueError, match=message):
+        record.check_fits(shape, "the model")
+
+
+def test_a_record_fits_inputs_of_its_channels_or_any_with_one_statistic():
+    assert IMAGES.check_fits((None, 6, 5, 3)) is IMAGES
+    assert IMAGES.check_fits((None, None, None, 3)) is IMAGES
+    Preprocessing(mean=(0.5,), std=(2.0,)).check_fits((None, 40))
