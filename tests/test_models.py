@@ -276,3 +276,47 @@ def test_an_unrolled_chain_deeper_than_pythons_recursion_limit_builds():
     model = g.PlainMLP(num_blocks=600, width=2, input_shape=(2,), num_classes=2)
     assert model.num_blocks == 600 and len(model.layers) > 1200
     assert sys.getrecursionlimit() == limit  # restored afterwards
+
+
+@pytest.mark.parametrize("scan", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["unrolled", "scanned"])
+def test_a_compiled_glonet_mlp_read_back_from_keras_file_trains_again(scan, tmp_path):
+    # GloNetMLP overrides `compile` (no XLA for a scan on TensorFlow): without the matching
+    # compile-config methods Keras loaded it "compiled" without an optimizer, and `fit` failed
+    # with "No loss to compute" for every model.keras that train.py and the demo write.
+    model = g.GloNetMLP(**{**TINY_MLP, "scan": scan, "normalization": "layer" if scan else None})
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    y = np.arange(16) % 5
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded.optimizer, keras.optimizers.Adam)
+    history = loaded.fit(x, y, epochs=2, verbose=0).history
+    assert history["loss"][1] < history["loss"][0] and "accuracy" in history
+    assert loaded.jit_compile is (False if scan else model.jit_compile)
+
+
+def _image_preset_model():
+    from glonet_keras.preprocessing import Preprocessing
+
+    model = g.GloNetCNN(**TINY_CNN)
+    model.preprocessing = Preprocessing(input_dtype="uint8", scale=1 / 255, mean=(0.5, 0.5),
+                                        std=(0.25, 0.25))
+    return model
+
+
+def test_raw_uint8_images_are_refused_by_a_model_trained_on_preprocessed_ones():
+    model = _image_preset_model()
+    raw = np.full((2, 8, 8, 2), 255, "uint8")
+    for call in (model, model.predict, model.predict_on_batch):
+        with pytest.raises(ValueError, match=r"received uint8 inputs.*model.preprocess\(x\)"):
+            call(raw)
+    expected = model.predict(np.full((2, 8, 8, 2), 2.0, "float32"), verbose=0)
+    np.testing.assert_allclose(model.predict(model.preprocess(raw), verbose=0), expected,
+                               rtol=1e-5, atol=1e-5)
+    # A model without a uint8 record (built here, or a float preset) takes what it is given.
+    model.preprocessing = None
+    assert model(raw).shape == (2, 5)
+    with pytest.raises(ValueError, match="no preprocessing record"):
+        model.preprocess(raw)

@@ -237,3 +237,45 @@ def test_early_exit_accuracy_refuses_labels_and_inputs_it_cannot_score():
         analysis.early_exit_accuracy(model, np.full_like(x, np.nan), np.array([0, 1, 2, 3]))
     with pytest.raises(ValueError, match="One-hot labels have 5 classes"):
         analysis.early_exit_accuracy(model, x, np.eye(5)[[0, 1, 2, 3]])
+
+
+@pytest.mark.parametrize("kwargs, hint", [
+    (dict(pretrained=True), "pretrained= is timm's create_model argument"),
+    (dict(weights="imagenet"), "weights= is keras.applications'"),
+    (dict(load_weights=False), "from_preset(name, load_weights=False)"),
+    (dict(in_chans=3), "input_shape=(height, width, channels)"),
+    (dict(drop_rate=0.1), "use `dropout`"),
+    (dict(num_labels=3), "use `num_classes`"),
+    (dict(classifier_activation="softmax"), "returns logits"),
+])
+def test_foreign_keywords_get_the_right_hint_not_the_closest_name(kwargs, hint):
+    with pytest.raises(TypeError, match="unexpected keyword argument") as error:
+        g.GloNetMLP(**TINY_FOR[g.GloNetMLP], **kwargs)
+    assert hint in str(error.value)
+    assert "did you mean" not in str(error.value)  # pretrained -> trainable, weights -> width
+
+
+@pytest.mark.parametrize("cls, field, value", [
+    (g.GloNetMLP, "width", 10**400), (g.GloNetMLP, "num_classes", 2**31),
+    (g.GloNetCNN, "depth", None), (g.GloNetViT, "num_heads", 10**20),
+])
+def test_a_huge_integer_argument_is_a_value_error_naming_it(cls, field, value):
+    kwargs = {**TINY_FOR[cls]}
+    if value is None:  # blocks_per_stage entries go through the same check
+        field, value = "blocks_per_stage", (1, 10**400, 1)
+        kwargs.pop("depth", None)
+    kwargs[field] = value
+    with pytest.raises(ValueError, match=field) as error:
+        cls(**kwargs)
+    assert len(str(error.value)) < 300  # no 400-digit number in the message
+
+
+def test_huge_input_shapes_are_refused_naming_the_shape():
+    with pytest.raises(ValueError, match="input_shape.*<an integer of about 41 digits>"):
+        g.GloNetMLP(num_blocks=1, width=2, input_shape=(10**40,))
+
+
+def test_the_base_class_of_every_model_is_public():
+    assert g.GloNetModelBase is g.models.GloNetModelBase
+    assert all(issubclass(cls, g.GloNetModelBase) for cls in MODEL_CLASSES.values())
+    assert callable(g.GloNetModelBase.from_preset) and "GloNetModelBase" in g.__all__

@@ -1,6 +1,7 @@
 """Model builders, and the registry of model names used by the training programs and the zoo."""
 
 from glonet_keras.models.cnn import GloNetCNN, PlainCNN, ResNetCNN
+from glonet_keras.models.common import GloNetModelBase
 from glonet_keras.models.mlp import GloNetMLP, PlainMLP, ResNetMLP
 from glonet_keras.models.vit import GloNetViT, ViT
 

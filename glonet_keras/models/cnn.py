@@ -107,6 +107,36 @@ def _block_strides(blocks_per_stage, stage_widths):
 
 class _CNNBase(common.GloNetModelBase):
     input_name = "images"
+    size_arguments = ("depth", "blocks_per_stage", "width", "layout", "patch_size", "num_classes",
+                      "input_shape")
+
+    @classmethod
+    def estimate_size(cls, config):
+        c = cls._config_with_defaults(config)
+        layout = c.get("layout") if isinstance(c.get("layout"), str) else "cifar"
+        default_width, multipliers, depths, default_depth = LAYOUTS.get(layout, LAYOUTS["cifar"])
+        width = default_width if c.get("width") is None else common.size_int(c.get("width"))
+        widths = [width * m for m in multipliers]
+        depth = default_depth if c.get("depth") is None else c.get("depth")
+        if isinstance(c.get("blocks_per_stage"), (list, tuple)):
+            counts = [common.size_int(n) for n in c["blocks_per_stage"]]
+        elif depths is not None:
+            counts = depths.get(depth, depths[default_depth]) if isinstance(depth, int) else (1,)
+        else:
+            counts = [max(1, (common.size_int(depth) - 2) // (2 * len(widths)))] * len(widths)
+        shape = common.size_shape(c.get("input_shape"))
+        rank = min(max(len(shape) - 1, 1), 2)
+        kernel = {"cifar": 3, "imagenet": 7}.get(
+            layout, common.size_int(c.get("patch_size") or DEFAULT_PATCH_SIZE))
+        classes = common.size_int(c.get("num_classes"))
+        parameters = kernel**rank * shape[-1] * widths[0] + widths[-1] * (classes + 1)
+        previous = widths[0]
+        for count, filters in zip(counts, widths):
+            # Two 3x3 convolutions per block, the stage's tap projection, norms and biases.
+            parameters += count * (3**rank * (previous + filters) * filters + 6 * filters)
+            parameters += filters * widths[-1] + previous * filters
+            previous = filters
+        return {"parameters": parameters, "blocks": sum(counts), "unrolled": True}
 
     def _setup(self, args):
         """Validates the arguments (in place); returns (input, blocks per stage, stage widths)."""

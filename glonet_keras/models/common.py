@@ -20,10 +20,28 @@ HEAD_INITIALIZERS = (None, "zeros")
 NORMALIZATIONS = (None, "batch", "layer")
 
 
+# No size, count or dimension of a model is larger: a bigger integer (10**400 from a JSON preset) is a
+# mistake or an attack, refused by name here rather than deep inside Keras as an OverflowError.
+MAX_INT = 2**31 - 1
+
+
+def short_repr(value):
+    """repr(value), except that a huge integer is named by its number of digits."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(value) > 10**15:
+        return f"<an integer of about {int(abs(int(value)).bit_length() * 0.30103) + 1} digits>"
+    if isinstance(value, (list, tuple)):
+        items = ", ".join(short_repr(v) for v in value[:8]) + (", ..." if len(value) > 8 else "")
+        return f"({items})" if isinstance(value, tuple) else f"[{items}]"
+    return repr(value)
+
+
 def check_positive_int(name, value):
-    """Returns `value` as a Python int >= 1 (numpy integers too); raises ValueError otherwise."""
-    if isinstance(value, (bool,)) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1, received {value!r}.")
+    """Returns `value` as a Python int in [1, MAX_INT] (numpy integers too); else ValueError."""
+    if (isinstance(value, (bool,)) or not isinstance(value, numbers.Integral) or value < 1
+            or value > MAX_INT):
+        raise ValueError(
+            f"`{name}` must be an integer in [1, {MAX_INT}], received {short_repr(value)}."
+        )
     return int(value)
 
 
@@ -35,7 +53,7 @@ def check_shape(shape, what, *, allow_none, ranks=None):
     def valid(d):
         if d is None:
             return allow_none
-        return not isinstance(d, bool) and isinstance(d, numbers.Integral) and d >= 1
+        return not isinstance(d, bool) and isinstance(d, numbers.Integral) and 1 <= d <= MAX_INT
 
     if (
         not isinstance(shape, (tuple, list))
@@ -47,9 +65,23 @@ def check_shape(shape, what, *, allow_none, ranks=None):
         rank_text = f" of {' or '.join(map(str, ranks))} dimensions" if ranks else ""
         raise ValueError(
             f"`input_shape` of {what} must be a tuple{rank_text} of {sizes}, without the batch "
-            f"dimension; received {shape!r}."
+            f"dimension; received {short_repr(shape)}."
         )
     return tuple(None if d is None else int(d) for d in shape)
+
+
+def size_int(value):
+    """A size read from an unchecked config: the integer, or 1 where it is not an integer >= 1."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    return 1
+
+
+def size_shape(shape):
+    """An unchecked `input_shape` as sizes (unknown or invalid ones count as 1)."""
+    if isinstance(shape, (list, tuple)) and shape:
+        return [size_int(d) for d in shape]
+    return [1]
 
 
 def check_choice(name, value, allowed):
@@ -169,15 +201,43 @@ def dtype_name(dtype):
 
 # Keyword arguments a model accepts besides its constructor's own (what `get_config` adds).
 _MODEL_KWARGS = ("name", "trainable")
-# Arguments of keras.applications / keras-hub that mean something else here: say what to use instead.
+# Arguments of keras.applications, keras-hub, timm and transformers that mean something else here: say
+# what to use instead ({cls} is the class the user called).
 _FOREIGN_ARGUMENTS = {
+    "pretrained": "pretrained= is timm's create_model argument; load pretrained weights with "
+                  "glonet_keras.create_model(name, pretrained=True) or {cls}.from_preset(name)",
+    "weights": "weights= is keras.applications'; load pretrained weights with "
+               "glonet_keras.create_model(name, pretrained=True) or {cls}.from_preset(name)",
+    "load_weights": "load_weights= is from_preset's argument: {cls}.from_preset(name, "
+                    "load_weights=False) builds a preset's architecture without its weights",
     "include_top": "a GloNet always ends in its linear head; for features read `model.block_outputs`",
-    "weights": "load pretrained weights with glonet_keras.create_model(name, pretrained=True) or "
-               "<Class>.from_preset(name)",
     "pooling": "GloNet taps pool every block already; the head reads their sum",
     "classes": "use `num_classes`",
+    "num_labels": "use `num_classes`",
     "input_tensor": "pass `input_shape`",
+    "in_chans": "pass `input_shape=(height, width, channels)`",
+    "img_size": "pass `input_shape=(height, width, channels)`",
+    "drop_rate": "use `dropout` (the rate before the head)",
+    "classifier_activation": "the head returns logits; apply keras.ops.softmax, or read an "
+                             "export's `probabilities`",
+    "checkpoint_path": "load a preset folder or .keras file with {cls}.from_preset(path), or "
+                       "weights with model.load_weights(path)",
 }
+# The same keywords given to from_preset / create_model(pretrained=True), which load weights anyway.
+_FOREIGN_PRESET_ARGUMENTS = {
+    "pretrained": "pretrained= is timm's; from_preset(name) always loads the preset's pretrained "
+                  "weights (load_weights=False skips them)",
+    "weights": "weights= is keras.applications'; from_preset loads the preset's weights, "
+               "load_weights=False skips them",
+    "load_weights": "load_weights= is an argument of from_preset, not of create_model: use "
+                    "create_model(name) for the architecture without weights",
+}
+
+
+def foreign_argument_advice(key, cls, *, preset=False):
+    """What to use instead of another library's keyword `key`, or None if it is not one."""
+    advice = (_FOREIGN_PRESET_ARGUMENTS.get(key) if preset else None) or _FOREIGN_ARGUMENTS.get(key)
+    return None if advice is None else advice.format(cls=cls.__name__)
 
 
 def _graph_nodes(outputs):
@@ -225,11 +285,76 @@ class GloNetModelBase(keras.Model):
     """
 
     default_name = None
+    # The constructor arguments that decide the model's size, named in a refusal of a preset that
+    # is too large (`estimate_size`).
+    size_arguments = ()
+    # How raw inputs become model inputs (a `glonet_keras.preprocessing.Preprocessing`): set on a
+    # model loaded from a preset or a run directory, None on a freshly built one.
+    preprocessing = None
 
     def __init__(self, *args, **kwargs):
         outputs = kwargs.get("outputs", args[1] if len(args) > 1 else None)
         with deep_graph_headroom(outputs):
             super().__init__(*args, **kwargs)
+
+    @classmethod
+    def estimate_size(cls, config):
+        """`{"parameters": int, "blocks": int, "unrolled": bool}` for constructor arguments `config`,
+        computed with Python integers and nothing built (so a preset can be refused before any
+        allocation). An estimate within a small factor; invalid arguments count as 1 (the
+        constructor refuses them by name)."""
+        raise NotImplementedError
+
+    @classmethod
+    def _config_with_defaults(cls, config):
+        parameters = inspect.signature(cls.__init__).parameters
+        defaults = {name: p.default for name, p in parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        return {**defaults, **config}
+
+    def __call__(self, *args, **kwargs):
+        self._refuse_raw_integers(args[0] if args else kwargs.get("inputs"))
+        return super().__call__(*args, **kwargs)
+
+    def _refuse_raw_integers(self, x):
+        """A preset trained on uint8 images takes preprocessed floats: raw integers are refused.
+
+        Keras would cast raw pixels (0..255) to float32 and predict silently wrong classes.
+        """
+        raw = getattr(self.preprocessing, "input_dtype", None)
+        dtype = getattr(x, "dtype", None)
+        if raw is None or dtype is None or not raw.startswith(("uint", "int")):
+            return
+        try:
+            name = keras.backend.standardize_dtype(dtype)
+        except (ValueError, TypeError, AttributeError):
+            return
+        if name.startswith(("uint", "int")):
+            pre = self.preprocessing
+            raise ValueError(
+                f"{self.name!r} received {name} inputs of shape {tuple(x.shape)}: it takes "
+                f"preprocessed float32 inputs, not raw {raw} images. Apply `model.preprocess(x)` "
+                f"first (its preprocessing: x * {pre.scale:.6g}, minus mean {list(pre.mean)}, over "
+                f"std {list(pre.std)}), or export it with export_saved_model, whose graph takes "
+                "raw images."
+            )
+
+    def preprocess(self, x):
+        """Raw inputs -> model inputs with the model's `preprocessing` (numpy in, numpy out).
+
+        Example: `model.predict(model.preprocess(uint8_images))` for a model loaded from a preset.
+
+        Raises:
+            ValueError: the model has no preprocessing record (built here, not loaded).
+        """
+        if self.preprocessing is None:
+            raise ValueError(
+                f"{self.name!r} has no preprocessing record: only a model loaded from a preset or "
+                "a run directory carries one (`model.preprocessing`). Preprocess the inputs "
+                "yourself, or set `model.preprocessing` to a glonet_keras.preprocessing."
+                "Preprocessing."
+            )
+        return self.preprocessing(x)
 
     @classmethod
     def _valid_arguments(cls):
@@ -245,7 +370,7 @@ class GloNetModelBase(keras.Model):
         for key in kwargs:
             if key in valid:
                 continue
-            advice = _FOREIGN_ARGUMENTS.get(key)
+            advice = foreign_argument_advice(key, cls)
             if key in ("aggregation", "include_stem", "head_initializer"):
                 advice = f"only GloNet models take it; {cls.__name__} is a baseline without a sum"
             if advice is None:
@@ -320,24 +445,32 @@ class GloNetModelBase(keras.Model):
         }
 
     @classmethod
-    def from_preset(cls, preset, *, cache_dir=None, origin=None, **overrides):
+    def from_preset(cls, preset, *, load_weights=True, cache_dir=None, origin=None, **overrides):
         """Loads a pretrained model: a registered name, a preset directory or `.keras` file, or a URL.
 
         Called on a subclass (e.g. `GloNetCNN.from_preset`), the preset must hold that class.
-        `**overrides` are constructor arguments (e.g. `num_classes=3` for a fresh head), exactly as
-        in `glonet_keras.create_model(name, pretrained=True, **overrides)`.
-        Example: `GloNetModelBase.from_preset("glonet_cnn_digits")` (see `glonet_keras.presets`).
+        `load_weights=False` builds the preset's architecture without fetching or loading its
+        weights (keras-hub's argument). `**overrides` are constructor arguments (e.g.
+        `num_classes=3` for a fresh head), exactly as in
+        `glonet_keras.create_model(name, pretrained=True, **overrides)`.
+        Example: `glonet_keras.GloNetModelBase.from_preset("glonet_cnn_digits")` (see
+        `glonet_keras.presets`).
         """
         from glonet_keras import presets  # Lazy: presets imports the model classes.
 
         expected = None if cls is GloNetModelBase else cls
-        return presets.from_preset(preset, expected, cache_dir=cache_dir, origin=origin, **overrides)
+        return presets.from_preset(preset, expected, load_weights=load_weights,
+                                   cache_dir=cache_dir, origin=origin, **overrides)
 
-    def save_to_preset(self, preset_dir):
-        """Writes config.json, model.weights.h5 and metadata.json to `preset_dir` (from_preset reads it)."""
+    def save_to_preset(self, preset_dir, *, name=None):
+        """Writes config.json, model.weights.h5 and metadata.json to `preset_dir` (from_preset reads it).
+
+        The saved model is named `name`, by default the preset folder's name (so an export of the
+        loaded preset lands in `<export_dir>/<preset name>/`).
+        """
         from glonet_keras import presets
 
-        return presets.save_preset(self, preset_dir)
+        return presets.save_preset(self, preset_dir, name=name)
 
     @classmethod
     def from_config(cls, config):

@@ -14,6 +14,8 @@ head reads:
 convert a model between the two forms with the same weights and the same outputs.
 """
 
+import math
+
 import keras
 
 from glonet_keras import skeleton
@@ -23,6 +25,17 @@ from glonet_keras.models import common
 
 class _MLPBase(common.GloNetModelBase):
     input_name = "features"
+    size_arguments = ("num_blocks", "width", "num_classes", "input_shape", "scan")
+
+    @classmethod
+    def estimate_size(cls, config):
+        c = cls._config_with_defaults(config)
+        blocks, width, classes = (common.size_int(c.get(k)) for k in
+                                  ("num_blocks", "width", "num_classes"))
+        features = math.prod(common.size_shape(c.get("input_shape")))
+        parameters = (features * width + width + blocks * (width * width + 3 * width)
+                      + width * classes + classes)
+        return {"parameters": parameters, "blocks": blocks, "unrolled": c.get("scan") is not True}
 
     def _setup(self, args):
         """Validates the constructor arguments (in place); returns the input and the stem's output."""
@@ -146,6 +159,21 @@ class GloNetMLP(_MLPBase):
                                  "use jit_compile=False (or 'auto'), or the JAX backend.")
             jit_compile = False
         super().compile(*args, jit_compile=jit_compile, **kwargs)
+
+    # Keras skips compiling a loaded model whose class overrides `compile` unless the class also
+    # overrides these two (it warned, then `fit` failed with "No loss to compute"). The saved
+    # config is what `compile` recorded; compiling from it goes through the override above, so a
+    # scanned model loaded on another backend gets its own jit_compile.
+    def get_compile_config(self):
+        return super().get_compile_config()
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        if config.get("jit_compile") is True and self._constructor_args.get("scan"):
+            config["jit_compile"] = "auto"
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
 
 
 @keras.saving.register_keras_serializable(package="glonet_keras")

@@ -100,6 +100,23 @@ def _conv_tokens(x, *, patch_size, hidden_dim, initializer, dtype):
 
 class _ViTBase(common.GloNetModelBase):
     input_name = "images"
+    size_arguments = ("num_blocks", "hidden_dim", "mlp_dim", "patch_size", "num_classes",
+                      "input_shape")
+
+    @classmethod
+    def estimate_size(cls, config):
+        c = cls._config_with_defaults(config)
+        blocks, dim, mlp, patch, classes = (common.size_int(c.get(k)) for k in (
+            "num_blocks", "hidden_dim", "mlp_dim", "patch_size", "num_classes"))
+        shape = common.size_shape(c.get("input_shape"))
+        height, width, channels = shape if len(shape) == 3 else (1, 1, 1)
+        tokens = max(height // patch, 1) * max(width // patch, 1) + 1
+        parameters = (
+            patch * patch * channels * dim + 9 * (channels + dim * patch.bit_length()) * dim
+            + tokens * dim + blocks * (4 * dim * dim + 2 * dim * mlp + mlp + 9 * dim)
+            + dim * (classes + 2) + classes
+        )
+        return {"parameters": parameters, "blocks": blocks, "unrolled": True}
 
     def _build_encoder(self, args):
         common.check_common(args)
