@@ -363,6 +363,37 @@ def inference_latency(model, x, batch_sizes=DEFAULT_BATCH_SIZES, repeats=30, war
     return results
 
 
+def interleaved_latency(models, x, batch_sizes=DEFAULT_BATCH_SIZES, repeats=30, warmup=3):
+    """`inference_latency` of several models, timed in rounds: `{key: {batch: (median, q25, q75)}}`.
+
+    `models` is `{key: model}`. Each round times one call of every model at every batch size, so
+    a slow spell of a shared machine (other jobs, frequency scaling) lands on every model alike
+    instead of on whichever was being timed then: the ORDER of the medians, which a latency
+    budget picks by, is what this protects. Warm-up calls are not timed.
+    """
+    example = np.asarray(x)[:1]
+    batch_sizes = [int(b) for b in batch_sizes]
+    inputs = {b: np.repeat(example, b, axis=0) for b in batch_sizes}
+    forwards = {key: _compiled_forward(model) for key, model in models.items()}
+    for forward in forwards.values():
+        for batch in batch_sizes:
+            for _ in range(warmup):
+                forward(inputs[batch])
+    samples = {(key, b): [] for key in forwards for b in batch_sizes}
+    for _ in range(repeats):
+        for key, forward in forwards.items():
+            for batch in batch_sizes:
+                start = time.perf_counter()
+                forward(inputs[batch])
+                samples[key, batch].append(1000.0 * (time.perf_counter() - start))
+    results = {}
+    for (key, batch), timings in samples.items():
+        quartiles = statistics.quantiles(timings, n=4) if len(timings) > 1 else timings * 3
+        results.setdefault(key, {})[batch] = (statistics.median(timings), quartiles[0],
+                                              quartiles[-1])
+    return results
+
+
 # ----------------------------------------------------------------------------- depth table
 
 
@@ -456,14 +487,15 @@ def depth_table(model, data, batch_sizes=DEFAULT_BATCH_SIZES, depths=None, repea
     batch_sizes = _check_batch_sizes(batch_sizes)
     x, y = _as_arrays(data, "data")
     accuracies = analysis.early_exit_accuracy(model, x, y, batch_size=batch_size)
+    truncated = {k: analysis.truncate(model, k) for k in depths}
+    latencies = interleaved_latency(truncated, x[:1], batch_sizes, repeats=repeats)
     rows = []
     for k in depths:
-        truncated = analysis.truncate(model, k)
-        latency = inference_latency(truncated, x[:1], batch_sizes, repeats=repeats)
+        latency = latencies[k]
         rows.append(DepthRow(
             depth=k, accuracy=float(accuracies[k - 1]),
-            parameters=count_parameters(truncated),
-            flops=count_flops(truncated, input_shape=x.shape[1:]),
+            parameters=count_parameters(truncated[k]),
+            flops=count_flops(truncated[k], input_shape=x.shape[1:]),
             latency_ms={b: latency[b][0] for b in batch_sizes},
             latency_iqr_ms={b: [latency[b][1], latency[b][2]] for b in batch_sizes},
         ))
@@ -472,19 +504,27 @@ def depth_table(model, data, batch_sizes=DEFAULT_BATCH_SIZES, depths=None, repea
 
 def depth_within_budget(table, latency_budget_ms, batch_size=1):
     """The most accurate row of `table` whose latency at `batch_size` fits the budget (ties: the
-    smallest k). Raises ValueError, naming the fastest depth, when none fits."""
+    smallest k). Raises ValueError, naming the fastest depth, when none fits.
+
+    A row's latency counts as at least that of every smaller k (the running maximum over k): the
+    first k blocks include the first k - 1, so a deeper prefix measured faster is noise, and a
+    pick must not jump to it. Picks whose latency lies near the budget can still differ between
+    runs on a noisy machine: `depth_table` times every k in interleaved rounds and reports the
+    interquartile range; leave headroom, or raise `repeats`."""
     if (isinstance(latency_budget_ms, bool) or not isinstance(latency_budget_ms, numbers.Real)
             or not latency_budget_ms > 0):
         raise ValueError(
             f"`latency_budget_ms` must be a number > 0, received {latency_budget_ms!r}.")
     if not table or batch_size not in table[0].latency_ms:
         raise ValueError(f"The depth table has no latency at batch size {batch_size}.")
-    fitting = [row for row in table if row.latency_ms[batch_size] <= latency_budget_ms]
+    rows = sorted(table, key=lambda row: row.depth)
+    envelope = np.maximum.accumulate([row.latency_ms[batch_size] for row in rows])
+    fitting = [row for row, latency in zip(rows, envelope) if latency <= latency_budget_ms]
     if not fitting:
-        fastest = min(table, key=lambda row: row.latency_ms[batch_size])
+        fastest = rows[0]
         raise ValueError(
             f"No depth fits a budget of {latency_budget_ms} ms at batch size {batch_size}: the "
-            f"fastest, k={fastest.depth}, takes {fastest.latency_ms[batch_size]:.3f} ms."
+            f"smallest depth, k={fastest.depth}, takes {fastest.latency_ms[batch_size]:.3f} ms."
         )
     return max(fitting, key=lambda row: (row.accuracy, -row.depth))
 

@@ -144,6 +144,53 @@ def export_saved_model(
     path = export_saved_model(model, "/tmp/serving")  # /tmp/serving/glonet_cnn_digits/1
     ```
     """
+    return prepare_saved_model(
+        model, export_dir, version, preprocessing=preprocessing, model_name=model_name,
+        input_dtype=input_dtype, task=task, class_names=class_names, early_exits=early_exits,
+        exits=exits, anytime=anytime, anytime_threshold=anytime_threshold,
+        anytime_exits=anytime_exits, overwrite=overwrite,
+    ).write()
+
+
+@dataclasses.dataclass
+class PreparedSavedModel:
+    """A traced export not yet written: `path` is where `write()` puts it (and returns it).
+
+    `prepare_saved_model` checks everything and traces every signature; only `write()` touches the
+    disk. A program writing several outputs (a SavedModel and ONNX files) prepares them all first,
+    so a failure in any of them leaves nothing half-written."""
+
+    path: str
+    archive: object
+    metadata: dict
+    overwrite: bool
+
+    def write(self):
+        _write_atomically(self.archive, self.metadata, self.path, self.overwrite)
+        return self.path
+
+
+def prepare_saved_model(
+    model,
+    export_dir,
+    version=1,
+    *,
+    preprocessing=None,
+    model_name=None,
+    input_dtype=None,
+    task=None,
+    class_names=None,
+    early_exits=True,
+    exits=None,
+    anytime=False,
+    anytime_threshold=DEFAULT_ANYTIME_THRESHOLD,
+    anytime_exits=None,
+    overwrite=False,
+):
+    """`export_saved_model` up to the write: checks, traces, and returns a `PreparedSavedModel`.
+
+    Same arguments and errors as `export_saved_model`; nothing is written until `.write()`.
+    """
     tf = _import_tensorflow()
     if keras.backend.backend() not in ("tensorflow", "jax"):
         raise ValueError(
@@ -199,8 +246,17 @@ def export_saved_model(
         "keras_backend": keras.backend.backend(),
         "keras_version": keras.__version__,
     }
-    _write_atomically(archive, metadata, path, overwrite)
-    return path
+    return PreparedSavedModel(path=path, archive=archive, metadata=metadata, overwrite=overwrite)
+
+
+def export_path(model, export_dir, version=1, model_name=None):
+    """`<export_dir>/<model_name>/<version>`, where `export_saved_model` would write, checked: a
+    safe folder name (default `default_model_name(model)`) and an integer version >= 1."""
+    if isinstance(version, bool) or not isinstance(version, numbers.Integral) or version < 1:
+        raise ValueError(f"`version` must be an integer >= 1, received {version!r}.")
+    model_name = check_path_component(default_model_name(model) if model_name is None
+                                      else model_name)
+    return os.path.join(os.fspath(export_dir), model_name, str(int(version)))
 
 
 def default_model_name(model):

@@ -115,6 +115,47 @@ def export_onnx(
     >>> session = onnxruntime.InferenceSession(files["exit_4"])
     >>> logits, probabilities = session.run(["logits", "probabilities"], {"images": raw_images})
     """
+    return prepare_onnx(
+        model, path, exits=exits, anytime=anytime, anytime_threshold=anytime_threshold,
+        anytime_exits=anytime_exits, preprocessing=preprocessing, input_dtype=input_dtype,
+        task=task, class_names=class_names, opset=opset, overwrite=overwrite,
+    ).write()
+
+
+class PreparedOnnx:
+    """Converted ONNX models not yet written: `paths` is `{signature: file}`; `write()` writes
+    them all (each beside its target, then moved into place) and returns `paths`."""
+
+    def __init__(self, protos, paths, overwrite):
+        self.protos, self.paths, self.overwrite = protos, paths, overwrite
+
+    def write(self):
+        onnx, _ = _import_converters()
+        _write_all(onnx, self.protos, self.paths, self.overwrite)
+        return self.paths
+
+
+def prepare_onnx(
+    model,
+    path,
+    *,
+    exits=None,
+    anytime=False,
+    anytime_threshold=export_lib.DEFAULT_ANYTIME_THRESHOLD,
+    anytime_exits=None,
+    preprocessing=None,
+    input_dtype=None,
+    task=None,
+    class_names=None,
+    opset=DEFAULT_OPSET,
+    overwrite=False,
+):
+    """`export_onnx` up to the write: checks and converts every graph, returns a `PreparedOnnx`.
+
+    Same arguments and errors as `export_onnx`; nothing is written until `.write()`, so a
+    program can convert before writing anything else (a model tf2onnx cannot convert then leaves
+    no other output behind).
+    """
     tf = export_lib._import_tensorflow()
     onnx, _ = _import_converters()
     if keras.backend.backend() != "tensorflow":
@@ -171,8 +212,7 @@ def export_onnx(
         protos[name] = _to_onnx(onnx, function, opset)
         onnx.helper.set_model_props(protos[name], {METADATA_KEY: json.dumps(
             {**record, "signature": name, "defaults": defaults})})
-    _write_all(onnx, protos, paths, overwrite)
-    return paths
+    return PreparedOnnx(protos, paths, overwrite)
 
 
 class _FrozenEndpoints:

@@ -130,10 +130,28 @@ def test_depth_within_budget_picks_the_most_accurate_that_fits():
     table = [row(1, 0.5, 1.0), row(2, 0.9, 2.0), row(3, 0.9, 3.0), row(4, 0.95, 4.0)]
     assert deploy.depth_within_budget(table, 3.5).depth == 2  # ties go to the smaller k
     assert deploy.depth_within_budget(table, 10).depth == 4
-    with pytest.raises(ValueError, match="fastest, k=1, takes 1.000 ms"):
+    with pytest.raises(ValueError, match="smallest depth, k=1, takes 1.000 ms"):
         deploy.depth_within_budget(table, 0.5)
     with pytest.raises(ValueError, match="no latency at batch size 64"):
         deploy.depth_within_budget(table, 5, batch_size=64)
+    # Noise: k=3 measured faster than k=2, which it contains. The pick must not jump to it.
+    noisy = [row(1, 0.5, 1.0), row(2, 0.6, 2.0), row(3, 0.9, 1.5), row(4, 0.95, 4.0)]
+    assert deploy.depth_within_budget(noisy, 1.8).depth == 1
+    assert deploy.depth_within_budget(list(reversed(noisy)), 2.5).depth == 3
+
+
+def test_latency_is_timed_in_interleaved_rounds(monkeypatch):
+    # A slow spell of a shared machine must land on every depth alike, not on the one being timed
+    # then: each round calls every model once per batch size.
+    calls = []
+    monkeypatch.setattr(deploy, "_compiled_forward", lambda model: lambda x: calls.append(
+        (model, len(x))))
+    results = deploy.interleaved_latency({"a": "A", "b": "B"}, np.zeros((1, 3)), (1, 4),
+                                         repeats=3, warmup=1)
+    assert calls[4:] == [("A", 1), ("A", 4), ("B", 1), ("B", 4)] * 3  # after 4 warm-up calls
+    assert set(results) == {"a", "b"} and set(results["a"]) == {1, 4}
+    median, low, high = results["b"][4]
+    assert 0 <= low <= median <= high
 
 
 # ------------------------------------------------------------------------------- anytime
@@ -483,12 +501,13 @@ def _deploy_cli(*args, timeout=300):
 @pytest.mark.parametrize("args, message", [
     (["--export_dir=/tmp/x"], "give --preset .* or --run_dir"),
     (["--preset=a", "--run_dir=b", "--export_dir=/tmp/x"], "not both"),
-    (["--preset=glonet_mlp_digits"], "--export_dir is required"),
+    (["--preset=glonet_mlp_digits", "--export_dir="], "--export_dir is empty"),
+    (["--preset=glonet_mlp_digits", "--report=/tmp/r.json", "--plot=/tmp/r.json"],
+     "--report and --plot name the same file"),
     (["--preset=glonet_mlp_digits", "--export_dir=/tmp/x", "--tolerance=2"], "--tolerance must be in \\[0, 1\\]"),
     (["--preset=glonet_mlp_digits", "--export_dir=/tmp/x", "--tolerance=0.1",
       "--latency_budget_ms=3"], "either --tolerance or --latency_budget_ms"),
     (["--preset=glonet_mlp_digits", "--export_dir=/tmp/x", "--split=train2"], "--split"),
-    (["--preset=no_such_preset", "--export_dir=/tmp/x"], "no_such_preset"),
 ])
 def test_deploy_cli_bad_flags_exit_2_with_one_line(args, message):
     done = _deploy_cli(*args)
@@ -516,6 +535,123 @@ def test_deploy_cli_on_a_digits_preset(tmp_path):
     assert (tmp_path / "tradeoff.png").exists() and (tmp_path / "digits.onnx").exists()
     assert (tmp_path / f"digits_exit_{k}.onnx").exists()
     assert f"k={k}" in done.stdout
+
+
+# Runs training/deploy.py's main() on several command lines in ONE interpreter (one TensorFlow
+# import for all), with `depth_table` recorded, and replaced by a cheap fake unless measuring is
+# what a case is about. Prints one JSON line per case: exit status, stderr, measured or not.
+_CLI_CASES = """
+    import contextlib, io, json, sys, traceback
+    sys.path.insert(0, sys.argv[1] + "/training")
+    import deploy as cli
+    from glonet_keras import deploy as deploy_lib, onnx_export
+
+    real_depth_table = deploy_lib.depth_table
+    for case in json.loads(sys.argv[2]):
+        measured = []
+
+        def depth_table(model, data, **kwargs):
+            measured.append(True)
+            if case.get("measure"):
+                return real_depth_table(model, data, **kwargs)
+            rows = [deploy_lib.DepthRow(k, 0.5 + k / 100, 1, 1, {1: k, 64: k}, {1: [k, k], 64: [k, k]})
+                    for k in kwargs["depths"]]
+            return rows
+
+        deploy_lib.depth_table = depth_table
+        if case.get("onnx_fails"):
+            onnx_export._to_onnx = lambda *args: (_ for _ in ()).throw(ValueError("tf2onnx: no Erfc"))
+        stderr, stdout, status = io.StringIO(), io.StringIO(), 0
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+            try:
+                cli.FLAGS.unparse_flags()
+                cli.main(cli.FLAGS(["deploy.py"] + case["argv"]))
+            except SystemExit as exit:
+                status = exit.code
+            except BaseException:
+                status = "traceback"
+                traceback.print_exc()
+        print(json.dumps({"status": status, "stderr": stderr.getvalue()[-3000:],
+                          "stdout": stdout.getvalue()[-3000:], "measured": bool(measured)}))
+"""
+
+
+def _cli_cases(cases, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    script = "\n".join(line[4:] for line in _CLI_CASES.splitlines())
+    done = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT), json.dumps(cases)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(answers) == len(cases), done.stdout[-3000:]
+    return answers
+
+
+def _one_line_error(answer, status, message):
+    reasons = [line for line in answer["stderr"].splitlines() if line.startswith("deploy.py: error: ")]
+    assert answer["status"] == status, answer
+    assert len(reasons) == 1 and re.search(message, reasons[0]), answer["stderr"]
+    assert "Traceback" not in answer["stderr"]
+
+
+def test_deploy_cli_checks_before_measuring_and_writes_all_or_nothing(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    existing = tmp_path / "serving" / "glonet_mlp_digits" / "1"
+    existing.mkdir(parents=True)
+    (tmp_path / "old.onnx").write_text("old")
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.keras", "preprocessing.json"):
+        (run / name).write_text("{}")
+    metrics = {"not json": "{", "a list": "[1, 2]", "nested": "[" * 100_000 + "]" * 100_000,
+               "a string dataset": json.dumps({"dataset": "digits", "config": {"dataset": "digits"}}),
+               "a list config": json.dumps({"dataset": {}, "config": [1]}),
+               "a bad seed": json.dumps({"dataset": {}, "config": {"dataset": "digits", "seed": "x"}})}
+    digits = f"--preset={DIGITS_MLP}"
+    cases = [  # (argv, exit status, message)
+        (["--preset=no_such_preset"], 2, "no_such_preset"),
+        (["--preset=http://127.0.0.1:9/no_preset"], 1, "127.0.0.1:9"),
+        ([digits, f"--report={tmp_path / 'folder'}"], 2, "--report .*folder is a folder"),
+        ([digits, f"--plot={tmp_path / 'a_file' / 'plot.png'}"], 2, "a_file is not a folder"),
+        ([digits, f"--report={tmp_path}/"], 2, "--report must name a file"),
+        ([digits, f"--export_dir={tmp_path / 'a_file'}"], 2, "--export_dir .*a_file is not a folder"),
+        ([digits, f"--export_dir={tmp_path / 'serving'}"], 2,
+         "glonet_mlp_digits/1 exists: pass --overwrite to replace it"),
+        ([digits, f"--onnx_path={tmp_path / 'old.onnx'}"], 2, "old.onnx exists: pass --overwrite"),
+    ]
+    for label, text in metrics.items():
+        (run / f"metrics_{len(cases)}").mkdir()
+        folder = run / f"metrics_{len(cases)}"
+        for name in ("model.keras", "preprocessing.json"):
+            (folder / name).write_text("{}")
+        (folder / "metrics.json").write_text(text)
+        cases.append(([f"--run_dir={folder}"], 2, "metrics.json (is not valid JSON|must hold a JSON "
+                                                   "object|is not a train.py metrics record)"))
+    report = tmp_path / "new" / "folder" / "report.json"  # missing folders are created
+    serving_dir = tmp_path / "serving_2"
+    answers = _cli_cases([{"argv": argv} for argv, _, _ in cases] + [
+        {"argv": [digits, f"--report={report}", "--latency_budget_ms=4.5"]},
+        {"argv": [digits, f"--export_dir={serving_dir}", f"--onnx_path={tmp_path / 'onnx' / 'd.onnx'}",
+                  f"--report={tmp_path / 'r.json'}"], "onnx_fails": True},
+    ])
+    for (argv, status, message), answer in zip(cases, answers):
+        _one_line_error(answer, status, message)
+        assert not answer["measured"], argv  # refused before any measuring
+    assert sorted(os.listdir(existing)) == [] and (tmp_path / "old.onnx").read_text() == "old"
+
+    # Without --export_dir it chooses and reports only.
+    chosen, failed = answers[len(cases):]
+    assert chosen["status"] == 0, chosen
+    record = json.loads(report.read_text())
+    # The fake table's latency at batch 1 is k ms: a 4.5 ms budget takes k=4, and says so.
+    assert record["depth"] == 4 and record["export_path"] is None and record["onnx"] is None
+    assert "k=4 of 8" in chosen["stdout"] and "latency at batch 1 4.000 ms" in chosen["stdout"]
+    assert "nothing exported" in chosen["stdout"]
+    # ONNX conversion fails (as the ViTs' did): neither the SavedModel nor anything else is written.
+    _one_line_error(failed, 2, "nothing was written: tf2onnx: no Erfc")
+    assert not serving_dir.exists() and not (tmp_path / "onnx").exists()
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_the_model_card_renders_the_depth_table(digits_mlp, tmp_path):

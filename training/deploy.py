@@ -13,7 +13,12 @@ optionally, the same graphs as ONNX files). Examples:
     python training/deploy.py --run_dir=/tmp/digits_glonet --latency_budget_ms=0.5 \
         --export_dir=/tmp/serving --onnx_path=/tmp/onnx/digits.onnx
 
-A bad flag value exits with status 2 and a one-line reason, before anything is loaded.
+Without --export_dir (and --onnx_path) it chooses and reports only. Every output path (--report,
+--plot, the SavedModel version, the ONNX files) is checked before anything is measured; the ONNX
+graphs are converted and the SavedModel traced before anything is written, so a model that cannot
+be exported leaves no half of its outputs behind. A bad flag, an existing output without
+--overwrite, or a preset or run directory that cannot be read exits with status 2 and a one-line
+reason; a failure of the machine (a download, a full disk) with status 1, also in one line.
 """
 
 import json
@@ -45,10 +50,13 @@ flags.DEFINE_float("latency_budget_ms", None, "Instead of a tolerance: the most 
 flags.DEFINE_integer("latency_batch_size", 1, "Batch size the latency budget refers to.")
 flags.DEFINE_integer("repeats", 30, "Timed calls per depth and batch size.")
 # The export.
-flags.DEFINE_string("export_dir", None, "TF Serving base path: writes <export_dir>/<name>/<version>.")
-flags.DEFINE_string("model_name", None, "Folder name under export_dir; default the model's name.")
+flags.DEFINE_string("export_dir", None, "TF Serving base path: writes <export_dir>/<name>/<version>. "
+                                        "Without it (and --onnx_path), choose and report only.")
+flags.DEFINE_string("model_name", None, "Folder name under export_dir; default the preset's name "
+                                        "(else the model's).")
 flags.DEFINE_integer("version", 1, "SavedModel version.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing version (atomically).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing SavedModel version and ONNX files "
+                                      "(atomically).")
 flags.DEFINE_list("exits", [], "More exit_<k> signatures besides the chosen k.")
 flags.DEFINE_enum("anytime", "auto", ["auto", "true", "false"],
                   "Add the anytime signature (auto: when the model supports it).")
@@ -62,12 +70,14 @@ flags.DEFINE_string("report", None, "Write the choice and the depth table as JSO
 flags.DEFINE_string("plot", None, "Write the accuracy-latency plot (PNG) here.")
 
 SPLITS = ("validation", "train")
+MAX_RECORD_BYTES = 8 * 2**20  # metrics.json and preprocessing.json of a run directory.
 
 
-def fail(message):
-    """One line on stderr, exit status 2: what a user sees for any bad flag value."""
+def fail(message, status=2):
+    """One line on stderr, then exit: status 2 for what the user can fix in the command (a flag,
+    an existing output, an unreadable preset), 1 for a failure of the machine (network, disk)."""
     print(f"deploy.py: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def parse_flags(argv):
@@ -83,8 +93,9 @@ def check_flags():
         if FLAGS.preset is None:
             raise ValueError("give --preset (a zoo name or directory) or --run_dir (a train.py run)")
         raise ValueError("give --preset or --run_dir, not both")
-    if not FLAGS.export_dir:
-        raise ValueError("--export_dir is required (the TF Serving base path)")
+    if FLAGS.export_dir == "":
+        raise ValueError("--export_dir is empty: give the TF Serving base path, or leave the flag "
+                         "out to choose and report only")
     if FLAGS.tolerance is not None and FLAGS.latency_budget_ms is not None:
         raise ValueError("give either --tolerance or --latency_budget_ms, not both")
     if FLAGS.tolerance is not None and not 0.0 <= FLAGS.tolerance <= 1.0:
@@ -107,9 +118,62 @@ def check_flags():
     except ValueError:
         raise ValueError(f"--exits and --anytime_exits must be integers, received {FLAGS.exits} "
                          f"and {FLAGS.anytime_exits}") from None
-    if FLAGS.onnx_path and not FLAGS.onnx_path.endswith(".onnx"):
+    if FLAGS.onnx_path is not None and not FLAGS.onnx_path.endswith(".onnx"):
         raise ValueError(f"--onnx_path must end in .onnx, received {FLAGS.onnx_path!r}")
+    outputs = {flag: FLAGS[flag].value for flag in ("report", "plot", "onnx_path")
+               if FLAGS[flag].value is not None}
+    for flag, path in outputs.items():
+        check_output_file(path, f"--{flag}")
+    if FLAGS.export_dir is not None:
+        check_output_folder(FLAGS.export_dir, "--export_dir")
+    same = _first_duplicate(outputs)
+    if same:
+        raise ValueError(f"{same[0]} and {same[1]} name the same file {outputs[same[0][2:]]!r}")
     return extra_exits, anytime_exits
+
+
+def _first_duplicate(outputs):
+    seen = {}
+    for flag, path in outputs.items():
+        real = os.path.realpath(path)
+        if real in seen:
+            return f"--{seen[real]}", f"--{flag}"
+        seen[real] = flag
+    return None
+
+
+def _nearest_existing(path):
+    """The nearest existing folder `path` would be created in (itself, if it exists)."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_output_folder(path, flag):
+    """A folder an output is written into (created if missing): refused now, before any work, if
+    it is a file, or if the folder it would be created in is not a writable folder."""
+    if not path:
+        raise ValueError(f"{flag} is empty")
+    existing = _nearest_existing(path)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {path}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write into {existing}")
+
+
+def check_output_file(path, flag):
+    """A file an output is written to: not a folder, a link or a special file (a FIFO would hang
+    the write); its folder (created if missing) must be writable. Checked before any work."""
+    if not path or path.endswith(os.sep):
+        raise ValueError(f"{flag} must name a file, received {path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a folder: give a file path inside it")
+    if os.path.islink(path):
+        raise ValueError(f"{flag} {path} is a symbolic link: refusing to write through it")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise ValueError(f"{flag} {path} exists and is not a regular file")
+    check_output_folder(os.path.dirname(os.path.abspath(path)), flag)
 
 
 def load_model():
@@ -127,23 +191,68 @@ def load_model():
     return _load_run(FLAGS.run_dir)
 
 
+def read_json_record(path, max_bytes=MAX_RECORD_BYTES):
+    """A JSON object read from `path`; ValueError naming the file for anything else (too large,
+    not UTF-8, not JSON, nested too deeply, not an object)."""
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise ValueError(f"{path} has {size} bytes, over the {max_bytes} a record may have")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON: it is nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} must hold a JSON object, received {type(record).__name__}")
+    return record
+
+
+def run_record(path):
+    """`(dataset record, config)` of a train.py metrics.json, their types checked."""
+    record = read_json_record(path)
+    dataset, config = record.get("dataset"), record.get("config")
+    if not isinstance(dataset, dict) or not isinstance(config, dict):
+        raise ValueError(f"{path} is not a train.py metrics record: it needs the objects "
+                         "'dataset' and 'config'")
+    expected = {"dataset": (str,), "seed": (int, type(None)), "data_dir": (str, type(None)),
+                "image_size": (list, type(None))}
+    for key, types in expected.items():
+        value = config.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ValueError(f"{path} is not a train.py metrics record: config {key!r} is "
+                             f"{str(value)[:60]!r}")
+    if config["image_size"] is not None and (
+            len(config["image_size"]) != 2 or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in config["image_size"])):
+        raise ValueError(f"{path}: config 'image_size' must be two sizes > 0, received "
+                         f"{str(config['image_size'])[:60]}")
+    for key, types in (("task", str), ("class_names", list)):
+        if dataset.get(key) is not None and not isinstance(dataset[key], types):
+            raise ValueError(f"{path}: dataset {key!r} must be a {types.__name__}, received "
+                             f"{str(dataset[key])[:60]!r}")
+    return dataset, config
+
+
 def _load_run(run_dir):
     from glonet_keras import presets
-    from glonet_keras.preprocessing import load_preprocessing
+    from glonet_keras.preprocessing import Preprocessing
 
     paths = {name: os.path.join(run_dir, name)
              for name in ("model.keras", "preprocessing.json", "metrics.json")}
     missing = [name for name, path in paths.items() if not os.path.isfile(path)]
     if missing:
         raise ValueError(f"--run_dir {run_dir} lacks {missing}: is it a finished train.py run?")
-    model = presets.load_preset_directory(paths["model.keras"])
-    model.preprocessing = load_preprocessing(paths["preprocessing.json"])
+    # The small records first: a malformed one is refused before the model is loaded.
+    dataset, config = run_record(paths["metrics.json"])
     try:
-        with open(paths["metrics.json"]) as handle:
-            record = json.load(handle)
-        dataset, config = record["dataset"], record["config"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{paths['metrics.json']} is not a train.py metrics record: {error}") from None
+        preprocessing = Preprocessing.from_dict(read_json_record(paths["preprocessing.json"]))
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{paths['preprocessing.json']} is not a valid preprocessing record: "
+                         f"{error}") from None
+    model = presets.load_preset_directory(paths["model.keras"])
+    model.preprocessing = preprocessing
     model.preset_metadata = {"task": dataset.get("task"), "class_names": dataset.get("class_names")}
     return model, config["dataset"], config
 
@@ -190,6 +299,49 @@ def print_table(table, depth):
               f"parameters {row.parameters:,}  MFLOPs {row.flops / 1e6:.3f}{mark}")
 
 
+def export_targets(model):
+    """`(SavedModel version path or None, {signature: ONNX file} or None)`, refused now (before
+    any measuring) when one exists and --overwrite is not given."""
+    from glonet_keras import export, onnx_export
+    from glonet_keras.skeleton import skeleton
+
+    saved_model = None
+    if FLAGS.export_dir is not None:
+        saved_model = export.export_path(model, FLAGS.export_dir, FLAGS.version, FLAGS.model_name)
+        if os.path.islink(saved_model) or (os.path.lexists(saved_model)
+                                           and not os.path.isdir(saved_model)):
+            raise ValueError(f"{saved_model} exists and is not a SavedModel folder")
+        if os.path.lexists(saved_model) and not FLAGS.overwrite:
+            raise ValueError(f"{saved_model} exists: pass --overwrite to replace it, or another "
+                             "--version or --model_name")
+    onnx_files = None
+    if FLAGS.onnx_path is not None:
+        # The exits are not known yet (k is chosen later): check every file an export could write.
+        num_blocks = skeleton(model).num_blocks
+        onnx_files = onnx_export.onnx_paths(FLAGS.onnx_path, range(1, num_blocks + 1), True)
+        existing = [path for path in onnx_files.values() if os.path.lexists(path)]
+        for path in existing:
+            check_output_file(path, "--onnx_path")
+        if existing and not FLAGS.overwrite:
+            raise ValueError(f"{existing[0]} exists: pass --overwrite to replace it, or another "
+                             "--onnx_path")
+    return saved_model, onnx_files
+
+
+def write_report(path, record):
+    """The report, written beside its target then renamed: never half a JSON file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.partial-{os.getpid()}")
+    try:
+        with open(temporary, "w") as handle:
+            json.dump(record, handle, indent=2)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 def main(argv):
     from absl import logging
 
@@ -201,53 +353,80 @@ def main(argv):
     except ValueError as error:
         fail(error)
     from glonet_keras import deploy
-    from glonet_keras.export import export_saved_model
+    from glonet_keras.export import prepare_saved_model
     from glonet_keras.skeleton import skeleton
 
     try:
         model, dataset, config = load_model()
+        targets = export_targets(model)
         data, dataset = validation_data(model, dataset, config)
+    except (ValueError, FileNotFoundError, ImportError) as error:  # PresetError is a ValueError.
+        fail(error)
+    except OSError as error:  # A download that fails (PresetDownloadError), a disk error.
+        fail(error, status=1)
+    try:
         depth, choice, table = choose(model, data)
-        anytime = FLAGS.anytime == "true" or (
-            FLAGS.anytime == "auto" and not skeleton(model).stacked)
-        exits = sorted({depth, *extra_exits})
-        export_kwargs = dict(exits=exits, anytime=anytime, anytime_threshold=FLAGS.anytime_threshold,
-                             anytime_exits=anytime_exits)
-        # A preset is served under its zoo name; a run under its model's name.
-        model_name = FLAGS.model_name or model.preset_metadata.get("name") or model.name
-        path = export_saved_model(model, FLAGS.export_dir, version=FLAGS.version,
-                                  model_name=model_name, overwrite=FLAGS.overwrite,
-                                  **export_kwargs)
-        onnx_files = None
-        if FLAGS.onnx_path:
-            from glonet_keras.onnx_export import export_onnx
-
-            onnx_files = export_onnx(model, FLAGS.onnx_path, overwrite=FLAGS.overwrite,
-                                     **export_kwargs)
-        if FLAGS.plot:
-            deploy.plot_accuracy_latency(table, FLAGS.plot, batch_size=FLAGS.latency_batch_size,
-                                         title=f"{model_name}: accuracy against latency")
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
+    except ValueError as error:  # No depth fits the budget; labels that do not fit the model.
         fail(error)
     print_table(table, depth)
     row = next(r for r in table if r.depth == depth)
     rule = (f"latency budget {FLAGS.latency_budget_ms} ms at batch {FLAGS.latency_batch_size}"
             if choice is None else f"tolerance {100 * choice.tolerance:g} %")
+    budget_batch = FLAGS.latency_batch_size
+    low, high = row.latency_iqr_ms[budget_batch]
     print(f"chosen: k={depth} of {len(table)} blocks ({rule}): accuracy {100 * row.accuracy:.2f} % "
-          f"on the {FLAGS.split} split, full model {100 * table[-1].accuracy:.2f} %")
-    print(f"SavedModel: {path} (signatures exit_{depth}{', anytime' if anytime else ''})")
-    if onnx_files:
-        print(f"ONNX: {', '.join(onnx_files.values())}")
-    if FLAGS.report:
-        record = {
-            "model": model.name, "dataset": dataset, "split": FLAGS.split, "depth": depth,
-            "choice": None if choice is None else choice.to_dict(),
-            "latency_budget_ms": FLAGS.latency_budget_ms,
-            "depth_table": [r.to_dict() for r in table],
-            "export_path": path, "onnx": onnx_files,
-        }
-        with open(FLAGS.report, "w") as handle:
-            json.dump(record, handle, indent=2)
+          f"on the {FLAGS.split} split, full model {100 * table[-1].accuracy:.2f} %; latency at "
+          f"batch {budget_batch} {row.latency_ms[budget_batch]:.3f} ms (median, interquartile "
+          f"range {low:.3f}-{high:.3f} ms, measured here)")
+
+    anytime = FLAGS.anytime == "true" or (FLAGS.anytime == "auto" and not skeleton(model).stacked)
+    exits = sorted({depth, *extra_exits})
+    export_kwargs = dict(exits=exits, anytime=anytime, anytime_threshold=FLAGS.anytime_threshold,
+                         anytime_exits=anytime_exits)
+    saved_model, onnx_files = targets
+    path = None
+    try:
+        # Everything is traced and converted before anything is written.
+        # ONNX first: tf2onnx refuses more graphs than the SavedModel tracer does.
+        prepared_onnx = prepared_saved_model = None
+        if onnx_files is not None:
+            from glonet_keras.onnx_export import prepare_onnx
+
+            prepared_onnx = prepare_onnx(model, FLAGS.onnx_path, overwrite=FLAGS.overwrite,
+                                         **export_kwargs)
+        if saved_model is not None:
+            prepared_saved_model = prepare_saved_model(
+                model, FLAGS.export_dir, version=FLAGS.version, model_name=FLAGS.model_name,
+                overwrite=FLAGS.overwrite, **export_kwargs)
+    except (ValueError, FileExistsError, ImportError) as error:
+        fail(f"nothing was written: {error}")
+    try:
+        if prepared_saved_model is not None:
+            path = prepared_saved_model.write()
+        if prepared_onnx is not None:
+            onnx_files = prepared_onnx.write()
+        if FLAGS.plot:
+            deploy.plot_accuracy_latency(table, FLAGS.plot, batch_size=FLAGS.latency_batch_size,
+                                         title=f"{model.name}: accuracy against latency")
+        if path:
+            print(f"SavedModel: {path} (signatures exit_{depth}{', anytime' if anytime else ''})")
+        if onnx_files:
+            print(f"ONNX: {', '.join(onnx_files.values())}")
+        if path is None and onnx_files is None:
+            print("no --export_dir or --onnx_path: nothing exported")
+        if FLAGS.report:
+            write_report(FLAGS.report, {
+                "model": model.name, "dataset": dataset, "split": FLAGS.split, "depth": depth,
+                "choice": None if choice is None else choice.to_dict(),
+                "latency_budget_ms": FLAGS.latency_budget_ms,
+                "latency_batch_size": FLAGS.latency_batch_size,
+                "depth_table": [r.to_dict() for r in table],
+                "export_path": path, "onnx": onnx_files,
+            })
+    except (ValueError, FileExistsError) as error:
+        fail(error)
+    except OSError as error:  # A full disk, a folder removed meanwhile.
+        fail(error, status=1)
 
 
 if __name__ == "__main__":
