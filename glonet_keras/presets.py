@@ -31,9 +31,15 @@ place with `os.replace`, so a failed download leaves nothing behind and concurre
 What the loader refuses (each with an error naming the preset and the file): file names outside the
 list above, links and special files (FIFO, device, directory) where a file should be, preset and
 cache names that are not one plain path component, a cache folder or file that is a symbolic link,
-malformed JSON and weights, configs naming a class the library does not define, and any Keras
-older than `SAFE_KERAS` (whose safe mode lets a weights or `.keras` file read local files).
-`.keras` files are loaded with `safe_mode=True`.
+malformed JSON and weights, configs naming a class the library does not define, architectures
+estimated over `MAX_PRESET_PARAMETERS` parameters or `MAX_PRESET_BLOCKS` unrolled blocks (refused
+before anything is built), preprocessing records that float32 cannot hold or that do not fit the
+model's input, class names that do not match its outputs, and any Keras older than `SAFE_KERAS`
+(whose safe mode lets a weights or `.keras` file read local files). `.keras` files are loaded with
+`safe_mode=True`, after their zip members' sizes (JSON at most 8 MiB) and their model config have
+been checked. A `model.keras` in a run directory brings the `preprocessing.json` beside it.
+A download killed outright (SIGKILL) leaves its temporary `.part` file behind; the next fetch of
+the same file removes it, under the file's lock.
 """
 
 import contextlib
@@ -92,6 +98,17 @@ READ_TIMEOUT_S = 60.0  # for any single network operation
 MAX_DOWNLOAD_BYTES = 256 * 2**20  # for a file whose size no registry records
 MAX_JSON_BYTES = 8 * 2**20
 LOCK_TIMEOUT_S = 600.0
+# The largest architecture a preset's config may describe, checked on an estimate before anything is
+# built: 500 million parameters (2 GB of float32 weights; a ViT-L/16 has 304 million), and 1,024
+# unrolled blocks (an unrolled depth-1,000 GloNet MLP takes about 4 minutes to build and compile on 2
+# CPU cores; a scanned GloNetMLP builds in a second at any depth and is not counted).
+MAX_PRESET_PARAMETERS = 500_000_000
+MAX_PRESET_BLOCKS = 1024
+# A .keras archive: its JSON members are read whole by Keras, so they get the JSON cap; the weights
+# member may hold at most MAX_PRESET_PARAMETERS float32 values, plus room for HDF5's own records.
+MAX_KERAS_JSON_BYTES = 8 * 2**20
+MAX_KERAS_MEMBER_BYTES = 4 * MAX_PRESET_PARAMETERS + 64 * 2**20
+MAX_KERAS_MEMBERS = 1000
 _CHUNK = 1 << 16
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # One plain path component: it can never be "", "." or "..", or hold a separator.
@@ -286,12 +303,22 @@ def create_model(name, pretrained=False, *, cache_dir=None, origin=None, **overr
 
 
 def _check_arguments(model_class, arguments, what, error_class):
-    """Raises `error_class` for an argument `model_class` does not take, naming the closest one."""
+    """Raises `error_class` for an argument `model_class` does not take, naming the closest one.
+
+    Another library's keyword (keras.applications' `weights=`, timm's `pretrained=`) gets advice
+    on what to use here instead of the closest name (which would be `width` and `trainable`).
+    """
+    from glonet_keras.models.common import foreign_argument_advice
+
     valid = _constructor_arguments(model_class)
     for key in arguments:
         if key not in valid:
+            advice = foreign_argument_advice(key, model_class, preset=True)
             closest = difflib.get_close_matches(str(key), sorted(valid), n=1, cutoff=0.4)
-            hint = f" Did you mean {closest[0]!r}?" if closest else ""
+            if advice is not None:
+                hint = f" {advice}."
+            else:
+                hint = f" Did you mean {closest[0]!r}?" if closest else ""
             raise error_class(
                 f"{what}: {model_class.__name__} takes no argument {key!r}.{hint} "
                 f"Valid arguments: {sorted(valid)}."
@@ -484,6 +511,7 @@ def fetch_file(url, destination, sha256=None, *, max_bytes=None, deadline_s=None
     with _file_lock(lock, LOCK_TIMEOUT_S if lock_timeout is None else lock_timeout):
         if _is_valid(destination, sha256):  # Another process fetched it while we waited.
             return destination
+        _remove_stale_partials(destination)
         _download(
             url, destination, sha256,
             max_bytes=MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes,
@@ -506,6 +534,26 @@ def _is_valid(path, sha256):
             "Remove it and try again."
         )
     return sha256 is not None and sha256_of(path) == sha256
+
+
+def _partial_pattern(destination):
+    # tempfile.mkstemp's names in _stream_to_cache: the prefix, 8 random characters, the suffix.
+    return re.compile(re.escape(f".{destination.name}.") + r"[a-z0-9_]{8}\.part")
+
+
+def _remove_stale_partials(destination):
+    """Removes the temporary files that downloads of `destination` left behind when killed.
+
+    Called under the file's lock, so no live download of this file is writing one. Only regular
+    files named exactly as `_stream_to_cache` names them are removed (a link, even one with such a
+    name, is left alone and never followed), and only in the cache folder itself.
+    """
+    pattern = _partial_pattern(destination)
+    with os.scandir(destination.parent) as entries:
+        for entry in entries:
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
 
 
 class _Watchdog:
@@ -800,9 +848,14 @@ def _read_json(path, what):
         text = stream.read(MAX_JSON_BYTES + 1)
     if len(text) > MAX_JSON_BYTES:
         raise PresetError(f"{what}: {path} is larger than {MAX_JSON_BYTES} bytes.")
+    return _parse_json(text, what, path)
+
+
+def _parse_json(text, what, path):
     try:
         return json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        # ValueError beyond JSONDecodeError: an integer of more than 4,300 digits (Python's limit).
         reason = "nested too deeply" if isinstance(error, RecursionError) else error
         raise PresetError(f"{what}: {path} is not valid JSON ({reason}).") from None
 
@@ -817,14 +870,54 @@ def _read_config(directory, what):
         model_class = _model_class(saved.get("class_name"))
     except PresetError as error:
         raise PresetError(f"{what}: {path}: {error}") from None
-    _check_arguments(model_class, saved["config"], f"{what}: {path}", PresetError)
-    name = saved["config"].get("name")
+    _check_config(model_class, saved["config"], f"{what}: {path}")
+    return model_class, saved["config"]
+
+
+def _check_config(model_class, config, what):
+    """A config.json's constructor arguments: known keys, a plain name, a bounded architecture."""
+    _check_arguments(model_class, config, what, PresetError)
+    name = config.get("name")
     if name is not None and not (isinstance(name, str) and _SAFE_MODEL_NAME.fullmatch(name)):
         raise PresetError(
-            f"{what}: {path} names the model {name!r}; a model name is letters, digits, '_', '.' "
+            f"{what} names the model {_short(name)}; a model name is letters, digits, '_', '.' "
             "and '-', never a path."
         )
-    return model_class, saved["config"]
+    check_architecture(model_class, config, what)
+
+
+def _short(value):
+    from glonet_keras.models.common import short_repr
+
+    text = short_repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def check_architecture(model_class, config, what):
+    """Refuses constructor arguments whose model would exceed `MAX_PRESET_PARAMETERS` parameters or
+    `MAX_PRESET_BLOCKS` unrolled blocks, on an estimate computed before anything is built.
+
+    Raises:
+        PresetError: naming the arguments that set the size and their values.
+    """
+    size = model_class.estimate_size(config)
+    fields = ", ".join(f"{key}={_short(config[key])}" for key in model_class.size_arguments
+                       if key in config)
+    parameters = size["parameters"]
+    if parameters > MAX_PRESET_PARAMETERS:
+        amount = (f"{parameters:,}" if parameters < 10**15
+                  else f"about 10^{int(parameters.bit_length() * 0.30103)}")
+        raise PresetError(
+            f"{what} describes a {model_class.__name__} of {amount} parameters ({fields}), over "
+            f"the limit of {MAX_PRESET_PARAMETERS:,} for a preset; nothing was built. "
+            "Build a model that large in code, not from a preset file."
+        )
+    if size["unrolled"] and size["blocks"] > MAX_PRESET_BLOCKS:
+        raise PresetError(
+            f"{what} describes a {model_class.__name__} of {_short(size['blocks'])} blocks "
+            f"({fields}), over the limit of {MAX_PRESET_BLOCKS} unrolled blocks for a preset; "
+            "nothing was built. Build it in code (a GloNetMLP with scan=True builds at any depth)."
+        )
 
 
 def _read_metadata(directory, what):
@@ -896,7 +989,7 @@ def require_safe_keras():
 
 
 def load_preset_directory(directory, expected_class=None, verify=True, *, source=None,
-                          **overrides):
+                          load_weights=True, **overrides):
     """Builds the model stored in a preset directory (or a `.keras` file) and loads its weights.
 
     Args:
@@ -905,28 +998,33 @@ def load_preset_directory(directory, expected_class=None, verify=True, *, source
         verify: check every file whose sha256 metadata.json records.
         source: how the user named the preset (a name or URL), for messages and the record of a
             fine-tune; default the directory.
+        load_weights: False builds the architecture only (a preset directory, not a .keras file).
         **overrides: constructor arguments replacing the config's (see `create_model`).
 
     Returns:
         The model, with `model.preset_metadata` (a dict) and `model.preprocessing` (a
         `Preprocessing`, or None when the preset records none). With overrides that change the
         config, the metadata says what the model was fine-tuned from and carries no metrics.
+        A `model.keras` written by the trainer gets the `preprocessing.json` beside it (checked as
+        a preset's record is).
     """
     require_safe_keras()
     path = Path(directory)
     source = source or str(path)
     what = f"preset {source!r}"
     if path.suffix == ".keras" and not path.is_dir():
+        _check_load_weights(load_weights, what)
         # The path the user gave may be a link; only the files inside a preset folder may not.
         model = _load_keras_file(path, what, overrides, follow_links=True)
         _check_class(model, expected_class, what)
-        return _attach_metadata(model, {}, {}, source)
+        return _attach_metadata(model, _run_metadata(path, what), {}, source)
     if not path.is_dir():
         raise PresetError(f"{what}: {path} is neither a preset directory nor a .keras file.")
     metadata = _read_metadata(path, what)
     if verify:
         _verify_files(path, metadata, what)
     if not os.path.lexists(path / CONFIG_FILE) and os.path.lexists(path / KERAS_FILE):
+        _check_load_weights(load_weights, what)
         model = _load_keras_file(path / KERAS_FILE, what, overrides)
         _check_class(model, expected_class, what)
         return _attach_metadata(model, metadata, {}, source)
@@ -939,12 +1037,79 @@ def load_preset_directory(directory, expected_class=None, verify=True, *, source
     _check_arguments(model_class, overrides, what, TypeError)
     changed = {k: v for k, v in overrides.items() if _jsonable(v) != _jsonable(config.get(k))}
     model = _build(model_class, config, what)
-    _load_weights(model, path / WEIGHTS_FILE, what)
+    if load_weights:
+        _load_weights(model, path / WEIGHTS_FILE, what)
     if changed:
         pretrained, model = model, _build(model_class, {**config, **changed}, what)
         new_head = model.output.shape != pretrained.output.shape
         _transfer_weights(pretrained, model, what, skip_head=new_head)
     return _attach_metadata(model, metadata, changed, source)
+
+
+def _check_load_weights(load_weights, what):
+    if not load_weights:
+        raise PresetError(
+            f"{what}: a .keras file always loads with its weights; load_weights=False applies to "
+            "preset directories and registered names."
+        )
+
+
+# What the trainer writes beside its model.keras in a run directory.
+RUN_PREPROCESSING_FILE = "preprocessing.json"
+
+
+def _run_metadata(path, what):
+    """A run directory's `model.keras` carries the `preprocessing.json` the trainer wrote beside it.
+
+    The record is read like a preset's (a regular file, never through a link, at most 8 MiB, the
+    same validation); a record that is there but invalid is refused, not ignored.
+    """
+    sibling = Path(path).parent / RUN_PREPROCESSING_FILE
+    if Path(path).name != KERAS_FILE or not os.path.lexists(sibling):
+        return {}
+    record = _read_json(sibling, what)
+    _preprocessing(record, f"{what}: {sibling}")
+    return {"preprocessing": record}
+
+
+def _check_keras_archive(path, what, follow_links):
+    """Refuses a .keras zip whose members would make Keras read more than the caps (a member that
+    inflates to gigabytes), and one whose model config is too large to build, before Keras reads
+    any of it."""
+    import zipfile
+
+    with _open_regular(path, what, follow_links) as stream:
+        try:
+            with zipfile.ZipFile(stream) as archive:
+                members = archive.infolist()
+                if len(members) > MAX_KERAS_MEMBERS:
+                    raise PresetError(f"{what}: {path} holds {len(members)} members; a .keras "
+                                      f"file holds a few (at most {MAX_KERAS_MEMBERS}).")
+                for member in members:
+                    json_member = member.filename.endswith(".json")
+                    cap = MAX_KERAS_JSON_BYTES if json_member else MAX_KERAS_MEMBER_BYTES
+                    if member.file_size > cap:
+                        raise PresetError(
+                            f"{what}: {path} holds {member.filename!r}, which inflates to "
+                            f"{member.file_size:,} bytes, over the limit of {cap:,} bytes; "
+                            "nothing was read."
+                        )
+                names = {member.filename for member in members}
+                saved = None
+                if "config.json" in names:
+                    saved = _parse_json(archive.read("config.json"), what, f"{path}: config.json")
+        except zipfile.BadZipFile as error:
+            raise PresetError(
+                f"{what}: {path} cannot be loaded safely: it is not a .keras (zip) file ({error})."
+            ) from None
+    if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
+        from glonet_keras.models import MODEL_CLASSES
+
+        classes = {cls.__name__: cls for cls in MODEL_CLASSES.values()}
+        if saved.get("class_name") in classes:
+            arguments = {k: v for k, v in saved["config"].items() if k != "trainable"}
+            check_architecture(classes[saved["class_name"]], arguments,
+                               f"{what}: {path} (config.json)")
 
 
 def _load_keras_file(path, what, overrides, follow_links=False):
@@ -953,8 +1118,7 @@ def _load_keras_file(path, what, overrides, follow_links=False):
             f"{what}: a .keras file cannot take overrides ({sorted(overrides)}); save it as a "
             "preset directory (model.save_to_preset) first."
         )
-    with _open_regular(path, what, follow_links):
-        pass  # A regular file, not a FIFO, a device or a directory.
+    _check_keras_archive(path, what, follow_links)
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # noqa: BLE001  (an untrusted file: every failure is the file's)
@@ -1001,9 +1165,23 @@ def _attach_metadata(model, metadata, changed, source):
     """Sets `model.preset_metadata` and `model.preprocessing`; a fine-tune start gets its own."""
     if changed:
         metadata = _fine_tune_metadata(metadata, changed, source, model)
-    model.preset_metadata = metadata
+    what = f"preset {source!r}"
     record = metadata.get("preprocessing")
-    model.preprocessing = None if record is None else _preprocessing(record, f"preset {source!r}")
+    preprocessing = None if record is None else _preprocessing(record, what)
+    if preprocessing is not None:
+        try:
+            preprocessing.check_fits(model.inputs[0].shape, f"its {type(model).__name__}")
+        except ValueError as error:
+            raise PresetError(f"{what}: invalid 'preprocessing' ({error})") from None
+    names = metadata.get("class_names")
+    units = model.outputs[0].shape[-1]
+    if names is not None and units is not None and len(names) != units:
+        raise PresetError(
+            f"{what}: 'class_names' names {len(names)} classes, but the model has {units} "
+            "outputs."
+        )
+    model.preset_metadata = metadata
+    model.preprocessing = preprocessing
     return model
 
 
@@ -1032,7 +1210,8 @@ def _check_class(model, expected_class, what):
         )
 
 
-def from_preset(preset, expected_class=None, *, cache_dir=None, origin=None, **overrides):
+def from_preset(preset, expected_class=None, *, load_weights=True, cache_dir=None, origin=None,
+                **overrides):
     """Loads a model from a registered name, a preset directory / `.keras` file, or a preset URL.
 
     A registered name is fetched from the origin and verified against the registry. A URL
@@ -1040,6 +1219,8 @@ def from_preset(preset, expected_class=None, *, cache_dir=None, origin=None, **o
     every load and must be a valid preset record; the config and weights are cached under a
     folder named after the URL and verified against the sha256 it records. `**overrides` are
     constructor arguments, as in `create_model(name, pretrained=True, **overrides)`.
+    `load_weights=False` (keras-hub's argument) builds the architecture without fetching or loading
+    the weights.
 
     Raises:
         PresetError: an unknown name, a path that does not exist, an invalid preset.
@@ -1054,16 +1235,18 @@ def from_preset(preset, expected_class=None, *, cache_dir=None, origin=None, **o
             raise PresetError(
                 f"{preset!r} has no pretrained weights: use glonet_keras.create_model({preset!r})."
             )
-        directory = fetch_preset(preset, cache_dir=cache_dir, origin=origin)
+        files = PRESET_FILES if load_weights else (CONFIG_FILE, METADATA_FILE)
+        directory = fetch_preset(preset, cache_dir=cache_dir, origin=origin, files=files)
     elif _is_url(preset):
-        directory = _fetch_url_preset(preset, cache_dir)
+        directory = _fetch_url_preset(preset, cache_dir, load_weights)
     elif os.path.lexists(preset):
         directory = preset
     elif _looks_like_path(preset):
         raise PresetError(f"The preset path {preset} does not exist.")
     else:
         get_variant(preset)  # Raises, listing the closest names.
-    return load_preset_directory(directory, expected_class, source=preset, **overrides)
+    return load_preset_directory(directory, expected_class, source=preset,
+                                 load_weights=load_weights, **overrides)
 
 
 def _looks_like_path(preset):
@@ -1072,7 +1255,7 @@ def _looks_like_path(preset):
             or preset.endswith(".keras"))
 
 
-def _fetch_url_preset(url, cache_dir):
+def _fetch_url_preset(url, cache_dir, load_weights=True):
     url = url.rstrip("/")
     if urllib.parse.urlsplit(url).scheme.lower() not in _URL_SCHEMES:
         raise PresetError(f"Cannot load the preset {url}: only {list(_URL_SCHEMES)} URLs are "
@@ -1091,6 +1274,8 @@ def _fetch_url_preset(url, cache_dir):
                 f"The {what} does not record the sha256 of {file_name} in its {METADATA_FILE}: a "
                 "preset loaded by URL must let every file be verified."
             )
+        if file_name == WEIGHTS_FILE and not load_weights:
+            continue
         fetch_file(f"{url}/{file_name}", directory / file_name, hashes[file_name])
     return directory
 
@@ -1117,8 +1302,13 @@ def library_versions():
 _CARRIED_WHEN_SAVED = ("task", "class_names", "license")
 
 
-def save_preset(model, directory, metadata=None):
+def save_preset(model, directory, metadata=None, *, name=None):
     """Writes `model` as a preset directory: config.json, model.weights.h5, metadata.json.
+
+    The model is saved under `name`, by default the directory's name (the preset's name, which
+    metadata.json records too), so that a loaded preset is never called `glo_net_cnn_1` and its
+    export lands in `<export_dir>/<preset name>/`. A directory name that is not a plain model name
+    keeps the model's own name.
 
     metadata.json gets the class, the versions, `model.preprocessing` (as `to_dict()`), the task,
     class names and licence of the model's `preset_metadata`, what the weights were fine-tuned
@@ -1135,11 +1325,17 @@ def save_preset(model, directory, metadata=None):
             f"save_to_preset needs a model built by glonet_keras, received {type(model).__name__}."
         )
     directory = Path(directory)
+    if name is None:
+        name = directory.name if _SAFE_MODEL_NAME.fullmatch(directory.name) else model.name
+    if not isinstance(name, str) or not _SAFE_MODEL_NAME.fullmatch(name):
+        raise PresetError(
+            f"A preset's model name is letters, digits, '_', '.' and '-', received {name!r}."
+        )
     directory.mkdir(parents=True, exist_ok=True)
     config = {
         "class_name": type(model).__name__,
         "registered_name": keras.saving.get_registered_name(type(model)),
-        "config": _jsonable(model.get_config()),
+        "config": {**_jsonable(model.get_config()), "name": name},
     }
     with open(directory / CONFIG_FILE, "w", encoding="utf-8") as stream:
         json.dump(config, stream, indent=2, sort_keys=True)

@@ -418,3 +418,66 @@ def test_two_processes_loading_at_once_share_one_verified_download(tiny_zoo, ser
     assert _cache_listing(tmp_path / "cache") == [
         f"{TINY}/{name}" for name in sorted(presets.PRESET_FILES)
     ]
+
+
+# --------------------------------------------------------------------- issue 22: a keras-hub user
+
+
+@pytest.mark.parametrize("keyword, value, hint", [
+    ("weights", "imagenet", "weights= is keras.applications'; from_preset loads the preset's "
+                            "weights, load_weights=False skips them"),
+    ("pretrained", True, "pretrained= is timm's; from_preset(name) always loads"),
+])
+def test_foreign_keywords_on_from_preset_get_the_right_hint(tiny_zoo, server, tmp_path, keyword,
+                                                            value, hint):
+    where = dict(origin=server.url, cache_dir=tmp_path / "cache")
+    loaders = [glonet_keras.GloNetMLP.from_preset]
+    if keyword != "pretrained":  # create_model's own argument
+        loaders.append(lambda name, **kw: glonet_keras.create_model(name, True, **kw))
+    for load in loaders:
+        with pytest.raises(TypeError, match=f"no argument '{keyword}'") as error:
+            load(TINY, **{keyword: value}, **where)
+        assert hint in str(error.value) and "Did you mean" not in str(error.value)
+
+
+def test_load_weights_false_builds_the_architecture_without_fetching_the_weights(
+        tiny_zoo, server, tmp_path):
+    model, _ = tiny_zoo
+    fresh = glonet_keras.GloNetModelBase.from_preset(
+        TINY, load_weights=False, origin=server.url, cache_dir=tmp_path / "cache")
+    assert fresh.get_config() == {**model.get_config(), "name": TINY}
+    assert f"/{TINY}/model.weights.h5" not in server.requests
+    assert not np.allclose(fresh.predict(_inputs(), verbose=0), model.predict(_inputs(), verbose=0))
+    assert fresh.preprocessing == TINY_PREPROCESSING  # the metadata still comes with it
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(presets.PresetError, match="always loads with its weights"):
+        GloNetModelBase.from_preset(tmp_path / "m.keras", load_weights=False)
+
+
+def test_a_run_model_keras_gets_the_preprocessing_json_beside_it(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    model = _tiny_model()
+    model.save(run / "model.keras")
+    assert GloNetModelBase.from_preset(run / "model.keras").preprocessing is None
+    (run / "preprocessing.json").write_text(json.dumps(TINY_PREPROCESSING.to_dict()))
+    loaded = GloNetModelBase.from_preset(run / "model.keras")
+    assert loaded.preprocessing == TINY_PREPROCESSING
+    # It then travels on: a preset saved from the run carries it.
+    assert glonet_keras.GloNetMLP.from_preset(
+        loaded.save_to_preset(tmp_path / "p")).preprocessing == TINY_PREPROCESSING
+
+
+def test_a_saved_preset_is_named_after_its_folder_unless_named(tmp_path):
+    model = _tiny_model()
+    assert model.name == "glonet_mlp"
+    model.save_to_preset(tmp_path / "my_digits_mlp")
+    assert GloNetModelBase.from_preset(tmp_path / "my_digits_mlp").name == "my_digits_mlp"
+    config = json.loads((tmp_path / "my_digits_mlp" / "config.json").read_text())
+    assert config["config"]["name"] == "my_digits_mlp"
+    model.save_to_preset(tmp_path / "other", name="kept")
+    assert GloNetModelBase.from_preset(tmp_path / "other").name == "kept"
+    model.save_to_preset(tmp_path / "not a model name!")  # a folder name that is no model name
+    assert GloNetModelBase.from_preset(tmp_path / "not a model name!").name == "glonet_mlp"
+    with pytest.raises(presets.PresetError, match="model name"):
+        model.save_to_preset(tmp_path / "x", name="../escape")

@@ -496,3 +496,155 @@ def test_the_installed_keras_and_setup_cfg_require_the_safe_releases():
     (keras_line,) = [line for line in lines if line.startswith("keras")]
     assert Requirement(keras_line).specifier == Requirement(f"keras{presets.SAFE_KERAS}").specifier
     assert Version("3.13.1") not in Requirement(keras_line).specifier
+
+
+# ------------------------------------ issue 22: huge numbers and architectures, leftovers, bombs
+
+
+def _set_config(directory, **changes):
+    """Edits config.json's constructor arguments and re-records every sha256, as a forger would."""
+    saved = json.loads((directory / "config.json").read_text())
+    saved["config"].update(changes)
+    (directory / "config.json").write_text(json.dumps(saved))
+    _rehash(directory)
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"width": 200000}, "width=200000"),                    # 4e10 parameters
+    ({"num_blocks": 1500}, "num_blocks=1500"),              # 1,500 unrolled blocks: a long build
+    ({"num_classes": 10**400}, "num_classes=<an integer of about 401 digits>"),
+    ({"width": 10**40, "num_blocks": 10**40}, "width=<an integer of about 41 digits>"),
+    ({"input_shape": [10**6, 10**6]}, "input_shape=[1000000, 1000000]"),
+])
+def test_a_config_too_large_to_build_is_refused_before_anything_is_built(
+        preset, monkeypatch, changes, named):
+    _set_config(preset, **changes)
+    built = []
+    monkeypatch.setattr(glonet_keras.GloNetMLP, "from_config", classmethod(
+        lambda cls, config: built.append(config)))
+    message = _refused(preset, "over the limit", seconds=5)
+    assert named in message and "config.json" in message and built == []
+
+
+def test_a_scanned_mlp_is_not_counted_in_blocks_but_in_parameters(preset):
+    _set_config(preset, num_blocks=1500, scan=True, normalization="layer")
+    # Past the block check (a scanned stack builds at any depth); the weights then do not fit.
+    _refused(preset, "cannot be loaded as the weights", seconds=60)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("dropout", 10**400), ("num_classes", -10**400), ("width", 2**31), ("input_shape", [2**40]),
+    ("num_blocks", 1.5e300), ("num_classes", float("nan")),
+])
+def test_a_huge_or_non_finite_number_in_any_config_field_is_a_preset_error(preset, field, value):
+    _set_config(preset, **{field: value})
+    message = _refused(preset, "Cannot build|over the limit", seconds=10)
+    assert field in message and len(message) < 2000
+
+
+def test_an_integer_longer_than_pythons_digit_limit_is_invalid_json(preset):
+    text = (preset / "config.json").read_text().replace('"width": 8', '"width": ' + "9" * 5000)
+    assert "9" * 5000 in text
+    (preset / "config.json").write_text(text)
+    _rehash(preset)
+    _refused(preset, "not valid JSON.*digits", seconds=10)
+
+
+@pytest.mark.parametrize("preprocessing, expected", [
+    ({"mean": [1e300]}, "`mean` must be finite in float32"),
+    ({"std": [1e-300]}, "`std` must be >= 1.175e-38"),
+    ({"scale": 1e300}, "`scale` must be finite in float32"),
+    ({"scale": 10**400}, "`scale` must be finite in float32"),
+    ({"mean": [10**400]}, "`mean` must be finite in float32"),
+    ({"mean": [1e30], "std": [1e-30]}, "mean / std overflows float32"),
+    ({"std": [0.0]}, "`std` must be >= "),
+    ({"std": [-1.0]}, "`std` must be >= "),
+    ({"image_size": [10**400, 1]}, "`image_size` must be None or two integers in"),
+    ({"image_size": [4, 4]}, "resizes images to \\(4, 4\\)"),
+    ({"mean": [0.0, 0.0], "std": [1.0, 1.0]}, "2 channel statistics"),
+])
+def test_a_preprocessing_record_that_would_serve_nan_or_misfit_is_refused(
+        preset, preprocessing, expected):
+    metadata = _metadata(preset)
+    metadata["preprocessing"] = {"input_dtype": "float32", "scale": 1.0, "mean": [0.0],
+                                 "std": [1.0], "image_size": None, **preprocessing}
+    _write_metadata(preset, metadata)
+    assert "'preprocessing'" in _refused(preset, expected, seconds=10)
+
+
+def test_class_names_of_the_wrong_length_are_refused(preset):
+    metadata = _metadata(preset)
+    metadata["class_names"] = ["only", "two"]
+    _write_metadata(preset, metadata)
+    _refused(preset, "'class_names' names 2 classes, but the model has 3 outputs")
+
+
+def _keras_file(path):
+    model = _tiny_model()
+    model.save(path)
+    return path
+
+
+def _rewrite_member(path, name, content):
+    """Replaces one member of a .keras zip (deflated, so a repetitive one stays small on disk)."""
+    with zipfile.ZipFile(path) as archive:
+        members = {m.filename: archive.read(m.filename) for m in archive.infolist()}
+    members[name] = content
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
+
+
+@pytest.mark.parametrize("member", ["config.json", "metadata.json"])
+def test_a_keras_json_member_that_inflates_past_the_cap_is_refused_unread(tmp_path, monkeypatch,
+                                                                          member):
+    path = _keras_file(tmp_path / "model.keras")
+    _rewrite_member(path, member, b" " * (presets.MAX_KERAS_JSON_BYTES + 1))
+    assert path.stat().st_size < 200_000  # the bomb: small on disk, 8 MiB once inflated
+    monkeypatch.setattr(keras.saving, "load_model", lambda *a, **k: pytest.fail("Keras read it"))
+    message = _refused(path, "inflates to")
+    assert member in message
+
+
+def test_a_keras_file_describing_a_huge_model_is_refused_before_keras_builds_it(tmp_path,
+                                                                                monkeypatch):
+    path = _keras_file(tmp_path / "model.keras")
+    with zipfile.ZipFile(path) as archive:
+        saved = json.loads(archive.read("config.json"))
+    saved["config"]["width"] = 200000
+    _rewrite_member(path, "config.json", json.dumps(saved).encode())
+    monkeypatch.setattr(keras.saving, "load_model", lambda *a, **k: pytest.fail("Keras built it"))
+    assert "width=200000" in _refused(path, "over the limit")
+
+
+def test_a_stale_partial_download_is_removed_at_the_next_fetch_and_nothing_else(server, tmp_path):
+    cache = tmp_path / "cache"
+    folder = cache / TINY
+    folder.mkdir(parents=True)
+    # What a SIGKILLed download leaves (named as tempfile.mkstemp names it), and look-alikes that
+    # are not its own: another file's partial, a user's file, and a link to a file outside.
+    stale = folder / ".model.weights.h5.k3j_x9q2.part"
+    stale.write_bytes(b"half a download")
+    other = folder / ".notes.txt.abcdefgh.part"
+    other.write_bytes(b"keep")
+    outside = tmp_path / "outside.part"
+    outside.write_bytes(b"keep")
+    link = folder / ".model.weights.h5.linkxxxx.part"
+    link.symlink_to(outside)
+    glonet_keras.create_model(TINY, pretrained=True, origin=server.url, cache_dir=cache)
+    assert not stale.exists()
+    assert other.read_bytes() == b"keep" and outside.read_bytes() == b"keep" and link.is_symlink()
+    assert not [p for p in folder.iterdir() if p.name.endswith(".part") and p not in (other, link)]
+
+
+def test_the_preprocessing_json_beside_a_run_model_keras_is_checked_like_a_preset(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    path = _keras_file(run / "model.keras")
+    (run / "preprocessing.json").write_text(json.dumps(
+        {"input_dtype": "float32", "scale": 1.0, "mean": [1e300], "std": [1.0],
+         "image_size": None}))
+    assert "preprocessing.json" in _refused(path, "finite in float32")
+    (run / "preprocessing.json").unlink()
+    (run / "preprocessing.json").symlink_to(tmp_path / "elsewhere.json")
+    _refused(path, "symbolic link")
