@@ -202,3 +202,13 @@ def test_the_published_presets_work_offline_out_of_the_box(tmp_path, monkeypatch
     accuracy = float(np.mean(model.predict(x, verbose=0).argmax(-1) == y))
     assert abs(accuracy - _metadata("glonet_mlp_digits")["metrics"]["test_accuracy"]) <= TOLERANCE
     assert (tmp_path / "glonet_mlp_digits" / "model.weights.h5").is_file()
+
+
+def test_every_preset_model_is_named_after_its_preset():
+    # Six configs once carried Keras' automatic names (`glo_net_cnn_1`), so a default export of a
+    # loaded preset landed in serving/glo_net_cnn_1/1. make_zoo packages with name=<preset>, and
+    # save_to_preset names a model after its folder, so it cannot recur.
+    for name in PUBLISHED:
+        assert _config(name)["config"]["name"] == name
+    model = glonet_keras.create_model("glonet_mlp_digits", pretrained=True, origin=ZOO)
+    assert model.name == "glonet_mlp_digits"

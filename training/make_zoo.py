@@ -6,8 +6,9 @@ Steps (`--steps`, in this order):
            and the early-exit accuracy of every k-block prefix), write zoo/<name>/ (config.json,
            model.weights.h5, README.md model card, metadata.json with the sha256 of every file)
   refresh  without training or measuring: bring an existing zoo/<name>/ to the current format
-           (metadata fields derived from the others, the model card, the sha256 of every file);
-           the weights and config are left as they are
+           (the model named after the preset in config.json, metadata fields derived from the
+           others, the model card, the sha256 of every file); the weights and the architecture
+           are left as they are
   deployment  without training: measure an existing GloNet preset's depth table (accuracy,
            latency at batch 1 and 64, parameters, FLOPs per k) and anytime report on its test
            split, on this machine, into metadata.json `deployment` and the model card (package
@@ -377,7 +378,8 @@ def package(name):
         import shutil
 
         shutil.rmtree(directory)
-    presets.save_preset(model, directory, metadata=record)
+    # Named after the preset (not the run's "glonet_cnn"), so its export lands in serving/<name>/.
+    presets.save_preset(model, directory, metadata=record, name=name)
     write_card_and_metadata(directory, json.loads((directory / presets.METADATA_FILE).read_text()))
     print(f"[{name}] packaged: test accuracy {metrics['test_accuracy']:.4f}", flush=True)
 
@@ -428,9 +430,28 @@ def refresh(name):
     from glonet_keras import presets
 
     directory = Path(FLAGS.zoo_dir) / name
+    name_model_after_preset(directory)
     metadata = json.loads((directory / presets.METADATA_FILE).read_text())
     write_card_and_metadata(directory, metadata)
     print(f"[{name}] refreshed", flush=True)
+
+
+def name_model_after_preset(directory):
+    """Sets the model name in config.json to the preset's name, written as save_preset writes it.
+
+    Presets packaged before save_preset named models after their folder carry Keras' automatic
+    names (`glo_net_cnn_1`), which an export then used as its folder. The weights do not depend on
+    the model's name.
+    """
+    from glonet_keras import presets
+
+    path = Path(directory) / presets.CONFIG_FILE
+    saved = json.loads(path.read_text())
+    if saved["config"].get("name") != Path(directory).name:
+        saved["config"]["name"] = Path(directory).name
+        with open(path, "w", encoding="utf-8") as stream:
+            json.dump(saved, stream, indent=2, sort_keys=True)
+            stream.write("\n")
 
 
 def model_card(metadata):
