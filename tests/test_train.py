@@ -114,6 +114,27 @@ def test_train_sgemm_regression(tmp_path):
         (dict(export_name="../elsewhere"), "`export_name` must be a folder name"),
         (dict(steps_per_execution=0), "`steps_per_execution` must be an integer >= 1"),
         (dict(learning_rate=float("inf")), "`learning_rate` must be > 0 and finite"),
+        # Absurd sizes are refused before anything is built (issue 22).
+        (dict(depth=99999999999999999999), r"`depth` must be at most 10,000, received 99999"),
+        (dict(width=10**6), "`width` must be at most 65,536"),
+        (dict(depth=5000, width=4096), "block weights, over the"),
+        (dict(model="glonet_vit", model_kwargs={"num_heads": 10**9}), "`num_heads` must be at most"),
+        (dict(model="glonet_vit", model_kwargs={"patch_size": 10**7}), "`patch_size` must be at most"),
+        (dict(model="glonet_cnn", model_kwargs={"blocks_per_stage": [2, 10**12]}),
+         "`blocks_per_stage` must be at most"),
+        (dict(model="glonet_cnn", depth=None, model_kwargs={"depth": 0}),
+         "`depth` must be an integer >= 1"),
+        (dict(batch_size=2**40), "`batch_size` must be at most"),
+        (dict(epochs=10**30), "`epochs` must be at most"),
+        (dict(max_examples=10**30), "`max_examples` must be at most"),
+        (dict(seed=2**32), "`seed` must be at most 4,294,967,295"),
+        (dict(export_version=2**63), "`export_version` must be at most"),
+        (dict(image_size=(10**6, 10)), "`image_size` must be at most"),
+        (dict(image_size=(10000, 10000)), "over the 50-megapixel cap"),
+        (dict(model_dir=""), "`model_dir` must name a directory, received ''"),
+        (dict(model_dir="  "), "`model_dir` must name a directory"),
+        (dict(preset=""), "`preset` must name a preset"),
+        (dict(channels=2), "`channels` must be 1 or 3, received 2"),
     ],
 )
 def test_config_validation_names_the_field(changes, message):
@@ -164,10 +185,15 @@ def test_new_model_flags_reach_the_model_and_the_banner(tmp_path):
 
 
 def _wait_for(path, process, timeout=150):
+    """Waits for `path` (a glob pattern in its last part) to exist."""
     deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None and not path.exists():
+
+    def found():
+        return any(path.parent.glob(path.name))
+
+    while time.time() < deadline and process.poll() is None and not found():
         time.sleep(0.01)
-    assert path.exists(), f"{path} never appeared (exit status {process.poll()})"
+    assert found(), f"{path} never appeared (exit status {process.poll()})"
 
 
 def test_sigkill_during_a_checkpoint_write_resumes_and_matches_an_uninterrupted_run(tmp_path):
@@ -180,7 +206,7 @@ def test_sigkill_during_a_checkpoint_write_resumes_and_matches_an_uninterrupted_
     process = subprocess.Popen(_flags(config, model_dir), env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        _wait_for(model_dir / "backup" / ".partial-epoch_0002.keras", process)
+        _wait_for(model_dir / "backup" / ".partial-*-epoch_0002.keras", process)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -215,7 +241,7 @@ def test_ctrl_c_during_a_write_finishes_it_and_ends_with_one_line_that_resumes(t
                                text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        _wait_for(model_dir / "backup" / ".partial-epoch_0002.keras", process)
+        _wait_for(model_dir / "backup" / ".partial-*-epoch_0002.keras", process)
         process.send_signal(signal.SIGINT)  # Lands in the middle of writing epoch 2's state.
         _, stderr = process.communicate(timeout=60)
     finally:
@@ -328,3 +354,169 @@ def test_jax_array_path_resumes_with_the_same_batches(tmp_path):
     assert finished.returncode == 0, finished.stderr[-3000:]
     initial_epoch, difference = json.loads(finished.stdout.strip().splitlines()[-1])
     assert initial_epoch == 1 and difference <= 1e-6
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 22: TF_CONFIG, export failures, fine-tuning from a preset.
+
+_STALE_TF_CONFIG = json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
+                               "task": {"type": "worker", "index": 1}})
+
+
+def test_a_stale_tf_config_does_not_make_a_local_run_a_worker_and_a_failed_export_is_redone(
+        tmp_path, monkeypatch, capfd):
+    import errno
+
+    from glonet_keras import export
+
+    monkeypatch.setenv("TF_CONFIG", _STALE_TF_CONFIG)
+    config = TrainConfig(**dict(TINY, epochs=1, max_examples=64), model_dir=str(tmp_path / "run"),
+                         export_dir=str(tmp_path / "serving"), export_name="m")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "export_saved_model", full_disk)
+        with pytest.raises(trainer.ExportError, match=r"export to .*m/1 failed \(No space left on "
+                                                      r"device\)\. The trained model is saved"):
+            trainer.train(config)
+    assert (tmp_path / "run" / "model.keras").exists()  # Written by the chief, not worker_1.
+    assert "TF_CONFIG describes a cluster of 2 worker(s), but strategy 'auto' trains this " \
+           "process alone" in capfd.readouterr().err
+    result = trainer.train(config)  # Exports without retraining.
+    assert result.initial_epoch == 1 and result.model_dir == str(tmp_path / "run")
+    assert not (tmp_path / "run" / "worker_1").exists()
+    assert result.export_path == str(tmp_path / "serving" / "m" / "1")
+    assert (tmp_path / "serving" / "m" / "1" / "saved_model.pb").exists()
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{not json", "TF_CONFIG is not JSON"),
+    ("[" * 100_000, "nested too deeply"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 5}}',
+     r"task.index 5 is not an index into cluster.worker \(1 tasks\)"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1e400}}',
+     "task.index inf"),
+    ('{"cluster": {"worker": "a:1"}, "task": {"type": "worker", "index": 0}}',
+     "cluster.worker is not a non-empty list"),
+])
+def test_a_malformed_tf_config_under_auto_is_a_config_error(tmp_path, monkeypatch, tf_config,
+                                                            message):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(trainer.ConfigError, match=message):
+        trainer.train(TrainConfig(**TINY, model_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_malformed_tf_config_is_one_line_from_train_py(tmp_path):
+    finished = subprocess.run(_flags(TINY, tmp_path / "run"), capture_output=True, text=True,
+                              env=dict(ENV, TF_CONFIG="{oops"), timeout=120)
+    assert finished.returncode == 2 and "Traceback" not in finished.stderr
+    reasons = [line for line in finished.stderr.splitlines() if line.startswith("train.py: error:")]
+    assert len(reasons) == 1 and "strategy 'auto': TF_CONFIG is not JSON" in reasons[0], finished.stderr
+
+
+def test_an_export_dir_that_cannot_be_written_is_refused_before_training(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(trainer.ConfigError, match=r"export_dir: .*file is not a directory"):
+        trainer.train(TrainConfig(**TINY, model_dir=str(tmp_path / "run"),
+                                  export_dir=str(tmp_path / "file" / "serving")))
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_usage_errors_of_the_new_flags(tmp_path):
+    from glonet_keras.cli import train as program
+
+    try:
+        program.FLAGS(["train.py", "--preset=glonet_mlp_digits", "--model=glonet_cnn",
+                       f"--model_dir={tmp_path}"])
+        with pytest.raises(trainer.ConfigError, match="--model and --preset exclude each other"):
+            program.config_from_flags(["train.py"])
+    finally:
+        program.FLAGS.unparse_flags()
+
+
+def _interrupt_after_first_epoch(monkeypatch):
+    from glonet_keras import callbacks
+
+    original = callbacks.RunStateCheckpoint.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks.RunStateCheckpoint, "on_epoch_end", on_epoch_end)
+
+
+def test_fine_tuning_a_preset_resumes_and_exports(tmp_path, monkeypatch):
+    from glonet_keras import presets
+
+    monkeypatch.setenv("GLONET_KERAS_CACHE", str(tmp_path / "cache"))
+    pretrained = presets.from_preset("glonet_mlp_digits")
+    config = TrainConfig(**dict(TINY, depth=None, width=None, epochs=2, max_examples=64),
+                         preset="glonet_mlp_digits", learning_rate=1e-5,
+                         model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "serving"),
+                         export_name="ft")
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_epoch(patch)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train(config)
+    result = trainer.train(config)
+    assert result.initial_epoch == 1 and len(result.history["loss"]) == 2
+    assert result.model.get_config() | {"name": None} == pretrained.get_config() | {"name": None}
+    # Started from the pretrained weights (a tiny learning rate barely moves them).
+    assert result.test_metrics["accuracy"] > 0.9
+    # Fed as the preset was trained: its normalisation, recorded and exported with the model.
+    assert result.info.preprocessing.mean == pretrained.preprocessing.mean
+    assert result.model.preset_metadata["fine_tuned_from"] == {"preset": "glonet_mlp_digits"}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["fingerprint"]["preset"] == \
+        "glonet_mlp_digits"
+    assert (tmp_path / "serving" / "ft" / "1" / "saved_model.pb").exists()
+    with pytest.raises(trainer.ConfigError, match="preset 'nonexistent_preset'"):
+        trainer.train(TrainConfig(**TINY, preset="nonexistent_preset",
+                                  model_dir=str(tmp_path / "run3")))
+    with pytest.raises(trainer.ConfigError, match="run directory without model.keras"):
+        (tmp_path / "unfinished").mkdir()
+        (tmp_path / "unfinished" / "run.json").write_text("{}")
+        trainer.train(TrainConfig(**TINY, preset=str(tmp_path / "unfinished"),
+                                  model_dir=str(tmp_path / "run4")))
+
+
+@pytest.mark.slow
+def test_a_finished_run_directory_is_a_preset(tmp_path):
+    first = trainer.train(TrainConfig(**dict(TINY, epochs=1), model_dir=str(tmp_path / "run")))
+    again = trainer.train(TrainConfig(**dict(TINY, depth=None, width=None, epochs=1),
+                                      preset=str(tmp_path / "run"), learning_rate=1e-6,
+                                      model_dir=str(tmp_path / "run2")))
+    assert type(again.model) is type(first.model)
+    assert again.info.preprocessing == first.info.preprocessing
+    assert again.test_metrics["accuracy"] == pytest.approx(first.test_metrics["accuracy"], abs=0.05)
+
+
+def test_fine_tuning_a_grayscale_preset_on_a_flat_image_folder(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from glonet_keras import presets
+
+    monkeypatch.setenv("GLONET_KERAS_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for class_name in ("boot", "shirt", "bag"):
+        (tmp_path / "images" / class_name).mkdir(parents=True)
+        for i in range(5):  # Colour images of another size: read as grayscale, resized to 28x28.
+            image = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+            tf.io.write_file(str(tmp_path / "images" / class_name / f"{i}.png"),
+                             tf.io.encode_png(image))
+    result = trainer.train(TrainConfig(
+        **dict(TINY, depth=None, width=None, dataset="image_folder", epochs=1),
+        data_dir=str(tmp_path / "images"), preset="glonet_mlp_fashion_mnist",
+        model_dir=str(tmp_path / "run")))
+    pretrained = presets.from_preset("glonet_mlp_fashion_mnist")
+    assert result.info.input_shape == (28, 28, 1) and result.info.num_classes == 3
+    assert result.model.output.shape[-1] == 3
+    assert result.info.preprocessing.mean == pretrained.preprocessing.mean
+    # The blocks start from the pretrained weights; only the head is new.
+    first = result.model.get_layer("block_1") if any(
+        layer.name == "block_1" for layer in result.model.layers) else None
+    if first is not None:
+        assert first.get_weights()[0].shape == pretrained.get_layer("block_1").get_weights()[0].shape

@@ -95,3 +95,20 @@ def test_an_installed_wheel_loads_a_pretrained_model_offline_with_no_configurati
     assert report["origin"].startswith(venv.as_uri())  # the zoo shipped inside the wheel
     assert report["pretrained"] == sorted(p.name for p in (REPO / "zoo").iterdir() if p.is_dir())
     assert abs(report["accuracy"] - report["published"]) <= 0.005
+
+    # The training program is installed as a console script with train.py's flags (issue 22).
+    (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "glonet-train = glonet_keras.cli.train:run" in scripts
+    program = venv / "bin" / "glonet-train"
+    assert program.exists()
+    finished = subprocess.run(
+        [str(program), "--epochs=0", f"--model_dir={tmp_path / 'run'}"], capture_output=True,
+        text=True, timeout=300, cwd=elsewhere, env=env)
+    assert finished.returncode == 2, finished.stderr[-2000:]
+    assert finished.stderr.strip().splitlines()[-1] == (
+        "glonet-train: error: `epochs` must be an integer >= 1, received 0.")
+    helped = subprocess.run([str(program), "--helpfull"], capture_output=True, text=True,
+                            timeout=300, cwd=elsewhere, env=env)
+    for flag in ("--preset", "--channels", "--model_dir", "--export_dir", "--strategy"):
+        assert flag in helped.stdout, flag
