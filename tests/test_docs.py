@@ -59,3 +59,48 @@ def test_python_blocks_run_as_written(path, tmp_path):
     assert result.returncode == 0, (
         f"{path}: a Python block failed.\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     )
+
+
+# ------------------------------------------------------------------ command lines in the docs
+
+FLAG_DOCUMENTS = ["docs/deploy.md", "docs/analysis.md"]
+_COMMAND = re.compile(r"python (?P<script>(?:training|benchmarks)/\w+\.py)(?P<args>(?:\\\n|[^`\n])*)")
+_DEFINE = re.compile(r"flags\.DEFINE_\w+\(\s*\"(\w+)\"")
+
+
+def defined_flags(script):
+    """The absl flags `script` (a path under the repository) defines, with those of the sibling
+    modules it imports (`from benchmarks.timing import ...`, `import experiment_common`)."""
+    path = os.path.join(REPO_ROOT, script)
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    names = set(_DEFINE.findall(text))
+    folder = os.path.dirname(script)
+    for module in re.findall(r"^(?:from|import) (?:\w+\.)?(\w+)", text, re.M):
+        sibling = os.path.join(REPO_ROOT, folder, f"{module}.py")
+        if os.path.isfile(sibling) and os.path.join(folder, f"{module}.py") != script:
+            with open(sibling, encoding="utf-8") as handle:
+                names |= set(_DEFINE.findall(handle.read()))
+    return names
+
+
+@pytest.mark.parametrize("path", FLAG_DOCUMENTS)
+def test_every_flag_the_docs_give_exists(path):
+    # A stale flag in the docs (a renamed or removed one) fails here, in milliseconds, instead of
+    # in the hands of a reader. Booleans may be written --noflag.
+    with open(os.path.join(REPO_ROOT, path), encoding="utf-8") as handle:
+        text = handle.read()
+    commands = list(_COMMAND.finditer(text))
+    known = set()
+    for command in commands:
+        flags = defined_flags(command.group("script"))
+        known |= flags
+        for name in re.findall(r"--(\w+)", command.group("args")):
+            assert name in flags or (name.startswith("no") and name[2:] in flags), (
+                f"{path}: `{command.group(0).strip()}` passes --{name}, which "
+                f"{command.group('script')} does not define")
+    # Flags named in the prose belong to one of the programs the page runs.
+    prose = _COMMAND.sub("", text)
+    for name in set(re.findall(r"`--(\w+)", prose)):
+        assert name in known or (name.startswith("no") and name[2:] in known), (
+            f"{path} names --{name}, which none of its programs defines")
