@@ -502,6 +502,10 @@ def _deploy_cli(*args, timeout=300):
     (["--export_dir=/tmp/x"], "give --preset .* or --run_dir"),
     (["--preset=a", "--run_dir=b", "--export_dir=/tmp/x"], "not both"),
     (["--preset=glonet_mlp_digits", "--export_dir="], "--export_dir is empty"),
+    (["--preset=glonet_mlp_digits", "--repeats=100000000"], "--repeats must be in \\[1, 10000\\]"),
+    (["--preset=glonet_mlp_digits", "--latency_batch_size=1000000000"], "--latency_batch_size must be in"),
+    (["--preset=glonet_mlp_digits", "--tolerance=nan"], "--tolerance must be in \\[0, 1\\]"),
+    (["--preset=glonet_mlp_digits", "--latency_budget_ms=nan"], "--latency_budget_ms must be > 0"),
     (["--preset=glonet_mlp_digits", "--report=/tmp/r.json", "--plot=/tmp/r.json"],
      "--report and --plot name the same file"),
     (["--preset=glonet_mlp_digits", "--export_dir=/tmp/x", "--tolerance=2"], "--tolerance must be in \\[0, 1\\]"),
@@ -619,6 +623,11 @@ def test_deploy_cli_checks_before_measuring_and_writes_all_or_nothing(tmp_path):
         ([digits, f"--export_dir={tmp_path / 'serving'}"], 2,
          "glonet_mlp_digits/1 exists: pass --overwrite to replace it"),
         ([digits, f"--onnx_path={tmp_path / 'old.onnx'}"], 2, "old.onnx exists: pass --overwrite"),
+        # Exits beyond the model's 8 blocks used to fail after measuring, at the export.
+        ([digits, "--exits=99999999999999999999"], 2, "--exits must be depths in \\[1, 8\\]"),
+        ([digits, "--exits=-1"], 2, "--exits must be depths in \\[1, 8\\]"),
+        ([digits, "--anytime_exits=0,4"], 2, "--anytime_exits must be a list of integers in \\[1, 8\\]"),
+        ([digits, "--anytime=false", "--anytime_exits=4"], 2, "--anytime_exits needs the anytime"),
     ]
     for label, text in metrics.items():
         (run / f"metrics_{len(cases)}").mkdir()

@@ -71,6 +71,9 @@ flags.DEFINE_string("plot", None, "Write the accuracy-latency plot (PNG) here.")
 
 SPLITS = ("validation", "train")
 MAX_RECORD_BYTES = 8 * 2**20  # metrics.json and preprocessing.json of a run directory.
+# Timing is (depths x batch sizes x repeats) calls: bound what one flag can ask for.
+MAX_REPEATS = 10_000
+MAX_LATENCY_BATCH = 2**16
 
 
 def fail(message, status=2):
@@ -107,9 +110,10 @@ def check_flags():
     if FLAGS.split not in SPLITS:
         raise ValueError(f"--split must be one of {list(SPLITS)} (choose on data you do not report "
                          f"on), received {FLAGS.split!r}")
-    for name in ("latency_batch_size", "repeats", "version"):
-        if FLAGS[name].value < 1:
-            raise ValueError(f"--{name} must be >= 1, received {FLAGS[name].value}")
+    for name, most in (("latency_batch_size", MAX_LATENCY_BATCH), ("repeats", MAX_REPEATS),
+                       ("version", 2**63 - 1)):
+        if not 1 <= FLAGS[name].value <= most:
+            raise ValueError(f"--{name} must be in [1, {most}], received {FLAGS[name].value}")
     if FLAGS.max_examples is not None and FLAGS.max_examples < 1:
         raise ValueError(f"--max_examples must be >= 1, received {FLAGS.max_examples}")
     try:
@@ -299,6 +303,37 @@ def print_table(table, depth):
               f"parameters {row.parameters:,}  MFLOPs {row.flops / 1e6:.3f}{mark}")
 
 
+def check_exits_now(model, extra_exits, anytime_exits):
+    """The exit flags checked against the model before any measuring: depths in [1, L], an
+    anytime signature the model can have, at most 16 ONNX anytime checks."""
+    from glonet_keras import deploy, export, onnx_export
+    from glonet_keras.skeleton import skeleton
+
+    parts = skeleton(model)
+    try:
+        export.check_exits(model, extra_exits)
+    except ValueError:
+        raise ValueError(f"--exits must be depths in [1, {parts.num_blocks}] (the blocks of the "
+                         f"model), received {extra_exits}") from None
+    anytime = FLAGS.anytime == "true" or (FLAGS.anytime == "auto" and not parts.stacked)
+    if FLAGS.anytime == "false" and anytime_exits is not None:
+        raise ValueError("--anytime_exits needs the anytime signature, and --anytime=false")
+    if anytime:
+        try:
+            stages = deploy.anytime_stages(model, anytime_exits)
+        except ValueError as error:
+            if FLAGS.anytime == "auto" and anytime_exits is None:
+                return False  # auto: only where the model supports it.
+            raise ValueError(str(error).replace("`anytime_exits`", "--anytime_exits")) from None
+        if FLAGS.onnx_path is not None and len(stages.exits) > onnx_export.MAX_ONNX_ANYTIME_EXITS:
+            step = -(-parts.num_blocks // onnx_export.MAX_ONNX_ANYTIME_EXITS)
+            raise ValueError(
+                f"the ONNX anytime graph takes at most {onnx_export.MAX_ONNX_ANYTIME_EXITS} checks "
+                f"and the model has {len(stages.exits)}: pass --anytime_exits with fewer (e.g. every "
+                f"{step} blocks), or --anytime=false")
+    return anytime
+
+
 def export_targets(model):
     """`(SavedModel version path or None, {signature: ONNX file} or None)`, refused now (before
     any measuring) when one exists and --overwrite is not given."""
@@ -354,10 +389,10 @@ def main(argv):
         fail(error)
     from glonet_keras import deploy
     from glonet_keras.export import prepare_saved_model
-    from glonet_keras.skeleton import skeleton
 
     try:
         model, dataset, config = load_model()
+        anytime = check_exits_now(model, extra_exits, anytime_exits)
         targets = export_targets(model)
         data, dataset = validation_data(model, dataset, config)
     except (ValueError, FileNotFoundError, ImportError) as error:  # PresetError is a ValueError.
@@ -379,7 +414,6 @@ def main(argv):
           f"batch {budget_batch} {row.latency_ms[budget_batch]:.3f} ms (median, interquartile "
           f"range {low:.3f}-{high:.3f} ms, measured here)")
 
-    anytime = FLAGS.anytime == "true" or (FLAGS.anytime == "auto" and not skeleton(model).stacked)
     exits = sorted({depth, *extra_exits})
     export_kwargs = dict(exits=exits, anytime=anytime, anytime_threshold=FLAGS.anytime_threshold,
                          anytime_exits=anytime_exits)
