@@ -63,16 +63,19 @@ def check_path_component(name, what="model_name"):
 
     Refused: non-strings, "", ".", "..", any name starting with "." (hidden, and the export's own
     temporary folders), names holding "/", "\\" or control characters (NUL included): a name read
-    from a preset must never lead outside the folder it is joined to.
+    from a preset must never lead outside the folder it is joined to. Names over 255 bytes (what a
+    folder name may hold) are refused too, before anything is traced.
     """
     if not isinstance(name, str):
         raise ValueError(f"`{what}` must be a string, received {type(name).__name__}.")
     if (not name or name.startswith(".") or "/" in name or "\\" in name
             or any(ord(c) < 32 or ord(c) == 127 for c in name)
+            or len(name.encode("utf-8", "surrogatepass")) > 255  # NAME_MAX: fails at the write
             or os.path.splitdrive(name)[0]):  # "C:name" on Windows
         raise ValueError(
-            f"`{what}` must be one plain folder name (no '/', '\\', control characters, not empty "
-            f"and not starting with '.'), received {name!r}. Pass a safe `model_name`."
+            f"`{what}` must be one plain folder name (no '/', '\\', control characters, not empty, "
+            f"not starting with '.', at most 255 bytes), received {name[:80]!r}. Pass a safe "
+            "`model_name`."
         )
     return name
 

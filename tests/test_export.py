@@ -181,7 +181,8 @@ def test_task_from_metadata_and_single_logit_classifiers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["..", ".", "", "a/b", "../outside", "/tmp/absolute", "a\\b", "a\x00b", ".hidden", 7]
+    "name", ["..", ".", "", "a/b", "../outside", "/tmp/absolute", "a\\b", "a\x00b", ".hidden", 7,
+             "a" * 256, "é" * 128]
 )
 def test_unsafe_model_names_are_refused_before_writing(tmp_path, name):
     model = GloNetMLP(num_blocks=2, width=4, input_shape=(3,), num_classes=2)
