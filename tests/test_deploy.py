@@ -565,6 +565,8 @@ _CLI_CASES = """
         deploy_lib.depth_table = depth_table
         if case.get("onnx_fails"):
             onnx_export._to_onnx = lambda *args: (_ for _ in ()).throw(ValueError("tf2onnx: no Erfc"))
+        hidden = {name: sys.modules.get(name) for name in case.get("hide", [])}
+        sys.modules.update({name: None for name in hidden})  # import raises ImportError
         stderr, stdout, status = io.StringIO(), io.StringIO(), 0
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
             try:
@@ -575,6 +577,11 @@ _CLI_CASES = """
             except BaseException:
                 status = "traceback"
                 traceback.print_exc()
+        for name, module in hidden.items():
+            if module is None:
+                del sys.modules[name]
+            else:
+                sys.modules[name] = module
         print(json.dumps({"status": status, "stderr": stderr.getvalue()[-3000:],
                           "stdout": stdout.getvalue()[-3000:], "measured": bool(measured)}))
 """
@@ -639,7 +646,12 @@ def test_deploy_cli_checks_before_measuring_and_writes_all_or_nothing(tmp_path):
                                                    "object|is not a train.py metrics record)"))
     report = tmp_path / "new" / "folder" / "report.json"  # missing folders are created
     serving_dir = tmp_path / "serving_2"
-    answers = _cli_cases([{"argv": argv} for argv, _, _ in cases] + [
+    hide = {len(cases): ["tf2onnx"], len(cases) + 1: ["matplotlib"]}
+    cases += [  # Optional packages an output needs: missing ones are named before measuring.
+        ([digits, f"--onnx_path={tmp_path / 'new.onnx'}"], 2, "pip install tf2onnx onnx onnxruntime"),
+        ([digits, f"--plot={tmp_path / 'new.png'}"], 2, "--plot needs matplotlib"),
+    ]
+    answers = _cli_cases([{"argv": argv, "hide": hide.get(i, [])} for i, (argv, _, _) in enumerate(cases)] + [
         {"argv": [digits, f"--report={report}", "--latency_budget_ms=4.5"]},
         {"argv": [digits, f"--export_dir={serving_dir}", f"--onnx_path={tmp_path / 'onnx' / 'd.onnx'}",
                   f"--report={tmp_path / 'r.json'}"], "onnx_fails": True},

@@ -303,6 +303,19 @@ def print_table(table, depth):
               f"parameters {row.parameters:,}  MFLOPs {row.flops / 1e6:.3f}{mark}")
 
 
+def check_dependencies():
+    """The optional packages the outputs asked for, imported now rather than after measuring."""
+    if FLAGS.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ImportError("--plot needs matplotlib: pip install 'glonet-keras[plots]'") from None
+    if FLAGS.onnx_path is not None:
+        from glonet_keras import onnx_export
+
+        onnx_export._import_converters()
+
+
 def check_exits_now(model, extra_exits, anytime_exits):
     """The exit flags checked against the model before any measuring: depths in [1, L], an
     anytime signature the model can have, at most 16 ONNX anytime checks."""
@@ -391,6 +404,7 @@ def main(argv):
     from glonet_keras.export import prepare_saved_model
 
     try:
+        check_dependencies()
         model, dataset, config = load_model()
         anytime = check_exits_now(model, extra_exits, anytime_exits)
         targets = export_targets(model)
