@@ -26,6 +26,8 @@ with a malformed request, and `respond(loaded, body)` turns it into `(status, {"
   input dtype cannot hold (1e39 in float32, 300 or 1.5 in uint8), or integers too large for any
   dtype; an input the exported graph itself refuses.
 - 413: a body over `max_body_bytes` (default 16 MiB) or a batch over `max_instances` (default 1024).
+- 400 also when the model answers NaN or infinity (`NonFiniteOutput`; inputs too large for the
+  model in float32, or a broken model): never a 200 whose JSON would carry a NaN.
 
 Nothing else escapes: every malformed request gets a JSON error, never a traceback or a hang.
 """
@@ -53,6 +55,13 @@ class RequestTooLarge(ServingError):
     """A request over the body-size or batch-size cap (HTTP 413, Payload Too Large)."""
 
     status = 413
+
+
+class NonFiniteOutput(ServingError):
+    """The model answered with NaN or infinity (HTTP 400). JSON has no NaN: a 200 carrying one would
+    not parse in strict clients and would pass for an answer in lenient ones. Inputs in range can
+    still overflow float32 inside the model (3e38 through a Dense layer); so can a model whose
+    weights or preprocessing overflow. The helper cannot tell them apart, and names both."""
 
 
 def load(path):
@@ -360,6 +369,14 @@ def predict(loaded, body, *, max_body_bytes=MAX_BODY_BYTES, max_instances=MAX_IN
             f"The model refused {refused}: {_graph_error_reason(error.message)}"
         ) from None
     outputs = {key: value.numpy() for key, value in outputs.items()}
+    broken = sorted(key for key, value in outputs.items()
+                    if value.dtype.kind == "f" and not np.all(np.isfinite(value)))
+    if broken:
+        raise NonFiniteOutput(
+            f"The model's outputs {broken} hold NaN or infinite values for this request: its "
+            "inputs are too large for the model in float32 (or the model's weights or "
+            "preprocessing overflow). Nothing is answered."
+        )
     if request_format == "inputs":
         return {"outputs": {key: value.tolist() for key, value in outputs.items()}}
     count = len(next(iter(outputs.values())))

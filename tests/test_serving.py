@@ -165,6 +165,19 @@ def test_the_graph_refusing_an_input_is_a_400_with_its_reason(tmp_path):
                    r"with expected shape \[\?,4\]\.$")
 
 
+def test_a_model_answering_nan_is_a_400_never_a_200_with_nan(tmp_path):
+    # JSON has no NaN: a 200 carrying one (weights or preprocessing overflowing float32) would not
+    # even parse in a strict client, and would look like an answer in a lenient one.
+    module = tf.Module()
+    module.serve = tf.function(lambda x: {"y": x * 1e30, "z": x},
+                               input_signature=[tf.TensorSpec((None, 2), tf.float32, name="x")])
+    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.serve})
+    loaded = serving.load(str(tmp_path))
+    assert serving.respond(loaded, {"instances": [[1.0, 2.0]]})[0] == 200
+    _check_refused(loaded, {"instances": [[1e10, 2.0]]}, 400, r"outputs \['y'\] hold NaN or infinite")
+    _check_refused(loaded, {"inputs": [[-1e10, 0.0]]}, 400, "too large for the model in float32")
+
+
 def test_row_and_columnar_formats(exported):
     model, loaded = exported["mlp"]
     x = np.arange(8, dtype="float32").reshape(2, 4)
@@ -184,8 +197,10 @@ def test_row_and_columnar_formats(exported):
 
 def test_integers_and_large_finite_values_are_accepted(exported):
     _, loaded = exported["mlp"]
-    status, response = serving.respond(loaded, {"instances": [[1, 2, 3, 4], [3e38, -3e38, 0, 10**30]]})
+    status, response = serving.respond(loaded, {"instances": [[1, 2, 3, 4], [3e8, -3e8, 0, 10**9]]})
     assert status == 200 and len(response["predictions"]) == 2
+    # In float32's range, but the logits overflow: a 400 that says so, never NaN in a 200.
+    _check_refused(loaded, {"instances": [[3e38, -3e38, 0, 10**30]]}, 400, "NaN or infinite")
     model, loaded = exported["cnn"]
     images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3))
     status, response = serving.respond(loaded, {"instances": images.tolist()})
