@@ -556,6 +556,8 @@ _CLI_CASES = """
 
         def depth_table(model, data, **kwargs):
             measured.append(True)
+            if case.get("interrupt"):
+                raise KeyboardInterrupt
             if case.get("measure"):
                 return real_depth_table(model, data, **kwargs)
             rows = [deploy_lib.DepthRow(k, 0.5 + k / 100, 1, 1, {1: k, 64: k}, {1: [k, k], 64: [k, k]})
@@ -655,6 +657,7 @@ def test_deploy_cli_checks_before_measuring_and_writes_all_or_nothing(tmp_path):
         {"argv": [digits, f"--report={report}", "--latency_budget_ms=4.5"]},
         {"argv": [digits, f"--export_dir={serving_dir}", f"--onnx_path={tmp_path / 'onnx' / 'd.onnx'}",
                   f"--report={tmp_path / 'r.json'}"], "onnx_fails": True},
+        {"argv": [digits, f"--export_dir={serving_dir}"], "interrupt": True},
     ])
     for (argv, status, message), answer in zip(cases, answers):
         _one_line_error(answer, status, message)
@@ -662,7 +665,8 @@ def test_deploy_cli_checks_before_measuring_and_writes_all_or_nothing(tmp_path):
     assert sorted(os.listdir(existing)) == [] and (tmp_path / "old.onnx").read_text() == "old"
 
     # Without --export_dir it chooses and reports only.
-    chosen, failed = answers[len(cases):]
+    chosen, failed, interrupted = answers[len(cases):]
+    _one_line_error(interrupted, 130, "interrupted \\(Ctrl-C\\)")
     assert chosen["status"] == 0, chosen
     record = json.loads(report.read_text())
     # The fake table's latency at batch 1 is k ms: a 4.5 ms budget takes k=4, and says so.

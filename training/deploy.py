@@ -391,6 +391,15 @@ def write_report(path, record):
 
 
 def main(argv):
+    """Ctrl-C ends the program with one line and status 130. Before the writes nothing is written;
+    during them, each output is replaced atomically, so none is left half-written."""
+    try:
+        run(argv)
+    except KeyboardInterrupt:
+        fail("interrupted (Ctrl-C); no output is half-written", status=130)
+
+
+def run(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines would bury the table.
