@@ -15,7 +15,7 @@ dynamic batch dimension; each file records its preprocessing, task, class names,
 How: each signature's `tf.function` is frozen (variables -> constants) with its control flow
 lowered to Switch/Merge, and tf2onnx converts it (its cond rewriter turns each lowered `tf.cond`
 back into an ONNX `If`). Ops tf2onnx cannot convert are rewritten first (`Erfc`, the exact GELU
-of the ViTs, as 1 - `Erf`; see `rewrite_unconvertible_ops`). The anytime graph therefore keeps its nesting: block k+1 lives in the else
+of the ViTs, as 1 - `Erf`, and `Expm1`; see `rewrite_unconvertible_ops`). The anytime graph therefore keeps its nesting: block k+1 lives in the else
 branch of block k's `If`, and ONNX Runtime runs only the branch taken, so blocks after the stop are
 not computed there either.
 
@@ -304,39 +304,48 @@ def _convert_graph_def(graph_def, input_names, output_names, opset):
 def rewrite_unconvertible_ops(graph_def):
     """`graph_def` with the TensorFlow ops tf2onnx 1.17 cannot convert rewritten into ones it can.
 
-    Only `Erfc` so far: the exact GELU of every ViT (`keras.activations.gelu(approximate=False)` is
-    `0.5 * x * erfc(-x / sqrt(2))` in TensorFlow) becomes `1 - erf(x)`, and ONNX has `Erf`. The
-    absolute error is at most float32's epsilon, about 6e-8, where erfc's own value is below it
-    (x above about 3.9); through the GELU that is under 3e-8 * |x|. The node keeps its name, so
-    its consumers read the rewritten value. Nodes in the function library are rewritten too.
+    - `Erfc(x)` as `1 - Erf(x)`: the exact GELU of every ViT (`keras.activations.gelu(approximate=
+      False)` is `0.5 * x * erfc(-x / sqrt(2))` in TensorFlow), and ONNX has `Erf`.
+    - `Expm1(x)` as `Exp(x) - 1`: the CELU activation.
+
+    Both lose relative precision only where the exact value is below float32's epsilon (about
+    6e-8) in absolute terms, so the absolute error stays under that; through the GELU it is under
+    3e-8 * |x|. Each node keeps its name, so its consumers read the rewritten value. Nodes in the
+    function library are rewritten too.
     """
     import tensorflow as tf
 
     rewritten = tf.compat.v1.GraphDef()
     rewritten.CopyFrom(graph_def)
-    _rewrite_erfc(rewritten.node)
+    _rewrite_ops(rewritten.node)
     for function in rewritten.library.function:
-        _rewrite_erfc(function.node_def)
+        _rewrite_ops(function.node_def)
     return rewritten
 
 
-def _rewrite_erfc(nodes):
+# op -> (the convertible op applied to the input, then "one_minus" (1 - y) or "minus_one" (y - 1)).
+_REWRITES = {"Erfc": ("Erf", "one_minus"), "Expm1": ("Exp", "minus_one")}
+
+
+def _rewrite_ops(nodes):
     import tensorflow as tf
 
-    for node in [node for node in nodes if node.op == "Erfc"]:
+    for node in [node for node in nodes if node.op in _REWRITES]:
+        inner_op, form = _REWRITES[node.op]
         dtype = node.attr["T"].type
         data = [name for name in node.input if not name.startswith("^")]
         control = [name for name in node.input if name.startswith("^")]
-        erf = nodes.add(name=f"{node.name}/glonet_erf", op="Erf", input=data)
-        erf.attr["T"].type = dtype
-        erf.device = node.device
+        inner = nodes.add(name=f"{node.name}/glonet_{inner_op.lower()}", op=inner_op, input=data)
+        inner.attr["T"].type = dtype
+        inner.device = node.device
         one = nodes.add(name=f"{node.name}/glonet_one", op="Const", input=control)
         one.attr["dtype"].type = dtype
         one.attr["value"].tensor.CopyFrom(
             tf.make_tensor_proto(1, dtype=tf.as_dtype(dtype), shape=[]))
-        node.op = "Sub"  # erfc(x) = 1 - erf(x), under the same name.
+        node.op = "Sub"  # Under the same name: 1 - inner, or inner - 1.
         del node.input[:]
-        node.input.extend([one.name, erf.name] + control)
+        operands = [one.name, inner.name] if form == "one_minus" else [inner.name, one.name]
+        node.input.extend(operands + control)
 
 
 def _rename(graph, renames):
