@@ -376,6 +376,20 @@ def export_targets(model):
     return saved_model, onnx_files
 
 
+def _prepare_onnx(model, export_kwargs):
+    """The converted ONNX graphs. tf2onnx and onnx raise their own exception types (an op with no
+    ONNX form is an onnx ValidationError): any of them is one line, before anything is written."""
+    from glonet_keras.onnx_export import prepare_onnx
+
+    try:
+        return prepare_onnx(model, FLAGS.onnx_path, overwrite=FLAGS.overwrite, **export_kwargs)
+    except (ValueError, FileExistsError, ImportError):
+        raise
+    except Exception as error:  # noqa: BLE001 - a third-party converter's failure, named.
+        reason = " ".join(str(error).split())[:300]
+        raise ValueError(f"ONNX conversion failed ({type(error).__name__}): {reason}") from None
+
+
 def write_report(path, record):
     """The report, written beside its target then renamed: never half a JSON file."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -447,10 +461,7 @@ def run(argv):
         # ONNX first: tf2onnx refuses more graphs than the SavedModel tracer does.
         prepared_onnx = prepared_saved_model = None
         if onnx_files is not None:
-            from glonet_keras.onnx_export import prepare_onnx
-
-            prepared_onnx = prepare_onnx(model, FLAGS.onnx_path, overwrite=FLAGS.overwrite,
-                                         **export_kwargs)
+            prepared_onnx = _prepare_onnx(model, export_kwargs)
         if saved_model is not None:
             prepared_saved_model = prepare_saved_model(
                 model, FLAGS.export_dir, version=FLAGS.version, model_name=FLAGS.model_name,
