@@ -168,3 +168,19 @@ def test_a_deep_anytime_graph_needs_fewer_checks_in_onnx(tmp_path):
     np.testing.assert_array_equal(answer["exit"], exits)
     assert relative_error(answer["logits"], logits) < 1e-4
     assert load_metadata(files["anytime"])["anytime_exits"] == [5, 10, 15, 20]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO_ROOT / "zoo").iterdir()
+                                        if (p / "metadata.json").exists()))
+def test_every_published_preset_converts_and_equals_keras(tmp_path, name):
+    # Every zoo preset, the ViTs (exact GELU) included, converts and answers as Keras does.
+    model = presets.load_preset_directory(REPO_ROOT / "zoo" / name)
+    files = export_onnx(model, tmp_path / f"{name}.onnx")
+    session = onnxruntime.InferenceSession(files["serve"], providers=["CPUExecutionProvider"])
+    (raw_input,) = session.get_inputs()
+    shape = [3] + [d if isinstance(d, int) else 12 for d in raw_input.shape[1:]]
+    dtype = np.uint8 if raw_input.type == "tensor(uint8)" else np.float32
+    raw = np.random.default_rng(0).integers(0, 256, shape).astype(dtype)
+    served = _run(files["serve"], **{raw_input.name: raw})["logits"]
+    assert relative_error(served, model.predict(model.preprocessing(raw), verbose=0)) < 1e-4
