@@ -11,6 +11,15 @@ this times, in one process, on the same data, several *variants* of one training
                                    fastfit.auto_steps_per_execution)
     fused:<form>:<spe>[:options]  the same with fastfit.fuse_train_steps (JAX: one lax.scan per
                                    group of steps)
+    trainer:<recipe|plain>:<spe>  `glonet_keras.trainer`'s own fit path: the model, training-only
+                                   model, data pipeline, compile and fused steps that `trainer.train`
+                                   sets up (its `_start`), on Fashion-MNIST (28x28x1; the CNN
+                                   families only, with --image_size=28 --image_channels=1), with
+                                   the preset recipe (AdamW, cosine, label smoothing) and its
+                                   augmentation `flip,crop` (`recipe`) or none (`plain`); <spe> is
+                                   TrainConfig.steps_per_execution (`auto`: the trainer's choice).
+                                   Timed per fit epoch like the others (no checkpoint writes, no
+                                   validation)
     raw:device:<spe>[:options]    the same loss and optimizer update, compiled outside Keras' fit
                                    loop, on batches already on the device, <spe> steps per call:
                                    JAX: jax.jit of model.stateless_call + stateless_compute_loss,
@@ -18,7 +27,16 @@ this times, in one process, on the same data, several *variants* of one training
                                    TensorFlow: a tf.function (jit_compile as fit resolves it) of
                                    GradientTape + optimizer.apply (<spe> > 1: a tf.range loop)
     options: `v1` fit with verbose=1 (the progress bar; its output goes to /dev/null, so this is
-             its Python cost, not the terminal's), `xla` jit_compile=True (TensorFlow).
+             its Python cost, not the terminal's), `xla` jit_compile=True (TensorFlow),
+             `aug` the trainer's `flip,crop` augmentation (`glonet_keras.augment.RandomShiftFlip`,
+             gathers) in a training-only model in front, as the trainer's array path has it,
+             `kaug` the same with Keras' RandomFlip + RandomTranslation(0.125) (what the trainer
+             used before issue 20; costly, so never a default).
+
+`--preset` times the Fashion-MNIST preset CNN (GloNet CNN-20, width 24, batch norm, 28x28x1,
+batch 128) with PRESET_VARIANTS: with and without augmentation, the fused and the raw loops, and
+the trainer's own path; the summary then says what augmentation adds and how far the trainer's
+default is from the best fit variant.
 
 Every variant runs `--steps` training steps per repetition (one fit epoch); after a warm-up
 repetition that includes tracing and compilation (reported as compile seconds), `--repetitions`
@@ -28,12 +46,15 @@ same kind, steps_per_execution and options share one compiled model.
 
     python benchmarks/fit_overhead.py --output=/tmp/fit_overhead.json                   # TF, CPU
     KERAS_BACKEND=jax python benchmarks/fit_overhead.py --models=glonet_mlp:10          # JAX
+    KERAS_BACKEND=jax python benchmarks/fit_overhead.py --preset --cnn_steps=8 --repetitions=3
 """
 
 import contextlib
 import dataclasses
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -65,6 +86,10 @@ def define_flags():
     flags.DEFINE_integer("cnn_width", 16, "Channels of the CNNs' first stage.")
     flags.DEFINE_integer("cnn_batch", 128, "Batch size of the CNNs.")
     flags.DEFINE_integer("image_size", 32, "Image height and width of the CNNs.")
+    flags.DEFINE_integer("image_channels", 3, "Image channels of the CNNs.")
+    flags.DEFINE_bool("preset", False, "Time the Fashion-MNIST preset CNN (PRESET_MODEL, 28x28x1, "
+                      "width 24, batch 128) with PRESET_VARIANTS (or --variants); overrides --models, "
+                      "--cnn_width, --cnn_batch, --image_size and --image_channels.")
     flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
 DEFAULT_VARIANTS = {
@@ -73,7 +98,21 @@ DEFAULT_VARIANTS = {
     "jax": ["fit:numpy:1", "fit:numpy:auto", "fit:device:auto", "fused:numpy:auto",
             "fused:device:auto", "fused:device:auto:v1", "raw:device:1", "raw:device:auto"],
 }
-FAMILIES = ("glonet_mlp", "resnet_mlp", "glonet_cnn", "resnet_cnn")
+#: The Fashion-MNIST preset CNN of training/make_zoo.py (glonet_cnn_bn_fashion_mnist) and its sizes.
+PRESET_MODEL = "glonet_cnn_bn:20"
+PRESET_SIZES = dict(cnn_width=24, cnn_batch=128, image_size=28, image_channels=1)
+PRESET_VARIANTS = {
+    "tensorflow": ["fit:numpy:auto", "fit:numpy:auto:aug", "raw:device:1", "raw:device:auto",
+                   "raw:device:auto:aug", "trainer:plain:auto", "trainer:recipe:auto"],
+    "jax": ["fit:device:auto", "fit:device:auto:aug", "fused:device:auto", "fused:device:auto:aug",
+            "raw:device:1", "raw:device:auto", "raw:device:auto:aug", "trainer:plain:auto",
+            "trainer:recipe:auto"],
+}
+FAMILIES = ("glonet_mlp", "resnet_mlp", "glonet_cnn", "glonet_cnn_bn", "resnet_cnn")
+#: The trainer's model name and extra constructor arguments of each CNN family.
+TRAINER_MODELS = {"glonet_cnn": ("glonet_cnn", {}),
+                  "glonet_cnn_bn": ("glonet_cnn", {"normalization": "batch"}),
+                  "resnet_cnn": ("resnet_cnn", {})}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +120,12 @@ class Variant:
     """One way of running the training steps (parsed from 'kind:form:spe[:options]')."""
 
     name: str
-    kind: str           # "fit", "fused" or "raw"
-    form: str           # "numpy", "device" or "tfdata"
+    kind: str           # "fit", "fused", "raw" or "trainer"
+    form: str           # "numpy", "device" or "tfdata" ("recipe" or "plain" for the trainer)
     spe: object         # int or "auto"
     verbose: int = 0
     xla: bool = False
+    augment: str = ""   # "" (none), "aug" (glonet_keras.augment) or "kaug" (Keras' layers)
 
     @classmethod
     def parse(cls, text, backend):
@@ -93,17 +133,29 @@ class Variant:
         if len(parts) < 3:
             raise ValueError(f"Variant {text!r} is not kind:form:spe[:options].")
         kind, form, spe, options = parts[0], parts[1], parts[2], parts[3:]
-        if kind not in ("fit", "fused", "raw"):
-            raise ValueError(f"Variant {text!r}: kind must be fit, fused or raw.")
+        if kind not in ("fit", "fused", "raw", "trainer"):
+            raise ValueError(f"Variant {text!r}: kind must be fit, fused, raw or trainer.")
+        if kind == "trainer":
+            if form not in ("recipe", "plain") or options:
+                raise ValueError(f"Variant {text!r}: the trainer's form is recipe or plain, with no "
+                                 "options.")
+            try:
+                spe = timing.parse_steps_per_execution(spe)
+            except ValueError as error:
+                raise ValueError(f"Variant {text!r}: {error}") from error
+            return cls(text, kind, form, spe)
         if form not in ("numpy", "device", "tfdata") or (kind == "raw" and form != "device"):
             raise ValueError(f"Variant {text!r}: form must be numpy, device or tfdata (raw: device).")
         try:
             spe = timing.parse_steps_per_execution(spe)
         except ValueError as error:
             raise ValueError(f"Variant {text!r}: {error}") from error
-        unknown = set(options) - {"v1", "xla"}
+        unknown = set(options) - {"v1", "xla", "aug", "kaug"}
         if unknown:
-            raise ValueError(f"Variant {text!r}: unknown options {sorted(unknown)} (v1, xla).")
+            raise ValueError(f"Variant {text!r}: unknown options {sorted(unknown)} "
+                             "(v1, xla, aug, kaug).")
+        if {"aug", "kaug"} <= set(options):
+            raise ValueError(f"Variant {text!r}: aug or kaug, not both.")
         if kind == "fused" and backend != "jax":
             raise ValueError(f"Variant {text!r}: fused steps are for JAX (TensorFlow already runs "
                              "a group of steps in one tf.function).")
@@ -112,15 +164,17 @@ class Variant:
         if "xla" in options and backend != "tensorflow":
             raise ValueError(f"Variant {text!r}: the xla option is for TensorFlow (JAX always "
                              "compiles with XLA).")
-        return cls(text, kind, form, spe, verbose=1 if "v1" in options else 0, xla="xla" in options)
+        augment = "aug" if "aug" in options else "kaug" if "kaug" in options else ""
+        return cls(text, kind, form, spe, verbose=1 if "v1" in options else 0, xla="xla" in options,
+                   augment=augment)
 
     def group(self, spe):
         """Variants of one group share one compiled model (raw steps compile their own function)."""
-        return (self.kind, None if self.kind == "raw" else spe, self.xla)
+        return (self.kind, None if self.kind == "raw" else spe, self.xla, self.augment)
 
 
 def model_and_data(family, depth, *, steps, mlp_width=16, mlp_batch=1024, cnn_width=16,
-                   cnn_batch=128, image_size=32):
+                   cnn_batch=128, image_size=32, image_channels=3):
     """(builder() -> model, x, y, batch size, loss) for a family at a depth, `steps` batches of data."""
     import keras
 
@@ -136,11 +190,13 @@ def model_and_data(family, depth, *, steps, mlp_width=16, mlp_batch=1024, cnn_wi
             return cls(num_blocks=depth, width=mlp_width, num_classes=1, input_shape=(14,))
 
         return build, x, y, mlp_batch, "mse"
-    cls = GloNetCNN if family == "glonet_cnn" else ResNetCNN
-    x, y = random_images(steps * cnn_batch, image_size)
+    cls = ResNetCNN if family == "resnet_cnn" else GloNetCNN
+    extra = TRAINER_MODELS[family][1]
+    x, y = random_images(steps * cnn_batch, image_size, channels=image_channels)
 
     def build():
-        return cls(depth=depth, width=cnn_width, input_shape=(image_size, image_size, 3))
+        return cls(depth=depth, width=cnn_width, input_shape=(image_size, image_size, image_channels),
+                   **extra)
 
     return build, x, y, cnn_batch, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -154,6 +210,71 @@ def resolve_spe(spe, default, steps, model, batch_size, batch_bytes):
         spe = fastfit.auto_steps_per_execution(
             steps, fastfit.estimate_step_seconds(model, batch_size), batch_bytes=batch_bytes)
     return min(int(spe), steps)
+
+
+def with_augmentation(model, augment, seed=0):
+    """`model` behind the trainer's `flip,crop` augmentation ("aug": glonet_keras.augment's
+    gathers; "kaug": Keras' RandomFlip + RandomTranslation), in a training-only Sequential that
+    shares its layers, as trainer._training_model builds it; `model` itself for ""."""
+    import keras
+
+    from glonet_keras import data
+
+    if not augment:
+        return model
+    if augment == "aug":
+        layers = data.image_augmentation_layers(("flip", "crop"), seed)
+    else:
+        layers = [keras.layers.RandomFlip("horizontal", seed=seed),
+                  keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant", seed=seed)]
+    return keras.Sequential([keras.Input(model.input_shape[1:]), *layers, model],
+                            name=f"{model.name}_training")
+
+
+def trainer_task(family, depth, variant, *, steps, cnn_width=16, cnn_batch=128, image_size=32,
+                 image_channels=3, seed=0):
+    """(task, info) timing one fit epoch of `trainer.train`'s own model, data and compile.
+
+    Sets the run up with the trainer itself (`trainer._start`: the model, the training-only model
+    with the augmentation, the data pipeline of this backend, the optimizer, steps per execution
+    and fused steps, as `train` has them) on the first `steps` batches of Fashion-MNIST, in a
+    temporary run directory, then times `fit` epochs of it. Raises ValueError for a model or
+    image shape the trainer cannot train on Fashion-MNIST.
+    """
+    from glonet_keras import fastfit, trainer
+    from glonet_keras.callbacks import EpochTimer
+
+    if family not in TRAINER_MODELS or (image_size, image_channels) != (28, 1):
+        raise ValueError(f"trainer variants train Fashion-MNIST (28x28x1): they need a CNN family "
+                         f"({sorted(TRAINER_MODELS)}) with --image_size=28 --image_channels=1, "
+                         f"received {family} at {image_size}x{image_size}x{image_channels}.")
+    name, extra = TRAINER_MODELS[family]
+    run_dir = tempfile.mkdtemp(prefix="fit_overhead_trainer_")
+    config = trainer.TrainConfig(
+        model=name, depth=depth, width=cnn_width, model_kwargs=extra, dataset="fashion_mnist",
+        max_examples=steps * cnn_batch, drop_remainder=True, epochs=100, batch_size=cnn_batch,
+        optimizer="adamw", learning_rate=0.002, weight_decay=0.05, schedule="cosine",
+        warmup_epochs=1, label_smoothing=0.1,
+        augment=("flip", "crop") if variant.form == "recipe" else (), seed=seed,
+        steps_per_execution=variant.spe, model_dir=run_dir, overwrite=True, tensorboard=False,
+        verbose=0)
+    try:
+        session = trainer._start(config)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    model, data = session.fit_model, session.data
+
+    def run_epoch():
+        timer = EpochTimer()
+        model.fit(data.train, epochs=1, steps_per_epoch=data.fit_steps, shuffle=False, verbose=0,
+                  callbacks=[timer])
+        return timer.seconds[-1]
+
+    info = {"steps_per_execution": session.steps_per_execution, "steps": session.steps,
+            "jit_compile": bool(model.jit_compile),
+            "fused": isinstance(model.train_function, fastfit._FusedTrainFunction),
+            "input_pipeline": "numpy arrays" if session.uses_arrays else "tf.data"}
+    return run_epoch, info
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,6 +397,13 @@ def run_model(spec, variants, *, steps, repetitions, steps_per_execution="auto",
     log(f"{spec}: batch {batch_size}, {steps} steps per repetition")
     keras.backend.clear_session()
     for variant in variants:
+        if variant.kind == "trainer":
+            cnn_sizes = {k: v for k, v in sizes.items()
+                         if k in ("cnn_width", "cnn_batch", "image_size", "image_channels")}
+            tasks[variant.name], info[variant.name] = trainer_task(
+                family, int(depth), variant, steps=steps, **cnn_sizes)
+            tasks[variant.name] = _quiet(tasks[variant.name])
+            continue
         keras.utils.set_random_seed(0)
         probe = models.get("probe") or build()
         models["probe"] = probe
@@ -283,7 +411,7 @@ def run_model(spec, variants, *, steps, repetitions, steps_per_execution="auto",
         key = variant.group(spe)
         if key not in models:
             keras.utils.set_random_seed(0)
-            model = build()
+            model = with_augmentation(build(), variant.augment)
             jit = True if variant.xla else "auto"
             timing.compile_for_fit(model, loss=loss, batch_size=batch_size, steps_per_epoch=steps,
                                    steps_per_execution=1 if variant.kind == "raw" else spe,
@@ -299,6 +427,11 @@ def run_model(spec, variants, *, steps, repetitions, steps_per_execution="auto",
             timed_steps = steps
         info[variant.name] = {"steps_per_execution": spe, "steps": timed_steps,
                               "jit_compile": bool(model.jit_compile)}
+        if variant.kind != "raw":
+            from glonet_keras import fastfit
+
+            info[variant.name]["fused"] = isinstance(model.train_function,
+                                                     fastfit._FusedTrainFunction)
     timed = timing.time_interleaved(tasks, repetitions, log=log)
     result = {"model": spec, "batch_size": batch_size, "steps": steps, "variants": {}}
     for name, measured in timed.items():
@@ -364,14 +497,18 @@ def main(argv):
         raise app.UsageError(str(error)) from error
     machine = timing.describe_machine()
     print(f"Machine: {machine}", flush=True)
+    models, variants, sizes = FLAGS.models, FLAGS.variants, dict(
+        mlp_width=FLAGS.mlp_width, mlp_batch=FLAGS.mlp_batch, cnn_width=FLAGS.cnn_width,
+        cnn_batch=FLAGS.cnn_batch, image_size=FLAGS.image_size, image_channels=FLAGS.image_channels)
+    if FLAGS.preset:
+        models, variants = [PRESET_MODEL], FLAGS.variants or PRESET_VARIANTS[backend]
+        sizes.update(PRESET_SIZES)
     print(f"repetitions={FLAGS.repetitions} (median [min-max] over interleaved rounds)")
     save = timing.json_saver(FLAGS.output, {"benchmark": "fit_overhead", "machine": machine,
                                             "repetitions": FLAGS.repetitions}, "results")
     results = run_benchmark(
-        FLAGS.models, FLAGS.variants, mlp_steps=FLAGS.mlp_steps, cnn_steps=FLAGS.cnn_steps,
-        repetitions=FLAGS.repetitions, steps_per_execution=spe, on_result=save,
-        mlp_width=FLAGS.mlp_width, mlp_batch=FLAGS.mlp_batch, cnn_width=FLAGS.cnn_width,
-        cnn_batch=FLAGS.cnn_batch, image_size=FLAGS.image_size)
+        models, variants, mlp_steps=FLAGS.mlp_steps, cnn_steps=FLAGS.cnn_steps,
+        repetitions=FLAGS.repetitions, steps_per_execution=spe, on_result=save, **sizes)
     save(results, complete=True)
     print()
     report.fit_overhead_summary(results)

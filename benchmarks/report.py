@@ -54,13 +54,54 @@ def cnn_speed_table(rows, log=print):
         for row in rows], log=log)
 
 
-def best_fit(result):
-    """(name, entry) of the fastest fit/fused variant of one model, by median ms per step."""
-    fits = {name: entry for name, entry in result["variants"].items() if not name.startswith("raw")}
+def augmented(name):
+    """Whether a fit_overhead variant trains with augmentation (`aug`/`kaug`, `trainer:recipe`)."""
+    parts = name.split(":")
+    return bool({"aug", "kaug"} & set(parts[3:])) or parts[:2] == ["trainer", "recipe"]
+
+
+def best_fit(result, with_augmentation=False):
+    """(name, entry) of the fastest fit/fused/trainer variant of one model, by median ms per step,
+    among those with (or without) augmentation."""
+    fits = {name: entry for name, entry in result["variants"].items()
+            if not name.startswith("raw") and augmented(name) == with_augmentation}
     if not fits:
         return None, None
     name = min(fits, key=lambda n: fits[n]["ms_per_step"]["median"])
     return name, fits[name]
+
+
+def augmentation_rows(result):
+    """What augmentation adds, and how far the trainer's own path is from the best fit variant.
+
+    Rows of [what, numerator variant, denominator variant, paired ratio summary] for every pair
+    present in `result`: X:aug / X (and X:kaug / X), trainer:recipe / trainer:plain, and each
+    trainer variant / the best fit variant with the same augmentation (the best may be itself).
+    """
+    variants = result["variants"]
+    pairs = []
+    for name in variants:
+        parts = name.split(":")
+        for option in ("aug", "kaug"):
+            if option in parts[3:]:
+                base = ":".join(p for p in parts if p != option)
+                if base in variants:
+                    pairs.append((f"augmentation ({option}) adds", name, base))
+    for spe in sorted({name.split(":")[2] for name in variants if name.startswith("trainer:")}):
+        recipe, plain = f"trainer:recipe:{spe}", f"trainer:plain:{spe}"
+        if recipe in variants and plain in variants:
+            pairs.append(("augmentation adds, trainer", recipe, plain))
+    for with_augmentation in (False, True):
+        best, _ = best_fit(result, with_augmentation)
+        for name in variants:
+            if name.startswith("trainer:") and augmented(name) == with_augmentation and best:
+                pairs.append(("trainer / best fit", name, best))
+    rows = []
+    for what, numerator, denominator in pairs:
+        ratio = timing.paired_ratios(variants[numerator]["samples_ms_per_step"],
+                                     variants[denominator]["samples_ms_per_step"])
+        rows.append([what, numerator, denominator, ratio])
+    return rows
 
 
 def fit_overhead_model_table(result, log=print):
@@ -95,6 +136,13 @@ def fit_overhead_summary(results, log=print):
                      timing.format_summary(ratio, digits=2) if ratio else "-",
                      ("yes" if ratio["median"] <= FIT_TARGET else "no") if ratio else "-"])
     timing.print_table(header, rows, log=log)
+    for result in results:
+        extra = augmentation_rows(result)
+        if extra:
+            log(f"\n{result['model']}: augmentation and the trainer's own path (paired ratios)")
+            timing.print_table(["what", "variant", "against", "ratio median [min-max]"],
+                               [[what, a, b, timing.format_summary(r, digits=2)]
+                                for what, a, b, r in extra], log=log)
     pairs = []
     for spec in medians:
         family, _, depth = spec.partition(":")

@@ -212,6 +212,50 @@ def accelerator_platform():
     return platform if platform in DEFAULT_FLOPS_PER_SECOND else "gpu"
 
 
+def mixed_precision_policy():
+    """The Keras dtype policy `--mixed_precision` means on this backend and device.
+
+    "mixed_bfloat16" on JAX when the default device computes in bfloat16 natively: a TPU, or an
+    NVIDIA GPU of compute capability 8.0 or more (A100, H100, H200...). bfloat16 has float32's
+    exponent range, so it needs no loss scaling (no LossScaleOptimizer, no skipped steps), and
+    JAX/XLA run its matmuls and convolutions on the tensor cores. Everywhere else (TensorFlow,
+    whose GPU path is float16 with loss scaling; JAX on a CPU or an older GPU) "mixed_float16",
+    the policy `--mixed_precision` always meant: on a CPU mixed precision saves memory, not time.
+
+    Returns:
+        "mixed_bfloat16" or "mixed_float16".
+    """
+    if keras.backend.backend() != "jax":
+        return "mixed_float16"
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "tpu":
+        return "mixed_bfloat16"
+    if device.platform == "gpu":
+        capability = getattr(device, "compute_capability", None)
+        try:
+            major = int(str(capability).split(".")[0])
+        except ValueError:
+            major = 0
+        if major >= 8:
+            return "mixed_bfloat16"
+    return "mixed_float16"
+
+
+def fuse_by_default():
+    """Whether the trainer fuses its steps (`fuse_train_steps`): on JAX with a GPU or TPU.
+
+    Measured (benchmarks/README.md): on an H200 the fused group ran GloNet MLP-10 at batch 1024 in
+    0.41 ms a step against 1.04 ms for Keras' own loop, and the CNN-20 at batch 128 in 2.33 against
+    2.57 ms. On the 2-core CPU it is slower: the MLP 1.2x, and the trainer's Fashion-MNIST preset
+    CNN (2 steps a group) did not finish its first fused epoch of 8 steps, compile included, in
+    120 s, where Keras' own loop took 31 s (15-21 s once compiled). So not on a CPU. Keras' path
+    and the fused one train the same steps (tests/test_fastfit.py): this only changes the speed.
+    """
+    return keras.backend.backend() == "jax" and accelerator_platform() in ("gpu", "tpu")
+
+
 def fuse_train_steps(model):
     """On JAX, runs each `steps_per_execution` group of `fit` steps as one compiled `lax.scan`.
 
@@ -226,9 +270,8 @@ def fuse_train_steps(model):
     Call it after `model.compile(...)` and before `fit`; compiling again removes it. It replaces
     `model.train_function`, which `fit`, `train_on_batch` and callbacks use as Keras does.
 
-    Experimental, and off everywhere by default: on the 2-core CPU (JAX) a small CNN's epoch was
-    about 12x slower fused than unfused (no recompilation), and a trainer run that fused on an
-    H200 did not finish a CNN-20 epoch in 200 s. Measure before you use it
+    The trainer fuses on JAX where `fuse_by_default()` says so: on a GPU or TPU, not on a CPU
+    (measured in benchmarks/README.md). Elsewhere measure before you use it
     (`benchmarks/fit_overhead.py`, `fused:*` variants).
 
     Args:

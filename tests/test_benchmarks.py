@@ -176,6 +176,69 @@ def test_variants_parse_their_options():
         fit_overhead.Variant.parse("fit:numpy:8:xla", "jax")
 
 
+def test_augmentation_and_trainer_variants_parse_and_are_checked():
+    variant = fit_overhead.Variant.parse("fit:numpy:auto:aug", "tensorflow")
+    assert (variant.kind, variant.augment) == ("fit", "aug")
+    assert variant.group(4) != fit_overhead.Variant.parse("fit:numpy:auto", "tensorflow").group(4)
+    trainer = fit_overhead.Variant.parse("trainer:recipe:auto", "jax")
+    assert (trainer.kind, trainer.form, trainer.spe) == ("trainer", "recipe", "auto")
+    for text, message in (("trainer:fancy:auto", "recipe or plain"),
+                          ("trainer:plain:auto:aug", "recipe or plain"),
+                          ("fit:numpy:auto:aug:kaug", "not both")):
+        with pytest.raises(ValueError, match=message):
+            fit_overhead.Variant.parse(text, "tensorflow")
+    with pytest.raises(ValueError, match="28x28x1"):
+        fit_overhead.trainer_task("glonet_mlp", 2, trainer, steps=2)
+
+
+def test_the_summary_says_what_augmentation_adds_and_how_far_the_trainer_is(capsys):
+    def entry(*samples):
+        return {"samples_ms_per_step": list(samples), "ms_per_step": timing.summarize(samples),
+                "steps_per_execution": 1, "compile_s": 0.0}
+
+    result = {"model": "glonet_cnn_bn:20", "batch_size": 128, "steps": 8, "variants": {
+        "fit:device:auto": entry(10.0, 12.0), "fit:device:auto:aug": entry(11.0, 12.6),
+        "raw:device:1": entry(9.0, 9.0), "trainer:plain:auto": entry(10.5, 12.0),
+        "trainer:recipe:auto": entry(12.1, 13.2)}}
+    rows = {(what, a, b): r["median"] for what, a, b, r in report.augmentation_rows(result)}
+    assert rows[("augmentation (aug) adds", "fit:device:auto:aug", "fit:device:auto")] == \
+        pytest.approx((1.1 + 1.05) / 2)
+    assert rows[("augmentation adds, trainer", "trainer:recipe:auto", "trainer:plain:auto")] == \
+        pytest.approx((12.1 / 10.5 + 1.1) / 2)
+    # Against the best variant with the same augmentation: fit:device:auto (plain), the aug one.
+    assert rows[("trainer / best fit", "trainer:plain:auto", "fit:device:auto")] == \
+        pytest.approx((1.05 + 1.0) / 2)
+    assert rows[("trainer / best fit", "trainer:recipe:auto", "fit:device:auto:aug")] == \
+        pytest.approx((1.1 + 13.2 / 12.6) / 2)
+    assert report.best_fit(result)[0] == "fit:device:auto"
+    report.fit_overhead_summary([result])
+    assert "augmentation and the trainer's own path" in capsys.readouterr().out
+
+
+def test_augmented_variants_train_the_model_behind_the_trainers_layers():
+    build = fit_overhead.model_and_data("glonet_cnn_bn", 8, steps=1, cnn_width=2, image_size=8,
+                                        image_channels=1)[0]
+    model = build()
+    assert fit_overhead.with_augmentation(model, "") is model
+    assert type(model.get_layer("block_1_norm_1")).__name__ == "BatchNormalization"  # the preset
+    wrapped = fit_overhead.with_augmentation(model, "aug")
+    assert [type(layer).__name__ for layer in wrapped.layers] == ["RandomShiftFlip", "GloNetCNN"]
+    assert wrapped.layers[1] is model  # shares the model's weights, as the trainer's wrapper does
+    old = fit_overhead.with_augmentation(build(), "kaug")
+    assert [type(layer).__name__ for layer in old.layers[:2]] == ["RandomFlip", "RandomTranslation"]
+
+
+@pytest.mark.slow
+def test_fit_overhead_times_a_cnn_behind_the_trainers_augmentation():
+    variants = [fit_overhead.Variant.parse(v, "tensorflow")
+                for v in ("fit:numpy:1", "fit:numpy:1:aug")]
+    result = fit_overhead.run_model("glonet_cnn_bn:8", variants, steps=2, repetitions=1,
+                                    cnn_width=2, cnn_batch=4, image_size=8, image_channels=1,
+                                    **QUIET)
+    assert set(result["variants"]) == {"fit:numpy:1", "fit:numpy:1:aug"}
+    assert all(e["ms_per_step"]["median"] > 0 for e in result["variants"].values())
+
+
 def test_fit_overhead_compares_fit_with_the_raw_step(capsys):
     variants = [fit_overhead.Variant.parse(v, "tensorflow")
                 for v in ("fit:numpy:1", "fit:numpy:auto", "raw:device:1", "raw:device:auto")]
@@ -248,3 +311,44 @@ def test_every_benchmark_defaults_to_at_least_three_repetitions():
     assert timing.REPETITIONS >= 3
     for function in (mlp_speed.run_benchmark, cnn_speed.run_benchmark, fit_overhead.run_benchmark):
         assert inspect.signature(function).parameters["repetitions"].default >= 3
+
+
+# ---- training/gpu_zoo.sh --------------------------------------------------------------------
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for the interpreter: make_zoo.py "trains" by writing the run's metrics.json; anything
+# else runs in the real Python.
+if [ "$1" = training/make_zoo.py ]; then
+    echo "$@" >>"$FAKE_ZOO_CALLS"
+    for arg in "$@"; do
+        case $arg in --names=*) name=${arg#--names=};; --runs_dir=*) runs=${arg#--runs_dir=};; esac
+    done
+    [ "$name" = broken ] && exit 3
+    mkdir -p "$runs/$name"
+    echo '{"seconds_per_epoch": [9.0, 2.0, 4.0, 3.0]}' >"$runs/$name/metrics.json"
+    exit 0
+fi
+exec "$REAL_PYTHON" "$@"
+"""
+
+
+def test_gpu_zoo_reports_seconds_per_epoch_and_wall_time_per_preset(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    env = dict(os.environ, PYTHON=str(fake), REAL_PYTHON=sys.executable, FAKE_ZOO_CALLS=str(calls),
+               GPU_ZOO_SMOKE="1")
+    runs = tmp_path / "runs"
+    result = subprocess.run(["bash", "training/gpu_zoo.sh", str(runs), "100", "a_preset", "broken"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # The recipe's flags, then XLA on (JAX) and the smoke run's size.
+    assert "--extra_train_flags=--jit_compile=auto,--epochs=2,--max_examples=2048" in \
+        calls.read_text().splitlines()[0]
+    # The first epoch (compiling) apart; the median of the others: 3.0.
+    assert "[a_preset] 4 epochs, 3.0 s per epoch (first, compiling: 9.0 s), wall" in result.stdout
+    rows = [line.split("\t") for line in (runs / "gpu_zoo_times.tsv").read_text().splitlines()]
+    assert rows[0] == ["preset", "exit", "epochs", "first_epoch_s", "median_s_per_epoch", "wall_s"]
+    assert rows[1][:5] == ["a_preset", "0", "4", "9.0", "3.0"] and int(rows[1][5]) >= 0
+    assert rows[2][:5] == ["broken", "3", "0", "-", "-"]

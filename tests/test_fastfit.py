@@ -97,7 +97,13 @@ def test_the_default_throughput_follows_the_platform():
 
 # ---- fuse_train_steps (TensorFlow: nothing to do) ---------------------------------------------
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the TensorFlow policy")
+def test_mixed_precision_is_float16_with_loss_scaling_on_tensorflow():
+    assert fastfit.mixed_precision_policy() == "mixed_float16"
+
+
 def test_fuse_needs_a_compiled_model_and_leaves_tensorflow_alone():
+    assert fastfit.fuse_by_default() is False  # TensorFlow, or JAX on this CPU
     model = GloNetMLP(num_blocks=2, width=8, num_classes=1, input_shape=(4,))
     with pytest.raises(ValueError, match="compile"):
         fastfit.fuse_train_steps(model)
@@ -262,6 +268,47 @@ report["resnet"] = dict(weights=max_difference(reference, fused))
 inputs = fastfit.in_memory_inputs(x, y, batch_size=16)
 report["in_memory_inputs"] = [type(inputs["x"]).__name__, inputs["shuffle"]]
 report["spe1_fused"] = fastfit.fuse_train_steps(model(spe=1))
+
+# The gathers compiled by XLA give exactly the NumPy reference's pixels for the drawn offsets.
+from glonet_keras import augment
+
+images = rng.uniform(size=(64, 8, 8, 1)).astype("float32")
+layer, twin = augment.RandomShiftFlip(seed=11), augment.RandomShiftFlip(seed=11)
+layer.build(images.shape)
+state = [v.value for v in layer.non_trainable_variables]
+out, _ = jax.jit(lambda s, x: layer.stateless_call([], s, x, training=True))(state, images)
+dy, dx, flip = (np.asarray(v) for v in twin.draw(64, height=8, width=8))
+expected = np.zeros_like(images)
+for b in range(64):
+    source = images[b, :, ::-1] if flip[b] else images[b]
+    for i in range(8):
+        for j in range(8):
+            if 0 <= i - dy[b] < 8 and 0 <= j - dx[b] < 8:
+                expected[b, i, j] = source[i - dy[b], j - dx[b]]
+report["jit_pixels_exact"] = bool(np.array_equal(np.asarray(out), expected))
+
+# --mixed_precision's policy by device (the devices faked: this machine has a CPU only).
+class Device:
+    def __init__(self, platform, capability=None):
+        self.platform, self.compute_capability = platform, capability
+
+policies = {"this machine": fastfit.mixed_precision_policy()}
+real_devices = jax.devices
+for name, device in (("h200", Device("gpu", "9.0")), ("a100", Device("gpu", "8.0")),
+                     ("v100", Device("gpu", "7.0")), ("tpu", Device("tpu")),
+                     ("cpu", Device("cpu"))):
+    jax.devices = lambda device=device: [device]
+    policies[name] = fastfit.mixed_precision_policy()
+jax.devices = real_devices
+report["policies"] = policies
+
+# The trainer fuses by default on a GPU or TPU, not on this CPU.
+real_platform = fastfit.accelerator_platform
+report["fuse_by_default"] = {"this machine": fastfit.fuse_by_default()}
+for platform in ("gpu", "tpu", "cpu"):
+    fastfit.accelerator_platform = lambda platform=platform: platform
+    report["fuse_by_default"][platform] = fastfit.fuse_by_default()
+fastfit.accelerator_platform = real_platform
 print("REPORT" + json.dumps(report))
 """
 
@@ -276,3 +323,65 @@ def test_on_jax_fused_steps_and_device_data_train_exactly_like_keras():
     assert report["resnet"]["weights"] < 1e-5, report
     assert report["train_on_batch_finite"]
     assert report["in_memory_inputs"] == ["DeviceArrayDataset", False]
+    assert report["jit_pixels_exact"]
+    assert report["policies"] == {"this machine": "mixed_float16", "h200": "mixed_bfloat16",
+                                  "a100": "mixed_bfloat16", "v100": "mixed_float16",
+                                  "tpu": "mixed_bfloat16", "cpu": "mixed_float16"}
+    assert report["fuse_by_default"] == {"this machine": False, "gpu": True, "tpu": True,
+                                         "cpu": False}
+
+
+JAX_AUGMENTED_CNN = """
+import json
+import keras
+import numpy as np
+from glonet_keras import fastfit
+
+rng = np.random.default_rng(0)
+report = {"fused": []}
+
+def max_difference(a, b):
+    return max(float(np.max(np.abs(u - v))) for u, v in zip(a.get_weights(), b.get_weights()))
+
+# The trainer's training-only model on JAX: the flip/crop gathers in front of a CNN with batch norm.
+# Fused and Keras' own path draw the same augmentation (the seed generator's state goes through
+# the scan like any variable), so they end with the same weights after the same steps.
+from glonet_keras import augment
+from glonet_keras.models import GloNetCNN
+
+images = rng.uniform(size=(64, 8, 8, 1)).astype("float32")
+labels = rng.integers(0, 10, size=64).astype("int32")
+cnn_initial = []
+
+def cnn(spe=1, fuse=False):
+    net = GloNetCNN(depth=8, width=4, input_shape=(8, 8, 1), normalization="batch")
+    if not cnn_initial:
+        cnn_initial.extend(net.get_weights())
+    net.set_weights(cnn_initial)
+    wrapper = keras.Sequential([keras.Input((8, 8, 1)), augment.RandomShiftFlip(seed=3), net])
+    # SGD: the gradient of a convolution's bias before batch norm is zero up to rounding, and
+    # Adam would turn that rounding noise (which differs between two compiled programs) into
+    # steps of the learning rate's size.
+    wrapper.compile(optimizer=keras.optimizers.SGD(0.1), steps_per_execution=spe,
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    if fuse:
+        report["fused"].append(fastfit.fuse_train_steps(wrapper))
+    return wrapper
+
+reference = cnn()
+reference.fit(images, labels, batch_size=8, epochs=2, shuffle=False, verbose=0)
+fused = cnn(spe=4, fuse=True)
+fused.fit(fastfit.DeviceArrayDataset(images, labels, batch_size=8, shuffle=False), epochs=2,
+          shuffle=False, verbose=0)
+report["augmented_cnn"] = dict(weights=max_difference(reference, fused))
+
+print("REPORT" + json.dumps(report))
+"""
+
+
+@pytest.mark.slow
+def test_on_jax_fused_steps_with_the_trainers_augmentation_and_batch_norm_train_like_keras():
+    """The trainer's training-only model (RandomShiftFlip in front of a CNN with batch norm)."""
+    report = json.loads(run_on_backend("jax", JAX_AUGMENTED_CNN).split("REPORT", 1)[1])
+    assert report["fused"] == [True]
+    assert report["augmented_cnn"]["weights"] < 1e-5, report

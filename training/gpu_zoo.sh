@@ -10,34 +10,77 @@
 #   GPU_ZOO_DEADLINE=<epoch seconds>  no preset runs past it (its limit is cut; under 60 s: skipped)
 #   GPU_ZOO_COLLECT=<dir>              after each preset, copy its model.keras to <dir>/<name>.keras
 #                                      and refresh <dir>/runs_small.tgz (every run's small files)
+#   PYTHON=<interpreter>               default python3
 # Needs: Keras 3, JAX with a GPU, numpy, h5py, absl-py; the Fashion-MNIST files where
 # glonet_keras.data finds them (GLONET_KERAS_FASHION_MNIST_DIR). TensorFlow is not needed.
+#
+# Every run compiles with XLA (--jit_compile=auto, appended after the recipe's flags, so it wins):
+# the CNN recipes say `jit_compile=false` because oneDNN without XLA was faster on the CPU they were
+# trained on, but on JAX that flag means eager, uncompiled steps. jit_compile does not change what a
+# run computes, so a resume and the recorded recipe still match.
+#
+# For each preset it prints, from the run's metrics.json: epochs, the median seconds per epoch (the
+# first epoch, which compiles, apart) and the wall time; a table of all of them comes last (also in
+# RUNS_DIR/gpu_zoo_times.tsv).
 set -u
 runs_dir=$1
 limit=$2
 shift 2
+PY="${PYTHON:-python3}"
 export KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 mkdir -p "$runs_dir"
-# GPU_ZOO_SMOKE=1: a tiny run of every code path (4 epochs of 4,096 images: 8 steps of 512, fused in pairs), to test this script.
-extra=()
-[ "${GPU_ZOO_SMOKE:-0}" = 1 ] && extra=(--extra_train_flags=--epochs=4,--max_examples=4096)
+# GPU_ZOO_SMOKE=1: a tiny run of every code path (2 epochs of 2,048 images: 16 steps of 128, fused
+# in groups of 4), to test this script.
+extra=(--jit_compile=auto)
+[ "${GPU_ZOO_SMOKE:-0}" = 1 ] && extra+=(--epochs=2 --max_examples=2048)
+train_flags=$(IFS=,; echo "${extra[*]}")
+times="$runs_dir/gpu_zoo_times.tsv"
+printf 'preset\texit\tepochs\tfirst_epoch_s\tmedian_s_per_epoch\twall_s\n' >"$times"
+
+report() {  # report <name> <exit status> <wall s>: one line from the run's metrics.json
+    "$PY" - "$runs_dir/$1/metrics.json" "$1" "$2" "$3" <<'EOF'
+import json, statistics, sys
+path, name, status, wall = sys.argv[1:]
+try:
+    with open(path) as f:
+        seconds = json.load(f)["seconds_per_epoch"]
+except (OSError, ValueError, KeyError):
+    seconds = []
+later = seconds[1:] or seconds
+first = f"{seconds[0]:.1f}" if seconds else "-"
+median = f"{statistics.median(later):.1f}" if later else "-"
+print(f"{name}\t{status}\t{len(seconds)}\t{first}\t{median}\t{wall}")
+EOF
+}
+
 for name in "$@"; do
     start=$(date +%s)
     this_limit=$limit
     if [ -n "${GPU_ZOO_DEADLINE:-}" ]; then
         left=$(( GPU_ZOO_DEADLINE - start ))
         [ "$left" -lt "$this_limit" ] && this_limit=$left
-        if [ "$this_limit" -lt 60 ]; then echo "[$name] skipped: ${left} s left"; continue; fi
+        if [ "$this_limit" -lt 60 ]; then
+            echo "[$name] skipped: ${left} s left"
+            printf '%s\tskipped\t0\t-\t-\t0\n' "$name" >>"$times"
+            continue
+        fi
     fi
-    timeout "$this_limit" python3 training/make_zoo.py --steps=train --names="$name" \
-        --runs_dir="$runs_dir" "${extra[@]}"
+    timeout "$this_limit" "$PY" training/make_zoo.py --steps=train --names="$name" \
+        --runs_dir="$runs_dir" --extra_train_flags="$train_flags"
     status=$?
-    echo "[$name] exit $status after $(( $(date +%s) - start )) s (limit $this_limit s)"
+    wall=$(( $(date +%s) - start ))
+    echo "[$name] exit $status after $wall s (limit $this_limit s)"
     tail -n 4 "$runs_dir/$name.log" 2>/dev/null
+    line=$(report "$name" "$status" "$wall")
+    echo "$line" >>"$times"
+    echo "$line" | awk -F'\t' '{printf "[%s] %s epochs, %s s per epoch (first, compiling: %s s), wall %s s\n", $1, $3, $5, $4, $6}'
     if [ -n "${GPU_ZOO_COLLECT:-}" ]; then
         [ -f "$runs_dir/$name/model.keras" ] && cp "$runs_dir/$name/model.keras" "$GPU_ZOO_COLLECT/$name.keras"
         tar czf "$GPU_ZOO_COLLECT/runs_small.tgz" -C "$runs_dir" --exclude='*.keras' \
             --exclude=backup --exclude=checkpoints . 2>/dev/null
     fi
 done
+echo
+echo "== seconds per epoch and wall time per preset ($times)"
+column -t -s $'\t' "$times" 2>/dev/null || cat "$times"
