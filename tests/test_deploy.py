@@ -609,6 +609,15 @@ def _one_line_error(answer, status, message):
     assert "Traceback" not in answer["stderr"]
 
 
+def _closed_port():
+    """A local port nothing listens on (bound, then released): a connection is refused at once."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_deploy_cli_checks_before_measuring_and_writes_all_or_nothing(tmp_path):
     (tmp_path / "folder").mkdir()
     (tmp_path / "a_file").write_text("x")
@@ -626,7 +635,7 @@ def test_deploy_cli_checks_before_measuring_and_writes_all_or_nothing(tmp_path):
     digits = f"--preset={DIGITS_MLP}"
     cases = [  # (argv, exit status, message)
         (["--preset=no_such_preset"], 2, "no_such_preset"),
-        (["--preset=http://127.0.0.1:9/no_preset"], 1, "127.0.0.1:9"),
+        ([f"--preset=http://127.0.0.1:{_closed_port()}/no_preset"], 1, "Could not download"),
         ([digits, f"--report={tmp_path / 'folder'}"], 2, "--report .*folder is a folder"),
         ([digits, f"--plot={tmp_path / 'a_file' / 'plot.png'}"], 2, "a_file is not a folder"),
         ([digits, f"--report={tmp_path}/"], 2, "--report must name a file"),
