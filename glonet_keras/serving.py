@@ -26,6 +26,7 @@ with a malformed request, and `respond(loaded, body)` turns it into `(status, {"
   input dtype cannot hold (1e39 in float32, 300 or 1.5 in uint8), or integers too large for any
   dtype; an input the exported graph itself refuses.
 - 413: a body over `max_body_bytes` (default 16 MiB) or a batch over `max_instances` (default 1024).
+- 500: the graph failed for another reason than the input (`ModelFailed`: out of memory, ...).
 - 400 also when the model answers NaN or infinity (`NonFiniteOutput`; inputs too large for the
   model in float32, or a broken model): never a 200 whose JSON would carry a NaN.
 
@@ -55,6 +56,13 @@ class RequestTooLarge(ServingError):
     """A request over the body-size or batch-size cap (HTTP 413, Payload Too Large)."""
 
     status = 413
+
+
+class ModelFailed(ServingError):
+    """The exported graph failed on a request for another reason than refusing its input (out of
+    memory, a file the graph reads is missing, ...): HTTP 500, a fault of the server's side."""
+
+    status = 500
 
 
 class NonFiniteOutput(ServingError):
@@ -368,6 +376,11 @@ def predict(loaded, body, *, max_body_bytes=MAX_BODY_BYTES, max_instances=MAX_IN
         raise ServingError(
             f"The model refused {refused}: {_graph_error_reason(error.message)}"
         ) from None
+    except tf.errors.OpError as error:  # Not the request's fault: never a traceback either.
+        raise ModelFailed(
+            f"The model failed on this request ({type(error).__name__}): "
+            f"{_short(_graph_error_reason(error.message), 200)}"
+        ) from None
     outputs = {key: value.numpy() for key, value in outputs.items()}
     broken = sorted(key for key, value in outputs.items()
                     if value.dtype.kind == "f" and not np.all(np.isfinite(value)))
@@ -390,7 +403,8 @@ def predict(loaded, body, *, max_body_bytes=MAX_BODY_BYTES, max_instances=MAX_IN
 def respond(loaded, body, **limits):
     """`(200, predict(...))`, or `(status, {"error": message})` for a malformed request.
 
-    `status` is 400, or 413 for a request over the caps; `limits` are `predict`'s keywords.
+    `status` is 400, 413 for a request over the caps, or 500 when the graph itself fails
+    (`ModelFailed`); `limits` are `predict`'s keywords.
     """
     try:
         return 200, predict(loaded, body, **limits)

@@ -178,6 +178,17 @@ def test_a_model_answering_nan_is_a_400_never_a_200_with_nan(tmp_path):
     _check_refused(loaded, {"inputs": [[-1e10, 0.0]]}, 400, "too large for the model in float32")
 
 
+def test_a_graph_failing_for_another_reason_is_a_500_not_an_exception(tmp_path):
+    # Out of memory, a missing file the graph reads...: the server's fault, answered in JSON.
+    module = tf.Module()
+    module.serve = tf.function(
+        lambda x: {"y": tf.strings.length(tf.io.read_file(tf.strings.as_string(x[0, 0]) + "/no"))},
+        input_signature=[tf.TensorSpec((None, 1), tf.float32, name="x")])
+    tf.saved_model.save(module, str(tmp_path), signatures={"serving_default": module.serve})
+    _check_refused(serving.load(str(tmp_path)), {"instances": [[1.0]]}, 500,
+                   "The model failed on this request \\(NotFoundError\\)")
+
+
 def test_row_and_columnar_formats(exported):
     model, loaded = exported["mlp"]
     x = np.arange(8, dtype="float32").reshape(2, 4)
