@@ -40,7 +40,7 @@ def check_positive_int(name, value):
     if (isinstance(value, (bool,)) or not isinstance(value, numbers.Integral) or value < 1
             or value > MAX_INT):
         raise ValueError(
-            f"`{name}` must be an integer in [1, {MAX_INT}], received {short_repr(value)}."
+            f"`{name}` must be an integer >= 1 (and <= {MAX_INT}), received {short_repr(value)}."
         )
     return int(value)
 
