@@ -648,3 +648,13 @@ def test_the_preprocessing_json_beside_a_run_model_keras_is_checked_like_a_prese
     (run / "preprocessing.json").unlink()
     (run / "preprocessing.json").symlink_to(tmp_path / "elsewhere.json")
     _refused(path, "symbolic link")
+
+
+def test_no_extra_installs_keras_hub_which_cannot_load_these_presets():
+    # The `hub` extra installed keras-hub, whose tensorflow-text pulls the full tensorflow over
+    # tensorflow-cpu, while nothing imported it and keras-hub cannot load these presets.
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    extras = setup["options.extras_require"]
+    assert "hub" not in extras
+    assert not [name for name, value in extras.items() if "keras-hub" in value or "keras_hub" in value]
