@@ -23,6 +23,8 @@ NORMALIZATIONS = (None, "batch", "layer")
 # No size, count or dimension of a model is larger: a bigger integer (10**400 from a JSON preset) is a
 # mistake or an attack, refused by name here rather than deep inside Keras as an OverflowError.
 MAX_INT = 2**31 - 1
+# The most dimensions an example may have (TensorFlow's kernels stop at 8 for many ops).
+MAX_RANK = 8
 
 
 def short_repr(value):
@@ -58,11 +60,13 @@ def check_shape(shape, what, *, allow_none, ranks=None):
     if (
         not isinstance(shape, (tuple, list))
         or not shape
+        or len(shape) > MAX_RANK
         or (ranks is not None and len(shape) not in ranks)
         or not all(valid(d) for d in shape)
     ):
         sizes = "positive sizes (None for unknown ones)" if allow_none else "fully known positive sizes"
-        rank_text = f" of {' or '.join(map(str, ranks))} dimensions" if ranks else ""
+        rank_text = (f" of {' or '.join(map(str, ranks))} dimensions" if ranks
+                     else f" of at most {MAX_RANK} dimensions")
         raise ValueError(
             f"`input_shape` of {what} must be a tuple{rank_text} of {sizes}, without the batch "
             f"dimension; received {short_repr(shape)}."
