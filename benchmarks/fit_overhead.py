@@ -260,6 +260,7 @@ def trainer_task(family, depth, variant, *, steps, cnn_width=16, cnn_batch=128, 
         verbose=0)
     try:
         session = trainer._start(config)
+        session.run.release()  # Nothing is saved: the directory goes now, its lock with it.
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     model, data = session.fit_model, session.data

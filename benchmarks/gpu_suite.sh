@@ -35,6 +35,11 @@ MODE=full
 if [ "${1:-}" = "--smoke" ] || [ "${1:-}" = "--quick" ]; then MODE=${1#--}; elif [ $# -gt 0 ]; then
   echo "usage: OUT=<dir> $0 [--smoke|--quick]" >&2; exit 2
 fi
+ALL_STEPS="fit_overhead fit_preset mlp_speed mlp_deep memory"
+STEPS="${SUITE_STEPS:-$ALL_STEPS}"
+for name in $STEPS; do
+  case " $ALL_STEPS " in *" $name "*) ;; *) echo "SUITE_STEPS: unknown step $name ($ALL_STEPS)" >&2; exit 2;; esac
+done
 OUT="${OUT:-$PWD/gpu_suite_out}"
 mkdir -p "$OUT" || exit 1
 PY="${PYTHON:-python3}"
@@ -83,11 +88,6 @@ if ! "$PY" -c "from glonet_keras import data; data.load_split('fashion_mnist', '
 elif [ "$MODE" = smoke ]; then
   PRESET_ARGS+=(--variants=fit:device:auto,fit:device:auto:aug,raw:device:1,trainer:plain:auto,trainer:recipe:auto)
 fi
-ALL_STEPS="fit_overhead fit_preset mlp_speed mlp_deep memory"
-STEPS="${SUITE_STEPS:-$ALL_STEPS}"
-for name in $STEPS; do
-  case " $ALL_STEPS " in *" $name "*) ;; *) echo "SUITE_STEPS: unknown step $name ($ALL_STEPS)" >&2; exit 2;; esac
-done
 
 FAILED=0
 : >"$OUT/status.txt"

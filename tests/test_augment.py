@@ -126,7 +126,9 @@ def test_the_tf_data_path_gives_the_same_pixels_for_the_same_offsets():
     # The pipeline's own function, inside a tf.data map: each image is one of its allowed moves.
     batch = _images(batch=16, height=8, width=8, channels=1)
     apply = data._shift_flip_tf(("flip", "crop"), seed=0)
-    (got,) = tf.data.Dataset.from_tensors(batch).map(apply).as_numpy_iterator()
+    mapped = tf.data.Dataset.from_tensors(batch).map(apply)
+    assert mapped.element_spec.shape == (16, 8, 8, 1)  # static, as RandAugment after it needs
+    (got,) = mapped.as_numpy_iterator()
     moves = [(dy, dx, f) for dy in (-1, 0, 1) for dx in (-1, 0, 1) for f in (False, True)]
     found = set()
     for b in range(16):

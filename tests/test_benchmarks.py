@@ -301,10 +301,30 @@ def test_gpu_suite_smoke_runs_end_to_end_on_jax(tmp_path):
     result = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--smoke"], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for name in ("fit_overhead", "mlp_speed", "memory"):
+    for name, benchmark in (("fit_overhead", "fit_overhead"), ("fit_preset", "fit_overhead"),
+                            ("mlp_speed", "mlp_speed"), ("mlp_deep", "mlp_speed"),
+                            ("memory", "memory")):
         payload = json.loads((tmp_path / f"{name}.json").read_text())
-        assert payload["benchmark"] == name and "jax" in payload["machine"]
+        assert payload["benchmark"] == benchmark and "jax" in payload["machine"], name
+    # The preset step times the augmentation and, where Fashion-MNIST is, the trainer's own path.
+    (preset,) = json.loads((tmp_path / "fit_preset.json").read_text())["results"]
+    assert {"fit:device:auto", "fit:device:auto:aug"} <= set(preset["variants"])
+    if "no trainer:* variants" not in result.stdout:
+        assert {"trainer:plain:auto", "trainer:recipe:auto"} <= set(preset["variants"])
+        assert "augmentation adds, trainer" in result.stdout
+    # Depth 6 is past the smoke run's unrolled limit (4): the scanned GloNet alone.
+    (deep,) = json.loads((tmp_path / "mlp_deep.json").read_text())["results"]
+    assert deep["depth"] == 6 and deep["glonet_form"] == "scanned"
     assert "== summary" in result.stdout and "within 10 %" in result.stdout
+
+
+def test_gpu_suite_refuses_unknown_steps(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, PYTHONPATH=REPO_ROOT,
+               SUITE_STEPS="fit_overhead mlp_sped")
+    result = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--smoke"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown step mlp_sped" in result.stderr
+    assert not (tmp_path / "fit_overhead.json").exists()
 
 
 def test_every_benchmark_defaults_to_at_least_three_repetitions():
