@@ -100,6 +100,11 @@ def test_an_installed_wheel_loads_a_pretrained_model_offline_with_no_configurati
     (entry_points,) = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "glonet-train = glonet_keras.cli.train:run" in scripts
+    assert "glonet-deploy = glonet_keras.cli.deploy:console" in scripts
+    deploy = subprocess.run([str(venv / "bin" / "glonet-deploy")], capture_output=True, text=True,
+                            timeout=300, cwd=elsewhere, env=env)
+    assert deploy.returncode == 2 and deploy.stderr.strip().splitlines()[-1] == (
+        "glonet-deploy: error: give --preset (a zoo name or directory) or --run_dir (a train.py run)")
     program = venv / "bin" / "glonet-train"
     assert program.exists()
     finished = subprocess.run(

@@ -182,11 +182,11 @@ def _integers(name, values):
 def _program():
     """How the user called this program: `train.py` (the checkout's shim) or `glonet-train`."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return name if name and name not in ("-c", "-m", "__main__.py") else "glonet-train"
+    return name if name.startswith("glonet-") else "train.py"
 
 
 def _is_console_script():
-    return not _program().endswith(".py")
+    return _program().startswith("glonet-")
 
 
 def _command(argv):
