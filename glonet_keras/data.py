@@ -18,9 +18,10 @@ Names (`DATASETS`):
   downloaded unless `download=True`; a data set that is not prepared fails at once with
   `DatasetUnavailableError` naming it and the directory looked in, and `download=True` without a
   network fails within `DOWNLOAD_PROBE_TIMEOUT` seconds instead of retrying for minutes.
-- `image_folder`: `data_dir/<split>/<class name>/<image file>` (jpeg, png, bmp, gif); classes are
-  the sorted sub-directory names of `data_dir/train`, at least two, and validation/ and test/ may
-  hold no other. Every listed file is checked before anything trains: its header (format, size;
+- `image_folder`: `data_dir/<split>/<class name>/<image file>` (jpeg, png, bmp, gif), or Keras'
+  flat `data_dir/<class name>/<image file>` (then a seeded 20 % is the test split); classes are
+  the sorted sub-directory names, at least two, and validation/ and test/ may hold no other.
+  `image_size=None` takes the size the images share; `channels=1` reads them as grayscale. Every listed file is checked before anything trains: its header (format, size;
   at most `MAX_IMAGE_PIXELS` decoded pixels), then one full decode per file per process. One
   ValueError names every bad file.
 - `sgemm`: the SGEMM GPU-kernel-performance CSV (UCI), `data_dir` being the CSV file or a directory
@@ -40,8 +41,9 @@ training path. `get_dataset` builds the `tf.data` pipeline of any data set.
 Preprocessing is one `Preprocessing` record per data set (cast, resize, scale, normalise by mean and
 std of the scaled "train" split). The pipeline applies it, and `glonet_keras.export` applies the
 same record inside the served graph, so a trained model is always used with the normalisation it
-was trained with. Augmentation (`augment=` names from `AUGMENTATIONS`) uses Keras core layers
-inside the pipeline of the training split only; it never becomes part of a model.
+was trained with. Augmentation (`augment=` names from `AUGMENTATIONS`: flip and crop as exact
+gathers from `glonet_keras.augment`, the others Keras core layers) runs inside the pipeline of the
+training split only; it never becomes part of a model.
 
 Example:
 >>> info = dataset_info("digits")
@@ -51,6 +53,7 @@ Example:
 >>> batches = get_dataset("digits", "train", batch_size=32)  # tf.data, preprocessed
 """
 
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -59,6 +62,7 @@ import math
 import os
 import re
 import socket
+import stat
 import struct
 import threading
 import zlib
@@ -260,7 +264,7 @@ def _read_idx(directory, file_name, shape):
     that passed the hash but not the parser) when it is no IDX file of that shape.
     """
     path = os.path.join(directory, file_name)
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         compressed = handle.read(_FASHION_MNIST_MAX_FILE_BYTES + 1)
     digest = hashlib.sha256(compressed).hexdigest()
     if digest != FASHION_MNIST_SHA256[file_name]:
@@ -484,7 +488,7 @@ def read_sgemm_csv(path):
             a cell that is not a number, NaN, infinite or beyond float32, a run time <= 0.
     """
     try:
-        with open(path, newline="") as handle:
+        with open_regular_file(path, "r") as handle:
             lines = handle.read().splitlines()
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not a text CSV file ({error}).") from error
@@ -695,51 +699,72 @@ def _tfds_count(splits, tfds_split):
 
 
 class _ImageFolderSource:
-    """`root/<split>/<class>/<image>`; a missing validation folder is carved out of train.
+    """An image folder in one of two layouts, checked whole before anything trains.
 
-    Every listed file is checked before anything trains (`_check_image_files`), and the class
-    folders of the splits must agree (`_class_folders`).
+    - Split layout, `root/<split>/<class>/<image>` (split: train, validation, test): a missing
+      validation/ is carved out of train (`validation_fraction`); test/ may be absent (no test).
+    - Flat layout, Keras' `image_dataset_from_directory`: `root/<class>/<image>`, used when there is
+      no `root/train`. A seeded 20 % is the test split, and `validation_fraction` of the rest
+      the validation split (as for SGEMM, which has no official split either).
+
+    `image_size=None` takes the size all images share (read from their headers; an error naming
+    two sizes when they differ). `channels` is 3 (RGB, the default) or 1 (grayscale: colour images
+    are converted, as `color_mode="grayscale"` does in Keras). Every listed file is checked
+    (`_check_image_files`), and the class folders of the splits must agree (`_class_folders`).
     """
 
-    def __init__(self, root, image_size, validation_fraction, seed):
-        if root is None or not os.path.isdir(os.path.join(root, "train")):
+    def __init__(self, root, image_size, validation_fraction, seed, channels=None):
+        if root is None or not os.path.isdir(root):
             raise DatasetUnavailableError(
-                f"Data set 'image_folder': no 'train' directory under data_dir={root!r} (expected "
-                "data_dir/<split>/<class name>/<image file>)."
+                f"Data set 'image_folder': data_dir={root!r} is not a directory (expected "
+                "data_dir/<class name>/<image file>, or data_dir/<split>/<class name>/<image file>)."
             )
-        if image_size is None:
-            raise ValueError("Data set 'image_folder' needs image_size=(height, width).")
-        self.root = root
-        self.classes = _class_folders(root)
+        channels = 3 if channels is None else channels
+        if isinstance(channels, bool) or channels not in (1, 3):
+            raise ValueError(f"Data set 'image_folder': channels must be 1 or 3, received {channels!r}.")
+        self.root, self.channels = root, channels
+        self.flat = not os.path.isdir(os.path.join(root, "train"))
+        self.classes = _class_folders(root, flat=self.flat)
         self.files = {}
-        train_files = self._list("train")
+        train_dir = root if self.flat else os.path.join(root, "train")
+        train_files = self._list("" if self.flat else "train")
         empty = sorted(set(self.classes) - {self.classes[label] for _, label in train_files})
         if empty:
             raise ValueError(
-                f"Data set 'image_folder': class folders {empty} in "
-                f"{os.path.join(root, 'train')!r} hold no images {IMAGE_EXTENSIONS}."
+                f"Data set 'image_folder': class folders {empty} in {train_dir!r} hold no images "
+                f"{IMAGE_EXTENSIONS}."
             )
-        if os.path.isdir(os.path.join(root, "validation")):
+        if self.flat:
+            order = np.random.default_rng(seed).permutation(len(train_files))
+            num_test = int(round(0.2 * len(train_files)))
+            self.files["test"] = [train_files[i] for i in sorted(order[:num_test])]
+            train_files = [train_files[i] for i in sorted(order[num_test:])]
+        if not self.flat and os.path.isdir(os.path.join(root, "validation")):
             self.files["train"], self.files["validation"] = train_files, self._list("validation")
         else:
             train, validation = _split_indices(len(train_files), validation_fraction, seed)
             self.files["train"] = [train_files[i] for i in sorted(train)]
             self.files["validation"] = [train_files[i] for i in sorted(validation)]
-        self.files["test"] = self._list("test") if os.path.isdir(os.path.join(root, "test")) else []
-        _check_image_files(root, [path for files in self.files.values() for path, _ in files])
+        if not self.flat:
+            self.files["test"] = (self._list("test") if os.path.isdir(os.path.join(root, "test"))
+                                  else [])
+        paths = [path for files in self.files.values() for path, _ in files]
+        _check_image_files(root, paths)
+        if image_size is None:
+            image_size = _common_image_size(root, paths)
         image_size = tuple(int(s) for s in image_size)
         self.info = DatasetInfo(
             name="image_folder",
-            input_shape=image_size + (3,),
+            input_shape=image_size + (channels,),
             num_classes=len(self.classes),
             class_names=tuple(self.classes),
             task="classification",
             # Unknown images: map [0, 1] to [-1, 1] rather than guess statistics.
             preprocessing=Preprocessing(
-                input_dtype="uint8", scale=1.0 / 255.0, mean=(0.5,) * 3, std=(0.5,) * 3,
-                image_size=image_size,
+                input_dtype="uint8", scale=1.0 / 255.0, mean=(0.5,) * channels,
+                std=(0.5,) * channels, image_size=image_size,
             ),
-            num_examples={split: len(files) for split, files in self.files.items()},
+            num_examples={split: len(self.files[split]) for split in SPLITS},
             source=root,
         )
 
@@ -763,9 +788,10 @@ class _ImageFolderSource:
                 f"Data set 'image_folder' has no images for split {split!r} under {self.root!r}."
             )
         paths, labels = zip(*files)
+        channels = self.channels
 
         def decode(path, label):
-            image = _decode_image(tf, path)
+            image = _decode_image(tf, path, channels)
             # Resize here so images of different sizes can be batched.
             image = tf.cast(tf.image.resize(image, self.info.preprocessing.image_size), "uint8")
             return image, label
@@ -775,12 +801,30 @@ class _ImageFolderSource:
         )
 
 
-def _decode_image(tf, path):
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+def _decode_image(tf, path, channels=3):
+    return tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
 
 
-def _class_folders(root):
-    """The sorted class folders of `root/train`; validation/ and test/ may hold no other class.
+def _common_image_size(root, paths):
+    """(height, width) shared by every image in `paths` (from the headers already read)."""
+    sizes = {}
+    for path in paths:
+        size = _IMAGE_SIZES.get(_file_key(path))
+        if size is not None:
+            sizes.setdefault(size, path)
+    if len(sizes) == 1:
+        return next(iter(sizes))
+    shown = "; ".join(f"{h}x{w} ({path})" for (h, w), path in list(sizes.items())[:2])
+    raise ValueError(
+        f"Data set 'image_folder': the images under {root!r} have {len(sizes)} different sizes "
+        f"(height x width: {shown}, ...): pass image_size=(height, width) (--image_size) to resize "
+        "them all to one."
+    )
+
+
+def _class_folders(root, flat=False):
+    """The sorted class folders of `root/train` (or of `root`, `flat`); validation/ and test/ may
+    hold no other class.
 
     Raises:
         DatasetUnavailableError: train/ holds no class folder.
@@ -794,16 +838,19 @@ def _class_folders(root):
             return []
         return sorted(e for e in os.listdir(directory) if os.path.isdir(os.path.join(directory, e)))
 
-    classes = folders("train")
-    train_dir = os.path.join(root, "train")
+    train_dir = root if flat else os.path.join(root, "train")
+    classes = folders("" if flat else "train")
     if not classes:
-        raise DatasetUnavailableError(f"No class directories in {train_dir!r}.")
+        raise DatasetUnavailableError(
+            f"Data set 'image_folder': no class directories in {train_dir!r} (expected "
+            "data_dir/<class name>/<image file>, or data_dir/<split>/<class name>/<image file>)."
+        )
     if len(classes) == 1:
         raise ValueError(
             f"Data set 'image_folder': {train_dir!r} holds a single class folder ({classes[0]!r}); "
             "a classifier needs at least two."
         )
-    for split in ("validation", "test"):
+    for split in () if flat else ("validation", "test"):
         unknown = sorted(set(folders(split)) - set(classes))
         if unknown:
             raise ValueError(
@@ -817,6 +864,8 @@ def _class_folders(root):
 # (path, size, mtime) -> None for a usable image file, else why it is not. Each file version is
 # checked once per process, however often the folder is listed.
 _IMAGE_VERDICTS = {}
+# The same key -> (height, width) of the files whose header was read.
+_IMAGE_SIZES = {}
 
 
 def _check_image_files(root, paths):
@@ -875,6 +924,40 @@ def _decode_problems(keys):
     return problems
 
 
+@contextlib.contextmanager
+def open_regular_file(path, mode="rb"):
+    """Opens a user's file only if it is a regular file (a link to one is fine); never blocks.
+
+    A plain `open()` of a FIFO waits forever for a writer, and a device may never end: both, a
+    socket and a directory are refused with a ValueError naming the file and what it is. A link
+    loop or a missing file is the OSError `open` gives.
+    """
+    kind = os.stat(path).st_mode  # Sockets cannot even be opened: judge before opening.
+    if not stat.S_ISREG(kind):
+        raise ValueError(f"{path} is {_file_kind(kind)}, not a regular file")
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        kind = os.fstat(descriptor).st_mode  # Again: it may have been swapped since.
+        if not stat.S_ISREG(kind):
+            raise ValueError(f"{path} is {_file_kind(kind)}, not a regular file")
+        os.set_blocking(descriptor, True)
+        handle = os.fdopen(descriptor, mode, **({} if "b" in mode else {"newline": ""}))
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with handle:
+        yield handle
+
+
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
 def _image_header_problem(path):
     """Why an image file cannot be used, judged from its header alone; None if it looks usable."""
     try:
@@ -890,6 +973,7 @@ def _image_header_problem(path):
         frames_text = f" x {frames} frames" if frames > 1 else ""
         return (f"{width}x{height}{frames_text} pixels ({pixels / 1e6:.1f} megapixels) is over "
                 f"the {MAX_IMAGE_PIXELS / 1e6:g}-megapixel cap (data.MAX_IMAGE_PIXELS)")
+    _IMAGE_SIZES[_file_key(path)] = (height, width)
     return None
 
 
@@ -897,9 +981,10 @@ def _image_dimensions(path):
     """(width, height, frames) from a PNG, JPEG, GIF or BMP header, without decoding the pixels.
 
     The format is told by the content, as TensorFlow's decoder does, not by the file name.
-    Raises ValueError saying why the file is no usable image.
+    Raises ValueError saying why the file is no usable image (a FIFO, device, socket or directory
+    named like an image is refused without reading from it).
     """
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         head = handle.read(32)
         if not head:
             raise ValueError("empty file")
@@ -992,8 +1077,10 @@ def _skip_gif_sub_blocks(content, position):
 
 
 def _source(name, *, data_dir=None, download=False, manual_dir=None, image_size=None, seed=0,
-            validation_fraction=0.1):
+            validation_fraction=0.1, channels=None):
     name = _check_name(name)
+    if channels is not None and name != "image_folder":
+        raise ValueError(f"channels applies to the image_folder data set only, not {name!r}.")
     if image_size is not None and name in IN_MEMORY_DATASETS \
             and name not in _IN_MEMORY_IMAGE_DATASETS:
         raise ValueError(f"Data set {name!r} has no images: image_size does not apply to it.")
@@ -1002,7 +1089,7 @@ def _source(name, *, data_dir=None, download=False, manual_dir=None, image_size=
     if name == "sgemm":
         return _sgemm_source(os.path.abspath(_sgemm_path(data_dir)), seed, validation_fraction)
     if name == "image_folder":
-        return _ImageFolderSource(data_dir, image_size, validation_fraction, seed)
+        return _ImageFolderSource(data_dir, image_size, validation_fraction, seed, channels)
     return _TFDSSource(name, data_dir, download, manual_dir, image_size, validation_fraction)
 
 
@@ -1114,30 +1201,75 @@ def label_mixing(augment):
 
 
 def image_augmentation_layers(augment, seed=0):
-    """The Keras core layers of the image augmentations named in `augment` (not MixUp/CutMix).
+    """The layers of the image augmentations named in `augment` (not MixUp/CutMix), in order.
 
-    They take [0, 1]-scaled images (scale first, normalise after). The tf.data pipeline applies
-    them per batch; the trainer's array path applies them on the device, in a training-only model.
+    `flip` and `crop` are one `augment.RandomShiftFlip` (a horizontal flip with probability 1/2,
+    then a random integer shift of up to side // 8 pixels per axis with zero fill, as gathers:
+    exact and nearly free on a device); `randaugment` is Keras' `RandAugment` (interpolating, and
+    costly inside a compiled step: see benchmarks/README.md). They take [0, 1]-scaled images (scale
+    first, normalise after). The trainer's array path applies them on the device, in a
+    training-only model; the tf.data pipeline (`_augmenter`) runs the same `augment.shift_and_flip`.
     """
     import keras
 
+    from glonet_keras import augment as augment_lib
+
     layers = []
-    if "flip" in augment:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if "crop" in augment:
-        # Pad-and-crop (4 px on 32 px in the usual CIFAR recipe) = a random translation by 1/8.
-        layers.append(keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant", seed=seed))
+    if "flip" in augment or "crop" in augment:
+        layers.append(augment_lib.RandomShiftFlip(flip="flip" in augment, crop="crop" in augment,
+                                                  seed=seed, name="shift_flip"))
     if "randaugment" in augment:
         layers.append(keras.layers.RandAugment(value_range=(0.0, 1.0), seed=seed))
     return layers
 
 
+def _shift_flip_tf(augment, seed):
+    """`flip`/`crop` for a tf.data pipeline: `augment.shift_and_flip` on TensorFlow's NumPy API.
+
+    The same pixels as `augment.RandomShiftFlip` for the same offsets, whatever Keras' backend is
+    (keras.ops may be JAX's, which cannot run in a tf.data graph). The offsets come from a
+    `tf.random.Generator` seeded with `seed`. Returns None when neither is asked for.
+    """
+    import tensorflow as tf
+    import tensorflow.experimental.numpy as tnp
+
+    from glonet_keras import augment as augment_lib
+
+    flip, crop = "flip" in augment, "crop" in augment
+    if not (flip or crop):
+        return None
+    generator = tf.random.Generator.from_seed(seed)
+
+    def apply(images):
+        batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+        rows, cols = (augment_lib.max_shift(height), augment_lib.max_shift(width)) if crop else (0, 0)
+        shift_rows = shift_cols = flipped = None
+        if rows:
+            shift_rows = generator.uniform([batch], -rows, rows + 1, dtype="int32")
+        if cols:
+            shift_cols = generator.uniform([batch], -cols, cols + 1, dtype="int32")
+        if flip:
+            flipped = generator.uniform([batch], 0, 2, dtype="int32") > 0
+        out = augment_lib.shift_and_flip(images, shift_rows, shift_cols, flipped, xp=tnp)
+        return tf.ensure_shape(out, images.shape)  # tnp's gathers lose the static shape
+
+    return apply
+
+
 def _augmenter(augment, info, seed):
-    """Batch-level augmentation with Keras core layers; runs on [0, 1]-scaled images."""
+    """Batch-level augmentation for tf.data; runs on [0, 1]-scaled images.
+
+    `flip`/`crop` through `_shift_flip_tf` (the device path's code), RandAugment, MixUp and CutMix
+    with Keras core layers.
+    """
     import keras
     import tensorflow as tf
 
-    layers = image_augmentation_layers(augment, seed)
+    from glonet_keras import augment as augment_lib
+
+    shift_flip = _shift_flip_tf(augment, seed)
+    layers = [layer for layer in image_augmentation_layers(augment, seed)
+              if not isinstance(layer, augment_lib.RandomShiftFlip)]
     mixers = []
     if "mixup" in augment:
         mixers.append(keras.layers.MixUp(seed=seed))
@@ -1147,6 +1279,8 @@ def _augmenter(augment, info, seed):
 
     def apply(images, labels):
         images = tf.cast(images, "float32") * preprocessing.scale
+        if shift_flip is not None:
+            images = shift_flip(images)
         for layer in layers:
             images = layer(images, training=True)
         images = (images - tf.constant(preprocessing.mean)) / tf.constant(preprocessing.std)
@@ -1180,6 +1314,7 @@ def get_dataset(
     shuffle_buffer=10_000,
     max_examples=None,
     source=None,
+    channels=None,
 ):
     """A batched `tf.data.Dataset` of `(preprocessed inputs, labels)` for one split.
 
@@ -1205,6 +1340,7 @@ def get_dataset(
         shuffle_buffer: examples in the shuffle buffer (the whole split for in-memory data).
         max_examples: use only the first N examples of the split (quick runs, tests).
         source: the data set opened by `open_source` (then its own source arguments are used).
+        channels: image_folder only: 3 (RGB, default) or 1 (grayscale).
 
     Raises:
         DatasetUnavailableError: the data is not on this machine (names the data set and path).
@@ -1218,7 +1354,7 @@ def get_dataset(
     max_examples = _check_max_examples(max_examples)
     source = source or _source(name, data_dir=data_dir, download=download, manual_dir=manual_dir,
                                image_size=image_size, seed=seed,
-                               validation_fraction=validation_fraction)
+                               validation_fraction=validation_fraction, channels=channels)
     info = source.info
     augment = _check_augment(augment, info) if split == "train" else ()
     shuffle = (split == "train") if shuffle is None else bool(shuffle)
