@@ -39,7 +39,7 @@ model that wraps (and shares the weights of) the saved one.
 
 import dataclasses
 import importlib.util
-import json
+import inspect
 import math
 import os
 import platform
@@ -51,7 +51,7 @@ import keras
 import numpy as np
 
 from glonet_keras import data as data_lib
-from glonet_keras import distribute, fastfit, rundir
+from glonet_keras import distribute, fastfit, presets, rundir
 from glonet_keras.callbacks import EpochTimer, RunStateCheckpoint, StopOnNonFinite, check_finite
 from glonet_keras.models import get_model_class
 
@@ -63,6 +63,23 @@ SCHEDULES = ("constant", "cosine")
 AUTO_MAX_STEPS_PER_EXECUTION = 32
 AUTO_MIN_EXECUTIONS_PER_EPOCH = 4
 _EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# Bounds checked before anything is built or allocated: past them a run is a typo, not a model
+# (an unrolled depth-1,000 MLP already takes minutes to build here). See docs/security.md.
+MAX_DEPTH = 10_000  # blocks, CNN depth, or one stage's blocks
+MAX_WIDTH = 65_536  # width, hidden_dim, mlp_dim
+MAX_BLOCK_WEIGHTS = 2**32  # depth x width^2: about the weights of the blocks (16 GiB in float32)
+MAX_HEADS = 1_024
+MAX_PATCH_SIZE = 4_096
+MAX_IMAGE_SIDE = 32_768
+MAX_BATCH_SIZE = 2**20  # per replica
+MAX_EPOCHS = 1_000_000
+MAX_EXAMPLES = 2**40
+MAX_SEED = 2**32 - 1  # numpy's seeds
+MAX_EXPORT_VERSION = 2**63 - 1  # TF Serving's versions are int64
+# Integer model arguments (given in model_kwargs or by --depth/--width) and their bounds.
+_MODEL_INT_BOUNDS = {"depth": MAX_DEPTH, "num_blocks": MAX_DEPTH, "width": MAX_WIDTH,
+                     "hidden_dim": MAX_WIDTH, "mlp_dim": 4 * MAX_WIDTH, "num_heads": MAX_HEADS,
+                     "patch_size": MAX_PATCH_SIZE}
 
 
 class ConfigError(ValueError):
@@ -73,19 +90,31 @@ class EvaluationError(RuntimeError):
     """The final evaluation failed; the trained model and the run's state are kept."""
 
 
+class ExportError(RuntimeError):
+    """The SavedModel export failed (a full disk, no permission); the trained model is kept."""
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything one training run needs. Field names match `training/train.py`'s flags.
 
     Model:
-        model: a name from `glonet_keras.models.MODEL_CLASSES`.
+        model: a name from `glonet_keras.models.MODEL_CLASSES` (ignored with `preset`).
+        preset: fine-tune a pretrained model instead of building one: a registered preset name, a
+            preset directory or URL (`glonet_keras.presets.from_preset`), a `.keras` file, or a
+            finished run directory (its model.keras). The data feed it as it was trained: its
+            input shape (image_size and channels default to it) and normalisation (mean, std);
+            a data set with another number of classes gets a new head. depth, width and
+            model_kwargs are passed as overrides (only shape-preserving ones can apply).
         depth: blocks (MLP/ViT `num_blocks`) or layer depth (CNN `depth`); None = class default.
         width: MLP/CNN `width` or ViT `hidden_dim`; None = class default.
         model_kwargs: further constructor arguments of the model class (e.g.
             {"normalization": "batch", "layout": "imagenet", "patch_size": 2}); a name the class
             does not take is refused.
     Data:
-        dataset, data_dir, download, manual_dir (imagenet2012's files), image_size,
+        dataset, data_dir, download, manual_dir (imagenet2012's files), image_size (None: the
+        data set's own, or the preset's), channels (image_folder: 3 or 1 for grayscale; None: 3,
+        or the preset's),
         augment (names from `data.AUGMENTATIONS`),
         max_examples (use only the first N examples of each split; for quick runs),
         drop_remainder (drop the last partial training batch: with several replicas, Keras
@@ -102,7 +131,7 @@ class TrainConfig:
         `AUTO_MAX_STEPS_PER_EXECUTION` while keeping `AUTO_MIN_EXECUTIONS_PER_EPOCH` calls per epoch.
         It is 1 with several replicas on TensorFlow, where Keras' multi-step loop fails.
     Output:
-        model_dir (None: a fresh temporary directory), overwrite (delete a previous run in
+        model_dir (None: a fresh temporary directory, printed on stderr; "" is refused), overwrite (delete a previous run in
         model_dir first: a finished run, or one with another config, is refused otherwise),
         export_dir (None: no SavedModel), export_name (folder under export_dir; None: the model's
         name), export_version, tensorboard, restore_best, verbose ("auto", 0, 1, 2),
@@ -118,6 +147,8 @@ class TrainConfig:
     download: bool = False
     manual_dir: str = None
     image_size: tuple = None
+    channels: int = None
+    preset: str = None
     augment: tuple = ()
     max_examples: int = None
     drop_remainder: bool = False
@@ -157,13 +188,36 @@ class TrainConfig:
             raise ConfigError(
                 f"Unknown strategy {self.strategy!r}. Available: {list(distribute.STRATEGIES)}."
             )
-        for name in ("epochs", "batch_size", "export_version"):
-            _check_int(name, getattr(self, name), minimum=1)
-        for name in ("depth", "width", "max_examples"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
+        _check_int("epochs", self.epochs, minimum=1, maximum=MAX_EPOCHS)
+        _check_int("batch_size", self.batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
+        _check_int("export_version", self.export_version, minimum=1, maximum=MAX_EXPORT_VERSION)
+        if self.max_examples is not None:
+            _check_int("max_examples", self.max_examples, minimum=1, maximum=MAX_EXAMPLES)
         _check_int("warmup_epochs", self.warmup_epochs, minimum=0)
-        _check_int("seed", self.seed, minimum=0)
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
+            raise ConfigError(f"`model_kwargs` must be a dict of argument names, received {self.model_kwargs!r}.")
+        _check_model_size(self)
+        if self.image_size is not None:
+            if (not isinstance(self.image_size, (tuple, list)) or len(self.image_size) != 2):
+                raise ConfigError(f"`image_size` must be (height, width), received {self.image_size!r}.")
+            for side in self.image_size:
+                _check_int("image_size", side, minimum=1, maximum=MAX_IMAGE_SIDE)
+            if self.image_size[0] * self.image_size[1] > data_lib.MAX_IMAGE_PIXELS:
+                raise ConfigError(
+                    f"`image_size` {tuple(self.image_size)} is over the "
+                    f"{data_lib.MAX_IMAGE_PIXELS / 1e6:g}-megapixel cap (data.MAX_IMAGE_PIXELS).")
+        if self.preset is not None and (not isinstance(self.preset, (str, os.PathLike))
+                                        or not os.fspath(self.preset).strip()):
+            raise ConfigError(f"`preset` must name a preset, received {self.preset!r}.")
+        if self.channels is not None and (isinstance(self.channels, bool)
+                                          or self.channels not in (1, 3)):
+            raise ConfigError(f"`channels` must be 1 or 3, received {self.channels!r}.")
+        if self.model_dir is not None and (not isinstance(self.model_dir, (str, os.PathLike))
+                                           or not os.fspath(self.model_dir).strip()):
+            raise ConfigError(
+                f"`model_dir` must name a directory, received {self.model_dir!r} (an empty "
+                "--model_dir would train into a temporary folder that is never resumed).")
         if self.steps_per_execution != "auto":
             _check_int("steps_per_execution", self.steps_per_execution, minimum=1)
         if not _is_number(self.learning_rate) or not 0 < self.learning_rate < math.inf:
@@ -184,8 +238,6 @@ class TrainConfig:
             raise ConfigError(f"`jit_compile` must be 'auto', True or False, received {self.jit_compile!r}.")
         if self.verbose not in ("auto", 0, 1, 2):
             raise ConfigError(f"`verbose` must be 'auto', 0, 1 or 2, received {self.verbose!r}.")
-        if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
-            raise ConfigError(f"`model_kwargs` must be a dict of argument names, received {self.model_kwargs!r}.")
         if self.export_name is not None and not (
             isinstance(self.export_name, str) and _EXPORT_NAME.fullmatch(self.export_name)
         ):
@@ -208,9 +260,50 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_int(name, value, minimum):
+def _check_int(name, value, minimum, maximum=None):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"`{name}` must be an integer >= {minimum}, received {value!r}.")
+        raise ConfigError(f"`{name}` must be an integer >= {minimum}, received {_short(value)}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"`{name}` must be at most {maximum:,}, received {_short(value)}.")
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def _check_model_size(config):
+    """Refuses absurd depths and widths before anything is built (see `MAX_DEPTH`...)."""
+    given = dict(config.model_kwargs)
+    if config.depth is not None:
+        given["depth"] = config.depth
+    if config.width is not None:
+        given["width"] = config.width
+    for name, maximum in _MODEL_INT_BOUNDS.items():
+        if name in given and given[name] is not None:
+            _check_int(name, given[name], minimum=1, maximum=maximum)
+    stages = given.get("blocks_per_stage")
+    if stages is not None:
+        if not isinstance(stages, (list, tuple)) or not 1 <= len(stages) <= 64:
+            raise ConfigError(f"`blocks_per_stage` must be 1 to 64 integers, received {_short(stages)}.")
+        for blocks in stages:
+            _check_int("blocks_per_stage", blocks, minimum=1, maximum=MAX_DEPTH)
+    if config.preset is not None:
+        return  # The preset's architecture is checked by the preset loader.
+    try:
+        defaults = {name: p.default for name, p in inspect.signature(
+            get_model_class(config.model).__init__).parameters.items()}
+    except ValueError:
+        return
+    depth = sum(stages) if stages else next(
+        (given[n] for n in ("depth", "num_blocks") if given.get(n) is not None),
+        defaults.get("depth", defaults.get("num_blocks")))
+    width = next((given[n] for n in ("width", "hidden_dim") if given.get(n) is not None),
+                 defaults.get("width", defaults.get("hidden_dim")))
+    if isinstance(depth, int) and isinstance(width, int) and depth * width**2 > MAX_BLOCK_WEIGHTS:
+        raise ConfigError(
+            f"depth {depth:,} x width {width:,}^2 is {depth * width**2:.3g} block weights, over the "
+            f"{MAX_BLOCK_WEIGHTS:.3g} a run may build (trainer.MAX_BLOCK_WEIGHTS).")
 
 
 def has_tensorflow():
@@ -285,7 +378,9 @@ def build_model(config, info):
     if config.width is not None:
         kwargs["width" if "width" in parameters else "hidden_dim"] = config.width
     if config.mixed_precision:
-        kwargs["dtype"] = "mixed_float16"
+        # bfloat16 on JAX where the device computes in it (GPU compute capability >= 8, TPU),
+        # float16 with loss scaling elsewhere: fastfit.mixed_precision_policy.
+        kwargs["dtype"] = fastfit.mixed_precision_policy()
     kwargs.update(config.model_kwargs)
     try:
         return model_class(**kwargs)
@@ -371,6 +466,8 @@ def fingerprint(config, model, info, global_batch_size):
     record = {"model": {"class": type(model).__name__, "config": architecture}}
     record.update({name: getattr(config, name) for name in _RESULT_FIELDS})
     record["global_batch_size"] = global_batch_size
+    if config.preset is not None:  # Absent otherwise, so runs recorded before it still resume.
+        record["preset"] = os.fspath(config.preset)
     if config.schedule != "constant":
         record["epochs"] = config.epochs
     description = info.to_dict()
@@ -418,15 +515,107 @@ class _Data:
                 "validation_batch_size": split["batch_size"]}
 
 
-def _open_source(config):
+def _open_source(config, pretrained=None):
+    """The data set, opened once; with a `pretrained` model, shaped and normalised as it expects."""
+    image_size, channels = config.image_size, config.channels
+    expected = None
+    if pretrained is not None:
+        expected = tuple(pretrained.input_shape[1:])
+        fixed_image = len(expected) == 3 and None not in expected[:2]
+        if config.dataset == "image_folder":
+            if channels is None and expected[-1:] in ((1,), (3,)):
+                channels = expected[-1]
+            if image_size is None and fixed_image:
+                image_size = expected[:2]
     try:
         source = data_lib.open_source(
             config.dataset, data_dir=config.data_dir, download=config.download,
-            manual_dir=config.manual_dir, image_size=config.image_size, seed=config.seed)
+            manual_dir=config.manual_dir, image_size=image_size, seed=config.seed,
+            **({} if channels is None else {"channels": channels}))
+        if (expected is not None and image_size is None and fixed_image
+                and tuple(source.info.input_shape[:2]) != expected[:2]
+                and len(source.info.input_shape) == 3 and _resizable(config.dataset)):
+            source = data_lib.open_source(
+                config.dataset, data_dir=config.data_dir, download=config.download,
+                manual_dir=config.manual_dir, image_size=expected[:2], seed=config.seed)
         data_lib._check_augment(config.augment, source.info)
     except (ValueError, ImportError) as error:
         raise ConfigError(str(error)) from error
+    if pretrained is not None:
+        _feed_like(config, source, pretrained, expected)
     return source
+
+
+def _resizable(dataset):
+    return dataset not in data_lib.IN_MEMORY_DATASETS or dataset in ("digits", "fashion_mnist")
+
+
+def _feed_like(config, source, pretrained, expected):
+    """Makes the data feed `pretrained` as it was trained: same input shape, its mean and std."""
+    info = source.info
+    given = tuple(info.input_shape)
+    if len(given) != len(expected) or any(e is not None and e != g for e, g in zip(expected, given)):
+        raise ConfigError(
+            f"The preset {config.preset!r} takes inputs of shape {expected}; data set "
+            f"{info.name!r} gives {given}. Pick a matching data set or preset, or pass "
+            "--image_size / --channels (image_folder) to match it.")
+    recorded = getattr(pretrained, "preprocessing", None)
+    if recorded is None:
+        return
+    if len(recorded.mean) != len(info.preprocessing.mean):
+        raise ConfigError(
+            f"The preset {config.preset!r} normalises {len(recorded.mean)} channel(s); data set "
+            f"{info.name!r} has {len(info.preprocessing.mean)}.")
+    # The data set's own cast, scale and resize (raw values -> [0, 1]); the preset's statistics.
+    preprocessing = dataclasses.replace(info.preprocessing, mean=tuple(recorded.mean),
+                                        std=tuple(recorded.std))
+    source.info = dataclasses.replace(info, preprocessing=preprocessing)
+
+
+def _preset_location(preset):
+    """What `presets.from_preset` loads for `preset`, and the preprocessing.json beside a run's
+    model.keras (None elsewhere)."""
+    preset = os.fspath(preset)
+    if os.path.isdir(preset) and os.path.lexists(os.path.join(preset, rundir.RUN_FILE)):
+        model_path = os.path.join(preset, "model.keras")
+        if not os.path.isfile(model_path):
+            raise ConfigError(
+                f"preset {preset!r} is a run directory without model.keras (an unfinished run): "
+                "finish it (run its command again) before fine-tuning from it.")
+        return model_path, os.path.join(preset, "preprocessing.json")
+    return preset, None
+
+
+def load_pretrained(config, **overrides):
+    """The model of `config.preset` (build it inside the strategy's scope), or ConfigError."""
+    location, preprocessing_path = _preset_location(config.preset)
+    try:
+        model = presets.from_preset(location, **overrides)
+    except (ValueError, TypeError, OSError) as error:  # PresetError, PresetDownloadError
+        raise ConfigError(f"preset {config.preset!r}: {error}") from None
+    if getattr(model, "preprocessing", None) is None and preprocessing_path \
+            and os.path.isfile(preprocessing_path):
+        try:
+            model.preprocessing = data_lib.load_preprocessing(preprocessing_path)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"preset {config.preset!r}: {error}") from None
+    return model
+
+
+def _preset_overrides(config, pretrained, info):
+    """Constructor arguments that differ from the preset's: a new head, and the config's own."""
+    overrides = dict(config.model_kwargs)
+    parameters = inspect.signature(type(pretrained).__init__).parameters
+    if config.depth is not None:
+        overrides["num_blocks" if "num_blocks" in parameters else "depth"] = config.depth
+    if config.width is not None:
+        overrides["width" if "width" in parameters else "hidden_dim"] = config.width
+    if config.mixed_precision:
+        overrides["dtype"] = fastfit.mixed_precision_policy()
+    if info.num_classes != pretrained.output.shape[-1]:
+        overrides["num_classes"] = info.num_classes
+    current = pretrained.get_config()
+    return {key: value for key, value in overrides.items() if current.get(key) != value}
 
 
 def _uses_arrays(config, info):
@@ -543,10 +732,13 @@ def train(config):
             evaluate again without retraining).
     """
     session = _start(config)
-    if session.verbose and session.chief:
-        print(_banner(session), flush=True)
-    saver = _fit(session)
-    return _finish(session, saver)
+    try:
+        if session.verbose and session.chief:
+            print(_banner(session), flush=True)
+        saver = _fit(session)
+        return _finish(session, saver)
+    finally:
+        session.run.release()
 
 
 @dataclasses.dataclass
@@ -582,18 +774,30 @@ def _start(config):
     config.validate()
     # The strategy comes first: MultiWorkerMirroredStrategy and jax.distributed must be set up
     # before any other op runs in the process.
-    strategy = distribute.get_strategy(config.strategy)
+    try:
+        strategy = distribute.get_strategy(config.strategy)
+    except ValueError as error:  # A missing or malformed TF_CONFIG, say.
+        raise ConfigError(f"strategy {config.strategy!r}: {error}") from None
     # Then the seed: tf.data shuffles combine their seeds with TF's global seed, so seeding later would
     # make the batch order depend on whatever seeded the process before.
     keras.utils.set_random_seed(config.seed)
-    chief = distribute.is_chief()
-    model_dir = config.model_dir or tempfile.mkdtemp(prefix="glonet_train_")
+    # Only a strategy that spans several workers makes this process anything but the chief.
+    chief = distribute.is_chief(strategy)
+    model_dir = config.model_dir
+    if model_dir is None:
+        model_dir = tempfile.mkdtemp(prefix="glonet_train_")
+        print(f"glonet_keras: no model_dir given: training into {model_dir}", file=sys.stderr)
     # Non-chief multi-worker processes write their copies where they do not clash with the chief.
-    run = rundir.RunDirectory(model_dir if chief else os.path.join(model_dir, f"worker_{_task_index()}"))
+    run = rundir.RunDirectory(
+        model_dir if chief else os.path.join(model_dir, f"worker_{distribute.task_index(strategy)}"))
     replicas = int(strategy.num_replicas_in_sync)
     global_batch = config.batch_size * replicas
 
-    source = _open_source(config)
+    pretrained = None
+    if config.preset is not None:
+        with strategy.scope():
+            pretrained = load_pretrained(config)
+    source = _open_source(config, pretrained)
     info = source.info
     uses_arrays = _uses_arrays(config, info)
     one_hot = info.task == "classification" and (
@@ -608,7 +812,11 @@ def _start(config):
 
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = build_model(config, info)
+        if pretrained is None:
+            model = build_model(config, info)
+        else:
+            overrides = _preset_overrides(config, pretrained, info)
+            model = load_pretrained(config, **overrides) if overrides else pretrained
     export_name = config.export_name or model.name
     export_path = _check_export_path(config, export_name, run) if chief else None
 
@@ -634,6 +842,12 @@ def _start(config):
         if state is not None:
             _load_state(model, state.model_path)
     distribute.apply_multi_worker_workarounds(fit_model, strategy)
+    # JAX on a GPU/TPU: each steps_per_execution group is one compiled lax.scan
+    # (fastfit.fuse_train_steps, tested equal to Keras' own path; fastfit.fuse_by_default has the
+    # timings that made it the default there, and slower on a CPU). It declines where it does not
+    # apply (one step per call, no XLA, a keras.distribution).
+    if fastfit.fuse_by_default():
+        fastfit.fuse_train_steps(fit_model)
 
     verbose = config.verbose
     if verbose == "auto":
@@ -702,9 +916,20 @@ def _finish(session, saver):
         from glonet_keras.export import export_saved_model
 
         _record_export(run, session.export_path)  # First: a re-run may replace a half-done export.
-        export_path = export_saved_model(
-            model, config.export_dir, version=config.export_version, model_name=session.export_name,
-            preprocessing=info.preprocessing, task=info.task, overwrite=True)
+        try:
+            export_path = export_saved_model(
+                model, config.export_dir, version=config.export_version,
+                model_name=session.export_name, preprocessing=info.preprocessing, task=info.task,
+                overwrite=True)
+        except OSError as error:
+            what = error.strerror or str(error)
+            if isinstance(error, rundir.DiskFullError) or rundir._is_disk_full(error):
+                what = "No space left on device"
+            raise ExportError(
+                f"The export to {session.export_path} failed ({what}). The trained model is saved "
+                f"in {model_path} and the run's state kept: fix the cause and run the same command "
+                "again to export without retraining."
+            ) from error
     record.update(status="finished", test=test_metrics, validation=validation_metrics,
                   export_path=export_path)
     rundir.write_json(metrics_path, record)
@@ -764,6 +989,13 @@ def _check_export_path(config, name, run):
     if not _EXPORT_NAME.fullmatch(name):
         raise ConfigError(f"The model name {name!r} cannot be an export folder; pass export_name.")
     path = os.path.join(os.path.abspath(config.export_dir), name, str(config.export_version))
+    existing = path
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if existing != path and not os.path.isdir(existing):
+        raise ConfigError(f"export_dir: {existing} is not a directory, so {path} cannot be written.")
+    if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"export_dir: {existing} is not writable, so {path} cannot be written.")
     record = run.record() or {}
     if os.path.exists(path) and not config.overwrite and record.get("export_path") != path:
         raise ConfigError(
@@ -790,6 +1022,7 @@ def _preset_metadata(config, info, validation_metrics, test_metrics):
         "preprocessing": info.preprocessing.to_dict(),
         "metrics": metrics,
         "training_command": " ".join(config.command) if config.command else None,
+        **({"fine_tuned_from": {"preset": os.fspath(config.preset)}} if config.preset else {}),
         "config": _jsonable(dataclasses.asdict(config)),
     }
 
@@ -816,6 +1049,8 @@ def _banner(session):
         notes.append("TensorBoard off: TensorFlow is not installed")
     if config.restore_best:
         notes.append("the best epoch by validation loss is kept at the end")
+    if config.preset is not None:
+        notes.append(f"fine-tuning from the preset {os.fspath(config.preset)!r}")
     lines = [
         "glonet-keras training",
         f"  model      {type(model).__name__} {model.name!r}: {model.count_params():,} parameters",
@@ -835,11 +1070,6 @@ def _banner(session):
 def _estimate_steps(info, global_batch):
     num_train = info.num_examples.get("train")
     return math.ceil(num_train / global_batch) if num_train else 1000
-
-
-def _task_index():
-    raw = os.environ.get("TF_CONFIG")
-    return json.loads(raw).get("task", {}).get("index", 0) if raw else 0
 
 
 def _jsonable(value):
