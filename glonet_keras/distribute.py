@@ -4,7 +4,7 @@
 
 | name | TensorFlow backend | JAX backend |
 |---|---|---|
-| `auto` | `mirrored` when more than one GPU (or logical CPU) is visible, else `one_device` | `data_parallel` over all devices |
+| `auto` | `mirrored` when more than one GPU (or logical CPU) is visible, else TensorFlow's default strategy (one device, no wrapper) | `data_parallel` over all devices |
 | `one_device` | `tf.distribute.OneDeviceStrategy` on the first GPU, else the CPU | one device |
 | `mirrored` | `tf.distribute.MirroredStrategy` over all GPUs, else all logical CPUs | `keras.distribution.DataParallel` |
 | `multi_worker` | `tf.distribute.MultiWorkerMirroredStrategy` from `TF_CONFIG` | `keras.distribution.initialize()` (from `KERAS_DISTRIBUTION_*`), then DataParallel |
@@ -216,6 +216,11 @@ def get_strategy(name="auto", devices=None):
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
     local = list(devices) if devices else (gpus or cpus)
     if name == "auto":
+        if len(local) <= 1 and not devices:
+            # TensorFlow's default strategy: the same single-device training without the
+            # OneDeviceStrategy wrapper, whose per-step dataset and function plumbing cost the
+            # preset CNN's trainer path 1.11x on the 2-core CPU (benchmarks/README.md, issue 20).
+            return tf.distribute.get_strategy()
         name = "mirrored" if len(local) > 1 else "one_device"
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(local[0])
