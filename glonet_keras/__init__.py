@@ -4,8 +4,10 @@ A GloNet is a plain chain of blocks whose outputs are all summed (`GlobalAggrega
 linear head, so every block gets the head's gradient through a path of length one.
 """
 
+from glonet_keras.augment import RandomShiftFlip
 from glonet_keras.layers import DenseStack, GlobalAggregation
 from glonet_keras.models.cnn import GloNetCNN, PlainCNN, ResNetCNN
+from glonet_keras.models.common import GloNetModelBase
 from glonet_keras.models.mlp import GloNetMLP, PlainMLP, ResNetMLP, to_scanned, to_unrolled
 from glonet_keras.models.superimpose import glonetify, suggest_block_outputs
 from glonet_keras.models.vit import ViT, GloNetViT
@@ -19,7 +21,9 @@ __all__ = [
     "list_models",
     "GlobalAggregation",
     "DenseStack",
+    "RandomShiftFlip",
     "is_glonet",
+    "GloNetModelBase",
     "GloNetMLP",
     "ResNetMLP",
     "PlainMLP",
