@@ -76,11 +76,15 @@ def defined_flags(script):
         text = handle.read()
     names = set(_DEFINE.findall(text))
     folder = os.path.dirname(script)
-    for module in re.findall(r"^(?:from|import) (?:\w+\.)?(\w+)", text, re.M):
-        sibling = os.path.join(REPO_ROOT, folder, f"{module}.py")
-        if os.path.isfile(sibling) and os.path.join(folder, f"{module}.py") != script:
-            with open(sibling, encoding="utf-8") as handle:
-                names |= set(_DEFINE.findall(handle.read()))
+    for module in re.findall(r"^(?:from|import) ([\w.]+)", text, re.M):
+        # A sibling (`import experiment_common`, `from benchmarks.timing import ...`) or a library
+        # module a shim runs (`from glonet_keras.cli.deploy import ...`).
+        candidates = [os.path.join(folder, f"{module.rsplit('.', 1)[-1]}.py"),
+                      module.replace(".", os.sep) + ".py"]
+        for candidate in candidates:
+            if candidate != script and os.path.isfile(os.path.join(REPO_ROOT, candidate)):
+                with open(os.path.join(REPO_ROOT, candidate), encoding="utf-8") as handle:
+                    names |= set(_DEFINE.findall(handle.read()))
     return names
 
 

@@ -325,7 +325,13 @@ def test_train_py_on_jax_without_tensorflow_trains_from_arrays(tmp_path):
 JAX_RESUME = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from glonet_keras import callbacks, trainer
+    from glonet_keras import callbacks, fastfit, trainer
+    # The trainer's default on a GPU: fused steps (fastfit.fuse_by_default). This CPU says "cpu",
+    # so it is told "gpu" here, and every run must have fused its steps.
+    fastfit.accelerator_platform = lambda: "gpu"
+    fused = []
+    fuse = fastfit.fuse_train_steps
+    fastfit.fuse_train_steps = lambda model: fused.append(fuse(model)) or fused[-1]
     config = dict(model="glonet_mlp", depth=3, width=16, dataset="digits", batch_size=8,
                   max_examples=64, tensorboard=False, verbose=0, epochs=2)
     whole = trainer.train(trainer.TrainConfig(**config, model_dir=sys.argv[1] + "/whole"))
@@ -342,7 +348,7 @@ JAX_RESUME = textwrap.dedent("""
     resumed = trainer.train(trainer.TrainConfig(**config, model_dir=sys.argv[1] + "/resumed"))
     difference = max(float(np.abs(a - b).max())
                      for a, b in zip(whole.model.get_weights(), resumed.model.get_weights()))
-    print(json.dumps([resumed.initial_epoch, difference]))
+    print(json.dumps([resumed.initial_epoch, difference, fused, resumed.steps_per_execution]))
 """)
 
 
@@ -352,7 +358,10 @@ def test_jax_array_path_resumes_with_the_same_batches(tmp_path):
     finished = subprocess.run([sys.executable, "-c", JAX_RESUME, str(tmp_path)], capture_output=True,
                               text=True, env=env, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    initial_epoch, difference = json.loads(finished.stdout.strip().splitlines()[-1])
+    initial_epoch, difference, fused, steps_per_execution = json.loads(
+        finished.stdout.strip().splitlines()[-1])
+    # 8 steps an epoch in groups of 2, fused in all three runs (whole, interrupted, resumed).
+    assert fused == [True, True, True] and steps_per_execution == 2
     assert initial_epoch == 1 and difference <= 1e-6
 
 
@@ -428,13 +437,18 @@ def test_an_export_dir_that_cannot_be_written_is_refused_before_training(tmp_pat
 def test_usage_errors_of_the_new_flags(tmp_path):
     from glonet_keras.cli import train as program
 
+    before = set(program.FLAGS)
     try:
-        program.FLAGS(["train.py", "--preset=glonet_mlp_digits", "--model=glonet_cnn",
-                       f"--model_dir={tmp_path}"])
+        program.parse_flags(["train.py", "--preset=glonet_mlp_digits", "--model=glonet_cnn",
+                             f"--model_dir={tmp_path}"])
         with pytest.raises(trainer.ConfigError, match="--model and --preset exclude each other"):
             program.config_from_flags(["train.py"])
     finally:
+        # This process may import other absl programs (training/*.py) later: leave no flag behind.
         program.FLAGS.unparse_flags()
+        for name in set(program.FLAGS) - before:
+            delattr(program.FLAGS, name)
+        program._flags_defined = False
 
 
 def _interrupt_after_first_epoch(monkeypatch):

@@ -10,7 +10,7 @@ The program lives in the library, `glonet_keras.cli.deploy`, installed as the co
 See `glonet_keras/cli/deploy.py` (or `glonet-deploy --help`) for the flags and exit statuses.
 """
 
-from glonet_keras.cli.deploy import *  # noqa: F401,F403  (the flags and helpers, for importers)
+from glonet_keras.cli.deploy import *  # noqa: F401,F403  (its helpers, for importers)
 from glonet_keras.cli.deploy import console
 
 if __name__ == "__main__":

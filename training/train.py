@@ -10,7 +10,7 @@ The program lives in the library, `glonet_keras.cli.train`, installed as the con
 See `glonet_keras/cli/train.py` (or `glonet-train --help`) for the flags and exit statuses.
 """
 
-from glonet_keras.cli.train import *  # noqa: F401,F403  (the flags and helpers, for importers)
+from glonet_keras.cli.train import *  # noqa: F401,F403  (its helpers, for importers)
 from glonet_keras.cli.train import run
 
 if __name__ == "__main__":

@@ -32,43 +32,56 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-# The model.
-flags.DEFINE_string("preset", None, "A zoo preset name, or a preset directory.")
-flags.DEFINE_string("run_dir", None, "A train.py --model_dir (model.keras, preprocessing.json, "
-                                     "metrics.json).")
-# The data the depth is chosen on.
-flags.DEFINE_string("dataset", None, "Data set; default the one the model was trained on.")
-flags.DEFINE_string("data_dir", None, "Data directory of the data set (tfds root, CSV, ...).")
-flags.DEFINE_string("split", "validation", "Split to choose on: validation (default) or train. "
-                                           "The test split stays for reporting.")
-flags.DEFINE_integer("seed", None, "Seed of the data split; default the model's training seed.")
-flags.DEFINE_integer("max_examples", None, "Use only the first N examples of the split.")
-# The choice.
-flags.DEFINE_float("tolerance", None, "Accuracy drop allowed against the full model, in [0, 1] "
-                                      "(default 0.01 when no latency budget is given).")
-flags.DEFINE_float("latency_budget_ms", None, "Instead of a tolerance: the most accurate k whose "
-                                              "measured latency fits this budget.")
-flags.DEFINE_integer("latency_batch_size", 1, "Batch size the latency budget refers to.")
-flags.DEFINE_integer("repeats", 30, "Timed calls per depth and batch size.")
-# The export.
-flags.DEFINE_string("export_dir", None, "TF Serving base path: writes <export_dir>/<name>/<version>. "
-                                        "Without it (and --onnx_path), choose and report only.")
-flags.DEFINE_string("model_name", None, "Folder name under export_dir; default the preset's name "
-                                        "(else the model's).")
-flags.DEFINE_integer("version", 1, "SavedModel version.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing SavedModel version and ONNX files "
-                                      "(atomically).")
-flags.DEFINE_list("exits", [], "More exit_<k> signatures besides the chosen k.")
-flags.DEFINE_enum("anytime", "auto", ["auto", "true", "false"],
-                  "Add the anytime signature (auto: when the model supports it).")
-flags.DEFINE_float("anytime_threshold", 0.9, "Default confidence threshold of `anytime`.")
-flags.DEFINE_list("anytime_exits", None, "Depths where `anytime` checks confidence (default every "
-                                         "block; check every few blocks when blocks are cheap).")
-flags.DEFINE_string("onnx_path", None, "Also write the graphs as ONNX: this .onnx file (serve) "
-                                       "and <stem>_exit_<k>.onnx, <stem>_anytime.onnx beside it.")
-# Reports.
-flags.DEFINE_string("report", None, "Write the choice and the depth table as JSON here.")
-flags.DEFINE_string("plot", None, "Write the accuracy-latency plot (PNG) here.")
+_flags_defined = False
+
+
+def define_flags():
+    """Defines this program's flags in absl's global FLAGS, once; `parse_flags` calls it.
+
+    Not at import: a library module that defined them there would collide with the flags of any
+    absl program (or test process) that imports it, since two programs here share flag names.
+    """
+    global _flags_defined
+    if _flags_defined:
+        return
+    _flags_defined = True
+    # The model.
+    flags.DEFINE_string("preset", None, "A zoo preset name, or a preset directory.")
+    flags.DEFINE_string("run_dir", None, "A train.py --model_dir (model.keras, preprocessing.json, "
+                                         "metrics.json).")
+    # The data the depth is chosen on.
+    flags.DEFINE_string("dataset", None, "Data set; default the one the model was trained on.")
+    flags.DEFINE_string("data_dir", None, "Data directory of the data set (tfds root, CSV, ...).")
+    flags.DEFINE_string("split", "validation", "Split to choose on: validation (default) or train. "
+                                               "The test split stays for reporting.")
+    flags.DEFINE_integer("seed", None, "Seed of the data split; default the model's training seed.")
+    flags.DEFINE_integer("max_examples", None, "Use only the first N examples of the split.")
+    # The choice.
+    flags.DEFINE_float("tolerance", None, "Accuracy drop allowed against the full model, in [0, 1] "
+                                          "(default 0.01 when no latency budget is given).")
+    flags.DEFINE_float("latency_budget_ms", None, "Instead of a tolerance: the most accurate k whose "
+                                                  "measured latency fits this budget.")
+    flags.DEFINE_integer("latency_batch_size", 1, "Batch size the latency budget refers to.")
+    flags.DEFINE_integer("repeats", 30, "Timed calls per depth and batch size.")
+    # The export.
+    flags.DEFINE_string("export_dir", None, "TF Serving base path: writes <export_dir>/<name>/<version>. "
+                                            "Without it (and --onnx_path), choose and report only.")
+    flags.DEFINE_string("model_name", None, "Folder name under export_dir; default the preset's name "
+                                            "(else the model's).")
+    flags.DEFINE_integer("version", 1, "SavedModel version.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing SavedModel version and ONNX files "
+                                          "(atomically).")
+    flags.DEFINE_list("exits", [], "More exit_<k> signatures besides the chosen k.")
+    flags.DEFINE_enum("anytime", "auto", ["auto", "true", "false"],
+                      "Add the anytime signature (auto: when the model supports it).")
+    flags.DEFINE_float("anytime_threshold", 0.9, "Default confidence threshold of `anytime`.")
+    flags.DEFINE_list("anytime_exits", None, "Depths where `anytime` checks confidence (default every "
+                                             "block; check every few blocks when blocks are cheap).")
+    flags.DEFINE_string("onnx_path", None, "Also write the graphs as ONNX: this .onnx file (serve) "
+                                           "and <stem>_exit_<k>.onnx, <stem>_anytime.onnx beside it.")
+    # Reports.
+    flags.DEFINE_string("report", None, "Write the choice and the depth table as JSON here.")
+    flags.DEFINE_string("plot", None, "Write the accuracy-latency plot (PNG) here.")
 
 SPLITS = ("validation", "train")
 MAX_RECORD_BYTES = 8 * 2**20  # metrics.json and preprocessing.json of a run directory.
@@ -91,6 +104,7 @@ def _program():
 
 
 def parse_flags(argv):
+    define_flags()
     try:
         return FLAGS(argv)
     except flags.Error as error:

@@ -43,75 +43,88 @@ from glonet_keras.models import MODEL_CLASSES  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-# Model.
-flags.DEFINE_enum("model", "glonet_mlp", sorted(MODEL_CLASSES), "Model name.")
-flags.DEFINE_string("preset", None, "Fine-tune this pretrained model instead of building --model: "
-                    "a preset name (glonet_keras.list_models(pretrained=True)), a preset directory "
-                    "or URL, a .keras file, or a finished run's --model_dir. Its input shape and "
-                    "normalisation are kept; another number of classes gets a new head.")
-flags.DEFINE_integer("depth", None, "Blocks (MLP/ViT num_blocks) or CNN depth (6n+2 for 'cifar').")
-flags.DEFINE_integer("width", None, "MLP/CNN width or ViT hidden_dim.")
-flags.DEFINE_string("activation", None, "Block activation (a keras.activations name).")
-flags.DEFINE_enum("normalization", None, ["none", "batch", "layer"], "Normalisation in blocks.")
-flags.DEFINE_enum("initializer", None, ["he", "torch"], "Kernel initialisation.")
-flags.DEFINE_enum("aggregation", None, ["sum", "mean"], "GloNet aggregation (GloNets only).")
-flags.DEFINE_bool("include_stem", None, "Also tap the stem's output (GloNets only).")
-flags.DEFINE_float("dropout", None, "Dropout before the head.")
-flags.DEFINE_enum("layout", None, ["cifar", "imagenet", "isotropic"], "CNN layout (CNNs only).")
-flags.DEFINE_list("blocks_per_stage", None, "CNN blocks per stage, e.g. 2,2,2 (instead of --depth).")
-flags.DEFINE_integer("patch_size", None, "ViT patch size, or the isotropic CNN's patch stem.")
-flags.DEFINE_bool("scan", None, "GloNet MLP: run the blocks as one scanned stack (flat compile time).")
-flags.DEFINE_integer("num_heads", None, "ViT attention heads.")
-flags.DEFINE_integer("mlp_dim", None, "ViT MLP width.")
-flags.DEFINE_enum("tokenizer", None, ["patch", "conv"], "ViT tokenizer: one strided patch "
-                  "convolution, or log2(patch_size) stages of 3x3 convolution and max-pool.")
-flags.DEFINE_enum("head_initializer", None, ["zeros"], "GloNet head initialisation (GloNets only; "
-                  "default: as --initializer): zeros starts from uniform logits.")
-# Data.
-flags.DEFINE_string("dataset", "digits", f"Data set: one of {list(data_lib.DATASETS)}.")
-flags.DEFINE_string("data_dir", None, "tfds data root, image folder root or SGEMM CSV.")
-flags.DEFINE_bool("download", False, "Let tfds download the data set (needs internet).")
-flags.DEFINE_string("manual_dir", None, "Manually downloaded files (imagenet2012), with --download.")
-flags.DEFINE_list("image_size", None, "Resize images to HEIGHT,WIDTH (default: the data set's "
-                  "size; image_folder: the size its images share; with --preset: the preset's).")
-flags.DEFINE_enum("channels", None, ["1", "3"], "image_folder: decode images as grayscale (1) or "
-                  "RGB (3; default, or the preset's).")
-flags.DEFINE_list("augment", [], f"Training augmentations, from {list(data_lib.AUGMENTATIONS)}.")
-flags.DEFINE_integer("max_examples", None, "Use only the first N examples of each split.")
-flags.DEFINE_bool("drop_remainder", False,
-                  "Drop the last partial training batch (makes 1- and N-replica runs identical).")
-# Training.
-flags.DEFINE_enum("strategy", "auto", list(distribute.STRATEGIES), "Distribution strategy.")
-flags.DEFINE_integer("logical_cpus", None,
-                     "Split the CPU into N logical devices first (mirrored on a CPU-only machine).")
-flags.DEFINE_integer("epochs", 10, "Epochs.")
-flags.DEFINE_integer("batch_size", 64, "Batch size PER REPLICA (global = this x replicas).")
-flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
-flags.DEFINE_enum("optimizer", "adam", list(trainer.OPTIMIZERS), "Optimizer.")
-flags.DEFINE_enum("schedule", "constant", list(trainer.SCHEDULES), "Learning-rate schedule.")
-flags.DEFINE_integer("warmup_epochs", 0, "Linear warm-up epochs (cosine schedule).")
-flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing (one-hot losses).")
-flags.DEFINE_bool("mixed_precision", False, "Train in mixed_float16.")
-flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA compilation.")
-flags.DEFINE_string("steps_per_execution", "auto",
-                    "Training steps per compiled call: 'auto' or an integer (rounded down to a "
-                    "divisor of the steps per epoch).")
-flags.DEFINE_integer("seed", 0, "Seed of the weights, the split and the shuffle.")
-flags.DEFINE_bool("restore_best", False, "Keep the best-validation-loss weights, not the last.")
-flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs under model_dir/logs (needs TF).")
-flags.DEFINE_enum("verbose", "auto", ["auto", "0", "1", "2"], "Keras progress output.")
-# Output.
-flags.DEFINE_string("model_dir", None, "Directory for the run: state, checkpoints, logs, metrics, "
-                    "the model.")
-flags.DEFINE_bool("overwrite", False, "Delete the run already in --model_dir (finished or with "
-                  "other flags) and start fresh.")
-flags.DEFINE_string("export_dir", None, "Export a TF Serving SavedModel under this base path.")
-flags.DEFINE_string("export_name", None, "Folder of the export under --export_dir (default: the "
-                    "model's name).")
-flags.DEFINE_integer("export_version", 1, "SavedModel version number.")
-flags.mark_flag_as_required("model_dir")
+_flags_defined = False
+
+
+def define_flags():
+    """Defines this program's flags in absl's global FLAGS, once; `parse_flags` calls it.
+
+    Not at import: a library module that defined them there would collide with the flags of any
+    absl program (or test process) that imports it, since two programs here share flag names.
+    """
+    global _flags_defined
+    if _flags_defined:
+        return
+    _flags_defined = True
+    # Model.
+    flags.DEFINE_enum("model", "glonet_mlp", sorted(MODEL_CLASSES), "Model name.")
+    flags.DEFINE_string("preset", None, "Fine-tune this pretrained model instead of building --model: "
+                        "a preset name (glonet_keras.list_models(pretrained=True)), a preset directory "
+                        "or URL, a .keras file, or a finished run's --model_dir. Its input shape and "
+                        "normalisation are kept; another number of classes gets a new head.")
+    flags.DEFINE_integer("depth", None, "Blocks (MLP/ViT num_blocks) or CNN depth (6n+2 for 'cifar').")
+    flags.DEFINE_integer("width", None, "MLP/CNN width or ViT hidden_dim.")
+    flags.DEFINE_string("activation", None, "Block activation (a keras.activations name).")
+    flags.DEFINE_enum("normalization", None, ["none", "batch", "layer"], "Normalisation in blocks.")
+    flags.DEFINE_enum("initializer", None, ["he", "torch"], "Kernel initialisation.")
+    flags.DEFINE_enum("aggregation", None, ["sum", "mean"], "GloNet aggregation (GloNets only).")
+    flags.DEFINE_bool("include_stem", None, "Also tap the stem's output (GloNets only).")
+    flags.DEFINE_float("dropout", None, "Dropout before the head.")
+    flags.DEFINE_enum("layout", None, ["cifar", "imagenet", "isotropic"], "CNN layout (CNNs only).")
+    flags.DEFINE_list("blocks_per_stage", None, "CNN blocks per stage, e.g. 2,2,2 (instead of --depth).")
+    flags.DEFINE_integer("patch_size", None, "ViT patch size, or the isotropic CNN's patch stem.")
+    flags.DEFINE_bool("scan", None, "GloNet MLP: run the blocks as one scanned stack (flat compile time).")
+    flags.DEFINE_integer("num_heads", None, "ViT attention heads.")
+    flags.DEFINE_integer("mlp_dim", None, "ViT MLP width.")
+    flags.DEFINE_enum("tokenizer", None, ["patch", "conv"], "ViT tokenizer: one strided patch "
+                      "convolution, or log2(patch_size) stages of 3x3 convolution and max-pool.")
+    flags.DEFINE_enum("head_initializer", None, ["zeros"], "GloNet head initialisation (GloNets only; "
+                      "default: as --initializer): zeros starts from uniform logits.")
+    # Data.
+    flags.DEFINE_string("dataset", "digits", f"Data set: one of {list(data_lib.DATASETS)}.")
+    flags.DEFINE_string("data_dir", None, "tfds data root, image folder root or SGEMM CSV.")
+    flags.DEFINE_bool("download", False, "Let tfds download the data set (needs internet).")
+    flags.DEFINE_string("manual_dir", None, "Manually downloaded files (imagenet2012), with --download.")
+    flags.DEFINE_list("image_size", None, "Resize images to HEIGHT,WIDTH (default: the data set's "
+                      "size; image_folder: the size its images share; with --preset: the preset's).")
+    flags.DEFINE_enum("channels", None, ["1", "3"], "image_folder: decode images as grayscale (1) or "
+                      "RGB (3; default, or the preset's).")
+    flags.DEFINE_list("augment", [], f"Training augmentations, from {list(data_lib.AUGMENTATIONS)}.")
+    flags.DEFINE_integer("max_examples", None, "Use only the first N examples of each split.")
+    flags.DEFINE_bool("drop_remainder", False,
+                      "Drop the last partial training batch (makes 1- and N-replica runs identical).")
+    # Training.
+    flags.DEFINE_enum("strategy", "auto", list(distribute.STRATEGIES), "Distribution strategy.")
+    flags.DEFINE_integer("logical_cpus", None,
+                         "Split the CPU into N logical devices first (mirrored on a CPU-only machine).")
+    flags.DEFINE_integer("epochs", 10, "Epochs.")
+    flags.DEFINE_integer("batch_size", 64, "Batch size PER REPLICA (global = this x replicas).")
+    flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
+    flags.DEFINE_enum("optimizer", "adam", list(trainer.OPTIMIZERS), "Optimizer.")
+    flags.DEFINE_enum("schedule", "constant", list(trainer.SCHEDULES), "Learning-rate schedule.")
+    flags.DEFINE_integer("warmup_epochs", 0, "Linear warm-up epochs (cosine schedule).")
+    flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing (one-hot losses).")
+    flags.DEFINE_bool("mixed_precision", False, "Train in mixed_float16.")
+    flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA compilation.")
+    flags.DEFINE_string("steps_per_execution", "auto",
+                        "Training steps per compiled call: 'auto' or an integer (rounded down to a "
+                        "divisor of the steps per epoch).")
+    flags.DEFINE_integer("seed", 0, "Seed of the weights, the split and the shuffle.")
+    flags.DEFINE_bool("restore_best", False, "Keep the best-validation-loss weights, not the last.")
+    flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs under model_dir/logs (needs TF).")
+    flags.DEFINE_enum("verbose", "auto", ["auto", "0", "1", "2"], "Keras progress output.")
+    # Output.
+    flags.DEFINE_string("model_dir", None, "Directory for the run: state, checkpoints, logs, metrics, "
+                        "the model.")
+    flags.DEFINE_bool("overwrite", False, "Delete the run already in --model_dir (finished or with "
+                      "other flags) and start fresh.")
+    flags.DEFINE_string("export_dir", None, "Export a TF Serving SavedModel under this base path.")
+    flags.DEFINE_string("export_name", None, "Folder of the export under --export_dir (default: the "
+                        "model's name).")
+    flags.DEFINE_integer("export_version", 1, "SavedModel version number.")
+    flags.mark_flag_as_required("model_dir")
 
 # Flags passed to the model class as they are, when given.
 MODEL_FLAGS = ("activation", "initializer", "aggregation", "include_stem", "dropout", "layout",
@@ -209,6 +222,7 @@ def fail(message, status=2):
 
 
 def parse_flags(argv):
+    define_flags()
     try:
         return FLAGS(argv)
     except flags.Error as error:
