@@ -211,6 +211,16 @@ def test_the_summary_says_what_augmentation_adds_and_how_far_the_trainer_is(caps
     assert rows[("trainer / best fit", "trainer:recipe:auto", "fit:device:auto:aug")] == \
         pytest.approx((1.1 + 13.2 / 12.6) / 2)
     assert report.best_fit(result)[0] == "fit:device:auto"
+    # The trainer is measured against plain fit, never against itself, even where it is the
+    # fastest; with no augmented fit variant the recipe is held against the best plain one.
+    variants = dict(result["variants"], **{"trainer:plain:auto": entry(9.5, 11.0)})
+    del variants["fit:device:auto:aug"]
+    rows = {(what, a, b): r["median"]
+            for what, a, b, r in report.augmentation_rows(dict(result, variants=variants))}
+    assert rows[("trainer / best fit", "trainer:plain:auto", "fit:device:auto")] == \
+        pytest.approx((0.95 + 11.0 / 12.0) / 2)
+    assert ("trainer / best fit without augmentation", "trainer:recipe:auto",
+            "fit:device:auto") in rows
     report.fit_overhead_summary([result])
     assert "augmentation and the trainer's own path" in capsys.readouterr().out
 
