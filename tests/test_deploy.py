@@ -498,7 +498,7 @@ def _deploy_cli(*args, timeout=300):
                           capture_output=True, text=True, env=env, timeout=timeout)
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_FLAGS = [
     (["--export_dir=/tmp/x"], "give --preset .* or --run_dir"),
     (["--preset=a", "--run_dir=b", "--export_dir=/tmp/x"], "not both"),
     (["--preset=glonet_mlp_digits", "--export_dir="], "--export_dir is empty"),
@@ -512,14 +512,22 @@ def _deploy_cli(*args, timeout=300):
     (["--preset=glonet_mlp_digits", "--export_dir=/tmp/x", "--tolerance=0.1",
       "--latency_budget_ms=3"], "either --tolerance or --latency_budget_ms"),
     (["--preset=glonet_mlp_digits", "--export_dir=/tmp/x", "--split=train2"], "--split"),
-])
-def test_deploy_cli_bad_flags_exit_2_with_one_line(args, message):
-    done = _deploy_cli(*args)
+]
+
+
+def test_deploy_cli_bad_flags_exit_2_with_one_line():
+    # The exit status and stderr a shell sees, from one real process...
+    done = _deploy_cli(*BAD_FLAGS[0][0])
     assert done.returncode == 2, (done.stdout, done.stderr[-2000:])
     # TensorFlow's C++ start-up lines may precede it: one reason, and no traceback.
     reasons = [line for line in done.stderr.splitlines() if line.startswith("deploy.py: error: ")]
-    assert len(reasons) == 1 and re.search(message, reasons[0]), done.stderr[-2000:]
+    assert len(reasons) == 1 and re.search(BAD_FLAGS[0][1], reasons[0]), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+    # ...then every case through the same main() in one interpreter (one TensorFlow import).
+    answers = _cli_cases([{"argv": args} for args, _ in BAD_FLAGS])
+    for (args, message), answer in zip(BAD_FLAGS, answers):
+        _one_line_error(answer, 2, message)
+        assert not answer["measured"], args
 
 
 def test_deploy_cli_on_a_digits_preset(tmp_path):
@@ -575,7 +583,7 @@ _CLI_CASES = """
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
             try:
                 cli.FLAGS.unparse_flags()
-                cli.main(cli.FLAGS(["deploy.py"] + case["argv"]))
+                cli.main(cli.parse_flags(["deploy.py"] + case["argv"]))
             except SystemExit as exit:
                 status = exit.code
             except BaseException:
