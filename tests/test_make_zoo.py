@@ -9,6 +9,7 @@ import subprocess
 import types
 
 import keras
+import numpy as np
 import pytest
 from absl import flags
 
@@ -81,3 +82,16 @@ def test_resume_of_a_finished_run_trains_nothing(make_zoo, tmp_path):
     make_zoo.run_training(NAME)
     assert make_zoo.calls == []
     assert json.loads((run_dir / "command.json").read_text()) == {"wall_seconds": 7}
+
+
+def test_check_subset_records_the_first_images_accuracies():
+    module = training_module("make_zoo")
+    n = module.CHECK_EXAMPLES
+    y = np.arange(n + 500) % 3
+    logits = np.eye(3)[y]
+    logits[: n // 2] = np.eye(3)[(y[: n // 2] + 1) % 3]  # the first half wrong, the rest right
+    exits = np.stack([np.eye(3)[(y + 1) % 3], logits], axis=1)  # k=1 always wrong, k=2 = logits
+    record = module.check_subset(logits, exits, y)
+    assert record == {"num_examples": n, "test_accuracy": 0.5,
+                      "early_exit_accuracy": {"1": 0.0, "2": 0.5}}
+    assert module.check_subset(logits, None, y) == {"num_examples": n, "test_accuracy": 0.5}
