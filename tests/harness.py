@@ -17,6 +17,29 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def within_seconds(seconds, function, *args, **kwargs):
+    """`function(*args, **kwargs)`, failing the test instead of hanging it (a blocking open of a
+    FIFO never returns): it runs in a daemon thread, abandoned if still blocked after `seconds`."""
+    import threading
+
+    outcome = {}
+
+    def call():
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as error:  # noqa: BLE001  (re-raised in the test's thread)
+            outcome["error"] = error
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"{getattr(function, '__name__', function)} hung for {seconds} s (a blocking open?)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def _tensorflow():
     """TensorFlow, for the checks that need tf.data or a SavedModel; they skip where it is absent
     (the harness itself imports on a JAX-only machine)."""

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from glonet_keras import data
+from tests import harness
 from tests.test_data import _write_sgemm
 
 # ------------------------------------------------------------------------------------------------
@@ -267,29 +268,6 @@ def test_download_never_hangs_on_a_silent_network(tmp_path, monkeypatch):
 # Special files where a user's file should be (issue 22): never opened blocking, each named.
 
 
-def _within(seconds, function, *args, **kwargs):
-    """`function(*args, **kwargs)`, failing the test instead of hanging it (a blocking open of a
-    FIFO never returns): it runs in a daemon thread, abandoned if still blocked after `seconds`."""
-    import threading
-
-    outcome = {}
-
-    def call():
-        try:
-            outcome["value"] = function(*args, **kwargs)
-        except BaseException as error:  # noqa: BLE001  (re-raised in the test's thread)
-            outcome["error"] = error
-
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        pytest.fail(f"{getattr(function, '__name__', function)} hung for {seconds} s (a blocking open?)")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
 def test_special_files_named_like_images_are_refused_without_hanging(tmp_path):
     import os
     import socket as socket_lib
@@ -306,7 +284,7 @@ def test_special_files_named_like_images_are_refused_without_hanging(tmp_path):
     server.bind(str(cat / "sock.bmp"))
     try:
         with pytest.raises(ValueError) as error:
-            _within(30, data.dataset_info, "image_folder", data_dir=str(tmp_path), image_size=(8, 8))
+            harness.within_seconds(30, data.dataset_info, "image_folder", data_dir=str(tmp_path), image_size=(8, 8))
     finally:
         server.close()
     message = str(error.value)
@@ -332,7 +310,7 @@ def test_fifos_as_csv_and_idx_files_are_refused_without_hanging(tmp_path):
 
     os.mkfifo(tmp_path / "table.csv")
     with pytest.raises(ValueError, match=r"table.csv is a FIFO, not a regular file"):
-        _within(30, data.read_sgemm_csv, str(tmp_path / "table.csv"))
+        harness.within_seconds(30, data.read_sgemm_csv, str(tmp_path / "table.csv"))
     with pytest.raises(data.DatasetUnavailableError, match="no CSV file"):
         data.dataset_info("sgemm", data_dir=str(tmp_path / "table.csv"))
     fashion = tmp_path / "fashion"
@@ -340,6 +318,6 @@ def test_fifos_as_csv_and_idx_files_are_refused_without_hanging(tmp_path):
     for name in data.FASHION_MNIST_SHA256:
         os.mkfifo(fashion / name)
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz is a FIFO"):
-        _within(30, data._read_idx, str(fashion), "train-images-idx3-ubyte.gz", (60_000, 28, 28))
+        harness.within_seconds(30, data._read_idx, str(fashion), "train-images-idx3-ubyte.gz", (60_000, 28, 28))
     with pytest.raises(data.DatasetUnavailableError, match="not on this machine"):
         data.dataset_info("fashion_mnist", data_dir=str(fashion))

@@ -17,6 +17,7 @@ import pytest
 from glonet_keras import callbacks, rundir, trainer
 from glonet_keras import data as data_lib
 from glonet_keras.trainer import TrainConfig
+from tests import harness
 
 TINY = dict(model="glonet_mlp", depth=3, width=16, dataset="digits", batch_size=8,
             max_examples=64, tensorboard=False, verbose=0)
@@ -358,33 +359,10 @@ def test_a_malformed_run_record_is_one_clear_error(tmp_path, content, message):
     assert str(path) in str(error.value) and "--overwrite" in str(error.value)
 
 
-def _within(seconds, function, *args, **kwargs):
-    """`function(*args, **kwargs)`, failing the test instead of hanging it (a blocking open of a
-    FIFO never returns): it runs in a daemon thread, abandoned if still blocked after `seconds`."""
-    import threading
-
-    outcome = {}
-
-    def call():
-        try:
-            outcome["value"] = function(*args, **kwargs)
-        except BaseException as error:  # noqa: BLE001  (re-raised in the test's thread)
-            outcome["error"] = error
-
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        pytest.fail(f"{getattr(function, '__name__', function)} hung for {seconds} s (a blocking open?)")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
 def test_special_files_among_the_run_files_are_refused_without_hanging(tmp_path):
     os.mkfifo(tmp_path / rundir.RUN_FILE)
     with pytest.raises(rundir.RunDirectoryError, match="run.json .*a FIFO"):
-        _within(30, rundir.RunDirectory(tmp_path).claim, _FINGERPRINT, epochs=1)
+        harness.within_seconds(30, rundir.RunDirectory(tmp_path).claim, _FINGERPRINT, epochs=1)
     # A link named like a run's folder points elsewhere: never written through, never cleaned.
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "epoch_0001.json").write_text("theirs")
