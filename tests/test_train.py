@@ -188,7 +188,7 @@ def _run_train_main(argv):
         program.FLAGS.unparse_flags()
         for name in set(program.FLAGS) - before:
             delattr(program.FLAGS, name)
-        program._flags_defined = False
+        program.define_flags.reset()
 
 
 @pytest.mark.slow

@@ -30,21 +30,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from glonet_keras.cli import define_once, flags_parser  # noqa: E402
+
 FLAGS = flags.FLAGS
 
-_flags_defined = False
 
-
+@define_once
 def define_flags():
-    """Defines this program's flags in absl's global FLAGS, once; `parse_flags` calls it.
-
-    Not at import: a library module that defined them there would collide with the flags of any
-    absl program (or test process) that imports it, since two programs here share flag names.
-    """
-    global _flags_defined
-    if _flags_defined:
-        return
-    _flags_defined = True
+    """Defines this program's flags in absl's global FLAGS (once; `parse_flags` calls it)."""
     # The model.
     flags.DEFINE_string("preset", None, "A zoo preset name, or a preset directory.")
     flags.DEFINE_string("run_dir", None, "A train.py --model_dir (model.keras, preprocessing.json, "
@@ -103,12 +96,7 @@ def _program():
     return name if name.startswith("glonet-") else "deploy.py"
 
 
-def parse_flags(argv):
-    define_flags()
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        fail(error)
+parse_flags = flags_parser(define_flags, fail)
 
 
 def check_flags():

@@ -38,24 +38,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from glonet_keras import callbacks, distribute, rundir, trainer  # noqa: E402
+from glonet_keras.cli import define_once, flags_parser  # noqa: E402
 from glonet_keras import data as data_lib  # noqa: E402
 from glonet_keras.models import MODEL_CLASSES  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-_flags_defined = False
 
-
+@define_once
 def define_flags():
-    """Defines this program's flags in absl's global FLAGS, once; `parse_flags` calls it.
-
-    Not at import: a library module that defined them there would collide with the flags of any
-    absl program (or test process) that imports it, since two programs here share flag names.
-    """
-    global _flags_defined
-    if _flags_defined:
-        return
-    _flags_defined = True
+    """Defines this program's flags in absl's global FLAGS (once; `parse_flags` calls it)."""
     # Model.
     flags.DEFINE_enum("model", "glonet_mlp", sorted(MODEL_CLASSES), "Model name.")
     flags.DEFINE_string("preset", None, "Fine-tune this pretrained model instead of building --model: "
@@ -221,12 +213,7 @@ def fail(message, status=2):
     sys.exit(status)
 
 
-def parse_flags(argv):
-    define_flags()
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        fail(error)
+parse_flags = flags_parser(define_flags, fail)
 
 
 def main(argv):
