@@ -372,16 +372,8 @@ def build_model(config, info):
         raise ConfigError(
             f"{model_class.__name__} does not take {unknown}; its arguments are {accepted}."
         )
-    kwargs = dict(input_shape=tuple(info.input_shape), num_classes=info.num_classes)
-    if config.depth is not None:
-        kwargs["num_blocks" if "num_blocks" in parameters else "depth"] = config.depth
-    if config.width is not None:
-        kwargs["width" if "width" in parameters else "hidden_dim"] = config.width
-    if config.mixed_precision:
-        # bfloat16 on JAX where the device computes in it (GPU compute capability >= 8, TPU),
-        # float16 with loss scaling elsewhere: fastfit.mixed_precision_policy.
-        kwargs["dtype"] = fastfit.mixed_precision_policy()
-    kwargs.update(config.model_kwargs)
+    kwargs = dict(input_shape=tuple(info.input_shape), num_classes=info.num_classes,
+                  **_config_arguments(config, parameters))
     try:
         return model_class(**kwargs)
     except (ValueError, TypeError) as error:
@@ -602,16 +594,25 @@ def load_pretrained(config, **overrides):
     return model
 
 
+def _config_arguments(config, parameters):
+    """The constructor arguments `config` sets: depth and width under the class's own names (from
+    its signature's `parameters`), the mixed-precision policy, then `model_kwargs` as given."""
+    arguments = {}
+    if config.depth is not None:
+        arguments["num_blocks" if "num_blocks" in parameters else "depth"] = config.depth
+    if config.width is not None:
+        arguments["width" if "width" in parameters else "hidden_dim"] = config.width
+    if config.mixed_precision:
+        # bfloat16 on JAX where the device computes in it (GPU compute capability >= 8, TPU),
+        # float16 with loss scaling elsewhere: fastfit.mixed_precision_policy.
+        arguments["dtype"] = fastfit.mixed_precision_policy()
+    return {**arguments, **config.model_kwargs}
+
+
 def _preset_overrides(config, pretrained, info):
     """Constructor arguments that differ from the preset's: a new head, and the config's own."""
-    overrides = dict(config.model_kwargs)
     parameters = inspect.signature(type(pretrained).__init__).parameters
-    if config.depth is not None:
-        overrides["num_blocks" if "num_blocks" in parameters else "depth"] = config.depth
-    if config.width is not None:
-        overrides["width" if "width" in parameters else "hidden_dim"] = config.width
-    if config.mixed_precision:
-        overrides["dtype"] = fastfit.mixed_precision_policy()
+    overrides = _config_arguments(config, parameters)
     if info.num_classes != pretrained.output.shape[-1]:
         overrides["num_classes"] = info.num_classes
     current = pretrained.get_config()
