@@ -361,25 +361,8 @@ def _resolve_preprocessing(model, preprocessing):
             "`preprocessing` must be a Preprocessing or its dict, received "
             f"{type(preprocessing).__name__}."
         )
-    input_shape = tuple(model.inputs[0].shape)
-    if preprocessing.num_channels not in (1, input_shape[-1]):
-        raise ValueError(
-            f"The preprocessing has {preprocessing.num_channels} channel statistics, but the input "
-            f"of {model.name!r} has shape {input_shape[1:]}: {input_shape[-1]} channels."
-        )
-    if preprocessing.image_size is not None:
-        if len(input_shape) != 4:
-            raise ValueError(
-                f"The preprocessing resizes images to {preprocessing.image_size}, but the input of "
-                f"{model.name!r} has shape {input_shape[1:]}, not (height, width, channels)."
-            )
-        if any(want is not None and want != got
-               for want, got in zip(input_shape[1:3], preprocessing.image_size)):
-            raise ValueError(
-                f"The preprocessing resizes images to {preprocessing.image_size}, but "
-                f"{model.name!r} takes {input_shape[1:3]} images."
-            )
-    return preprocessing
+    # One mean/std per input channel (or one for all), a resize only to the model's image size.
+    return preprocessing.check_fits(model.inputs[0].shape, what=f"{model.name!r}")
 
 
 def _metadata_of(model):
