@@ -53,7 +53,6 @@ Example:
 >>> batches = get_dataset("digits", "train", batch_size=32)  # tf.data, preprocessed
 """
 
-import contextlib
 import dataclasses
 import functools
 import gzip
@@ -62,13 +61,13 @@ import math
 import os
 import re
 import socket
-import stat
 import struct
 import threading
 import zlib
 
 import numpy as np
 
+from glonet_keras import files
 from glonet_keras.preprocessing import (  # noqa: F401  (re-exported)
     Preprocessing, load_preprocessing, save_preprocessing,
 )
@@ -924,38 +923,17 @@ def _decode_problems(keys):
     return problems
 
 
-@contextlib.contextmanager
 def open_regular_file(path, mode="rb"):
     """Opens a user's file only if it is a regular file (a link to one is fine); never blocks.
 
-    A plain `open()` of a FIFO waits forever for a writer, and a device may never end: both, a
-    socket and a directory are refused with a ValueError naming the file and what it is. A link
-    loop or a missing file is the OSError `open` gives.
+    A FIFO, a device, a socket or a directory is refused with a ValueError naming the file and
+    what it is (`files.open_regular`). A link loop or a missing file is the OSError `open` gives.
     """
-    kind = os.stat(path).st_mode  # Sockets cannot even be opened: judge before opening.
-    if not stat.S_ISREG(kind):
-        raise ValueError(f"{path} is {_file_kind(kind)}, not a regular file")
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        kind = os.fstat(descriptor).st_mode  # Again: it may have been swapped since.
-        if not stat.S_ISREG(kind):
-            raise ValueError(f"{path} is {_file_kind(kind)}, not a regular file")
-        os.set_blocking(descriptor, True)
-        handle = os.fdopen(descriptor, mode, **({} if "b" in mode else {"newline": ""}))
-    except BaseException:
-        os.close(descriptor)
-        raise
-    with handle:
-        yield handle
+    return files.open_regular(path, mode, refuse=_not_regular)
 
 
-def _file_kind(mode):
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "a special file"
+def _not_regular(path, kind):
+    return ValueError(f"{path} is {kind}, not a regular file")
 
 
 def _image_header_problem(path):

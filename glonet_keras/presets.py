@@ -65,7 +65,7 @@ from pathlib import Path
 
 import keras
 
-from glonet_keras import skeleton
+from glonet_keras import files, skeleton
 from glonet_keras.preprocessing import Preprocessing
 
 try:
@@ -420,18 +420,9 @@ def _open_regular(path, what, follow_links=False):
     mode = os.fstat(handle).st_mode
     if not stat.S_ISREG(mode):
         os.close(handle)
-        raise PresetError(f"{what}: {path} is {_file_kind(mode)}, not a regular file.")
+        raise PresetError(f"{what}: {path} is {files.file_kind(mode)}, not a regular file.")
     with os.fdopen(handle, "rb") as stream:
         yield stream
-
-
-def _file_kind(mode):
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
-        if test(mode):
-            return kind
-    return "a special file"
 
 
 def fetch_preset(name, *, cache_dir=None, origin=None, files=PRESET_FILES):
@@ -472,7 +463,7 @@ def _cache_folder(root, *parts):
         mode = os.lstat(path).st_mode
         if not stat.S_ISDIR(mode):
             raise PresetDownloadError(
-                f"The cache folder {path} is {_file_kind(mode)}: refusing to write through it. "
+                f"The cache folder {path} is {files.file_kind(mode)}: refusing to write through it. "
                 "Remove it and try again."
             )
     real_root = os.path.realpath(root)
@@ -530,7 +521,7 @@ def _is_valid(path, sha256):
         return False
     if not stat.S_ISREG(mode):
         raise PresetDownloadError(
-            f"The cached file {path} is {_file_kind(mode)}: refusing to read or replace it. "
+            f"The cached file {path} is {files.file_kind(mode)}: refusing to read or replace it. "
             "Remove it and try again."
         )
     return sha256 is not None and sha256_of(path) == sha256

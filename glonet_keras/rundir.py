@@ -42,6 +42,8 @@ import sys
 import threading
 import time
 
+from glonet_keras import files
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory lock (a second concurrent run is not detected there).
@@ -205,40 +207,17 @@ def sha256(path):
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
 def open_regular(path):
     """Opens `path` for binary reading only if it is a regular file (a link to one is fine).
 
     Never blocks: a FIFO, a device, a socket or a directory is refused with an OSError naming the
-    file and what it is, without reading from it (a plain `open()` of a FIFO waits forever).
+    file and what it is, without reading from it (`files.open_regular`).
     """
-    mode = os.stat(path).st_mode  # Sockets cannot even be opened: judge before opening.
-    if not stat.S_ISREG(mode):
-        raise OSError(errno.EINVAL, f"{file_kind(mode)}, not a regular file", path)
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        mode = os.fstat(descriptor).st_mode  # Again: it may have been swapped since.
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, f"{file_kind(mode)}, not a regular file", path)
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(descriptor, True)
-        handle = os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
-    with handle:
-        yield handle
+    return files.open_regular(path, refuse=_not_regular)
 
 
-def file_kind(mode):
-    """What a stat mode is, in words ("a FIFO", "a directory", ...)."""
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"),
-                       (stat.S_ISREG, "a regular file")):
-        if test(mode):
-            return kind
-    return "a special file"
+def _not_regular(path, kind):
+    return OSError(errno.EINVAL, f"{kind}, not a regular file", path)
 
 
 def read_json_record(path, max_bytes=MAX_RECORD_BYTES):
@@ -480,7 +459,7 @@ class RunDirectory:
                                             or WORKER_DIR.fullmatch(entry)) else stat.S_ISREG
                 if expected(mode):
                     continue
-                foreign.append(f"{entry} ({file_kind(mode)})")
+                foreign.append(f"{entry} ({files.file_kind(mode)})")
             elif not is_partial_name(entry, RUN_ENTRIES):
                 foreign.append(entry)
         return sorted(foreign)
