@@ -91,6 +91,19 @@ def shift_and_flip(images, shift_rows, shift_cols, flip, xp=None):
     return out
 
 
+def draw_offsets(randint, height, width, *, flip, crop):
+    """(shift_rows, shift_cols, flip) for one batch, each None where unused.
+
+    `randint(low, high)` draws one int32 per example in [low, high): the layer passes Keras'
+    seeded generator, the tf.data pipeline TensorFlow's, so both draw by the same rule.
+    """
+    rows, cols = (max_shift(height), max_shift(width)) if crop else (0, 0)
+    shift_rows = randint(-rows, rows + 1) if rows else None
+    shift_cols = randint(-cols, cols + 1) if cols else None
+    flipped = randint(0, 2) > 0 if flip else None
+    return shift_rows, shift_cols, flipped
+
+
 @keras.saving.register_keras_serializable(package="glonet_keras")
 class RandomShiftFlip(keras.layers.Layer):
     """Random horizontal flip (p = 1/2) and random integer shift (<= side // 8), zero filled.
@@ -115,10 +128,6 @@ class RandomShiftFlip(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = False
 
-    def max_shifts(self, height, width):
-        """(rows, cols): the largest shifts along each axis (0, 0 without `crop`)."""
-        return (max_shift(height), max_shift(width)) if self.crop else (0, 0)
-
     def draw(self, batch_size, height=None, width=None):
         """The next (shift_rows, shift_cols, flip) this layer draws; each None where unused.
 
@@ -127,18 +136,12 @@ class RandomShiftFlip(keras.layers.Layer):
         """
         if height is None or width is None:
             height, width = self._image_size
-        rows, cols = self.max_shifts(height, width)
-        shift_rows = shift_cols = flip = None
-        if rows:
-            shift_rows = keras.random.randint((batch_size,), -rows, rows + 1, dtype="int32",
-                                              seed=self.seed_generator)
-        if cols:
-            shift_cols = keras.random.randint((batch_size,), -cols, cols + 1, dtype="int32",
-                                              seed=self.seed_generator)
-        if self.flip:
-            flip = keras.random.randint((batch_size,), 0, 2, dtype="int32",
-                                        seed=self.seed_generator) > 0
-        return shift_rows, shift_cols, flip
+
+        def randint(low, high):
+            return keras.random.randint((batch_size,), low, high, dtype="int32",
+                                        seed=self.seed_generator)
+
+        return draw_offsets(randint, height, width, flip=self.flip, crop=self.crop)
 
     def build(self, input_shape):
         if len(input_shape) != 4 or input_shape[1] is None or input_shape[2] is None:

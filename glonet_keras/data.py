@@ -1219,15 +1219,10 @@ def _shift_flip_tf(augment, seed):
     generator = tf.random.Generator.from_seed(seed)
 
     def apply(images):
-        batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
-        rows, cols = (augment_lib.max_shift(height), augment_lib.max_shift(width)) if crop else (0, 0)
-        shift_rows = shift_cols = flipped = None
-        if rows:
-            shift_rows = generator.uniform([batch], -rows, rows + 1, dtype="int32")
-        if cols:
-            shift_cols = generator.uniform([batch], -cols, cols + 1, dtype="int32")
-        if flip:
-            flipped = generator.uniform([batch], 0, 2, dtype="int32") > 0
+        batch = tf.shape(images)[0]
+        shift_rows, shift_cols, flipped = augment_lib.draw_offsets(
+            lambda low, high: generator.uniform([batch], low, high, dtype="int32"),
+            images.shape[1], images.shape[2], flip=flip, crop=crop)
         out = augment_lib.shift_and_flip(images, shift_rows, shift_cols, flipped, xp=tnp)
         return tf.ensure_shape(out, images.shape)  # tnp's gathers lose the static shape
 
