@@ -3,7 +3,7 @@
 For a 100-block GloNet MLP and a deep CIFAR-layout GloNet CNN (depth 56: 27 blocks, 28x28x1 inputs),
 both trained briefly on the digits data set (8x8 images; upsampled to 28x28 for the CNN) so that some
 inputs are confident early and others are not, this script exports one SavedModel per model with
-`exit_<L/4>` and `anytime` signatures (`glonet_keras.export.export_saved_model`) and times, through
+`exit_<L/4>` and `anytime` signatures (`glonet_keras.deploy.export.export_saved_model`) and times, through
 the loaded signatures (what TF Serving runs: preprocessing included):
 
 - `serve`: all L blocks;
@@ -118,7 +118,7 @@ def variants(model, x_easy, x_hard, export_dir, threshold, batch_sizes):
     import numpy as np
     import tensorflow as tf
 
-    from glonet_keras.export import export_saved_model
+    from glonet_keras.deploy.export import export_saved_model
     from glonet_keras.skeleton import skeleton
 
     num_blocks = skeleton(model).num_blocks
@@ -149,7 +149,7 @@ def variants(model, x_easy, x_hard, export_dir, threshold, batch_sizes):
     if FLAGS.onnx:
         import onnxruntime
 
-        from glonet_keras.onnx_export import export_onnx
+        from glonet_keras.deploy.onnx_export import export_onnx
 
         # ONNX anytime graphs take at most 16 checks (onnx_export.MAX_ONNX_ANYTIME_EXITS).
         every = max(every, -(-num_blocks // 16))

@@ -11,7 +11,7 @@ this times, in one process, on the same data, several *variants* of one training
                                    fastfit.auto_steps_per_execution)
     fused:<form>:<spe>[:options]  the same with fastfit.fuse_train_steps (JAX: one lax.scan per
                                    group of steps)
-    trainer:<recipe|plain>:<spe>  `glonet_keras.trainer`'s own fit path: the model, training-only
+    trainer:<recipe|plain>:<spe>  `glonet_keras.training.trainer`'s own fit path: the model, training-only
                                    model, data pipeline, compile and fused steps that `trainer.train`
                                    sets up (its `_start`), on Fashion-MNIST (28x28x1; the CNN
                                    families only, with --image_size=28 --image_channels=1), with
@@ -28,7 +28,7 @@ this times, in one process, on the same data, several *variants* of one training
                                    GradientTape + optimizer.apply (<spe> > 1: a tf.range loop)
     options: `v1` fit with verbose=1 (the progress bar; its output goes to /dev/null, so this is
              its Python cost, not the terminal's), `xla` jit_compile=True (TensorFlow),
-             `aug` the trainer's `flip,crop` augmentation (`glonet_keras.augment.RandomShiftFlip`,
+             `aug` the trainer's `flip,crop` augmentation (`glonet_keras.data.augment.RandomShiftFlip`,
              gathers) in a training-only model in front, as the trainer's array path has it,
              `kaug` the same with Keras' RandomFlip + RandomTranslation(0.125) (what the trainer
              used before issue 20; costly, so never a default).
@@ -125,7 +125,7 @@ class Variant:
     spe: object         # int or "auto"
     verbose: int = 0
     xla: bool = False
-    augment: str = ""   # "" (none), "aug" (glonet_keras.augment) or "kaug" (Keras' layers)
+    augment: str = ""   # "" (none), "aug" (glonet_keras.data.augment) or "kaug" (Keras' layers)
 
     @classmethod
     def parse(cls, text, backend):
@@ -203,7 +203,7 @@ def model_and_data(family, depth, *, steps, mlp_width=16, mlp_batch=1024, cnn_wi
 
 def resolve_spe(spe, default, steps, model, batch_size, batch_bytes):
     """A variant's steps per execution as an int ('auto' means `default`, itself maybe 'auto')."""
-    from glonet_keras import fastfit
+    from glonet_keras.training import fastfit
 
     spe = default if spe == "auto" else spe
     if spe == "auto":
@@ -213,7 +213,7 @@ def resolve_spe(spe, default, steps, model, batch_size, batch_bytes):
 
 
 def with_augmentation(model, augment, seed=0):
-    """`model` behind the trainer's `flip,crop` augmentation ("aug": glonet_keras.augment's
+    """`model` behind the trainer's `flip,crop` augmentation ("aug": glonet_keras.data.augment's
     gathers; "kaug": Keras' RandomFlip + RandomTranslation), in a training-only Sequential that
     shares its layers, as trainer._training_model builds it; `model` itself for ""."""
     import keras
@@ -241,8 +241,8 @@ def trainer_task(family, depth, variant, *, steps, cnn_width=16, cnn_batch=128, 
     temporary run directory, then times `fit` epochs of it. Raises ValueError for a model or
     image shape the trainer cannot train on Fashion-MNIST.
     """
-    from glonet_keras import fastfit, trainer
-    from glonet_keras.callbacks import EpochTimer
+    from glonet_keras.training import fastfit, trainer
+    from glonet_keras.training.callbacks import EpochTimer
 
     if family not in TRAINER_MODELS or (image_size, image_channels) != (28, 1):
         raise ValueError(f"trainer variants train Fashion-MNIST (28x28x1): they need a CNN family "
@@ -429,7 +429,7 @@ def run_model(spec, variants, *, steps, repetitions, steps_per_execution="auto",
         info[variant.name] = {"steps_per_execution": spe, "steps": timed_steps,
                               "jit_compile": bool(model.jit_compile)}
         if variant.kind != "raw":
-            from glonet_keras import fastfit
+            from glonet_keras.training import fastfit
 
             info[variant.name]["fused"] = isinstance(model.train_function,
                                                      fastfit._FusedTrainFunction)

@@ -87,7 +87,7 @@ def compile_for_fit(model, *, loss, batch_size, steps_per_epoch, batch_bytes=Non
     """
     import keras
 
-    from glonet_keras import fastfit
+    from glonet_keras.training import fastfit
 
     if steps_per_execution == "auto":
         steps_per_execution = fastfit.auto_steps_per_execution(
@@ -156,7 +156,7 @@ def fit_inputs(x, y, *, batch_size, form="auto", seed=0):
     tfdata: a per-example `tf.data` pipeline shaped like `glonet_keras.data.get_dataset`'s
         (shuffle over the whole split, batch, prefetch); needs TensorFlow.
     """
-    from glonet_keras import fastfit
+    from glonet_keras.training import fastfit
 
     form = resolve_form(form)
     if form == "numpy":
@@ -178,7 +178,7 @@ def fit_epoch_task(model, data, fit_kwargs, verbose=0):
     The seconds are those of the epoch itself (EpochTimer: from on_epoch_begin to on_epoch_end),
     not `fit`'s one-off setup per call (data adapter, callback list).
     """
-    from glonet_keras.callbacks import EpochTimer
+    from glonet_keras.training.callbacks import EpochTimer
 
     def run_epoch():
         timer = EpochTimer()

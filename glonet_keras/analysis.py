@@ -15,7 +15,8 @@ from glonet_keras.layers import GlobalAggregation
 from glonet_keras.skeleton import NotAGloNetError, is_glonet, skeleton  # noqa: F401 (re-exported)
 
 
-def _apply_head(parts, z):
+def apply_head(parts, z):
+    """The skeleton's head (with its dropout) applied to an aggregated `z`: what a k-prefix runs."""
     if parts.dropout is not None:
         z = parts.dropout(z)
     return parts.head(z)
@@ -50,7 +51,7 @@ def truncate(model, k):
         taps = parts.taps[: k + int(parts.includes_stem)]
     z = GlobalAggregation(mode=parts.aggregation.mode, name=skeleton_lib.AGGREGATION,
                           dtype=parts.aggregation.dtype_policy)(taps)
-    truncated = keras.Model(_single_input(parts), _apply_head(parts, z),
+    truncated = keras.Model(_single_input(parts), apply_head(parts, z),
                             name=f"{model.name}_first_{k}")
     return _carry_serving_attributes(model, truncated, k, parts.num_blocks)
 
@@ -102,7 +103,7 @@ def early_exit_model(model):
         # Prefix 0 is the stem alone: drop it, so that entry k - 1 holds blocks 1..k (and the stem).
         prefixes = keras.layers.Cropping1D((1, 0), name="drop_stem_prefix")(prefixes)
     return keras.Model(
-        _single_input(parts), _apply_head(parts, prefixes), name=f"{model.name}_early_exits"
+        _single_input(parts), apply_head(parts, prefixes), name=f"{model.name}_early_exits"
     )
 
 
@@ -226,7 +227,7 @@ def early_exit_accuracy(model, x, y, batch_size=256):
     logits = np.asarray(early_exit_logits(model, x, batch_size=batch_size), dtype="float32")
     if not np.all(np.isfinite(logits)):
         raise ValueError("The model's outputs on `x` are not finite (NaN or inf).")
-    labels = _class_labels(y, num_outputs=logits.shape[-1])
+    labels = class_labels(y, num_outputs=logits.shape[-1])
     if labels.shape[0] != logits.shape[0]:
         raise ValueError(
             f"`x` and `y` must hold the same number of examples, received {logits.shape[0]} inputs "
@@ -239,7 +240,7 @@ def early_exit_accuracy(model, x, y, batch_size=256):
     return (predictions == labels[:, None]).mean(0)
 
 
-def _class_labels(y, num_outputs):
+def class_labels(y, num_outputs):
     """Integer labels `(batch,)` from integer or one-hot `y`, checked against the model's classes."""
     y = np.asarray(y)
     if y.ndim > 2 or (y.ndim == 2 and y.shape[1] == 0):
@@ -267,23 +268,3 @@ def _class_labels(y, num_outputs):
             f"holds values in [{y.min()}, {y.max()}]."
         )
     return y.astype("int64")
-
-
-# ---------------------------------------------------------------------------------------------
-# Choosing a depth: the deployment functions live in glonet_keras.deploy (which builds on this
-# module); these names make them reachable where the early-exit analysis is.
-# ---------------------------------------------------------------------------------------------
-
-
-def choose_depth(model, validation_data, tolerance=0.01, batch_size=256):
-    """The smallest k within `tolerance` of the full model's accuracy: `glonet_keras.deploy.choose_depth`."""
-    from glonet_keras import deploy
-
-    return deploy.choose_depth(model, validation_data, tolerance=tolerance, batch_size=batch_size)
-
-
-def depth_table(model, data, **kwargs):
-    """Accuracy, parameters, FLOPs and latency of every k-prefix: `glonet_keras.deploy.depth_table`."""
-    from glonet_keras import deploy
-
-    return deploy.depth_table(model, data, **kwargs)

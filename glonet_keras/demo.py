@@ -2,13 +2,13 @@
 
 1. Train a GloNet MLP on an offline data set (digits by default; `--dataset fashion_mnist` for the
    real 28x28 benchmark once `make data` has installed it) through the library's training path
-   (`glonet_keras.trainer.train`: MirroredStrategy over the available devices, Keras progress bars,
+   (`glonet_keras.training.trainer.train`: MirroredStrategy over the available devices, Keras progress bars,
    checkpoints) and print its test accuracy.
 2. Show what a GloNet gives: each block's share of the aggregate (norm of its tap) and of the
    logits (exact per-block contributions), and the accuracy of every first-k-blocks model through
    the same head, from one forward pass (`glonet_keras.analysis`).
-3. Export a TF Serving SavedModel and answer one REST request from it (`glonet_keras.export`,
-   `glonet_keras.serving`).
+3. Export a TF Serving SavedModel and answer one REST request from it (`glonet_keras.deploy.export`,
+   `glonet_keras.deploy.serving`).
 4. Load a pretrained GloNet of the same data set from the zoo in one line and evaluate it.
 
     python -m glonet_keras.demo [--dataset digits|fashion_mnist|mnist1d] [--num_blocks 24]
@@ -21,8 +21,9 @@ import time
 
 import numpy as np
 
-from glonet_keras import analysis, data, presets, serving
-from glonet_keras.trainer import TrainConfig, train
+from glonet_keras import analysis, data, presets
+from glonet_keras.deploy import serving
+from glonet_keras.training.trainer import TrainConfig, train
 
 # The zoo model shown in step 4, per data set.
 PRETRAINED = {

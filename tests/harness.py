@@ -206,7 +206,7 @@ def check_glonet_contract(model, x, *, rtol=1e-5, export_dir=None):
         assert relative_error(exits[:, k - 1], truncated) < rtol, f"prefix {k}"
     assert relative_error(exits[:, -1], output) < rtol
     if export_dir is not None:
-        from glonet_keras.export import export_saved_model
+        from glonet_keras.deploy.export import export_saved_model
 
         tf = _tensorflow()
         path = export_saved_model(model, export_dir, model_name="contract", overwrite=True)

@@ -1,4 +1,4 @@
-"""glonet_keras.augment: flips and integer shifts give exactly the pixels they claim, reproducibly."""
+"""glonet_keras.data.augment: flips and integer shifts give exactly the pixels they claim, reproducibly."""
 
 import importlib.util
 
@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from glonet_keras import augment, data
+from glonet_keras.data import augment
+from glonet_keras import data
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 
@@ -125,7 +126,7 @@ def test_the_tf_data_path_gives_the_same_pixels_for_the_same_offsets():
                                   reference(images, shift_rows, shift_cols, flip))
     # The pipeline's own function, inside a tf.data map: each image is one of its allowed moves.
     batch = _images(batch=16, height=8, width=8, channels=1)
-    apply = data._shift_flip_tf(("flip", "crop"), seed=0)
+    apply = data.pipeline._shift_flip_tf(("flip", "crop"), seed=0)
     mapped = tf.data.Dataset.from_tensors(batch).map(apply)
     assert mapped.element_spec.shape == (16, 8, 8, 1)  # static, as RandAugment after it needs
     (got,) = mapped.as_numpy_iterator()
@@ -138,5 +139,5 @@ def test_the_tf_data_path_gives_the_same_pixels_for_the_same_offsets():
         found.add(matches[0])
     assert len(found) > 4  # random, not one fixed move
     (again,) = tf.data.Dataset.from_tensors(batch).map(
-        data._shift_flip_tf(("flip", "crop"), seed=0)).as_numpy_iterator()
+        data.pipeline._shift_flip_tf(("flip", "crop"), seed=0)).as_numpy_iterator()
     np.testing.assert_array_equal(got, again)  # seeded

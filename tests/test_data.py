@@ -224,7 +224,7 @@ def test_preprocessing_round_trips_and_matches_the_pipeline(tmp_path):
     assert restored == info.preprocessing
     (x_train, _), _ = data.load_arrays("digits")
     x, _ = _first_batch(data.get_dataset("digits", "validation", 10_000))
-    raw = x_train[data._split_indices(len(x_train), 0.1, 0)[1]]
+    raw = x_train[data.base._split_indices(len(x_train), 0.1, 0)[1]]
     np.testing.assert_allclose(restored(raw), x, atol=1e-6)
 
 

@@ -33,7 +33,7 @@ def installed_dir():
 def nowhere(tmp_path, monkeypatch):
     """No location holds the files, and any attempt to reach the network fails the test."""
     monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path / "env"))
-    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "debian"))
+    monkeypatch.setattr(data.fashion_mnist, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "debian"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
 
     def no_network(*args, **kwargs):
@@ -90,15 +90,15 @@ def test_lookup_order_env_then_debian_then_keras_cache(installed_dir, tmp_path, 
     monkeypatch.setenv(data.FASHION_MNIST_ENV, env_dir)
     assert data.fashion_mnist_dir() == env_dir
     monkeypatch.delenv(data.FASHION_MNIST_ENV)
-    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN_DIR", installed_dir)
+    monkeypatch.setattr(data.fashion_mnist, "FASHION_MNIST_DEBIAN_DIR", installed_dir)
     assert data.fashion_mnist_dir() == installed_dir
-    monkeypatch.setattr(data, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "no_debian"))
+    monkeypatch.setattr(data.fashion_mnist, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "no_debian"))
     assert data.fashion_mnist_dir() == keras_dir
     assert data.dataset_info("fashion_mnist").source == os.path.realpath(keras_dir)
 
 
 def test_real_files_decode_fast_to_the_official_splits(installed_dir):
-    data._decode_fashion_mnist.cache_clear()
+    data.fashion_mnist._decode_fashion_mnist.cache_clear()
     start = time.perf_counter()
     (x_train, y_train), (x_test, y_test) = data.load_arrays("fashion_mnist")
     seconds = time.perf_counter() - start
@@ -153,12 +153,12 @@ def test_a_gzip_that_passes_no_parser_is_named(tmp_path, monkeypatch):
         (tmp_path / name).write_bytes(content)
     hashes = dict(data.FASHION_MNIST_SHA256)
     hashes.update({name: hashlib.sha256(c).hexdigest() for name, c in contents.items()})
-    monkeypatch.setattr(data, "FASHION_MNIST_SHA256", hashes)
+    monkeypatch.setattr(data.fashion_mnist, "FASHION_MNIST_SHA256", hashes)
     with pytest.raises(ValueError, match="not a valid gzip file") as error:
-        data._read_idx(str(tmp_path), FILES[0], (60_000, 28, 28))
+        data.fashion_mnist._read_idx(str(tmp_path), FILES[0], (60_000, 28, 28))
     assert str(tmp_path / FILES[0]) in str(error.value)
     with pytest.raises(ValueError, match="IDX dimensions \\(5,\\), expected \\(60000,\\)"):
-        data._read_idx(str(tmp_path), FILES[1], (60_000,))
+        data.fashion_mnist._read_idx(str(tmp_path), FILES[1], (60_000,))
 
 
 def test_pipeline_normalises_with_training_statistics(installed_dir):
@@ -175,7 +175,7 @@ def test_pipeline_normalises_with_training_statistics(installed_dir):
         mean = (counts * values).sum() / counts.sum()
         return mean, np.sqrt((counts * (values - mean) ** 2).sum() / counts.sum())
 
-    train_rows, validation_rows = data._split_indices(60_000, 0.1, 0)
+    train_rows, validation_rows = data.base._split_indices(60_000, 0.1, 0)
     mean, std = mean_and_std(x_train[train_rows])
     assert preprocessing.mean[0] == pytest.approx(mean, abs=1e-9)
     assert preprocessing.std[0] == pytest.approx(std, abs=1e-9)

@@ -88,7 +88,7 @@ def test_headers_give_the_size_without_decoding(tmp_path):
     }
     for name, (content, expected) in cases.items():
         (tmp_path / name).write_bytes(content)
-        assert data._image_dimensions(str(tmp_path / name)) == expected, name
+        assert data.image_folder._image_dimensions(str(tmp_path / name)) == expected, name
 
 
 def test_bad_image_files_are_all_named_before_training(tmp_path, monkeypatch):
@@ -110,8 +110,8 @@ def test_bad_image_files_are_all_named_before_training(tmp_path, monkeypatch):
     }
     _write(tmp_path, {name: content for name, (content, _) in bad.items()})
     decoded = []
-    decode_problems = data._decode_problems
-    monkeypatch.setattr(data, "_decode_problems",
+    decode_problems = data.image_folder._decode_problems
+    monkeypatch.setattr(data.image_folder, "_decode_problems",
                         lambda keys: decoded.extend(k[0] for k in keys) or decode_problems(keys))
     with pytest.raises(ValueError) as error:
         data.dataset_info("image_folder", data_dir=str(tmp_path), image_size=(8, 8))
@@ -134,8 +134,8 @@ def test_bad_image_files_are_all_named_before_training(tmp_path, monkeypatch):
 def test_each_file_version_is_checked_once(tmp_path, monkeypatch):
     _good_folder(tmp_path)
     decoded = []
-    decode_problems = data._decode_problems
-    monkeypatch.setattr(data, "_decode_problems",
+    decode_problems = data.image_folder._decode_problems
+    monkeypatch.setattr(data.image_folder, "_decode_problems",
                         lambda keys: decoded.append(len(keys)) or decode_problems(keys))
     for _ in range(3):
         data.dataset_info("image_folder", data_dir=str(tmp_path), image_size=(8, 8))
@@ -238,7 +238,7 @@ def _closed_port():
 
 
 def test_download_offline_fails_fast(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "DOWNLOAD_PROBE_ADDRESS", ("127.0.0.1", _closed_port()))
+    monkeypatch.setattr(data.tfds_source, "DOWNLOAD_PROBE_ADDRESS", ("127.0.0.1", _closed_port()))
     start = time.perf_counter()
     with pytest.raises(data.DatasetUnavailableError, match="download=True cannot reach the "
                                                            "internet \\(127.0.0.1:"):
@@ -254,7 +254,7 @@ def test_download_never_hangs_on_a_silent_network(tmp_path, monkeypatch):
         raise OSError("released")
 
     monkeypatch.setattr(socket, "create_connection", silent)
-    monkeypatch.setattr(data, "DOWNLOAD_PROBE_TIMEOUT", 0.5)
+    monkeypatch.setattr(data.tfds_source, "DOWNLOAD_PROBE_TIMEOUT", 0.5)
     start = time.perf_counter()
     try:
         with pytest.raises(data.DatasetUnavailableError, match="no answer within 0.5 s"):
@@ -318,6 +318,6 @@ def test_fifos_as_csv_and_idx_files_are_refused_without_hanging(tmp_path):
     for name in data.FASHION_MNIST_SHA256:
         os.mkfifo(fashion / name)
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz is a FIFO"):
-        harness.within_seconds(30, data._read_idx, str(fashion), "train-images-idx3-ubyte.gz", (60_000, 28, 28))
+        harness.within_seconds(30, data.fashion_mnist._read_idx, str(fashion), "train-images-idx3-ubyte.gz", (60_000, 28, 28))
     with pytest.raises(data.DatasetUnavailableError, match="not on this machine"):
         data.dataset_info("fashion_mnist", data_dir=str(fashion))

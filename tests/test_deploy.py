@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from glonet_keras import GloNetCNN, GloNetMLP, ResNetCNN, analysis, deploy, glonetify, presets, serving
+from glonet_keras import GloNetCNN, GloNetMLP, ResNetCNN, analysis, deploy, glonetify, presets
+from glonet_keras.deploy import serving
 from glonet_keras.data import load_arrays
-from glonet_keras.export import export_saved_model, load_metadata
+from glonet_keras.deploy.export import export_saved_model, load_metadata
 from glonet_keras.models.mlp import to_scanned
-from glonet_keras.preprocessing import Preprocessing
+from glonet_keras.data.preprocessing import Preprocessing
 from tests.harness import relative_error, training_module
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +145,7 @@ def test_latency_is_timed_in_interleaved_rounds(monkeypatch):
     # A slow spell of a shared machine must land on every depth alike, not on the one being timed
     # then: each round calls every model once per batch size.
     calls = []
-    monkeypatch.setattr(deploy, "_compiled_forward", lambda model: lambda x: calls.append(
+    monkeypatch.setattr(deploy.depth, "_compiled_forward", lambda model: lambda x: calls.append(
         (model, len(x))))
     results = deploy.interleaved_latency({"a": "A", "b": "B"}, np.zeros((1, 3)), (1, 4),
                                          repeats=3, warmup=1)
@@ -556,7 +557,8 @@ _CLI_CASES = """
     import contextlib, io, json, sys, traceback
     sys.path.insert(0, sys.argv[1] + "/training")
     import deploy as cli
-    from glonet_keras import deploy as deploy_lib, onnx_export
+    from glonet_keras import deploy as deploy_lib
+    from glonet_keras.deploy import onnx_export
 
     real_depth_table = deploy_lib.depth_table
     for case in json.loads(sys.argv[2]):
@@ -718,7 +720,7 @@ _JAX_ANYTIME = """
     import numpy as np
     import tensorflow as tf
     from glonet_keras import GloNetCNN, analysis, deploy
-    from glonet_keras.export import export_saved_model
+    from glonet_keras.deploy.export import export_saved_model
 
     assert keras.backend.backend() == "jax"
     model = GloNetCNN(depth=8, width=4, input_shape=(12, 12, 1), num_classes=3, include_stem=True)

@@ -15,7 +15,8 @@ import keras
 import numpy as np
 import pytest
 
-from glonet_keras import GloNetMLP, distribute
+from glonet_keras import GloNetMLP
+from glonet_keras.training import distribute
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,9 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from glonet_keras import distribute
+    from glonet_keras.training import distribute
     {setup}
-    from glonet_keras.trainer import TrainConfig, train
+    from glonet_keras.training.trainer import TrainConfig, train
     def run(strategy, batch_size, **kwargs):
         config = dict(model="glonet_mlp", depth=3, width=16, dataset="digits", epochs=2,
                       max_examples=256, tensorboard=False, verbose=0)
@@ -186,7 +187,7 @@ def test_multi_worker_mirrored_two_local_workers_match_one_device(tmp_path):
     assert _max_difference(worker_0, worker_1) == 0.0
     # The chief wrote the run's files; the other worker wrote its copies aside.
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "worker_1" / "metrics.json").exists()
-    from glonet_keras.trainer import TrainConfig, train
+    from glonet_keras.training.trainer import TrainConfig, train
 
     single = train(TrainConfig(model="glonet_mlp", depth=3, width=16, dataset="digits", epochs=2,
                                max_examples=256, tensorboard=False, verbose=0,

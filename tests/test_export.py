@@ -15,8 +15,8 @@ import tensorflow as tf
 
 from glonet_keras import GloNetCNN, GloNetMLP, ResNetCNN, analysis, presets
 from glonet_keras.data import load_arrays
-from glonet_keras.export import export_saved_model, load_metadata
-from glonet_keras.preprocessing import Preprocessing
+from glonet_keras.deploy.export import export_saved_model, load_metadata
+from glonet_keras.data.preprocessing import Preprocessing
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PREPROCESSING = Preprocessing(input_dtype="uint8", scale=1 / 255, mean=(0.5, 0.4, 0.3),
@@ -297,8 +297,8 @@ def test_the_graph_checks_its_input_and_never_aborts(tmp_path):
 def test_an_image_smaller_than_the_network_takes_is_refused_not_nan(tmp_path):
     # A CNN with a dynamic spatial size answered 0-by-N images with NaN logits (or an error about
     # filter depth from deep in the graph); a 'valid' convolution has a larger minimum.
-    from glonet_keras import serving
-    from glonet_keras.export import minimum_input_size
+    from glonet_keras.deploy import serving
+    from glonet_keras.deploy.export import minimum_input_size
 
     dynamic = GloNetCNN(depth=8, width=4, input_shape=(None, None, 1), num_classes=3)
     images = keras.Input((None, None, 1), name="images")
@@ -328,8 +328,8 @@ _JAX_EXPORT = """
     import numpy as np
     import tensorflow as tf
     from glonet_keras import GloNetCNN, GloNetMLP, analysis
-    from glonet_keras.export import export_saved_model
-    from glonet_keras.preprocessing import Preprocessing
+    from glonet_keras.deploy.export import export_saved_model
+    from glonet_keras.data.preprocessing import Preprocessing
 
     assert keras.backend.backend() == "jax"
     export_dir, family = sys.argv[1:]
@@ -379,7 +379,7 @@ _WITHOUT_TENSORFLOW = """
     import os, sys
     sys.modules["tensorflow"] = None  # as on the JAX machines, where TensorFlow is not installed
     from glonet_keras import GloNetMLP
-    from glonet_keras.export import export_saved_model
+    from glonet_keras.deploy.export import export_saved_model
 
     model = GloNetMLP(num_blocks=2, width=4, input_shape=(3,), num_classes=2)
     try:

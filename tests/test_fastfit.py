@@ -1,4 +1,4 @@
-"""glonet_keras.fastfit: steps per execution, FLOP estimate, fused JAX steps, device-resident data."""
+"""glonet_keras.training.fastfit: steps per execution, FLOP estimate, fused JAX steps, device-resident data."""
 
 import json
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from glonet_keras import fastfit
+from glonet_keras.training import fastfit
 from glonet_keras.models import GloNetMLP
 from tests.harness import run_on_backend
 
@@ -224,7 +224,7 @@ import json
 import jax
 import keras
 import numpy as np
-from glonet_keras import fastfit
+from glonet_keras.training import fastfit
 from glonet_keras.models import GloNetMLP, ResNetMLP
 
 rng = np.random.default_rng(0)
@@ -270,7 +270,7 @@ report["in_memory_inputs"] = [type(inputs["x"]).__name__, inputs["shuffle"]]
 report["spe1_fused"] = fastfit.fuse_train_steps(model(spe=1))
 
 # The gathers compiled by XLA give exactly the NumPy reference's pixels for the drawn offsets.
-from glonet_keras import augment
+from glonet_keras.data import augment
 
 images = rng.uniform(size=(64, 8, 8, 1)).astype("float32")
 layer, twin = augment.RandomShiftFlip(seed=11), augment.RandomShiftFlip(seed=11)
@@ -335,7 +335,7 @@ JAX_AUGMENTED_CNN = """
 import json
 import keras
 import numpy as np
-from glonet_keras import fastfit
+from glonet_keras.training import fastfit
 
 rng = np.random.default_rng(0)
 report = {"fused": []}
@@ -346,7 +346,7 @@ def max_difference(a, b):
 # The trainer's training-only model on JAX: the flip/crop gathers in front of a CNN with batch norm.
 # Fused and Keras' own path draw the same augmentation (the seed generator's state goes through
 # the scan like any variable), so they end with the same weights after the same steps.
-from glonet_keras import augment
+from glonet_keras.data import augment
 from glonet_keras.models import GloNetCNN
 
 images = rng.uniform(size=(64, 8, 8, 1)).astype("float32")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from glonet_keras import rundir
+from glonet_keras.training import rundir
 from tests.harness import training_module
 
 NAME = "glonet_mlp_digits"

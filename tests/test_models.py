@@ -298,7 +298,7 @@ def test_a_compiled_glonet_mlp_read_back_from_keras_file_trains_again(scan, tmp_
 
 
 def _image_preset_model():
-    from glonet_keras.preprocessing import Preprocessing
+    from glonet_keras.data.preprocessing import Preprocessing
 
     model = g.GloNetCNN(**TINY_CNN)
     model.preprocessing = Preprocessing(input_dtype="uint8", scale=1 / 255, mean=(0.5, 0.5),

@@ -13,8 +13,8 @@ import pytest
 
 from glonet_keras import GloNetCNN, GloNetMLP, GloNetViT, analysis, deploy, presets
 from glonet_keras.data import load_arrays
-from glonet_keras.onnx_export import export_onnx, load_metadata, onnx_paths
-from glonet_keras.preprocessing import Preprocessing
+from glonet_keras.deploy.onnx_export import export_onnx, load_metadata, onnx_paths
+from glonet_keras.data.preprocessing import Preprocessing
 from tests.harness import relative_error
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

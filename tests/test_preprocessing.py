@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from glonet_keras.preprocessing import Preprocessing, load_preprocessing, save_preprocessing
+from glonet_keras.data.preprocessing import Preprocessing, load_preprocessing, save_preprocessing
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = Preprocessing(input_dtype="uint8", scale=1 / 255, mean=(0.5, 0.4, 0.3),
@@ -126,7 +126,7 @@ def test_works_without_tensorflow_and_says_when_resizing_needs_it():
         sys.modules["tensorflow"] = None
         import numpy as np
         import glonet_keras
-        from glonet_keras.preprocessing import Preprocessing
+        from glonet_keras.data.preprocessing import Preprocessing
 
         record = Preprocessing(input_dtype="uint8", scale=1 / 255, mean=(0.5,), std=(0.25,))
         out = record(np.full((1, 2, 2, 1), 255, "uint8"))

@@ -20,7 +20,7 @@ import pytest
 import glonet_keras
 from glonet_keras import presets
 from glonet_keras.models.common import GloNetModelBase
-from glonet_keras.preprocessing import Preprocessing
+from glonet_keras.data.preprocessing import Preprocessing
 from tests import http_server
 
 TINY = "tiny_mlp_for_tests"
@@ -45,7 +45,7 @@ def tiny_zoo(tmp_path):
     files = {name: presets.sha256_of(directory / name) for name in presets.PRESET_FILES}
     presets.register_model(TINY, files=files, description="A tiny MLP for the tests.")
     yield model, tmp_path / "zoo"
-    presets._REGISTRY.pop(TINY, None)
+    presets.registry._REGISTRY.pop(TINY, None)
 
 
 @pytest.fixture
@@ -126,24 +126,58 @@ def test_register_model_rejects_bad_entries():
         presets.register_model("no_weights", files={"config.json": good, "metadata.json": good})
     with pytest.raises(presets.PresetError, match="already registered"):
         presets.register_model("glonet_cnn20_cifar", "GloNetCNN", {})
-    with pytest.raises(presets.PresetError, match="architecture is its config.json"):
-        presets.register_model("both", "GloNetMLP", {}, files={
+    with pytest.raises(presets.PresetError, match="together"):
+        presets.register_model("half", "GloNetMLP", files={
             "config.json": good, "model.weights.h5": good, "metadata.json": good})
     with pytest.raises(TypeError, match="'num_blocks'"):
         presets.register_model("typo", "GloNetMLP", {"num_block": 3})
     assert "typo" not in presets.list_models()
 
 
-def test_the_pretrained_registry_is_data_and_holds_no_architecture():
-    source = Path(presets.__file__).read_text()
-    assert not re.search(r"[0-9a-f]{64}", source)  # no hash in library source
-    registry = json.loads(presets._REGISTRY_FILE.read_text())
+def test_the_pretrained_registry_is_data_filled_by_the_model_modules():
+    library = Path(presets.__file__).parent.parent
+    for source in [*library.glob("presets/*.py"), *library.glob("models/*.py")]:  # hashes are data
+        assert not re.search(r"[0-9a-f]{64}", source.read_text()), source
+    registry = json.loads(presets.registry._REGISTRY_FILE.read_text())
     assert set(registry["presets"]) == set(glonet_keras.list_models(pretrained=True))
     for name, entry in registry["presets"].items():
-        assert set(entry) == {"description", "files"}
         variant = presets.get_variant(name)
-        assert variant.config is None and variant.class_name is None
         assert variant.files["model.weights.h5"].size == entry["files"]["model.weights.h5"]["bytes"]
+        # The architecture is registered by the family module that defines its class.
+        assert variant.class_name == entry["class_name"]
+        assert variant.config == entry["config"]
+        family = presets.get_model_class(variant.class_name).__module__
+        assert family in {"glonet_keras.models.mlp", "glonet_keras.models.cnn",
+                          "glonet_keras.models.vit"}
+
+
+def test_the_registry_serves_the_trainer_and_the_zoo_alike():
+    from glonet_keras import models
+    from glonet_keras.training import trainer
+
+    assert models.MODEL_CLASSES is presets.MODEL_CLASSES
+    assert models.get_model_class is presets.get_model_class is trainer.get_model_class
+    assert set(presets.MODEL_CLASSES) == {"glonet_mlp", "resnet_mlp", "plain_mlp", "glonet_cnn",
+                                          "resnet_cnn", "plain_cnn", "glonet_vit", "vit"}
+    # Every class a preset or variant names is one the trainer can build by name.
+    for name in glonet_keras.list_models():
+        variant = presets.get_variant(name)
+        assert presets.get_model_class(variant.class_name).__name__ == variant.class_name
+
+
+def test_create_model_builds_a_pretrained_architecture_without_fetching(tmp_path):
+    # An origin and a cache with nothing in them: any fetch would fail.
+    empty = tmp_path / "empty_origin"
+    empty.mkdir()
+    model = glonet_keras.create_model("glonet_cnn_digits", origin=str(empty),
+                                      cache_dir=str(tmp_path / "cache"))
+    assert not any((tmp_path / "cache").rglob("*.json"))
+    shipped = json.loads((presets.shipped_zoo_dir() / "glonet_cnn_digits" / "config.json").read_text())
+    assert type(model).__name__ == shipped["class_name"]
+    config = json.loads(json.dumps(model.get_config()))
+    assert {key: config[key] for key in shipped["config"]} == shipped["config"]
+    pretrained = glonet_keras.GloNetCNN.from_preset("glonet_cnn_digits")
+    assert [w.shape for w in model.weights] == [w.shape for w in pretrained.weights]
 
 
 # ------------------------------------------------------------------------ preset directories
@@ -366,7 +400,7 @@ def test_a_path_that_does_not_exist_is_named_as_such(tmp_path):
 
 def test_no_origin_at_all_names_the_environment_variable(monkeypatch):
     monkeypatch.delenv(presets.ORIGIN_ENV, raising=False)
-    monkeypatch.setattr(presets, "shipped_zoo_dir", lambda: None)
+    monkeypatch.setattr(presets.fetch, "shipped_zoo_dir", lambda: None)
     with pytest.raises(presets.PresetError, match=presets.ORIGIN_ENV):
         presets.resolve_origin()
     assert not hasattr(presets, "RELEASE_ORIGIN")

@@ -211,18 +211,18 @@ def test_a_garbage_keras_file_is_a_preset_error_naming_it(tmp_path):
 def test_a_variant_name_must_be_one_plain_path_component(name):
     with pytest.raises(presets.PresetError, match="one plain path component"):
         presets.register_model(name, files={f: HASH for f in presets.PRESET_FILES})
-    assert name not in presets._REGISTRY
+    assert name not in presets.registry._REGISTRY
 
 
 def test_the_cache_path_of_a_forged_registry_entry_stays_inside_the_cache(tmp_path):
     # Defence in depth: even a registry entry that bypassed register_model cannot leave the cache.
     files = {f: presets.PresetFile(HASH) for f in presets.PRESET_FILES}
-    presets._REGISTRY[".."] = presets.ModelVariant("..", files=files)
+    presets.registry._REGISTRY[".."] = presets.ModelVariant("..", files=files)
     try:
         with pytest.raises(presets.PresetError, match="one plain path component"):
             presets.fetch_preset("..", cache_dir=tmp_path / "cache", origin=str(tmp_path))
     finally:
-        presets._REGISTRY.pop("..")
+        presets.registry._REGISTRY.pop("..")
     assert _listing(tmp_path) == ["cache"]
 
 
@@ -240,7 +240,7 @@ def registered(preset):
              for f in presets.PRESET_FILES}
     presets.register_model(TINY, files=files, description="hostile tests")
     yield preset
-    presets._REGISTRY.pop(TINY, None)
+    presets.registry._REGISTRY.pop(TINY, None)
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from glonet_keras import callbacks, rundir, trainer
+from glonet_keras.training import callbacks, rundir, trainer
 from glonet_keras import data as data_lib
-from glonet_keras.trainer import TrainConfig
+from glonet_keras.training.trainer import TrainConfig
 from tests import harness
 
 TINY = dict(model="glonet_mlp", depth=3, width=16, dataset="digits", batch_size=8,
@@ -237,7 +237,7 @@ def test_a_real_full_disk_gives_one_error_and_the_rerun_resumes(tmp_path, monkey
 
 def test_the_data_set_is_opened_once_and_steps_run_per_execution(tmp_path, monkeypatch):
     opened = []
-    source = data_lib._source
+    source = data_lib.pipeline._source
 
     def counting_source(*args, **kwargs):
         opened.append(args)
@@ -250,7 +250,7 @@ def test_the_data_set_is_opened_once_and_steps_run_per_execution(tmp_path, monke
         batch_end_calls.append(batch)
         return batch_end(self, batch, logs)
 
-    monkeypatch.setattr(data_lib, "_source", counting_source)
+    monkeypatch.setattr(data_lib.pipeline, "_source", counting_source)
     monkeypatch.setattr(callbacks.StopOnNonFinite, "on_train_batch_end", counting_batch_end)
     result = _train(tmp_path, epochs=2, max_examples=256)  # 32 steps per epoch
     assert len(opened) == 1

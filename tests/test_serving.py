@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from glonet_keras import GloNetCNN, GloNetMLP, serving
-from glonet_keras.export import export_saved_model
-from glonet_keras.preprocessing import Preprocessing
+from glonet_keras import GloNetCNN, GloNetMLP
+from glonet_keras.deploy import serving
+from glonet_keras.deploy.export import export_saved_model
+from glonet_keras.data.preprocessing import Preprocessing
 
 MLP_PREPROCESSING = Preprocessing(mean=(1.0, 2.0, 3.0, 4.0), std=(2.0, 2.0, 2.0, 2.0))
 CNN_PREPROCESSING = Preprocessing(input_dtype="uint8", scale=1 / 255, mean=(0.5,), std=(0.25,))

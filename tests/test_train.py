@@ -16,8 +16,9 @@ import time
 import numpy as np
 import pytest
 
-from glonet_keras import serving, trainer
-from glonet_keras.trainer import TrainConfig
+from glonet_keras.deploy import serving
+from glonet_keras.training import trainer
+from glonet_keras.training.trainer import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "training", "train.py")
@@ -348,7 +349,7 @@ def test_train_py_on_jax_without_tensorflow_trains_from_arrays(tmp_path):
 JAX_RESUME = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from glonet_keras import callbacks, fastfit, trainer
+    from glonet_keras.training import callbacks, fastfit, trainer
     # The trainer's default on a GPU: fused steps (fastfit.fuse_by_default). This CPU says "cpu",
     # so it is told "gpu" here, and every run must have fused its steps.
     fastfit.accelerator_platform = lambda: "gpu"
@@ -399,7 +400,7 @@ def test_a_stale_tf_config_does_not_make_a_local_run_a_worker_and_a_failed_expor
         tmp_path, monkeypatch, capfd):
     import errno
 
-    from glonet_keras import export
+    from glonet_keras.deploy import export
 
     monkeypatch.setenv("TF_CONFIG", _STALE_TF_CONFIG)
     config = TrainConfig(**dict(TINY, epochs=1, max_examples=64), model_dir=str(tmp_path / "run"),
@@ -464,7 +465,7 @@ def test_usage_errors_of_the_new_flags(tmp_path, capsys):
 
 
 def _interrupt_after_first_epoch(monkeypatch):
-    from glonet_keras import callbacks
+    from glonet_keras.training import callbacks
 
     original = callbacks.RunStateCheckpoint.on_epoch_end
 

@@ -77,7 +77,7 @@ def test_an_installed_wheel_loads_a_pretrained_model_offline_with_no_configurati
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in (REPO / "glonet_keras").rglob("*.py"):
         assert f"glonet_keras/{path.relative_to(REPO / 'glonet_keras')}" in names, path
-    assert "glonet_keras/zoo_registry.json" in names
+    assert "glonet_keras/presets/zoo_registry.json" in names
     for path in (REPO / "zoo").rglob("*"):
         if path.is_file():
             assert f"glonet_keras/zoo/{path.relative_to(REPO / 'zoo')}" in names, path

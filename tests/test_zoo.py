@@ -162,7 +162,7 @@ def test_download_verify_cache_remeasure_and_load_offline(name, subset, tmp_path
     "name", harness.slow_where(PUBLISHED, lambda name: name.endswith("_fashion_mnist")))
 def test_round_trip_through_save_to_preset_and_export(name, tmp_path):
     tf = pytest.importorskip("tensorflow")
-    from glonet_keras.export import export_saved_model
+    from glonet_keras.deploy.export import export_saved_model
 
     metadata = _metadata(name)
     model = GloNetModelBase.from_preset(ZOO / name)
@@ -207,8 +207,8 @@ def test_tables_and_registry_are_generated_from_the_zoo():
     assert f"{zoo_docs.FASHION_BEGIN}\n{fashion}\n{zoo_docs.FASHION_END}" in zoo_md, (
         "docs/zoo.md's Fashion-MNIST table is stale: run python training/make_zoo.py --steps=docs")
     registry = zoo_docs.registry_text(zoo_docs.registry(entries, ZOO))
-    assert presets._REGISTRY_FILE.read_text() == registry, (
-        "glonet_keras/zoo_registry.json is stale: run python training/make_zoo.py --steps=docs"
+    assert presets.registry._REGISTRY_FILE.read_text() == registry, (
+        "glonet_keras/presets/zoo_registry.json is stale: run python training/make_zoo.py --steps=docs"
     )
 
 

@@ -17,7 +17,7 @@ Steps (`--steps`, in this order):
            latency at batch 1 and 64, parameters, FLOPs per k) and anytime report on its test
            split, on this machine, into metadata.json `deployment` and the model card (package
            does it too); the weights and config are left as they are
-  docs     write, from zoo/*/ only: the pretrained registry glonet_keras/zoo_registry.json (data:
+  docs     write, from zoo/*/ only: the pretrained registry glonet_keras/presets/zoo_registry.json (data:
            the sha256 and size of each file and a description, nothing else) and the zoo table
            in docs/zoo.md and in the README's zoo section
   export   (only with --export_dir) a TF Serving SavedModel of each preset, preprocessing inside:
@@ -219,7 +219,7 @@ def train_command(name, run_dir):
 
 def earlier_training(run_dir):
     """`(epochs, seconds)` an interrupted run in `run_dir` already trained (from its last state)."""
-    from glonet_keras import rundir
+    from glonet_keras.training import rundir
 
     state = rundir.RunDirectory(run_dir).latest_state()
     return (state.epoch, float(sum(state.seconds_per_epoch))) if state else (0, 0.0)
@@ -229,7 +229,7 @@ def run_training(name):
     run_dir = Path(FLAGS.runs_dir) / name
     earlier_epochs, earlier_seconds = 0, 0.0
     if FLAGS.resume and run_dir.exists():
-        from glonet_keras import rundir
+        from glonet_keras.training import rundir
 
         if (rundir.RunDirectory(run_dir).record() or {}).get("status") == "finished":
             if (run_dir / "command.json").exists():
@@ -665,7 +665,7 @@ def write_docs():
 
 def export(name):
     from glonet_keras import presets
-    from glonet_keras.export import export_saved_model
+    from glonet_keras.deploy.export import export_saved_model
 
     directory = Path(FLAGS.zoo_dir) / name
     model = presets.load_preset_directory(directory)

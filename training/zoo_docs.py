@@ -8,7 +8,7 @@ README_BEGIN, README_END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
 FASHION_BEGIN, FASHION_END = "<!-- fashion-zoo:begin -->", "<!-- fashion-zoo:end -->"
 # The test accuracies issue 8 asked of the Fashion-MNIST presets (by model family).
 FASHION_TARGETS = {"GloNetCNN": 0.94, "GloNetViT": 0.91, "GloNetMLP": 0.895}
-REGISTRY_FORMAT = "glonet_keras.zoo_registry/1"
+REGISTRY_FORMAT = "glonet_keras.zoo_registry/2"
 
 
 def headline_ks(num_blocks):
@@ -137,9 +137,15 @@ def deployment_section(metadata):
 
 
 def registry(entries, zoo_dir):
-    """The pretrained registry (glonet_keras/zoo_registry.json): per preset, only what finds and
-    verifies it: a description and the sha256 and size of each file the loader fetches."""
+    """The pretrained registry (glonet_keras/presets/zoo_registry.json): per preset, what finds,
+    verifies and builds it: a description, the sha256 and size of each file the loader fetches, and
+    the architecture of its config.json (class and constructor arguments), so that
+    `create_model(name)` builds it without fetching a file."""
     from glonet_keras import presets
+
+    def architecture(name):
+        saved = json.loads((Path(zoo_dir) / name / presets.CONFIG_FILE).read_text())
+        return {"class_name": saved["class_name"], "config": saved["config"]}
 
     return {
         "format": REGISTRY_FORMAT,
@@ -147,6 +153,7 @@ def registry(entries, zoo_dir):
         "presets": {
             name: {
                 "description": metadata["summary"],
+                **architecture(name),
                 "files": {
                     file_name: {
                         "sha256": presets.sha256_of(Path(zoo_dir) / name / file_name),

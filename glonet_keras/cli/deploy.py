@@ -1,7 +1,7 @@
 """`glonet-deploy`: deploys a trained GloNet at the depth you can afford, and exports it for serving.
 
 Installed as the console script `glonet-deploy`; `python training/deploy.py` in a source checkout
-runs this same program with the same flags. A thin absl shell over `glonet_keras.deploy` and `glonet_keras.export`. It loads a model (a zoo
+runs this same program with the same flags. A thin absl shell over `glonet_keras.deploy` and `glonet_keras.deploy.export`. It loads a model (a zoo
 preset, or a train.py run directory), measures every k-prefix on the VALIDATION split of its data
 set (accuracy, and the latency of the truncated model on this machine), chooses k, and writes a
 TF Serving SavedModel with `serve`, `early_exits`, `exit_<k>` and `anytime` signatures (and,
@@ -30,7 +30,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from glonet_keras import data as data_lib  # noqa: E402
+from glonet_keras import deploy, presets  # noqa: E402
 from glonet_keras.cli import define_once, flags_parser  # noqa: E402
+from glonet_keras.data.preprocessing import Preprocessing  # noqa: E402
+from glonet_keras.deploy import export, onnx_export  # noqa: E402
+from glonet_keras.deploy.export import prepare_saved_model  # noqa: E402
+from glonet_keras.deploy.onnx_export import prepare_onnx  # noqa: E402
+from glonet_keras.skeleton import skeleton  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -191,7 +198,6 @@ def check_output_file(path, flag):
 
 def load_model():
     """The model (with `preprocessing` and `preset_metadata`) and its data defaults."""
-    from glonet_keras import presets
 
     if FLAGS.preset is not None:
         model = presets.from_preset(FLAGS.preset)
@@ -249,8 +255,6 @@ def run_record(path):
 
 
 def _load_run(run_dir):
-    from glonet_keras import presets
-    from glonet_keras.preprocessing import Preprocessing
 
     paths = {name: os.path.join(run_dir, name)
              for name in ("model.keras", "preprocessing.json", "metrics.json")}
@@ -272,7 +276,6 @@ def _load_run(run_dir):
 
 def validation_data(model, dataset, config):
     """`(x, y)` arrays (in-memory data sets) or a tf.data pipeline of the split, preprocessed."""
-    from glonet_keras import data as data_lib
 
     dataset = FLAGS.dataset or dataset
     seed = FLAGS.seed if FLAGS.seed is not None else config.get("seed", 0)
@@ -289,8 +292,6 @@ def validation_data(model, dataset, config):
 
 def choose(model, data):
     """(chosen k, the DepthChoice or None, the depth table)."""
-    from glonet_keras import deploy
-    from glonet_keras.skeleton import skeleton
 
     batch_sizes = sorted({FLAGS.latency_batch_size, *deploy.DEFAULT_BATCH_SIZES})
     num_blocks = skeleton(model).num_blocks
@@ -320,7 +321,6 @@ def check_dependencies():
         except ImportError:
             raise ImportError("--plot needs matplotlib: pip install 'glonet-keras[plots]'") from None
     if FLAGS.onnx_path is not None:
-        from glonet_keras import onnx_export
 
         onnx_export._import_converters()
 
@@ -328,8 +328,6 @@ def check_dependencies():
 def check_exits_now(model, extra_exits, anytime_exits):
     """The exit flags checked against the model before any measuring: depths in [1, L], an
     anytime signature the model can have, at most 16 ONNX anytime checks."""
-    from glonet_keras import deploy, export, onnx_export
-    from glonet_keras.skeleton import skeleton
 
     parts = skeleton(model)
     try:
@@ -359,8 +357,6 @@ def check_exits_now(model, extra_exits, anytime_exits):
 def export_targets(model):
     """`(SavedModel version path or None, {signature: ONNX file} or None)`, refused now (before
     any measuring) when one exists and --overwrite is not given."""
-    from glonet_keras import export, onnx_export
-    from glonet_keras.skeleton import skeleton
 
     saved_model = None
     if FLAGS.export_dir is not None:
@@ -388,7 +384,6 @@ def export_targets(model):
 def _prepare_onnx(model, export_kwargs):
     """The converted ONNX graphs. tf2onnx and onnx raise their own exception types (an op with no
     ONNX form is an onnx ValidationError): any of them is one line, before anything is written."""
-    from glonet_keras.onnx_export import prepare_onnx
 
     try:
         return prepare_onnx(model, FLAGS.onnx_path, overwrite=FLAGS.overwrite, **export_kwargs)
@@ -432,8 +427,6 @@ def run(argv):
         extra_exits, anytime_exits = check_flags()
     except ValueError as error:
         fail(error)
-    from glonet_keras import deploy
-    from glonet_keras.export import prepare_saved_model
 
     try:
         check_dependencies()

@@ -1,7 +1,7 @@
 """`glonet-train`: trains a GloNet (or a baseline) on a named data set, resumably, and exports it.
 
 Installed as the console script `glonet-train`; `python training/train.py` in a source checkout
-runs this same program with the same flags. A thin absl shell over `glonet_keras.trainer.train`:
+runs this same program with the same flags. A thin absl shell over `glonet_keras.training.trainer.train`:
 it turns flags into a `TrainConfig` and calls it; the trainer checks everything (flags, data, model
 arguments, the run directory) after the distribution strategy exists and before any training.
 Examples:
@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from glonet_keras import callbacks, distribute, rundir, trainer  # noqa: E402
+from glonet_keras.training import callbacks, distribute, rundir, trainer  # noqa: E402
 from glonet_keras.cli import define_once, flags_parser  # noqa: E402
 from glonet_keras import data as data_lib  # noqa: E402
 from glonet_keras.models import MODEL_CLASSES  # noqa: E402

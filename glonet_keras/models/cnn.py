@@ -25,6 +25,7 @@ import numbers
 import keras
 
 from glonet_keras.models import common
+from glonet_keras.presets import registry
 
 LAYOUTS = {
     # layout: (default width, stage width multipliers, {depth: blocks per stage} or None, default depth)
@@ -338,3 +339,26 @@ class ResNetCNN(_CNNBase):
         )
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **model_kwargs)
         self._finish(args, blocks)
+
+
+# The registry (`glonet_keras.presets.registry`): this family's model names, variants and presets.
+registry.register_class("glonet_cnn", GloNetCNN)
+registry.register_class("resnet_cnn", ResNetCNN)
+registry.register_class("plain_cnn", PlainCNN)
+registry.register_model("glonet_cnn20_cifar", "GloNetCNN",
+                        {"depth": 20, "input_shape": (32, 32, 3)},
+                        description="Convolutional GloNet, CIFAR layout, depth 20.")
+registry.register_model("glonet_cnn56_cifar", "GloNetCNN",
+                        {"depth": 56, "input_shape": (32, 32, 3)},
+                        description="Convolutional GloNet, CIFAR layout, depth 56.")
+registry.register_model("resnet_cnn20_cifar", "ResNetCNN",
+                        {"depth": 20, "input_shape": (32, 32, 3)},
+                        description="ResNet-v2 baseline, CIFAR layout, depth 20.")
+registry.register_model("resnet_cnn56_cifar", "ResNetCNN",
+                        {"depth": 56, "input_shape": (32, 32, 3)},
+                        description="ResNet-v2 baseline, CIFAR layout, depth 56.")
+registry.register_model("glonet_cnn18_imagenet", "GloNetCNN",
+                        {"depth": 18, "layout": "imagenet", "input_shape": (224, 224, 3),
+                         "num_classes": 1000},
+                        description="Convolutional GloNet, ImageNet layout, depth 18.")
+registry.register_pretrained(GloNetCNN, ResNetCNN, PlainCNN)

@@ -8,7 +8,8 @@ import sys
 
 import keras
 
-from glonet_keras import skeleton
+from glonet_keras import presets, skeleton
+from glonet_keras.presets.registry import foreign_argument_advice, short_repr
 from glonet_keras.layers import AGGREGATION_MODES, TorchBiasUniform
 
 INITIALIZERS = ("he", "torch")
@@ -25,16 +26,6 @@ NORMALIZATIONS = (None, "batch", "layer")
 MAX_INT = 2**31 - 1
 # The most dimensions an example may have (TensorFlow's kernels stop at 8 for many ops).
 MAX_RANK = 8
-
-
-def short_repr(value):
-    """repr(value), except that a huge integer is named by its number of digits."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(value) > 10**15:
-        return f"<an integer of about {int(abs(int(value)).bit_length() * 0.30103) + 1} digits>"
-    if isinstance(value, (list, tuple)):
-        items = ", ".join(short_repr(v) for v in value[:8]) + (", ..." if len(value) > 8 else "")
-        return f"({items})" if isinstance(value, tuple) else f"[{items}]"
-    return repr(value)
 
 
 def check_positive_int(name, value):
@@ -205,45 +196,6 @@ def dtype_name(dtype):
 
 # Keyword arguments a model accepts besides its constructor's own (what `get_config` adds).
 _MODEL_KWARGS = ("name", "trainable")
-# Arguments of keras.applications, keras-hub, timm and transformers that mean something else here: say
-# what to use instead ({cls} is the class the user called).
-_FOREIGN_ARGUMENTS = {
-    "pretrained": "pretrained= is timm's create_model argument; load pretrained weights with "
-                  "glonet_keras.create_model(name, pretrained=True) or {cls}.from_preset(name)",
-    "weights": "weights= is keras.applications'; load pretrained weights with "
-               "glonet_keras.create_model(name, pretrained=True) or {cls}.from_preset(name)",
-    "load_weights": "load_weights= is from_preset's argument: {cls}.from_preset(name, "
-                    "load_weights=False) builds a preset's architecture without its weights",
-    "include_top": "a GloNet always ends in its linear head; for features read `model.block_outputs`",
-    "pooling": "GloNet taps pool every block already; the head reads their sum",
-    "classes": "use `num_classes`",
-    "num_labels": "use `num_classes`",
-    "input_tensor": "pass `input_shape`",
-    "in_chans": "pass `input_shape=(height, width, channels)`",
-    "img_size": "pass `input_shape=(height, width, channels)`",
-    "drop_rate": "use `dropout` (the rate before the head)",
-    "classifier_activation": "the head returns logits; apply keras.ops.softmax, or read an "
-                             "export's `probabilities`",
-    "checkpoint_path": "load a preset folder or .keras file with {cls}.from_preset(path), or "
-                       "weights with model.load_weights(path)",
-}
-# The same keywords given to from_preset / create_model(pretrained=True), which load weights anyway.
-_FOREIGN_PRESET_ARGUMENTS = {
-    "pretrained": "pretrained= is timm's; from_preset(name) always loads the preset's pretrained "
-                  "weights (load_weights=False skips them)",
-    "weights": "weights= is keras.applications'; from_preset loads the preset's weights, "
-               "load_weights=False skips them",
-    "load_weights": "load_weights= is an argument of from_preset, not of create_model: use "
-                    "create_model(name) for the architecture without weights",
-}
-
-
-def foreign_argument_advice(key, cls, *, preset=False):
-    """What to use instead of another library's keyword `key`, or None if it is not one."""
-    advice = (_FOREIGN_PRESET_ARGUMENTS.get(key) if preset else None) or _FOREIGN_ARGUMENTS.get(key)
-    return None if advice is None else advice.format(cls=cls.__name__)
-
-
 def _graph_nodes(outputs):
     """How many operation calls (nodes) lead to `outputs`, counted without recursion."""
     seen, stack = set(), list(keras.tree.flatten(outputs))
@@ -292,7 +244,7 @@ class GloNetModelBase(keras.Model):
     # The constructor arguments that decide the model's size, named in a refusal of a preset that
     # is too large (`estimate_size`).
     size_arguments = ()
-    # How raw inputs become model inputs (a `glonet_keras.preprocessing.Preprocessing`): set on a
+    # How raw inputs become model inputs (a `glonet_keras.data.preprocessing.Preprocessing`): set on a
     # model loaded from a preset or a run directory, None on a freshly built one.
     preprocessing = None
 
@@ -355,7 +307,7 @@ class GloNetModelBase(keras.Model):
             raise ValueError(
                 f"{self.name!r} has no preprocessing record: only a model loaded from a preset or "
                 "a run directory carries one (`model.preprocessing`). Preprocess the inputs "
-                "yourself, or set `model.preprocessing` to a glonet_keras.preprocessing."
+                "yourself, or set `model.preprocessing` to a glonet_keras.data.preprocessing."
                 "Preprocessing."
             )
         return self.preprocessing(x)
@@ -460,8 +412,6 @@ class GloNetModelBase(keras.Model):
         Example: `glonet_keras.GloNetModelBase.from_preset("glonet_cnn_digits")` (see
         `glonet_keras.presets`).
         """
-        from glonet_keras import presets  # Lazy: presets imports the model classes.
-
         expected = None if cls is GloNetModelBase else cls
         return presets.from_preset(preset, expected, load_weights=load_weights,
                                    cache_dir=cache_dir, origin=origin, **overrides)
@@ -472,8 +422,6 @@ class GloNetModelBase(keras.Model):
         The saved model is named `name`, by default the preset folder's name (so an export of the
         loaded preset lands in `<export_dir>/<preset name>/`).
         """
-        from glonet_keras import presets
-
         return presets.save_preset(self, preset_dir, name=name)
 
     @classmethod

@@ -21,6 +21,7 @@ import keras
 from glonet_keras import skeleton
 from glonet_keras.layers import DenseStack
 from glonet_keras.models import common
+from glonet_keras.presets import registry
 
 
 class _MLPBase(common.GloNetModelBase):
@@ -295,3 +296,13 @@ def _convert(model, scan):
                 weights[index] = value
                 layer.set_weights(weights)
     return target
+
+
+# The registry (`glonet_keras.presets.registry`): this family's model names, variants and presets.
+registry.register_class("glonet_mlp", GloNetMLP)
+registry.register_class("resnet_mlp", ResNetMLP)
+registry.register_class("plain_mlp", PlainMLP)
+registry.register_model("glonet_mlp_30x32", "GloNetMLP",
+                        {"num_blocks": 30, "width": 32, "input_shape": (784,)},
+                        description="GloNet MLP, 30 dense blocks of width 32, for 28x28 inputs.")
+registry.register_pretrained(GloNetMLP, ResNetMLP, PlainMLP)

@@ -20,6 +20,7 @@ import keras
 
 from glonet_keras.layers import ClassToken, PositionEmbedding, TokenPooling
 from glonet_keras.models import common
+from glonet_keras.presets import registry
 
 TOKENIZERS = ("patch", "conv")
 
@@ -217,3 +218,12 @@ class ViT(_ViTBase):
         )
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **model_kwargs)
         self._finish(args, blocks)
+
+
+# The registry (`glonet_keras.presets.registry`): this family's model names, variants and presets.
+registry.register_class("glonet_vit", GloNetViT)
+registry.register_class("vit", ViT)
+registry.register_model("glonet_vit_cifar", "GloNetViT",
+                        {"num_blocks": 6, "input_shape": (32, 32, 3)},
+                        description="GloNet ViT, 6 blocks, for 32x32 images.")
+registry.register_pretrained(GloNetViT, ViT)

@@ -40,6 +40,8 @@ import re
 
 import numpy as np
 
+from glonet_keras.deploy.export import METADATA_FILE, load_metadata
+
 DEFAULT_SIGNATURE = "serving_default"
 MAX_BODY_BYTES = 16 * 2**20
 MAX_INSTANCES = 1024
@@ -80,7 +82,6 @@ def load(path):
     """
     import tensorflow as tf
 
-    from glonet_keras.export import METADATA_FILE, load_metadata
 
     loaded = tf.saved_model.load(path)
     loaded.glonet_metadata = load_metadata(path) if os.path.isfile(

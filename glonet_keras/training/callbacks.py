@@ -6,7 +6,7 @@ import time
 import keras
 import numpy as np
 
-from glonet_keras import rundir
+from glonet_keras.training import rundir
 
 
 class EpochTimer(keras.callbacks.Callback):

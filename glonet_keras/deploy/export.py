@@ -21,7 +21,7 @@ Signatures (all traced with `training=False`, so dropout and any augmentation st
   `probabilities` of each example's exit and `exit` (int32, 1..L). Each further block sits in the
   false branch of a `tf.cond`, so blocks after the stop never run. A SignatureDef cannot carry a
   default that TF Serving applies (it requires every input), so the default threshold is recorded in
-  glonet.json (`signature_defaults`), where `glonet_keras.serving` reads it; TF Serving clients send
+  glonet.json (`signature_defaults`), where `glonet_keras.deploy.serving` reads it; TF Serving clients send
   `threshold` themselves.
 
 The graph checks its input itself, because a loaded signature does not: a tensor of the wrong rank,
@@ -49,7 +49,9 @@ import uuid
 import keras
 
 from glonet_keras import analysis
-from glonet_keras.preprocessing import Preprocessing
+from glonet_keras.deploy.anytime import anytime_stages
+from glonet_keras.deploy.depth import check_probability, trace_nodes
+from glonet_keras.data.preprocessing import Preprocessing
 from glonet_keras.skeleton import is_glonet, skeleton
 
 TASKS = ("classification", "regression")
@@ -306,8 +308,6 @@ def _anytime_stages(model, task, anytime, threshold, exits=None):
     """The per-block stages of the anytime signature (checked before anything is traced), or None."""
     if not anytime:
         return None
-    from glonet_keras import deploy
-
     if task != "classification":
         raise ValueError(
             f"`anytime` stops at a confident exit, but {model.name!r} is a {task} model: a "
@@ -315,8 +315,8 @@ def _anytime_stages(model, task, anytime, threshold, exits=None):
         )
     if not is_glonet(model):
         raise ValueError(f"`anytime` needs a GloNet; {model.name!r} has no exits to stop at.")
-    deploy.check_probability(threshold, "anytime_threshold")
-    return deploy.anytime_stages(model, exits)
+    check_probability(threshold, "anytime_threshold")
+    return anytime_stages(model, exits)
 
 
 def _import_tensorflow():
@@ -450,8 +450,6 @@ def minimum_input_size(model):
     computation): 1 for 'same'-padded CNNs, more with 'valid' convolutions or pooling. If no size
     up to 4096 passes the symbolic walk (a layer it cannot follow), 1 is used: non-empty only.
     """
-    from glonet_keras import deploy
-
     shape = tuple(model.inputs[0].shape)
     dynamic = [i for i in range(1, len(shape) - 1) if shape[i] is None]
     if not dynamic:
@@ -460,7 +458,7 @@ def minimum_input_size(model):
     def fits(size):
         probe = tuple(size if i in dynamic else d for i, d in enumerate(shape))
         try:
-            records = deploy._trace_nodes(model, [(1,) + probe[1:]])
+            records = trace_nodes(model, [(1,) + probe[1:]])
         except Exception:  # Keras refuses sizes a layer cannot take ("would be negative").
             return False
         return all(d is None or d > 0 for *_, outputs in records for output in outputs

@@ -8,12 +8,12 @@ One call does what `training/train.py` (a thin absl shell over it) and `make dem
     validation and test splits -> optional SavedModel export -> the run marked finished.
 
 Example:
->>> from glonet_keras.trainer import TrainConfig, train
+>>> from glonet_keras.training.trainer import TrainConfig, train
 >>> result = train(TrainConfig(model="glonet_mlp", depth=4, width=32, dataset="digits",
 ...                            epochs=2, model_dir="/tmp/run"))
 >>> result.test_metrics["accuracy"], result.replicas, result.seconds_per_epoch
 
-Files under `model_dir` (see `glonet_keras.rundir` for what the directory guarantees):
+Files under `model_dir` (see `glonet_keras.training.rundir` for what the directory guarantees):
     run.json               the config fingerprint and status ("training" / "finished")
     model.keras            the trained model (last epoch, or best with `restore_best=True`)
     preprocessing.json     the normalisation the model was trained with (`data.Preprocessing`)
@@ -51,9 +51,14 @@ import keras
 import numpy as np
 
 from glonet_keras import data as data_lib
-from glonet_keras import distribute, fastfit, presets, rundir
-from glonet_keras.callbacks import EpochTimer, RunStateCheckpoint, StopOnNonFinite, check_finite
-from glonet_keras.models import get_model_class
+from glonet_keras import presets
+from glonet_keras.deploy import export as export_lib
+from glonet_keras.presets.registry import get_model_class
+from glonet_keras.training import distribute, fastfit, rundir
+from glonet_keras.training.callbacks import (
+    EpochTimer, RunStateCheckpoint, StopOnNonFinite, check_finite,
+)
+from glonet_keras.version import __version__
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine")
@@ -180,8 +185,8 @@ class TrainConfig:
         """Raises ConfigError (a ValueError) naming the first bad field."""
         try:
             get_model_class(self.model)
-            data_lib._check_name(self.dataset)
-            data_lib._check_augment(self.augment, _AnyImages())
+            data_lib.check_name(self.dataset)
+            data_lib.check_augment(self.augment, _AnyImages())
         except ValueError as error:
             raise ConfigError(str(error)) from None
         if self.strategy not in distribute.STRATEGIES:
@@ -470,10 +475,8 @@ def fingerprint(config, model, info, global_batch_size):
 
 def versions():
     """Library versions recorded with every run."""
-    import glonet_keras
-
     found = {
-        "glonet_keras": glonet_keras.__version__,
+        "glonet_keras": __version__,
         "keras": keras.__version__,
         "backend": keras.backend.backend(),
         "numpy": np.__version__,
@@ -530,7 +533,7 @@ def _open_source(config, pretrained=None):
             source = data_lib.open_source(
                 config.dataset, data_dir=config.data_dir, download=config.download,
                 manual_dir=config.manual_dir, image_size=expected[:2], seed=config.seed)
-        data_lib._check_augment(config.augment, source.info)
+        data_lib.check_augment(config.augment, source.info)
     except (ValueError, ImportError) as error:
         raise ConfigError(str(error)) from error
     if pretrained is not None:
@@ -914,11 +917,9 @@ def _finish(session, saver):
     model.preset_metadata = _preset_metadata(config, info, validation_metrics, test_metrics)
     export_path = None
     if session.export_path:
-        from glonet_keras.export import export_saved_model
-
         _record_export(run, session.export_path)  # First: a re-run may replace a half-done export.
         try:
-            export_path = export_saved_model(
+            export_path = export_lib.export_saved_model(
                 model, config.export_dir, version=config.export_version,
                 model_name=session.export_name, preprocessing=info.preprocessing, task=info.task,
                 overwrite=True)

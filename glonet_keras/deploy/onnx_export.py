@@ -1,7 +1,7 @@
 """ONNX export of the serving graphs, checked in ONNX Runtime: the second runtime of the library.
 
 `export_onnx(model, "model.onnx", exits=[4, 8], anytime=True)` writes one ONNX file per signature
-of `glonet_keras.export.export_saved_model`, from the very same TensorFlow graphs (the input
+of `glonet_keras.deploy.export.export_saved_model`, from the very same TensorFlow graphs (the input
 checks, the preprocessing, the batch-0 guard and the model):
 
     model.onnx           serve: raw input -> {logits, probabilities}
@@ -36,7 +36,7 @@ import tempfile
 
 import keras
 
-from glonet_keras import export as export_lib
+from glonet_keras.deploy import export as export_lib
 
 DEFAULT_OPSET = 17
 METADATA_KEY = "glonet"
@@ -216,7 +216,7 @@ def prepare_onnx(
 
 
 class _FrozenEndpoints:
-    """Stands in for the ExportArchive converter of `glonet_keras.export`: each endpoint (the
+    """Stands in for the ExportArchive converter of `glonet_keras.deploy.export`: each endpoint (the
     model, a segment of anytime blocks, the head) is traced and frozen on its own, its weights
     constants inside it. Freezing only the whole anytime graph instead would give every nested
     level a frozen copy of the weights of all deeper levels (they are captured through the
