@@ -288,6 +288,9 @@ class DenseStack(keras.layers.Layer):
         activation: a `keras.activations` name.
         normalization: None or `"layer"` (batch norm's moving statistics have no place in a scan).
         kernel_initializer, bias_initializer: applied to each block's slice.
+
+    On TensorFlow the layer cannot be compiled with XLA (`supports_jit` is False): a model holding
+    it trains with `jit_compile=False` (what "auto" gives), or on the JAX backend with XLA.
     """
 
     def __init__(self, num_blocks, units, activation="relu", normalization=None,
@@ -304,6 +307,12 @@ class DenseStack(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.epsilon = float(epsilon)
+        # TensorFlow's XLA cannot compile the gradient of a scan (a while loop's accumulators fail
+        # with "XLA compilation requires a fixed tensor list size"). Keras reads this flag for any
+        # model holding the layer: jit_compile="auto" then resolves to False, and jit_compile=True
+        # warns and runs without XLA (a GloNet model refuses it with the fix; common.py).
+        if keras.backend.backend() == "tensorflow":
+            self.supports_jit = False
 
     def build(self, input_shape):
         if input_shape[-1] != self.units:
