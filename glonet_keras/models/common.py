@@ -10,7 +10,7 @@ import sys
 import keras
 
 from glonet_keras import skeleton
-from glonet_keras.layers import AGGREGATION_MODES, TorchBiasUniform
+from glonet_keras.layers import AGGREGATION_MODES, DenseStack, TorchBiasUniform
 
 INITIALIZERS = ("he", "torch")
 # A GloNet head's initialiser: None follows `initializer`; "zeros" starts every logit at zero (the
@@ -552,6 +552,37 @@ class GloNetModelBase(keras.Model):
             mode, config=config, filters=lambda layer: layer is not head and _matches(layer, filters),
             **kwargs,
         )
+
+    def _holds_dense_stack(self):
+        return any(isinstance(layer, DenseStack) for layer in self._flatten_layers())
+
+    def compile(self, *args, jit_compile="auto", **kwargs):
+        # A DenseStack cannot be compiled with XLA on TensorFlow (see its docstring): say so by
+        # name rather than letting Keras fall back with a generic warning.
+        if self._holds_dense_stack() and keras.backend.backend() == "tensorflow":
+            if jit_compile is True:
+                raise ValueError(
+                    f"{type(self).__name__} {self.name!r} holds a scanned DenseStack, which cannot "
+                    "be compiled with XLA on TensorFlow (TF cannot compile a scan's gradient): use "
+                    "jit_compile=False (or 'auto'), or the JAX backend."
+                )
+            jit_compile = False
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
+
+    # Keras skips compiling a loaded model whose class overrides `compile` unless the class also
+    # overrides these two (it warned, then `fit` failed with "No loss to compute"). The saved
+    # config is what `compile` recorded; compiling from it goes through the override above, so a
+    # scanned model loaded on another backend gets its own jit_compile.
+    def get_compile_config(self):
+        return super().get_compile_config()
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        if config.get("jit_compile") is True and self._holds_dense_stack():
+            config["jit_compile"] = "auto"
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
 
     @classmethod
     def from_preset(cls, preset, *, load_weights=True, cache_dir=None, origin=None, **overrides):
