@@ -138,8 +138,8 @@ def head_kernel_and_bias(model):
         raise ValueError(
             f"The head of {model.name!r} is quantized ({head.quantization_mode}): a quantized "
             "layer also quantizes its input, the GloNet sum, so the logits do not split exactly "
-            "into block contributions. Quantize with the model's own `quantize`, which keeps the "
-            "head in float."
+            "into block contributions. Leave the head out of quantization (a library GloNet's "
+            "`quantize` does; elsewhere pass `filters=` that skip 'head')."
         )
     kernel = np.asarray(keras.ops.convert_to_numpy(head.kernel), dtype="float32")
     if head.use_bias:
