@@ -128,8 +128,20 @@ def taps_model(model):
 
 
 def head_kernel_and_bias(model):
-    """The head's kernel `(width, outputs)` and bias `(outputs,)` as float32 numpy arrays."""
+    """The head's kernel `(width, outputs)` and bias `(outputs,)` as float32 numpy arrays.
+
+    Raises:
+        ValueError: the head is quantized (its kernel holds int8 / float8 codes, and it quantizes
+            its input, the sum, so no per-block split of its logits is exact).
+    """
     head = skeleton(model).head
+    if head.quantization_mode is not None:
+        raise ValueError(
+            f"The head of {model.name!r} is quantized ({head.quantization_mode}): a quantized "
+            "layer also quantizes its input, the GloNet sum, so the logits do not split exactly "
+            "into block contributions. Leave the head out of quantization (a library GloNet's "
+            "`quantize` does; elsewhere pass `filters=` that skip 'head')."
+        )
     kernel = np.asarray(keras.ops.convert_to_numpy(head.kernel), dtype="float32")
     if head.use_bias:
         bias = np.asarray(keras.ops.convert_to_numpy(head.bias), dtype="float32")

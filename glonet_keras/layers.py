@@ -26,6 +26,12 @@ class GlobalAggregation(keras.layers.Layer):
     The taps come as a list of L tensors of one shape, or as ONE stacked tensor `(batch, L, ...)`
     (what a scanned block stack, `DenseStack`, produces): the blocks are then axis 1.
 
+    Precision: under a mixed policy (`"mixed_float16"`, `"mixed_bfloat16"`) the layer computes in
+    the policy like every other layer (keras-hub's convention: its output is float16/bfloat16), but
+    it accumulates the sum in float32 and rounds once: L taps summed in half precision would round
+    L times, and the one-pass early exits (`cumulative=True`) would then differ from the truncated
+    sums by that rounding. The head after it follows the model's policy too (see docs/precision.md).
+
     Args:
         mode: `"sum"` (default) or `"mean"`.
         cumulative: return the prefix aggregates instead of the full one.
@@ -78,6 +84,13 @@ class GlobalAggregation(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
+        accumulate = "float32" if self.compute_dtype in ("float16", "bfloat16") else None
+        if accumulate is None:
+            return self._aggregate(inputs)
+        inputs = keras.tree.map_structure(lambda x: ops.cast(x, accumulate), inputs)
+        return ops.cast(self._aggregate(inputs), self.compute_dtype)
+
+    def _aggregate(self, inputs):
         if not isinstance(inputs, (list, tuple)):
             return self._aggregate_stacked(inputs)
         if self.cumulative:
@@ -275,6 +288,9 @@ class DenseStack(keras.layers.Layer):
         activation: a `keras.activations` name.
         normalization: None or `"layer"` (batch norm's moving statistics have no place in a scan).
         kernel_initializer, bias_initializer: applied to each block's slice.
+
+    On TensorFlow the layer cannot be compiled with XLA (`supports_jit` is False): a model holding
+    it trains with `jit_compile=False` (what "auto" gives), or on the JAX backend with XLA.
     """
 
     def __init__(self, num_blocks, units, activation="relu", normalization=None,
@@ -291,6 +307,12 @@ class DenseStack(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.epsilon = float(epsilon)
+        # TensorFlow's XLA cannot compile the gradient of a scan (a while loop's accumulators fail
+        # with "XLA compilation requires a fixed tensor list size"). Keras reads this flag for any
+        # model holding the layer: jit_compile="auto" then resolves to False, and jit_compile=True
+        # warns and runs without XLA (a GloNet model refuses it with the fix; common.py).
+        if keras.backend.backend() == "tensorflow":
+            self.supports_jit = False
 
     def build(self, input_shape):
         if input_shape[-1] != self.units:

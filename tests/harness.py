@@ -215,3 +215,152 @@ def check_glonet_contract(model, x, *, rtol=1e-5, export_dir=None):
         logits = served(**{input_name: tf.constant(x)})["logits"].numpy()
         assert relative_error(logits, exits) < rtol
     return parts
+
+
+# --------------------------------------------------------------------------------------------
+# The dtype and quantization contract (keras-hub's `run_precision_test` and
+# `run_quantization_test`, for GloNets: plus `.keras` files, presets, analysis and export).
+
+# Tolerances against the float32 model with the same weights, relative to the outputs' scale.
+PRECISION_RTOL = {"float16": 2e-2, "bfloat16": 1e-1}
+
+
+def check_precision(cls, kwargs, policy):
+    """`cls(**kwargs, dtype=policy)` computes in `policy` everywhere and says so.
+
+    - `model.dtype_policy` and `get_config()["dtype"]` are the policy given; from_config keeps it.
+    - Every layer computes in the policy's compute dtype and holds its variables in its variable
+      dtype (mixed: float16/bfloat16 compute, float32 variables); the output and the symbolic
+      output spec have the compute dtype (the head included: docs/precision.md).
+    - The outputs match the float32 model with the same weights to the dtype's precision, and a
+      GloNet's analysis keeps its contract at that precision.
+    """
+    from glonet_keras import skeleton
+
+    policy = keras.dtype_policies.get(policy)
+    model = cls(**kwargs, dtype=policy.name)
+    assert model.dtype_policy.name == policy.name, model.dtype_policy
+    assert model.get_config()["dtype"] == policy.name
+    assert cls.from_config(model.get_config()).dtype_policy.name == policy.name
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        assert (layer.compute_dtype, layer.variable_dtype) == (
+            policy.compute_dtype, policy.variable_dtype), f"{layer.name}: {layer.dtype_policy}"
+    for weight in model.weights:
+        assert keras.backend.standardize_dtype(weight.dtype) == policy.variable_dtype, weight.path
+    x = random_inputs(model)
+    output = model(x)
+    assert keras.backend.standardize_dtype(output.dtype) == policy.compute_dtype
+    spec = model.compute_output_spec(keras.KerasTensor(x.shape, "float32"))
+    assert keras.backend.standardize_dtype(spec.dtype) == policy.compute_dtype
+    reference = cls(**kwargs, dtype="float32")
+    reference.set_weights([keras.ops.convert_to_numpy(w).astype("float32") for w in model.weights])
+    expected = reference.predict(x, verbose=0)
+    actual = keras.ops.convert_to_numpy(output).astype("float32")
+    assert np.all(np.isfinite(actual))
+    assert relative_error(actual, expected) < PRECISION_RTOL[policy.compute_dtype]
+    if skeleton.is_glonet(model):
+        check_glonet_contract(model, x, rtol=PRECISION_RTOL[policy.compute_dtype])
+    return model
+
+
+def _same_policy_map(a, b):
+    maps = keras.dtype_policies.DTypePolicyMap
+    assert isinstance(a, maps) and isinstance(b, maps), (a, b)
+    assert a.default_policy.name == b.default_policy.name
+    assert {k: a[k].name for k in a} == {k: b[k].name for k in b}
+
+
+def check_policy_map(cls, kwargs, tmp_path, *, default="mixed_float16", entries=None):
+    """A model built with a `DTypePolicyMap` reports it, computes by it, and keeps it through
+    get_config / from_config (as JSON, what a preset stores) and a `.keras` file, with identical
+    outputs. `entries` defaults to the documented float32 head: `{"head": "float32"}`."""
+    entries = {"head": "float32"} if entries is None else entries
+    policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=default)
+    for key, value in entries.items():
+        policy_map[key] = value
+    model = cls(**kwargs, dtype=policy_map)
+    _same_policy_map(model.dtype_policy, policy_map)
+    for key, value in entries.items():
+        layer = model.get_layer(key)
+        assert layer.compute_dtype == keras.dtype_policies.get(value).compute_dtype, key
+    x = random_inputs(model)
+    expected = model.predict(x, verbose=0)
+    config = model.get_config()
+    restored = cls.from_config(json.loads(json.dumps(config)))
+    assert restored.get_config() == config
+    _same_policy_map(restored.dtype_policy, policy_map)
+    restored.set_weights(model.get_weights())
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), expected)
+    path = os.path.join(tmp_path, "policy_map.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    _same_policy_map(loaded.dtype_policy, policy_map)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+    return model
+
+
+def check_quantization(cls, kwargs, mode, tmp_path, *, export=False):
+    """`model.quantize(mode)` (int8 or float8), then every way a model leaves the process.
+
+    - Every Dense / EinsumDense is quantized except the GloNet head (kept in float so the sum's
+      per-block split stays exact; `GloNetModelBase.quantize`).
+    - get_config (as JSON) records the quantized layers (a DTypePolicyMap); from_config builds
+      them quantized and takes the weights; a model built directly from that map is quantized
+      too (keras-hub's check).
+    - A `.keras` file and `save_to_preset` / `from_preset` reload with identical outputs.
+    - A GloNet keeps its contract (`check_glonet_contract`: contributions sum to the logits, early
+      exits equal `truncate`, and with `export` the SavedModel's early exits); with `export` the
+      SavedModel's `serving_default` gives the Keras logits.
+    """
+    from glonet_keras import skeleton
+
+    quantizable = (keras.layers.Dense, keras.layers.EinsumDense)
+    model = cls(**kwargs)
+    model.quantize(mode)
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if type(layer) in quantizable]
+    assert layers
+    for layer in layers:
+        expected_mode = None if layer.name == skeleton.HEAD else mode
+        assert layer.quantization_mode == expected_mode, (layer.path, layer.quantization_mode)
+    x = random_inputs(model)
+    expected = model.predict(x, verbose=0)
+    assert np.all(np.isfinite(expected))
+
+    # Weights move by name (a .keras file, a preset) below: a layer quantized after its build
+    # and one built quantized list their scale variables in different orders (float8), so a
+    # positional set_weights between them is no test.
+    config = json.loads(json.dumps(model.get_config()))
+    restored = cls.from_config(config)
+    assert restored.get_config() == model.get_config()
+    direct = cls(**{**kwargs, "dtype": restored.dtype_policy})
+    assert [layer.quantization_mode for layer in direct._flatten_layers(include_self=False)] == [
+        layer.quantization_mode for layer in model._flatten_layers(include_self=False)]
+
+    path = os.path.join(tmp_path, f"{mode}.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is cls and loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), expected)
+
+    preset = os.path.join(tmp_path, f"{mode}_preset")
+    model.save_to_preset(preset)
+    from_preset = cls.from_preset(preset)
+    np.testing.assert_array_equal(from_preset.predict(x, verbose=0), expected)
+
+    export_dir = os.path.join(tmp_path, f"{mode}_export") if export else None
+    if skeleton.is_glonet(from_preset):
+        check_glonet_contract(from_preset, x, export_dir=export_dir)
+    if export:
+        from glonet_keras.deploy.export import export_saved_model
+
+        tf = _tensorflow()
+        path = export_saved_model(from_preset, os.path.join(tmp_path, f"{mode}_serving"),
+                                  model_name="served", overwrite=True)
+        served = tf.saved_model.load(path).signatures["serving_default"]
+        (input_name,) = served.structured_input_signature[1]
+        logits = served(**{input_name: tf.constant(x)})["logits"].numpy()
+        assert relative_error(logits, expected) < 1e-5
+    return model

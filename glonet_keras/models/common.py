@@ -4,13 +4,14 @@ import contextlib
 import difflib
 import inspect
 import numbers
+import re
 import sys
 
 import keras
 
 from glonet_keras import presets, skeleton
+from glonet_keras.layers import AGGREGATION_MODES, DenseStack, TorchBiasUniform
 from glonet_keras.presets.registry import foreign_argument_advice, short_repr
-from glonet_keras.layers import AGGREGATION_MODES, TorchBiasUniform
 
 INITIALIZERS = ("he", "torch")
 # A GloNet head's initialiser: None follows `initializer`; "zeros" starts every logit at zero (the
@@ -189,9 +190,67 @@ def head(x, *, num_classes, dropout, initializer, dtype):
 def dtype_name(dtype):
     if dtype is None or isinstance(dtype, str):
         return dtype
+    if isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
+        return keras.dtype_policies.serialize(dtype)
     if isinstance(dtype, keras.DTypePolicy):
         return dtype.name
     return keras.backend.standardize_dtype(dtype)
+
+
+# The classes a serialised `dtype` may name (a config can come from an untrusted preset file).
+_POLICY_CLASSES = ("DTypePolicy", "FloatDTypePolicy", "QuantizedDTypePolicy",
+                   "QuantizedFloat8DTypePolicy", "Int4DTypePolicy", "DTypePolicyMap")
+
+
+def policy_from_config(value):
+    """A config's `dtype` as get_config wrote it: a name, or a serialised `DTypePolicyMap`.
+
+    A dict is deserialised only when every object it names is a dtype policy: Keras would
+    otherwise build whatever registered class a hostile preset names.
+    """
+    if not isinstance(value, dict):
+        return value
+
+    def named_classes(node):
+        if isinstance(node, dict):
+            if "class_name" in node:
+                yield node["class_name"]
+            for child in node.values():
+                yield from named_classes(child)
+        elif isinstance(node, (list, tuple)):
+            for child in node:
+                yield from named_classes(child)
+
+    foreign = sorted({str(c) for c in named_classes(value) if c not in _POLICY_CLASSES})
+    if foreign or value.get("class_name") != "DTypePolicyMap":
+        raise ValueError(
+            f"`dtype` must be a dtype policy name or a serialised DTypePolicyMap; the given dict "
+            f"names {foreign or [value.get('class_name')]}."
+        )
+    policy = keras.dtype_policies.deserialize(value)
+    if not isinstance(policy, keras.dtype_policies.DTypePolicyMap) or not all(
+            isinstance(policy[key], keras.DTypePolicy) for key in policy):
+        raise ValueError("`dtype` must deserialise to a DTypePolicyMap of dtype policies.")
+    return policy
+
+
+def _layer_policy(layer):
+    """The policy `layer` computes with (its entry when it was given a DTypePolicyMap)."""
+    policy = layer.dtype_policy
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap) and layer.path:
+        return policy[layer.path]
+    return policy
+
+
+def _matches(layer, filters):
+    """`keras.Model.quantize`'s `filters` rule: regexes searched in the name, or a callable."""
+    if filters is None:
+        return True
+    if isinstance(filters, str):
+        filters = [filters]
+    if isinstance(filters, (list, tuple)):
+        return any(re.search(pattern, layer.name) for pattern in filters)
+    return bool(filters(layer))
 
 
 # Keyword arguments a model accepts besides its constructor's own (what `get_config` adds).
@@ -356,8 +415,13 @@ class GloNetModelBase(keras.Model):
         stacked output holds every block).
         """
         self._constructor_args = dict(constructor_args)
-        # keras.Model does not keep a functional model's `dtype` argument: record it here.
-        self._constructor_args["dtype"] = dtype_name(self._constructor_args.get("dtype"))
+        dtype = self._constructor_args.get("dtype")
+        # keras.Model (a functional one) drops its `dtype` argument, so `model.dtype_policy` said
+        # float32 for a mixed model: give it the policy every layer was built with. Assigned, not
+        # set through the property, whose setter would quantize again under a quantized policy.
+        if dtype is not None:
+            self._dtype_policy = keras.dtype_policies.get(dtype)
+        self._constructor_args["dtype"] = dtype_name(dtype)
         # Stable keys ("block_1", ...) so downstream code never slices `model.layers`.
         if not isinstance(block_outputs, dict):
             block_outputs = {skeleton.block_key(i): x for i, x in enumerate(block_outputs, start=1)}
@@ -398,7 +462,79 @@ class GloNetModelBase(keras.Model):
             "name": self.name,
             "trainable": self.trainable,
             **self._constructor_args,
+            "dtype": self._dtype_config(),
         }
+
+    def _dtype_config(self):
+        """The `dtype` of the config: the policy's name, or a serialised `DTypePolicyMap` when the
+        model was built with one or holds quantized layers (keras-hub's convention).
+
+        A quantized layer's entry (`int8_from_float32`, ...) makes `from_config` build that layer
+        with its quantized variables, so the saved weights (a `.keras` file, a preset) load.
+        """
+        policy = self.dtype_policy
+        quantized = {layer.path: _layer_policy(layer)
+                     for layer in self._flatten_layers(include_self=False)
+                     if layer.path and layer.quantization_mode is not None}
+        is_map = isinstance(policy, keras.dtype_policies.DTypePolicyMap)
+        if not quantized and not is_map:
+            return self._constructor_args["dtype"]
+        entries = {key: policy[key] for key in policy} if is_map else {}
+        policy_map = keras.dtype_policies.DTypePolicyMap(
+            default_policy=policy.default_policy if is_map else policy,
+            policy_map={**entries, **quantized},
+        )
+        return keras.dtype_policies.serialize(policy_map)
+
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """`keras.Model.quantize`, except that the linear `head` stays in its float policy.
+
+        The head holds width x classes weights (a negligible share), and int8 / float8 layers
+        also quantize their input: the head's input is the GloNet sum, and quantize(sum of taps)
+        is not the sum of the quantized taps, so `analysis.block_contributions` would no longer
+        add up to the logits. Every other supported layer (Dense, EinsumDense: the stem, the
+        blocks' dense layers, the tap projections, attention) is quantized; convolutions and the
+        scanned `DenseStack` have no quantized form in Keras and stay in float.
+        """
+        head = self.get_layer(skeleton.HEAD)
+        if filters is not None and not isinstance(filters, (str, list, tuple)) and not callable(
+                filters):
+            return super().quantize(mode, config=config, filters=filters, **kwargs)
+        return super().quantize(
+            mode, config=config, filters=lambda layer: layer is not head and _matches(layer, filters),
+            **kwargs,
+        )
+
+    def _holds_dense_stack(self):
+        return any(isinstance(layer, DenseStack) for layer in self._flatten_layers())
+
+    def compile(self, *args, jit_compile="auto", **kwargs):
+        # A DenseStack cannot be compiled with XLA on TensorFlow (see its docstring): say so by
+        # name rather than letting Keras fall back with a generic warning.
+        if self._holds_dense_stack() and keras.backend.backend() == "tensorflow":
+            if jit_compile is True:
+                raise ValueError(
+                    f"{type(self).__name__} {self.name!r} holds a scanned DenseStack, which cannot "
+                    "be compiled with XLA on TensorFlow (TF cannot compile a scan's gradient): use "
+                    "jit_compile=False (or 'auto'), or the JAX backend."
+                )
+            jit_compile = False
+        super().compile(*args, jit_compile=jit_compile, **kwargs)
+
+    # Keras skips compiling a loaded model whose class overrides `compile` unless the class also
+    # overrides these two (it warned, then `fit` failed with "No loss to compute"). The saved
+    # config is what `compile` recorded; compiling from it goes through the override above, so a
+    # scanned model loaded on another backend gets its own jit_compile.
+    def get_compile_config(self):
+        return super().get_compile_config()
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        if config.get("jit_compile") is True and self._holds_dense_stack():
+            config["jit_compile"] = "auto"
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
 
     @classmethod
     def from_preset(cls, preset, *, load_weights=True, cache_dir=None, origin=None, **overrides):
@@ -427,8 +563,7 @@ class GloNetModelBase(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        config["dtype"] = policy_from_config(config.get("dtype"))
         for key in ("input_shape", "blocks_per_stage"):
             if isinstance(config.get(key), list):
                 config[key] = tuple(config[key])

@@ -152,30 +152,6 @@ class GloNetMLP(_MLPBase):
             name=skeleton.BLOCK_STACK, dtype=args["dtype"],
         )(stem)
 
-    def compile(self, *args, jit_compile="auto", **kwargs):
-        # TensorFlow's XLA cannot compile the gradient of a scan (a while loop's accumulators).
-        if self._constructor_args.get("scan") and keras.backend.backend() == "tensorflow":
-            if jit_compile is True:
-                raise ValueError("A scanned GloNetMLP cannot be compiled with XLA on TensorFlow: "
-                                 "use jit_compile=False (or 'auto'), or the JAX backend.")
-            jit_compile = False
-        super().compile(*args, jit_compile=jit_compile, **kwargs)
-
-    # Keras skips compiling a loaded model whose class overrides `compile` unless the class also
-    # overrides these two (it warned, then `fit` failed with "No loss to compute"). The saved
-    # config is what `compile` recorded; compiling from it goes through the override above, so a
-    # scanned model loaded on another backend gets its own jit_compile.
-    def get_compile_config(self):
-        return super().get_compile_config()
-
-    def compile_from_config(self, config):
-        config = keras.saving.deserialize_keras_object(config)
-        if config.get("jit_compile") is True and self._constructor_args.get("scan"):
-            config["jit_compile"] = "auto"
-        self.compile(**config)
-        if getattr(self, "optimizer", None) is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
-
 
 @keras.saving.register_keras_serializable(package="glonet_keras")
 class PlainMLP(_MLPBase):

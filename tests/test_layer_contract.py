@@ -1,0 +1,104 @@
+"""Keras' own layer test (`keras.src.testing.TestCase.run_layer_test`) for every custom layer the
+library registers: serialization, build, symbolic and eager calls, a compiled training step, and
+mixed precision (float16 outputs whose dtype matches `compute_output_spec`, float32 weights)."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+from keras import ops
+from keras.src.testing import TestCase
+
+import glonet_keras
+from glonet_keras.data.augment import RandomShiftFlip
+from glonet_keras.layers import (
+    ClassToken,
+    DenseStack,
+    GlobalAggregation,
+    PositionEmbedding,
+    TokenPooling,
+)
+
+TESTED = {"GlobalAggregation", "DenseStack", "ClassToken", "PositionEmbedding", "TokenPooling",
+          "RandomShiftFlip"}
+# Registered classes that are not layers, or are models with their own harness (test_models).
+NOT_LAYERS = {"TorchBiasUniform", "GloNetMLP", "PlainMLP", "ResNetMLP", "GloNetCNN", "PlainCNN",
+              "ResNetCNN", "GloNetViT", "ViT", "SuperimposedGloNet"}
+
+
+class LayerContractTest(TestCase):
+    def test_every_registered_layer_is_tested_here(self):
+        package = Path(glonet_keras.__file__).parent
+        registered = set()
+        for path in package.rglob("*.py"):
+            registered |= set(re.findall(
+                r"register_keras_serializable\([^)]*\)\s*\nclass (\w+)", path.read_text()))
+        self.assertEqual(registered - NOT_LAYERS, TESTED)
+
+    def test_global_aggregation_of_a_list(self):
+        for mode in ("sum", "mean"):
+            self.run_layer_test(
+                GlobalAggregation, {"mode": mode}, input_shape=((2, 3), (2, 3), (2, 3)), expected_output_shape=(2, 3),
+                expected_num_trainable_weights=0, supports_masking=False,
+            )
+        self.run_layer_test(
+            GlobalAggregation, {"cumulative": True}, input_shape=((2, 3), (2, 3)), expected_output_shape=(2, 2, 3),
+        )
+
+    def test_global_aggregation_of_a_stack(self):
+        stacked = np.arange(24, dtype="float32").reshape(2, 4, 3)
+        self.run_layer_test(
+            GlobalAggregation, {"mode": "sum"}, input_data=stacked,
+            expected_output=ops.convert_to_tensor(stacked.sum(axis=1)),
+        )
+        self.run_layer_test(
+            GlobalAggregation, {"mode": "mean", "cumulative": True}, input_data=stacked,
+            expected_output=ops.convert_to_tensor(
+                np.cumsum(stacked, axis=1) / np.arange(1, 5, dtype="float32")[None, :, None]),
+        )
+
+    def test_dense_stack(self):
+        for normalization, weights in ((None, 2), ("layer", 4)):
+            self.run_layer_test(
+                DenseStack, {"num_blocks": 3, "units": 4, "normalization": normalization},
+                input_shape=(2, 4), expected_output_shape=(2, 3, 4),
+                expected_num_trainable_weights=weights, expected_num_non_trainable_weights=0,
+            )
+        self.run_layer_test(
+            DenseStack, {"num_blocks": 3, "units": 4}, input_shape=(2, 4),
+            call_kwargs={"steps": 2}, expected_output_shape=(2, 2, 4),
+        )
+
+    def test_class_token(self):
+        self.run_layer_test(
+            ClassToken, {"initializer": "ones"}, input_data=np.zeros((2, 3, 4), "float32"),
+            expected_output=ops.concatenate([ops.ones((2, 1, 4)), ops.zeros((2, 3, 4))], axis=1),
+            expected_num_trainable_weights=1,
+        )
+
+    def test_position_embedding(self):
+        self.run_layer_test(
+            PositionEmbedding, {"initializer": "ones"},
+            input_data=np.zeros((2, 3, 4), "float32"), expected_output=ops.ones((2, 3, 4)),
+            expected_num_trainable_weights=1,
+        )
+
+    def test_token_pooling(self):
+        tokens = np.arange(24, dtype="float32").reshape(2, 3, 4)
+        self.run_layer_test(TokenPooling, {"mode": "cls"}, input_data=tokens,
+                            expected_output=ops.convert_to_tensor(tokens[:, 0]))
+        self.run_layer_test(TokenPooling, {"mode": "mean"}, input_data=tokens,
+                            expected_output=ops.convert_to_tensor(tokens.mean(axis=1)))
+
+    def test_random_shift_flip(self):
+        images = np.arange(2 * 16 * 16 * 3, dtype="float32").reshape(2, 16, 16, 3)
+        self.run_layer_test(  # Inference: the identity.
+            RandomShiftFlip, {"seed": 1}, input_data=images,
+            expected_output=ops.convert_to_tensor(images),
+            expected_num_trainable_weights=0, expected_num_seed_generators=1,
+        )
+        self.run_layer_test(
+            RandomShiftFlip, {"seed": 1, "flip": True, "crop": True}, input_shape=(2, 16, 16, 3),
+            call_kwargs={"training": True}, expected_output_shape=(2, 16, 16, 3),
+            expected_num_seed_generators=1,
+        )
