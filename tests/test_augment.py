@@ -322,3 +322,20 @@ def test_the_tf_data_path_mixes_like_the_device_op_for_the_same_draws():
     (again, _), = tf.data.Dataset.from_tensors((batch, onehot)).map(
         data._mix_tf(("cutmix",), seed=0)).as_numpy_iterator()
     np.testing.assert_array_equal(got_images, again)  # seeded
+
+
+def test_mixing_needs_classification_and_cutmix_needs_images():
+    from types import SimpleNamespace
+
+    vectors = SimpleNamespace(name="v", input_shape=(5,), task="classification")
+    with pytest.raises(ValueError, match="need images"):
+        data._check_augment("cutmix", vectors)
+    with pytest.raises(ValueError, match="classification"):
+        data._check_augment("mixup", SimpleNamespace(name="r", input_shape=(5,), task="regression"))
+    # MixUp alone is allowed on vectors, as before, and mixes them like images.
+    x, y = _images(batch=6, height=1, width=5, channels=1).reshape(6, 5), _labels()
+    weight = np.linspace(0, 1, 6).astype("float32")
+    got = augment.mixup(x, y, PARTNER, weight)
+    np.testing.assert_allclose(_numpy(got[0]), weight[:, None] * x + (1 - weight[:, None]) * x[PARTNER],
+                               rtol=1e-6)
+    assert data._check_augment("mixup", vectors) == ("mixup",)
