@@ -11,12 +11,15 @@ this times, in one process, on the same data, several *variants* of one training
                                    fastfit.auto_steps_per_execution)
     fused:<form>:<spe>[:options]  the same with fastfit.fuse_train_steps (JAX: one lax.scan per
                                    group of steps)
-    trainer:<recipe|plain>:<spe>  `glonet_keras.trainer`'s own fit path: the model, training-only
-                                   model, data pipeline, compile and fused steps that `trainer.train`
-                                   sets up (its `_start`), on Fashion-MNIST (28x28x1; the CNN
-                                   families only, with --image_size=28 --image_channels=1), with
-                                   the preset recipe (AdamW, cosine, label smoothing) and its
-                                   augmentation `flip,crop` (`recipe`) or none (`plain`); <spe> is
+    trainer:<recipe|mix|plain>:<spe>  `glonet_keras.trainer`'s own fit path: the model,
+                                   training-only model, data pipeline, compile and fused steps that
+                                   `trainer.train` sets up (its `_start`), on Fashion-MNIST
+                                   (28x28x1; the CNN families only, with --image_size=28
+                                   --image_channels=1), with the preset recipe (AdamW, cosine,
+                                   label smoothing) and its augmentation `flip,crop` (`recipe`),
+                                   the recipe plus MixUp and CutMix (`mix`: `flip,crop,mixup,
+                                   cutmix`, mixed in the training step by augment.MixingModel on
+                                   the array path) or none (`plain`); <spe> is
                                    TrainConfig.steps_per_execution (`auto`: the trainer's choice).
                                    Timed per fit epoch like the others (no checkpoint writes, no
                                    validation)
@@ -109,6 +112,9 @@ PRESET_VARIANTS = {
             "trainer:recipe:auto"],
 }
 FAMILIES = ("glonet_mlp", "resnet_mlp", "glonet_cnn", "glonet_cnn_bn", "resnet_cnn")
+#: The augmentation of each trainer form (`trainer:<form>:<spe>`).
+TRAINER_AUGMENTATIONS = {"recipe": ("flip", "crop"), "mix": ("flip", "crop", "mixup", "cutmix"),
+                         "plain": ()}
 #: The trainer's model name and extra constructor arguments of each CNN family.
 TRAINER_MODELS = {"glonet_cnn": ("glonet_cnn", {}),
                   "glonet_cnn_bn": ("glonet_cnn", {"normalization": "batch"}),
@@ -121,7 +127,7 @@ class Variant:
 
     name: str
     kind: str           # "fit", "fused", "raw" or "trainer"
-    form: str           # "numpy", "device" or "tfdata" ("recipe" or "plain" for the trainer)
+    form: str           # "numpy", "device" or "tfdata" (TRAINER_AUGMENTATIONS for the trainer)
     spe: object         # int or "auto"
     verbose: int = 0
     xla: bool = False
@@ -136,9 +142,9 @@ class Variant:
         if kind not in ("fit", "fused", "raw", "trainer"):
             raise ValueError(f"Variant {text!r}: kind must be fit, fused, raw or trainer.")
         if kind == "trainer":
-            if form not in ("recipe", "plain") or options:
-                raise ValueError(f"Variant {text!r}: the trainer's form is recipe or plain, with no "
-                                 "options.")
+            if form not in TRAINER_AUGMENTATIONS or options:
+                raise ValueError(f"Variant {text!r}: the trainer's form is recipe, mix or plain, "
+                                 "with no options.")
             try:
                 spe = timing.parse_steps_per_execution(spe)
             except ValueError as error:
@@ -255,7 +261,7 @@ def trainer_task(family, depth, variant, *, steps, cnn_width=16, cnn_batch=128, 
         max_examples=steps * cnn_batch, drop_remainder=True, epochs=100, batch_size=cnn_batch,
         optimizer="adamw", learning_rate=0.002, weight_decay=0.05, schedule="cosine",
         warmup_epochs=1, label_smoothing=0.1,
-        augment=("flip", "crop") if variant.form == "recipe" else (), seed=seed,
+        augment=TRAINER_AUGMENTATIONS[variant.form], seed=seed,
         steps_per_execution=variant.spe, model_dir=run_dir, overwrite=True, tensorboard=False,
         verbose=0)
     try:
