@@ -34,7 +34,11 @@ this times, in one process, on the same data, several *variants* of one training
              `aug` the trainer's `flip,crop` augmentation (`glonet_keras.augment.RandomShiftFlip`,
              gathers) in a training-only model in front, as the trainer's array path has it,
              `kaug` the same with Keras' RandomFlip + RandomTranslation(0.125) (what the trainer
-             used before issue 20; costly, so never a default).
+             used before issue 20; costly, so never a default), `mix` MixUp then CutMix of images
+             and one-hot labels in the training step (`glonet_keras.augment.MixingModel`, after
+             the `aug` layers when both are given, as the trainer's array path has it; the loss
+             becomes one-hot categorical cross-entropy; not for raw steps, which skip fit's
+             train_step).
 
 `--preset` times the Fashion-MNIST preset CNN (GloNet CNN-20, width 24, batch norm, 28x28x1,
 batch 128) with PRESET_VARIANTS: with and without augmentation, the fused and the raw loops, and
@@ -132,6 +136,7 @@ class Variant:
     verbose: int = 0
     xla: bool = False
     augment: str = ""   # "" (none), "aug" (glonet_keras.augment) or "kaug" (Keras' layers)
+    mix: bool = False   # MixUp + CutMix in the training step (augment.MixingModel)
 
     @classmethod
     def parse(cls, text, backend):
@@ -156,12 +161,15 @@ class Variant:
             spe = timing.parse_steps_per_execution(spe)
         except ValueError as error:
             raise ValueError(f"Variant {text!r}: {error}") from error
-        unknown = set(options) - {"v1", "xla", "aug", "kaug"}
+        unknown = set(options) - {"v1", "xla", "aug", "kaug", "mix"}
         if unknown:
             raise ValueError(f"Variant {text!r}: unknown options {sorted(unknown)} "
-                             "(v1, xla, aug, kaug).")
+                             "(v1, xla, aug, kaug, mix).")
         if {"aug", "kaug"} <= set(options):
             raise ValueError(f"Variant {text!r}: aug or kaug, not both.")
+        if "mix" in options and (kind == "raw" or "kaug" in options):
+            raise ValueError(f"Variant {text!r}: mix runs in fit's train step (not in raw steps), "
+                             "with aug or alone (not kaug).")
         if kind == "fused" and backend != "jax":
             raise ValueError(f"Variant {text!r}: fused steps are for JAX (TensorFlow already runs "
                              "a group of steps in one tf.function).")
@@ -172,11 +180,11 @@ class Variant:
                              "compiles with XLA).")
         augment = "aug" if "aug" in options else "kaug" if "kaug" in options else ""
         return cls(text, kind, form, spe, verbose=1 if "v1" in options else 0, xla="xla" in options,
-                   augment=augment)
+                   augment=augment, mix="mix" in options)
 
     def group(self, spe):
         """Variants of one group share one compiled model (raw steps compile their own function)."""
-        return (self.kind, None if self.kind == "raw" else spe, self.xla, self.augment)
+        return (self.kind, None if self.kind == "raw" else spe, self.xla, self.augment, self.mix)
 
 
 def model_and_data(family, depth, *, steps, mlp_width=16, mlp_batch=1024, cnn_width=16,
@@ -218,14 +226,20 @@ def resolve_spe(spe, default, steps, model, batch_size, batch_bytes):
     return min(int(spe), steps)
 
 
-def with_augmentation(model, augment, seed=0):
+def with_augmentation(model, augment, seed=0, mix=False):
     """`model` behind the trainer's `flip,crop` augmentation ("aug": glonet_keras.augment's
     gathers; "kaug": Keras' RandomFlip + RandomTranslation), in a training-only Sequential that
-    shares its layers, as trainer._training_model builds it; `model` itself for ""."""
+    shares its layers, as trainer._training_model builds it; `model` itself for "". With `mix`,
+    an `augment.MixingModel` that runs the "aug" layers, then MixUp and CutMix, in its train step."""
     import keras
 
+    from glonet_keras import augment as augment_lib
     from glonet_keras import data
 
+    if mix:
+        layers = data.image_augmentation_layers(("flip", "crop"), seed) if augment == "aug" else []
+        return augment_lib.MixingModel(model, data.mixing_layer(("mixup", "cutmix"), seed),
+                                       augment=layers, name=f"{model.name}_mixing")
     if not augment:
         return model
     if augment == "aug":
@@ -394,11 +408,16 @@ def run_model(spec, variants, *, steps, repetitions, steps_per_execution="auto",
               **sizes):
     """Times every variant on one model spec ('family:depth'); returns one result dict."""
     import keras
+    import numpy as np
 
     family, _, depth = spec.partition(":")
     if not depth.isdigit():
         raise ValueError(f"Model {spec!r} is not <family>:<depth>.")
     build, x, y, batch_size, loss = model_and_data(family, int(depth), steps=steps, **sizes)
+    # `mix` variants train on one-hot labels (what MixUp and CutMix mix).
+    mixed_loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+    if any(variant.mix for variant in variants) and "_cnn" not in family:
+        raise ValueError(f"The mix option mixes images: {spec} is not a CNN.")
     batch_bytes = timing.batch_nbytes(x, y, batch_size)
     models, tasks, info = {}, {}, {}
     log(f"{spec}: batch {batch_size}, {steps} steps per repetition")
@@ -418,17 +437,20 @@ def run_model(spec, variants, *, steps, repetitions, steps_per_execution="auto",
         key = variant.group(spe)
         if key not in models:
             keras.utils.set_random_seed(0)
-            model = with_augmentation(build(), variant.augment)
+            model = with_augmentation(build(), variant.augment, mix=variant.mix)
             jit = True if variant.xla else "auto"
-            timing.compile_for_fit(model, loss=loss, batch_size=batch_size, steps_per_epoch=steps,
+            timing.compile_for_fit(model, loss=mixed_loss if variant.mix else loss,
+                                   batch_size=batch_size, steps_per_epoch=steps,
                                    steps_per_execution=1 if variant.kind == "raw" else spe,
                                    fuse=variant.kind == "fused", jit_compile=jit)
             models[key] = model
         model = models[key]
+        labels = np.eye(probe.output.shape[-1], dtype="float32")[y] if variant.mix else y
         if variant.kind == "raw":
             tasks[variant.name], timed_steps = raw_step_task(model, x, y, batch_size, spe)
         else:
-            data, fit_kwargs = timing.fit_inputs(x, y, batch_size=batch_size, form=variant.form)
+            data, fit_kwargs = timing.fit_inputs(x, labels, batch_size=batch_size,
+                                                 form=variant.form)
             tasks[variant.name] = _quiet(timing.fit_epoch_task(model, data, fit_kwargs,
                                                                verbose=variant.verbose))
             timed_steps = steps
