@@ -1,4 +1,4 @@
-"""Image augmentation that is exact and nearly free on a device: flips and integer shifts as gathers.
+"""Image augmentation that is exact and nearly free on a device: flips, shifts, MixUp, CutMix.
 
 Keras' `RandomFlip` + `RandomTranslation` resample every image through an interpolating affine
 transform. Inside a JAX training step on a GPU that cost about 200 times the model's own step
@@ -22,6 +22,13 @@ The random draws use an explicit `keras.random.SeedGenerator`, so a seeded layer
 by default; `tf.experimental.numpy` in a `tf.data` pipeline, where `keras.ops` may belong to
 another backend), so the device path and the tf.data path run the same code. `RandomShiftFlip` is
 the registered layer the trainer puts in its training-only model.
+
+`mixup` and `cutmix` likewise (the `mixup`/`cutmix` augmentations): each example mixed with a
+partner from a permutation of the batch, MixUp as λ x + (1 - λ) x', CutMix as a select of a
+whole-pixel box, and the one-hot labels by λ or by the exact share of pixels pasted. Their draws
+come from `draw_mixing` (given explicitly in tests); `RandomMix` is the seeded layer, and
+`MixingModel` the training-only model that runs it on images *and* labels in its training step
+(labels never reach an inputs-only model).
 
 Example:
 >>> layer = RandomShiftFlip(flip=True, crop=True, seed=0)
