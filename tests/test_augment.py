@@ -339,3 +339,30 @@ def test_mixing_needs_classification_and_cutmix_needs_images():
     np.testing.assert_allclose(_numpy(got[0]), weight[:, None] * x + (1 - weight[:, None]) * x[PARTNER],
                                rtol=1e-6)
     assert data._check_augment("mixup", vectors) == ("mixup",)
+
+
+class _AllClassZero(keras.layers.Layer):
+    """A stand-in mixer that relabels every example as class 0 (images unchanged)."""
+
+    def call(self, data, training=False):
+        return {"images": data["images"], "labels": keras.ops.one_hot(
+            keras.ops.zeros_like(keras.ops.argmax(data["labels"], axis=1)), 4)}
+
+
+def test_the_loss_and_the_training_metrics_see_the_mixers_labels():
+    images, labels = _images(batch=8, height=4, width=4, channels=1) / 100, _labels(batch=8)
+    net = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(4)])
+    model = augment.MixingModel(net, _AllClassZero(name="all_class_zero"))
+    model.compile(optimizer=keras.optimizers.SGD(0.0),  # no update: the loss is net's on images
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    logs = model.train_on_batch(images, labels, return_dict=True)
+    logits = _numpy(net(images))
+    zeros = np.eye(4, dtype="float32")[np.zeros(8, int)]
+    cross_entropy = keras.losses.CategoricalCrossentropy(from_logits=True)
+    np.testing.assert_allclose(logs["loss"], _numpy(cross_entropy(zeros, logits)), rtol=1e-5)
+    assert not np.isclose(logs["loss"], _numpy(cross_entropy(labels, logits)), rtol=1e-3)
+    assert logs["accuracy"] == pytest.approx((logits.argmax(axis=1) == 0).mean())
+    # evaluate: clean labels, no mixer.
+    evaluated = model.evaluate(images, labels, verbose=0, return_dict=True)
+    assert evaluated["accuracy"] == pytest.approx((logits.argmax(axis=1) == labels.argmax(1)).mean())
