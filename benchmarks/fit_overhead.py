@@ -11,12 +11,15 @@ this times, in one process, on the same data, several *variants* of one training
                                    fastfit.auto_steps_per_execution)
     fused:<form>:<spe>[:options]  the same with fastfit.fuse_train_steps (JAX: one lax.scan per
                                    group of steps)
-    trainer:<recipe|plain>:<spe>  `glonet_keras.training.trainer`'s own fit path: the model, training-only
-                                   model, data pipeline, compile and fused steps that `trainer.train`
-                                   sets up (its `_start`), on Fashion-MNIST (28x28x1; the CNN
-                                   families only, with --image_size=28 --image_channels=1), with
-                                   the preset recipe (AdamW, cosine, label smoothing) and its
-                                   augmentation `flip,crop` (`recipe`) or none (`plain`); <spe> is
+    trainer:<recipe|mix|plain>:<spe>  `glonet_keras.training.trainer`'s own fit path: the model,
+                                   training-only model, data pipeline, compile and fused steps that
+                                   `trainer.train` sets up (its `_start`), on Fashion-MNIST
+                                   (28x28x1; the CNN families only, with --image_size=28
+                                   --image_channels=1), with the preset recipe (AdamW, cosine,
+                                   label smoothing) and its augmentation `flip,crop` (`recipe`),
+                                   the recipe plus MixUp and CutMix (`mix`: `flip,crop,mixup,
+                                   cutmix`, mixed in the training step by augment.MixingModel on
+                                   the array path) or none (`plain`); <spe> is
                                    TrainConfig.steps_per_execution (`auto`: the trainer's choice).
                                    Timed per fit epoch like the others (no checkpoint writes, no
                                    validation)
@@ -31,7 +34,11 @@ this times, in one process, on the same data, several *variants* of one training
              `aug` the trainer's `flip,crop` augmentation (`glonet_keras.data.augment.RandomShiftFlip`,
              gathers) in a training-only model in front, as the trainer's array path has it,
              `kaug` the same with Keras' RandomFlip + RandomTranslation(0.125) (what the trainer
-             used before issue 20; costly, so never a default).
+             used before issue 20; costly, so never a default), `mix` MixUp then CutMix of images
+             and one-hot labels in the training step (`glonet_keras.data.augment.MixingModel`, after
+             the `aug` layers when both are given, as the trainer's array path has it; the loss
+             becomes one-hot categorical cross-entropy; not for raw steps, which skip fit's
+             train_step).
 
 `--preset` times the Fashion-MNIST preset CNN (GloNet CNN-20, width 24, batch norm, 28x28x1,
 batch 128) with PRESET_VARIANTS: with and without augmentation, the fused and the raw loops, and
@@ -109,6 +116,9 @@ PRESET_VARIANTS = {
             "trainer:recipe:auto"],
 }
 FAMILIES = ("glonet_mlp", "resnet_mlp", "glonet_cnn", "glonet_cnn_bn", "resnet_cnn")
+#: The augmentation of each trainer form (`trainer:<form>:<spe>`).
+TRAINER_AUGMENTATIONS = {"recipe": ("flip", "crop"), "mix": ("flip", "crop", "mixup", "cutmix"),
+                         "plain": ()}
 #: The trainer's model name and extra constructor arguments of each CNN family.
 TRAINER_MODELS = {"glonet_cnn": ("glonet_cnn", {}),
                   "glonet_cnn_bn": ("glonet_cnn", {"normalization": "batch"}),
@@ -121,11 +131,12 @@ class Variant:
 
     name: str
     kind: str           # "fit", "fused", "raw" or "trainer"
-    form: str           # "numpy", "device" or "tfdata" ("recipe" or "plain" for the trainer)
+    form: str           # "numpy", "device" or "tfdata" (TRAINER_AUGMENTATIONS for the trainer)
     spe: object         # int or "auto"
     verbose: int = 0
     xla: bool = False
     augment: str = ""   # "" (none), "aug" (glonet_keras.data.augment) or "kaug" (Keras' layers)
+    mix: bool = False   # MixUp + CutMix in the training step (augment.MixingModel)
 
     @classmethod
     def parse(cls, text, backend):
@@ -136,9 +147,9 @@ class Variant:
         if kind not in ("fit", "fused", "raw", "trainer"):
             raise ValueError(f"Variant {text!r}: kind must be fit, fused, raw or trainer.")
         if kind == "trainer":
-            if form not in ("recipe", "plain") or options:
-                raise ValueError(f"Variant {text!r}: the trainer's form is recipe or plain, with no "
-                                 "options.")
+            if form not in TRAINER_AUGMENTATIONS or options:
+                raise ValueError(f"Variant {text!r}: the trainer's form is recipe, mix or plain, "
+                                 "with no options.")
             try:
                 spe = timing.parse_steps_per_execution(spe)
             except ValueError as error:
@@ -150,12 +161,15 @@ class Variant:
             spe = timing.parse_steps_per_execution(spe)
         except ValueError as error:
             raise ValueError(f"Variant {text!r}: {error}") from error
-        unknown = set(options) - {"v1", "xla", "aug", "kaug"}
+        unknown = set(options) - {"v1", "xla", "aug", "kaug", "mix"}
         if unknown:
             raise ValueError(f"Variant {text!r}: unknown options {sorted(unknown)} "
-                             "(v1, xla, aug, kaug).")
+                             "(v1, xla, aug, kaug, mix).")
         if {"aug", "kaug"} <= set(options):
             raise ValueError(f"Variant {text!r}: aug or kaug, not both.")
+        if "mix" in options and (kind == "raw" or "kaug" in options):
+            raise ValueError(f"Variant {text!r}: mix runs in fit's train step (not in raw steps), "
+                             "with aug or alone (not kaug).")
         if kind == "fused" and backend != "jax":
             raise ValueError(f"Variant {text!r}: fused steps are for JAX (TensorFlow already runs "
                              "a group of steps in one tf.function).")
@@ -166,11 +180,11 @@ class Variant:
                              "compiles with XLA).")
         augment = "aug" if "aug" in options else "kaug" if "kaug" in options else ""
         return cls(text, kind, form, spe, verbose=1 if "v1" in options else 0, xla="xla" in options,
-                   augment=augment)
+                   augment=augment, mix="mix" in options)
 
     def group(self, spe):
         """Variants of one group share one compiled model (raw steps compile their own function)."""
-        return (self.kind, None if self.kind == "raw" else spe, self.xla, self.augment)
+        return (self.kind, None if self.kind == "raw" else spe, self.xla, self.augment, self.mix)
 
 
 def model_and_data(family, depth, *, steps, mlp_width=16, mlp_batch=1024, cnn_width=16,
@@ -212,14 +226,20 @@ def resolve_spe(spe, default, steps, model, batch_size, batch_bytes):
     return min(int(spe), steps)
 
 
-def with_augmentation(model, augment, seed=0):
+def with_augmentation(model, augment, seed=0, mix=False):
     """`model` behind the trainer's `flip,crop` augmentation ("aug": glonet_keras.data.augment's
     gathers; "kaug": Keras' RandomFlip + RandomTranslation), in a training-only Sequential that
-    shares its layers, as trainer._training_model builds it; `model` itself for ""."""
+    shares its layers, as trainer._training_model builds it; `model` itself for "". With `mix`,
+    an `augment.MixingModel` that runs the "aug" layers, then MixUp and CutMix, in its train step."""
     import keras
 
+    from glonet_keras.data import augment as augment_lib
     from glonet_keras import data
 
+    if mix:
+        layers = data.image_augmentation_layers(("flip", "crop"), seed) if augment == "aug" else []
+        return augment_lib.MixingModel(model, data.mixing_layer(("mixup", "cutmix"), seed),
+                                       augment=layers, name=f"{model.name}_mixing")
     if not augment:
         return model
     if augment == "aug":
@@ -255,7 +275,7 @@ def trainer_task(family, depth, variant, *, steps, cnn_width=16, cnn_batch=128, 
         max_examples=steps * cnn_batch, drop_remainder=True, epochs=100, batch_size=cnn_batch,
         optimizer="adamw", learning_rate=0.002, weight_decay=0.05, schedule="cosine",
         warmup_epochs=1, label_smoothing=0.1,
-        augment=("flip", "crop") if variant.form == "recipe" else (), seed=seed,
+        augment=TRAINER_AUGMENTATIONS[variant.form], seed=seed,
         steps_per_execution=variant.spe, model_dir=run_dir, overwrite=True, tensorboard=False,
         verbose=0)
     try:
@@ -388,11 +408,16 @@ def run_model(spec, variants, *, steps, repetitions, steps_per_execution="auto",
               **sizes):
     """Times every variant on one model spec ('family:depth'); returns one result dict."""
     import keras
+    import numpy as np
 
     family, _, depth = spec.partition(":")
     if not depth.isdigit():
         raise ValueError(f"Model {spec!r} is not <family>:<depth>.")
     build, x, y, batch_size, loss = model_and_data(family, int(depth), steps=steps, **sizes)
+    # `mix` variants train on one-hot labels (what MixUp and CutMix mix).
+    mixed_loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+    if any(variant.mix for variant in variants) and "_cnn" not in family:
+        raise ValueError(f"The mix option mixes images: {spec} is not a CNN.")
     batch_bytes = timing.batch_nbytes(x, y, batch_size)
     models, tasks, info = {}, {}, {}
     log(f"{spec}: batch {batch_size}, {steps} steps per repetition")
@@ -412,17 +437,20 @@ def run_model(spec, variants, *, steps, repetitions, steps_per_execution="auto",
         key = variant.group(spe)
         if key not in models:
             keras.utils.set_random_seed(0)
-            model = with_augmentation(build(), variant.augment)
+            model = with_augmentation(build(), variant.augment, mix=variant.mix)
             jit = True if variant.xla else "auto"
-            timing.compile_for_fit(model, loss=loss, batch_size=batch_size, steps_per_epoch=steps,
+            timing.compile_for_fit(model, loss=mixed_loss if variant.mix else loss,
+                                   batch_size=batch_size, steps_per_epoch=steps,
                                    steps_per_execution=1 if variant.kind == "raw" else spe,
                                    fuse=variant.kind == "fused", jit_compile=jit)
             models[key] = model
         model = models[key]
+        labels = np.eye(probe.output.shape[-1], dtype="float32")[y] if variant.mix else y
         if variant.kind == "raw":
             tasks[variant.name], timed_steps = raw_step_task(model, x, y, batch_size, spe)
         else:
-            data, fit_kwargs = timing.fit_inputs(x, y, batch_size=batch_size, form=variant.form)
+            data, fit_kwargs = timing.fit_inputs(x, labels, batch_size=batch_size,
+                                                 form=variant.form)
             tasks[variant.name] = _quiet(timing.fit_epoch_task(model, data, fit_kwargs,
                                                                verbose=variant.verbose))
             timed_steps = steps

@@ -55,9 +55,11 @@ def cnn_speed_table(rows, log=print):
 
 
 def augmented(name):
-    """Whether a fit_overhead variant trains with augmentation (`aug`/`kaug`, `trainer:recipe`)."""
+    """Whether a fit_overhead variant trains with augmentation (`aug`/`kaug`/`mix`,
+    `trainer:recipe`, `trainer:mix`)."""
     parts = name.split(":")
-    return bool({"aug", "kaug"} & set(parts[3:])) or parts[:2] == ["trainer", "recipe"]
+    return bool({"aug", "kaug", "mix"} & set(parts[3:])) or parts[:2] in (["trainer", "recipe"],
+                                                                   ["trainer", "mix"])
 
 
 def best_fit(result, with_augmentation=False, trainer=True):
@@ -76,7 +78,8 @@ def augmentation_rows(result):
     """What augmentation adds, and how far the trainer's own path is from the best fit variant.
 
     Rows of [what, numerator variant, denominator variant, paired ratio summary] for every pair
-    present in `result`: X:aug / X (and X:kaug / X), trainer:recipe / trainer:plain, and each
+    present in `result`: X:aug / X (and X:kaug / X, X:mix / X), trainer:recipe / trainer:plain,
+    trainer:mix / trainer:recipe (what MixUp and CutMix add to the recipe), and each
     trainer variant / the best fit or fused variant (never a trainer variant: the trainer is
     measured against what plain `fit` reaches) with the same augmentation, else without any.
     """
@@ -84,15 +87,19 @@ def augmentation_rows(result):
     pairs = []
     for name in variants:
         parts = name.split(":")
-        for option in ("aug", "kaug"):
+        for option in ("aug", "kaug", "mix"):
             if option in parts[3:]:
                 base = ":".join(p for p in parts if p != option)
                 if base in variants:
-                    pairs.append((f"augmentation ({option}) adds", name, base))
+                    what = "MixUp+CutMix (mix) add" if option == "mix" else \
+                        f"augmentation ({option}) adds"
+                    pairs.append((what, name, base))
     for spe in sorted({name.split(":")[2] for name in variants if name.startswith("trainer:")}):
-        recipe, plain = f"trainer:recipe:{spe}", f"trainer:plain:{spe}"
+        recipe, plain, mix = (f"trainer:{form}:{spe}" for form in ("recipe", "plain", "mix"))
         if recipe in variants and plain in variants:
             pairs.append(("augmentation adds, trainer", recipe, plain))
+        if mix in variants and recipe in variants:
+            pairs.append(("MixUp+CutMix add, trainer", mix, recipe))
     for name in variants:
         if name.startswith("trainer:"):
             best, _ = best_fit(result, augmented(name), trainer=False)

@@ -182,8 +182,17 @@ def test_augmentation_and_trainer_variants_parse_and_are_checked():
     assert variant.group(4) != fit_overhead.Variant.parse("fit:numpy:auto", "tensorflow").group(4)
     trainer = fit_overhead.Variant.parse("trainer:recipe:auto", "jax")
     assert (trainer.kind, trainer.form, trainer.spe) == ("trainer", "recipe", "auto")
-    for text, message in (("trainer:fancy:auto", "recipe or plain"),
-                          ("trainer:plain:auto:aug", "recipe or plain"),
+    assert fit_overhead.Variant.parse("trainer:mix:2", "jax").form == "mix"
+    assert fit_overhead.TRAINER_AUGMENTATIONS["mix"] == ("flip", "crop", "mixup", "cutmix")
+    mixed = fit_overhead.Variant.parse("fused:device:4:aug:mix", "jax")
+    assert (mixed.augment, mixed.mix) == ("aug", True)
+    assert mixed.group(4) != fit_overhead.Variant.parse("fused:device:4:aug", "jax").group(4)
+    for text, message in (("raw:device:1:mix", "not in raw steps"),
+                          ("fit:numpy:auto:kaug:mix", "not kaug")):
+        with pytest.raises(ValueError, match=message):
+            fit_overhead.Variant.parse(text, "jax")
+    for text, message in (("trainer:fancy:auto", "recipe, mix or plain"),
+                          ("trainer:plain:auto:aug", "recipe, mix or plain"),
                           ("fit:numpy:auto:aug:kaug", "not both")):
         with pytest.raises(ValueError, match=message):
             fit_overhead.Variant.parse(text, "tensorflow")
@@ -199,7 +208,17 @@ def test_the_summary_says_what_augmentation_adds_and_how_far_the_trainer_is(caps
     result = {"model": "glonet_cnn_bn:20", "batch_size": 128, "steps": 8, "variants": {
         "fit:device:auto": entry(10.0, 12.0), "fit:device:auto:aug": entry(11.0, 12.6),
         "raw:device:1": entry(9.0, 9.0), "trainer:plain:auto": entry(10.5, 12.0),
-        "trainer:recipe:auto": entry(12.1, 13.2)}}
+        "trainer:recipe:auto": entry(12.1, 13.2), "trainer:mix:auto": entry(12.1 * 1.2, 13.2)}}
+    rows = {(what, a, b): r["median"] for what, a, b, r in report.augmentation_rows(result)}
+    assert rows[("MixUp+CutMix add, trainer", "trainer:mix:auto", "trainer:recipe:auto")] == \
+        pytest.approx((1.2 + 1.0) / 2)
+    del result["variants"]["trainer:mix:auto"]
+    mixed = dict(result["variants"], **{"fit:device:auto:aug:mix": entry(11.0 * 1.1, 12.6 * 1.3)})
+    rows = {(what, a, b): r["median"]
+            for what, a, b, r in report.augmentation_rows(dict(result, variants=mixed))}
+    assert rows[("MixUp+CutMix (mix) add", "fit:device:auto:aug:mix", "fit:device:auto:aug")] == \
+        pytest.approx((1.1 + 1.3) / 2)
+    assert report.best_fit(dict(result, variants=mixed))[0] == "fit:device:auto"  # mixing is augmentation
     rows = {(what, a, b): r["median"] for what, a, b, r in report.augmentation_rows(result)}
     assert rows[("augmentation (aug) adds", "fit:device:auto:aug", "fit:device:auto")] == \
         pytest.approx((1.1 + 1.05) / 2)

@@ -385,3 +385,71 @@ def test_on_jax_fused_steps_with_the_trainers_augmentation_and_batch_norm_train_
     report = json.loads(run_on_backend("jax", JAX_AUGMENTED_CNN).split("REPORT", 1)[1])
     assert report["fused"] == [True]
     assert report["augmented_cnn"]["weights"] < 1e-5, report
+
+
+JAX_MIXING = """
+import json
+import keras
+import numpy as np
+from glonet_keras.data import augment
+from glonet_keras.training import fastfit
+from glonet_keras.models import GloNetMLP
+
+# The trainer's training-only model with MixUp and CutMix: flip/crop, then mixing of images and
+# one-hot labels in the training step, then a GloNet. Fused and Keras' own path draw the same
+# mixing (the seed generators' states go through the scan), so they end with the same weights.
+rng = np.random.default_rng(0)
+images = rng.uniform(size=(64, 8, 8, 1)).astype("float32")
+labels = np.eye(5, dtype="float32")[rng.integers(0, 5, size=64)]
+report = {"fused": []}
+initial = []
+
+def mixing_model(spe=1, fuse=False):
+    net = GloNetMLP(num_blocks=2, width=8, num_classes=5, input_shape=(64,))
+    if not initial:
+        initial.extend(net.get_weights())
+    net.set_weights(initial)
+    inner = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Reshape((64,)), net])
+    model = augment.MixingModel(inner, augment.RandomMix(mixup=True, cutmix=True, seed=2),
+                                augment=[augment.RandomShiftFlip(seed=3)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), steps_per_execution=spe,
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    if fuse:
+        report["fused"].append(fastfit.fuse_train_steps(model))
+    return model
+
+def max_difference(a, b):
+    return max(float(np.max(np.abs(u - v))) for u, v in zip(a.get_weights(), b.get_weights()))
+
+reference = mixing_model()
+before = reference.get_weights()
+history = reference.fit(images, labels, batch_size=8, epochs=2, shuffle=False, verbose=0).history
+fused = mixing_model(spe=4, fuse=True)
+fused_history = fused.fit(fastfit.DeviceArrayDataset(images, labels, batch_size=8, shuffle=False),
+                          epochs=2, shuffle=False, verbose=0).history
+# Without the mixing (the same model, a mixer that does nothing): a different training.
+unmixed = mixing_model()
+unmixed.mixer = augment.RandomMix(mixup=False, cutmix=False)
+unmixed.fit(images, labels, batch_size=8, epochs=2, shuffle=False, verbose=0)
+report.update(
+    weights=max_difference(reference, fused),
+    loss=max(abs(a - b) for a, b in zip(history["loss"], fused_history["loss"])),
+    accuracy=max(abs(a - b) for a, b in zip(history["accuracy"], fused_history["accuracy"])),
+    trained=max(float(np.max(np.abs(u - v))) for u, v in zip(before, reference.get_weights())),
+    mixing_matters=max_difference(reference, unmixed),
+    draws=[int(v) for v in np.asarray(fused.mixer.seed_generator.state)],
+    finite=bool(np.isfinite(history["loss"]).all()))
+print("REPORT" + json.dumps(report))
+"""
+
+
+@pytest.mark.slow
+def test_on_jax_fused_steps_with_mixup_and_cutmix_train_like_keras():
+    """MixingModel: the mixed images and labels of the fused scan are those of Keras' own steps."""
+    report = json.loads(run_on_backend("jax", JAX_MIXING).split("REPORT", 1)[1])
+    assert report["fused"] == [True] and report["finite"]
+    assert report["weights"] < 1e-5 and report["loss"] < 1e-5 and report["accuracy"] == 0, report
+    assert report["trained"] > 1e-3 and report["mixing_matters"] > 1e-3, report
+    # 16 steps (8 a epoch), 6 draws each (MixUp: partner, λ; CutMix: partner, λ, row, column).
+    assert report["draws"] == [2, 16 * 6], report

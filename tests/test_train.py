@@ -330,7 +330,9 @@ def test_train_py_on_jax_without_tensorflow_trains_from_arrays(tmp_path):
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(NO_TENSORFLOW)
     env = dict(ENV, KERAS_BACKEND="jax", PYTHONPATH=f"{tmp_path / 'site'}{os.pathsep}{ROOT}")
-    command = _flags(dict(TINY, epochs=1), tmp_path / "run") + ["--tensorboard", "--augment=flip"]
+    # MixUp and CutMix too: they run in the training step now, not in a tf.data pipeline.
+    command = _flags(dict(TINY, epochs=1), tmp_path / "run") + [
+        "--tensorboard", "--augment=flip,crop,mixup,cutmix"]
     command = [flag for flag in command if flag != "--notensorboard"]
     finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -338,6 +340,7 @@ def test_train_py_on_jax_without_tensorflow_trains_from_arrays(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["input_pipeline"] == "numpy arrays" and "tensorflow" not in metrics["versions"]
     assert metrics["versions"]["backend"] == "jax" and 0 <= metrics["test"]["accuracy"] <= 1
+    assert np.isfinite(metrics["history"]["loss"]).all()
     # The augmentation ran in a training-only model: the saved one has none of it.
     import keras
 
@@ -374,6 +377,45 @@ JAX_RESUME = textwrap.dedent("""
                      for a, b in zip(whole.model.get_weights(), resumed.model.get_weights()))
     print(json.dumps([resumed.initial_epoch, difference, fused, resumed.steps_per_execution]))
 """)
+
+
+JAX_MIXING = NO_TENSORFLOW + textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from glonet_keras.data import augment
+    from glonet_keras.training import fastfit, trainer
+    # The trainer's default on a GPU (fused steps), on a machine without TensorFlow.
+    fastfit.accelerator_platform = lambda: "gpu"
+    fused, initial = [], []
+    fuse = fastfit.fuse_train_steps
+    fastfit.fuse_train_steps = lambda model: fused.append([type(model).__name__, fuse(model)])
+    build = trainer.build_model
+    def recorded_build(*args, **kwargs):
+        model = build(*args, **kwargs)
+        initial.extend(w.copy() for w in model.get_weights())
+        return model
+    trainer.build_model = recorded_build
+    result = trainer.train(trainer.TrainConfig(
+        model="glonet_mlp", depth=3, width=16, dataset="digits", batch_size=8, max_examples=64,
+        epochs=1, augment=("flip", "crop", "mixup", "cutmix"), tensorboard=False, verbose=0,
+        model_dir=sys.argv[1]))
+    change = max(float(np.abs(a - b).max()) for a, b in zip(initial, result.model.get_weights()))
+    print(json.dumps(dict(fused=fused, change=change, loss=result.history["loss"],
+                          test=result.test_metrics["loss"], spe=result.steps_per_execution)))
+""")
+
+
+@pytest.mark.slow
+def test_jax_without_tensorflow_trains_with_mixup_and_cutmix_in_fused_steps(tmp_path):
+    """The GPU machine's path: arrays, mixing in the (fused) training step; it trains."""
+    finished = subprocess.run([sys.executable, "-c", JAX_MIXING, str(tmp_path / "run")],
+                              capture_output=True, text=True, env=dict(ENV, KERAS_BACKEND="jax"),
+                              timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert report["fused"] == [["MixingModel", True]] and report["spe"] > 1, report
+    assert np.isfinite(report["loss"]).all() and np.isfinite(report["test"])
+    assert report["change"] > 1e-4, report  # the weights trained
 
 
 @pytest.mark.slow

@@ -41,9 +41,9 @@ training path. `get_dataset` builds the `tf.data` pipeline of any data set.
 Preprocessing is one `Preprocessing` record per data set (cast, resize, scale, normalise by mean and
 std of the scaled "train" split). The pipeline applies it, and `glonet_keras.deploy.export` applies the
 same record inside the served graph, so a trained model is always used with the normalisation it
-was trained with. Augmentation (`augment=` names from `AUGMENTATIONS`: flip and crop as exact
-gathers from `glonet_keras.data.augment`, the others Keras core layers) runs inside the pipeline of the
-training split only; it never becomes part of a model.
+was trained with. Augmentation (`augment=` names from `AUGMENTATIONS`: flip, crop, MixUp and CutMix
+as exact device ops from `glonet_keras.data.augment`, RandAugment Keras' layer) runs inside the
+pipeline of the training split only; it never becomes part of a model.
 
 Example:
 >>> info = dataset_info("digits")
@@ -70,7 +70,8 @@ from glonet_keras.data.fashion_mnist import (
 from glonet_keras.data.image_folder import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
 from glonet_keras.data.pipeline import (
     AUGMENTATIONS, check_augment, count_examples, dataset_info, get_dataset,
-    image_augmentation_layers, in_memory, label_mixing, load_split, open_source, steps_per_epoch,
+    image_augmentation_layers, in_memory, label_mixing, load_split, mixing_layer, open_source,
+    steps_per_epoch,
 )
 from glonet_keras.data.preprocessing import Preprocessing, load_preprocessing, save_preprocessing
 from glonet_keras.data.sgemm import SGEMM_FILE, SGEMM_NUM_PARAMETERS, read_sgemm_csv
@@ -84,6 +85,7 @@ __all__ = [
     "TFDS_DATASETS", "DatasetInfo", "DatasetUnavailableError", "Preprocessing", "check_augment",
     "check_name", "count_examples",
     "dataset_info", "fashion_mnist_dir", "get_dataset", "image_augmentation_layers", "in_memory",
-    "label_mixing", "load_arrays", "load_preprocessing", "load_split", "open_regular_file",
+    "label_mixing", "load_arrays", "load_preprocessing", "load_split", "mixing_layer",
+    "open_regular_file",
     "open_source", "parse_idx", "read_sgemm_csv", "save_preprocessing", "steps_per_epoch",
 ]

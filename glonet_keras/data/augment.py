@@ -1,4 +1,4 @@
-"""Image augmentation that is exact and nearly free on a device: flips and integer shifts as gathers.
+"""Image augmentation that is exact and nearly free on a device: flips, shifts, MixUp, CutMix.
 
 Keras' `RandomFlip` + `RandomTranslation` resample every image through an interpolating affine
 transform. Inside a JAX training step on a GPU that cost about 200 times the model's own step
@@ -22,6 +22,13 @@ The random draws use an explicit `keras.random.SeedGenerator`, so a seeded layer
 by default; `tf.experimental.numpy` in a `tf.data` pipeline, where `keras.ops` may belong to
 another backend), so the device path and the tf.data path run the same code. `RandomShiftFlip` is
 the registered layer the trainer puts in its training-only model.
+
+`mixup` and `cutmix` likewise (the `mixup`/`cutmix` augmentations): each example mixed with a
+partner from a permutation of the batch, MixUp as λ x + (1 - λ) x', CutMix as a select of a
+whole-pixel box, and the one-hot labels by λ or by the exact share of pixels pasted. Their draws
+come from `draw_mixing` (given explicitly in tests); `RandomMix` is the seeded layer, and
+`MixingModel` the training-only model that runs it on images *and* labels in its training step
+(labels never reach an inputs-only model).
 
 Example:
 >>> layer = RandomShiftFlip(flip=True, crop=True, seed=0)
@@ -162,3 +169,298 @@ class RandomShiftFlip(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "flip": self.flip, "crop": self.crop, "seed": self.seed}
+
+
+# --------------------------------------------------------------------------------------------------
+# MixUp and CutMix: images and one-hot labels mixed with a partner from a permutation of the batch.
+
+#: MixUp's λ ~ Beta(α, α) per example: `keras.layers.MixUp`'s default α.
+MIXUP_ALPHA = 0.2
+#: CutMix's λ ~ Beta(α, α) per example: α = 1 (λ uniform), the CutMix paper's and timm's.
+CUTMIX_ALPHA = 1.0
+
+
+def _cast(x, dtype, xp):
+    # keras.ops has cast; NumPy and tf.experimental.numpy convert with asarray.
+    return xp.cast(x, dtype) if hasattr(xp, "cast") else xp.asarray(x, dtype=dtype)
+
+
+def _per_example(values, like, xp):
+    """(batch,) values reshaped to broadcast against `like` (batch, ...)."""
+    return xp.reshape(values, (-1,) + (1,) * (len(like.shape) - 1))
+
+
+def mixup(images, labels, partner, weight, xp=None):
+    """MixUp for given draws: each example mixed with example `partner[b]` of the same batch.
+
+    out[b] = w[b] * images[b] + (1 - w[b]) * images[partner[b]], and the same for `labels`
+    (one-hot floats), with w = `weight`. Works on inputs of any rank (images or vectors).
+
+    Args:
+        images: (batch, ...) floats.
+        labels: (batch, num_classes) floats.
+        partner: (batch,) integer indices into the batch (a permutation).
+        weight: (batch,) floats in [0, 1], the share of each example's own content (λ).
+        xp: a NumPy-like namespace (take, reshape); default `keras.ops`.
+
+    Returns:
+        (images, labels), mixed.
+    """
+    xp = ops if xp is None else xp
+    mixed = []
+    for values in (images, labels):
+        w = _per_example(_cast(weight, values.dtype, xp), values, xp)
+        mixed.append(w * values + (1 - w) * xp.take(values, partner, axis=0))
+    return tuple(mixed)
+
+
+def cutmix(images, labels, partner, box, xp=None):
+    """CutMix for given draws: a box of each image replaced by the same box of its partner.
+
+    out[b, i, j] = images[partner[b], i, j] for top[b] <= i < bottom[b] and left[b] <= j <
+    right[b], else images[b, i, j] (a select: every pixel is exactly an input pixel). The labels
+    are mixed by the exact share of pixels pasted: w[b] = 1 - (bottom - top)(right - left) / (height
+    * width), labels[b] * w[b] + labels[partner[b]] * (1 - w[b]).
+
+    Args:
+        images: (batch, height, width, channels), static height and width.
+        labels: (batch, num_classes) floats.
+        partner: (batch,) integer indices into the batch (a permutation).
+        box: (top, bottom, left, right), each (batch,) integers with 0 <= top <= bottom <= height
+            and 0 <= left <= right <= width (`draw_mixing` clips them to the image).
+        xp: a NumPy-like namespace; default `keras.ops`.
+
+    Returns:
+        (images, labels), mixed.
+    """
+    xp = ops if xp is None else xp
+    height, width = images.shape[1], images.shape[2]
+    if height is None or width is None:
+        raise ValueError(f"cutmix needs a static height and width, got {images.shape}.")
+    top, bottom, left, right = box
+
+    def inside(size, low, high):  # (batch, size): low <= index < high
+        index = xp.expand_dims(xp.arange(size, dtype="int32"), 0)
+        return xp.logical_and(index >= xp.expand_dims(low, 1), index < xp.expand_dims(high, 1))
+
+    rows, cols = inside(height, top, bottom), inside(width, left, right)
+    mask = xp.logical_and(xp.expand_dims(xp.expand_dims(rows, 2), 3),
+                          xp.expand_dims(xp.expand_dims(cols, 1), 3))
+    images = xp.where(mask, xp.take(images, partner, axis=0), images)
+    pasted = _cast((bottom - top) * (right - left), labels.dtype, xp)
+    w = xp.expand_dims(1 - pasted / _cast(height * width, labels.dtype, xp), 1)
+    labels = w * labels + (1 - w) * xp.take(labels, partner, axis=0)
+    return images, labels
+
+
+def draw_mixing(permutation, beta, randint, height, width, *, mixup, cutmix,
+                mixup_alpha=MIXUP_ALPHA, cutmix_alpha=CUTMIX_ALPHA, xp=None):
+    """(mixup draws, cutmix draws) for one batch, each None where unused.
+
+    MixUp: (partner, weight) with a random permutation and λ ~ Beta(mixup_alpha, mixup_alpha) per
+    example (the meaning of `keras.layers.MixUp`). CutMix: (partner, (top, bottom, left, right)),
+    the CutMix paper's box: λ ~ Beta(cutmix_alpha, cutmix_alpha), sides floor(height *
+    sqrt(1 - λ)) and floor(width * sqrt(1 - λ)), centred on a uniform pixel and clipped to the
+    image, so the pasted share (`cutmix` recomputes it from the clipped box) is at most 1 - λ.
+
+    `permutation()` draws a (batch,) int32 permutation, `beta(alpha)` (batch,) float32 samples of
+    Beta(alpha, alpha), `randint(low, high)` (batch,) int32 in [low, high): the layer passes Keras'
+    seeded generator, the tf.data pipeline TensorFlow's, so both draw by the same rule. `xp` as in
+    `cutmix`.
+    """
+    xp = ops if xp is None else xp
+    mixup_draws = cutmix_draws = None
+    if mixup:
+        mixup_draws = (permutation(), beta(mixup_alpha))
+    if cutmix:
+        partner, weight = permutation(), beta(cutmix_alpha)
+        side = xp.sqrt(1 - weight)
+        box = []
+        for size in (height, width):
+            cut = _cast(xp.floor(size * side), "int32", xp)
+            start = randint(0, size) - cut // 2
+            box += [xp.clip(start, 0, size), xp.clip(start + cut, 0, size)]
+        cutmix_draws = (partner, tuple(box))
+    return mixup_draws, cutmix_draws
+
+
+def mix_batch(images, labels, mixup_draws=None, cutmix_draws=None, xp=None):
+    """MixUp then CutMix (each where its draws are given) on one batch; returns (images, labels)."""
+    if mixup_draws is not None:
+        images, labels = mixup(images, labels, *mixup_draws, xp=xp)
+    if cutmix_draws is not None:
+        images, labels = cutmix(images, labels, *cutmix_draws, xp=xp)
+    return images, labels
+
+
+@keras.saving.register_keras_serializable(package="glonet_keras")
+class RandomMix(keras.layers.Layer):
+    """MixUp and/or CutMix of a batch of images and their one-hot labels, seeded.
+
+    The `mixup` and `cutmix` augmentations of `glonet_keras.data.AUGMENTATIONS`: `mixup`, then
+    `cutmix` on its result when both are on (the order the tf.data pipeline had with Keras'
+    layers), with the draws of `draw_mixing`. Takes and returns a dict {"images", "labels"} as
+    `keras.layers.MixUp` does; active only with `training=True`, otherwise the identity.
+
+    Differences from Keras' layers, on purpose: CutMix's λ ~ Beta(1, 1) and its box is the paper's
+    (centred on a uniform pixel, clipped at the border, whole pixels), and the labels are mixed by
+    the share of pixels actually pasted; `keras.layers.CutMix` draws α ~ U(0, 1) per batch, then
+    λ ~ Beta(α, α), keeps a real-valued box inside the image and mixes labels by its real area.
+    MixUp has Keras' meaning (λ ~ Beta(0.2, 0.2) per example).
+
+    Args:
+        mixup: apply MixUp.
+        cutmix: apply CutMix.
+        mixup_alpha, cutmix_alpha: the α of each λ ~ Beta(α, α).
+        seed: seeds the layer's `keras.random.SeedGenerator` (None: unseeded).
+    """
+
+    def __init__(self, mixup=True, cutmix=False, mixup_alpha=MIXUP_ALPHA,
+                 cutmix_alpha=CUTMIX_ALPHA, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.mixup, self.cutmix, self.seed = bool(mixup), bool(cutmix), seed
+        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = False
+
+    def draw(self, batch_size, height=None, width=None):
+        """The next (mixup draws, cutmix draws) this layer draws (see `draw_mixing`).
+
+        Advances the seed generator, exactly as a call with `training=True` does.
+        """
+        seed = self.seed_generator
+
+        def permutation():
+            return keras.random.shuffle(ops.arange(batch_size, dtype="int32"), seed=seed)
+
+        def beta(alpha):
+            return keras.random.beta((batch_size,), alpha, alpha, dtype="float32", seed=seed)
+
+        def randint(low, high):
+            return keras.random.randint((batch_size,), low, high, dtype="int32", seed=seed)
+
+        return draw_mixing(permutation, beta, randint, height, width, mixup=self.mixup,
+                           cutmix=self.cutmix, mixup_alpha=self.mixup_alpha,
+                           cutmix_alpha=self.cutmix_alpha)
+
+    def build(self, input_shape):
+        images = input_shape.get("images") if isinstance(input_shape, dict) else None
+        labels = input_shape.get("labels") if isinstance(input_shape, dict) else None
+        if images is None or labels is None or len(labels) != 2:
+            raise ValueError(f"{type(self).__name__} takes a dict of images (batch, ...) and "
+                             f"one-hot labels (batch, classes), received shapes {input_shape}.")
+        if self.cutmix and (len(images) != 4 or images[1] is None or images[2] is None):
+            raise ValueError(f"{type(self).__name__}(cutmix=True) takes (batch, height, width, "
+                             f"channels) images of a static size, received shape {images}.")
+        self.built = True
+
+    def call(self, data, training=False):
+        if not training or not (self.mixup or self.cutmix):
+            return data
+        images, labels = data["images"], data["labels"]
+        height, width = (images.shape[1], images.shape[2]) if self.cutmix else (None, None)
+        draws = self.draw(ops.shape(images)[0], height, width)
+        images, labels = mix_batch(images, labels, *draws)
+        return {"images": images, "labels": labels}
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mixup": self.mixup, "cutmix": self.cutmix,
+                "mixup_alpha": self.mixup_alpha, "cutmix_alpha": self.cutmix_alpha,
+                "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="glonet_keras")
+class MixingModel(keras.Model):
+    """Training-only: `model` trained on batches augmented, then mixed with their labels.
+
+    MixUp and CutMix change the labels, so they cannot sit in a model that sees only the inputs.
+    This model's training step (`train_step`) runs, inside the compiled step:
+
+        images -> `augment` (e.g. RandomShiftFlip, training=True) -> `mixer` (images and labels)
+        -> Keras' own training step of `model` on the mixed images and the mixed labels
+
+    so the loss sees the labels mixed with the same draws as the images, on every backend, in
+    Keras' own `fit` and in `fastfit.fuse_train_steps`' scan (which runs this `train_step`). The
+    seed generators' states are variables of this model: on JAX they go through the step (and the
+    scan) as state, like any other.
+
+    Metrics: the training metrics are computed against the *mixed* labels (as Keras' MixUp and
+    CutMix in a tf.data pipeline give them): accuracy is then agreement with each mixed label's
+    largest share, so training accuracy under mixing is not comparable with the validation and test
+    accuracy, which `call` (no augmentation, no mixing) computes on clean labels.
+
+    Args:
+        model: the model trained and evaluated (it takes the augmented, mixed images).
+        mixer: a `RandomMix` (or any layer mapping {"images", "labels"} to the same, mixed).
+        augment: layers applied to the images before mixing, in order (training only).
+
+    Example:
+    >>> fit_model = MixingModel(net, RandomMix(mixup=True, cutmix=True, seed=0),
+    ...                         augment=[RandomShiftFlip(seed=0)])
+    >>> fit_model.compile(optimizer="adam", loss=keras.losses.CategoricalCrossentropy())
+    >>> fit_model.fit(images, one_hot_labels, epochs=1)   # the weights are net's
+    """
+
+    def __init__(self, model, mixer, augment=(), **kwargs):
+        super().__init__(**kwargs)
+        self.model, self.mixer, self.augment = model, mixer, list(augment)
+
+    def build(self, input_shape):
+        # The mixer has no variables and needs the labels' shape too: it builds on its first call.
+        for layer in self.augment:
+            if not layer.built:
+                layer.build(input_shape)
+            input_shape = layer.compute_output_shape(input_shape)
+        if not self.model.built:
+            self.model.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=False):
+        return self.model(inputs, training=training)
+
+    def augment_and_mix(self, images, labels):
+        """The batch the training step trains on: (augmented and mixed images, mixed labels)."""
+        for layer in self.augment:
+            images = layer(images, training=True)
+        mixed = self.mixer({"images": images, "labels": labels}, training=True)
+        return mixed["images"], mixed["labels"]
+
+    def train_step(self, *args):
+        if keras.backend.backend() == "jax":
+            return self._jax_train_step(*args)
+        (data,) = args
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, y = self.augment_and_mix(x, y)
+        return super().train_step(keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
+
+    def _jax_train_step(self, state, data):
+        # JAX steps are pure functions of the state: the draws read and advance the seed
+        # generators' states through a StatelessScope, as Keras' own stateless_call does.
+        trainable, non_trainable, optimizer_variables, metrics_variables = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        mapping = list(zip(self.trainable_variables, trainable))
+        mapping += list(zip(self.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            x, y = self.augment_and_mix(x, y)
+        non_trainable = [scope.get_current_value(variable) for variable in
+                         self.non_trainable_variables]
+        state = (trainable, non_trainable, optimizer_variables, metrics_variables)
+        return super().train_step(state, keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
+
+    def get_config(self):
+        return {**super().get_config(), "model": keras.saving.serialize_keras_object(self.model),
+                "mixer": keras.saving.serialize_keras_object(self.mixer),
+                "augment": [keras.saving.serialize_keras_object(layer) for layer in self.augment]}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
+        config["model"] = deserialize(config["model"], custom_objects=custom_objects)
+        config["mixer"] = deserialize(config["mixer"], custom_objects=custom_objects)
+        config["augment"] = [deserialize(layer, custom_objects=custom_objects)
+                             for layer in config["augment"]]
+        return cls(**config)

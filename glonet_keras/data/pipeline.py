@@ -148,7 +148,7 @@ def label_mixing(augment):
 
 
 def image_augmentation_layers(augment, seed=0):
-    """The layers of the image augmentations named in `augment` (not MixUp/CutMix), in order.
+    """The layers of the image augmentations named in `augment` (MixUp/CutMix: `mixing_layer`).
 
     `flip` and `crop` are one `augment.RandomShiftFlip` (a horizontal flip with probability 1/2,
     then a random integer shift of up to side // 8 pixels per axis with zero fill, as gathers:
@@ -167,6 +167,66 @@ def image_augmentation_layers(augment, seed=0):
     if "randaugment" in augment:
         layers.append(keras.layers.RandAugment(value_range=(0.0, 1.0), seed=seed))
     return layers
+
+
+#: The mixing layer's seed is the run's seed plus this, so that its draws are not those of the
+#: flip/crop layer seeded with the run's seed (same-seeded generators draw the same numbers).
+MIXING_SEED_OFFSET = 1
+
+
+def mixing_layer(augment, seed=0):
+    """The `augment.RandomMix` of the `mixup`/`cutmix` named in `augment`, or None.
+
+    MixUp (λ ~ Beta(0.2, 0.2), Keras' default) then CutMix (λ ~ Beta(1, 1), the paper's box),
+    seeded with `seed + MIXING_SEED_OFFSET`. It mixes one-hot labels, so it runs where the labels
+    are: the trainer's array path puts it in the training step (`augment.MixingModel`); the tf.data
+    pipeline (`_mix_tf`) runs the same `augment.mix_batch`.
+    """
+    if not label_mixing(augment):
+        return None
+    return augment_lib.RandomMix(mixup="mixup" in augment, cutmix="cutmix" in augment,
+                                 seed=None if seed is None else seed + MIXING_SEED_OFFSET,
+                                 name="mix")
+
+
+def _mix_tf(augment, seed):
+    """MixUp/CutMix for a tf.data pipeline: `augment.mix_batch` on TensorFlow's NumPy API.
+
+    The same images and labels as `augment.RandomMix` for the same draws, whatever Keras' backend
+    is; the draws (`augment.draw_mixing`) come from a `tf.random.Generator` seeded with
+    `seed + MIXING_SEED_OFFSET`. Returns None when neither is asked for.
+    """
+    import tensorflow as tf
+    import tensorflow.experimental.numpy as tnp
+
+    mixup, cutmix = "mixup" in augment, "cutmix" in augment
+    if not (mixup or cutmix):
+        return None
+    generator = tf.random.Generator.from_seed(seed + MIXING_SEED_OFFSET)
+
+    def apply(images, labels):
+        batch = tf.shape(images)[0]
+
+        def permutation():
+            return tf.random.experimental.stateless_shuffle(
+                tf.range(batch, dtype="int32"), seed=generator.make_seeds(1)[:, 0])
+
+        def beta(alpha):  # X / (X + Y), X and Y ~ Gamma(alpha), as Keras' TensorFlow backend draws
+            seeds = generator.make_seeds(2)
+            x, y = (tf.random.stateless_gamma([batch], seed=seeds[:, i], alpha=alpha)
+                    for i in (0, 1))
+            return x / (x + y)
+
+        def randint(low, high):
+            return generator.uniform([batch], low, high, dtype="int32")
+
+        height, width = (images.shape[1], images.shape[2]) if cutmix else (None, None)
+        draws = augment_lib.draw_mixing(permutation, beta, randint, height, width, mixup=mixup,
+                                        cutmix=cutmix, xp=tnp)
+        mixed = augment_lib.mix_batch(images, labels, *draws, xp=tnp)
+        return tuple(tf.ensure_shape(out, given.shape) for out, given in zip(mixed, (images, labels)))
+
+    return apply
 
 
 def _shift_flip_tf(augment, seed):
@@ -199,21 +259,17 @@ def _shift_flip_tf(augment, seed):
 def _augmenter(augment, info, seed):
     """Batch-level augmentation for tf.data; runs on [0, 1]-scaled images.
 
-    `flip`/`crop` through `_shift_flip_tf` (the device path's code), RandAugment, MixUp and CutMix
-    with Keras core layers.
+    `flip`/`crop` through `_shift_flip_tf` and MixUp/CutMix through `_mix_tf` (the device path's
+    code), RandAugment with Keras' layer. Mixing comes last, after the normalisation, on one-hot
+    labels.
     """
-    import keras
     import tensorflow as tf
 
 
     shift_flip = _shift_flip_tf(augment, seed)
     layers = [layer for layer in image_augmentation_layers(augment, seed)
               if not isinstance(layer, augment_lib.RandomShiftFlip)]
-    mixers = []
-    if "mixup" in augment:
-        mixers.append(keras.layers.MixUp(seed=seed))
-    if "cutmix" in augment:
-        mixers.append(keras.layers.CutMix(seed=seed))
+    mix = _mix_tf(augment, seed)
     preprocessing = info.preprocessing
 
     def apply(images, labels):
@@ -223,11 +279,8 @@ def _augmenter(augment, info, seed):
         for layer in layers:
             images = layer(images, training=True)
         images = (images - tf.constant(preprocessing.mean)) / tf.constant(preprocessing.std)
-        if mixers:
-            batch = {"images": images, "labels": tf.one_hot(labels, info.num_classes)}
-            for mixer in mixers:
-                batch = mixer(batch, training=True)
-            images, labels = batch["images"], batch["labels"]
+        if mix is not None:
+            images, labels = mix(images, tf.one_hot(labels, info.num_classes))
         return images, labels
 
     return apply

@@ -34,7 +34,8 @@ redone. A different config, fewer epochs than already trained, or a finished run
 Input pipelines: tf.data on the TensorFlow backend. In-memory data sets (`data.IN_MEMORY_DATASETS`)
 on JAX, and whenever TensorFlow is not installed, train from numpy arrays with no tf.data at all:
 preprocessing is applied once up front and augmentation runs on the device, in a training-only
-model that wraps (and shares the weights of) the saved one.
+model that wraps (and shares the weights of) the saved one; MixUp and CutMix, which change the
+labels, run in its training step (`augment.MixingModel`).
 """
 
 import dataclasses
@@ -50,6 +51,7 @@ import tempfile
 import keras
 import numpy as np
 
+from glonet_keras.data import augment as augment_lib
 from glonet_keras import data as data_lib
 from glonet_keras import presets
 from glonet_keras.deploy import export as export_lib
@@ -500,6 +502,7 @@ class _Data:
     splits: dict = None  # "validation"/"test" -> evaluate's keyword arguments
     fit_steps: int = None  # steps_per_epoch for fit (the tf.data stream of all remaining epochs)
     augment_on_device: tuple = ()  # augmentation layers of the training-only model (array path)
+    mixing: object = None  # its augment.RandomMix (MixUp/CutMix in the training step), or None
 
     def validation_kwargs(self):
         """fit's validation_data (and validation_batch_size, for arrays)."""
@@ -625,16 +628,13 @@ def _preset_overrides(config, pretrained, info):
 def _uses_arrays(config, info):
     """True for the numpy-array path (see the module docstring); refuses what it cannot do."""
     in_memory = config.dataset in data_lib.IN_MEMORY_DATASETS
-    mixing = data_lib.label_mixing(config.augment)
     if has_tensorflow():
-        return in_memory and not mixing and keras.backend.backend() == "jax"
+        return in_memory and keras.backend.backend() == "jax"
     if not in_memory:
         raise ConfigError(
             f"Data set {info.name!r} is read through tf.data, which needs TensorFlow (not "
             f"installed); {list(data_lib.IN_MEMORY_DATASETS)} train without it."
         )
-    if mixing:
-        raise ConfigError("MixUp and CutMix run in the tf.data pipeline, which needs TensorFlow.")
     return True
 
 
@@ -675,7 +675,8 @@ def _array_data(config, source, info, global_batch, one_hot, initial_epoch):
                                        start_epoch=initial_epoch)
     splits = {split: dict(zip(("x", "y"), prepare(split)), batch_size=global_batch)
               for split in ("validation", "test")}
-    return _Data(train=train, splits=splits, augment_on_device=augment_layers)
+    return _Data(train=train, splits=splits, augment_on_device=augment_layers,
+                 mixing=data_lib.mixing_layer(config.augment, config.seed))
 
 
 def _tf_data(config, source, global_batch, one_hot, steps, initial_epoch):
@@ -702,17 +703,27 @@ def _training_model(model, data, info):
     """The model `fit` trains: `model` itself, or a training-only wrapper that augments on device.
 
     The wrapper shares `model`'s layers (and so its weights); it adds the augmentation layers and the
-    normalisation after them. The saved and exported model never contains augmentation.
+    normalisation after them. With MixUp/CutMix it is an `augment.MixingModel`: its training step
+    augments the images, mixes images and labels, and trains the normalisation + `model` on them
+    (mixing before the normalisation: both commute with it). The saved and exported model never
+    contains augmentation.
     """
-    if not data.augment_on_device:
+    if not data.augment_on_device and data.mixing is None:
         return model
-    preprocessing = info.preprocessing
-    normalize = keras.layers.Normalization(
-        mean=list(preprocessing.mean), variance=[s * s for s in preprocessing.std],
-        name="normalize")
-    return keras.Sequential(
-        [keras.Input(tuple(info.input_shape)), *data.augment_on_device, normalize, model],
-        name=f"{model.name}_training")
+    inner = model
+    if data.augment_on_device:  # The inputs are only scaled: normalise them on the device.
+        preprocessing = info.preprocessing
+        normalize = keras.layers.Normalization(
+            mean=list(preprocessing.mean), variance=[s * s for s in preprocessing.std],
+            name="normalize")
+        layers = [normalize, model] if data.mixing is not None else [
+            *data.augment_on_device, normalize, model]
+        inner = keras.Sequential([keras.Input(tuple(info.input_shape)), *layers],
+                                 name=f"{model.name}_training")
+    if data.mixing is None:
+        return inner
+    return augment_lib.MixingModel(inner, data.mixing, augment=data.augment_on_device,
+                                   name=f"{model.name}_mixing")
 
 
 # --------------------------------------------------------------------------------------------------
