@@ -104,6 +104,11 @@ def define_flags():
                         "Training steps per compiled call: 'auto' or an integer (rounded down to a "
                         "divisor of the steps per epoch).")
     flags.DEFINE_integer("seed", 0, "Seed of the weights, the split and the shuffle.")
+    flags.DEFINE_float("exit_loss_weight", 0.0, "GloNets: train the prefix exits too: the loss is "
+                       "loss(full model) + this weight x the mean loss of the exits after "
+                       "--exit_blocks blocks, through the same head (0: off).")
+    flags.DEFINE_list("exit_blocks", None, "With --exit_loss_weight: the prefixes k (1 to L-1 "
+                      "blocks) whose exits are in the loss, e.g. 2,4,6 (default: all of them).")
     flags.DEFINE_bool("restore_best", False, "Keep the best-validation-loss weights, not the last.")
     flags.DEFINE_bool("tensorboard", True, "Write TensorBoard logs under model_dir/logs (needs TF).")
     flags.DEFINE_enum("verbose", "auto", ["auto", "0", "1", "2"], "Keras progress output.")
@@ -164,7 +169,9 @@ def config_from_flags(argv):
         mixed_precision=FLAGS.mixed_precision,
         jit_compile={"auto": "auto", "true": True, "false": False}[FLAGS.jit_compile],
         steps_per_execution=steps_per_execution,
-        seed=FLAGS.seed, model_dir=FLAGS.model_dir, overwrite=FLAGS.overwrite,
+        seed=FLAGS.seed, exit_loss_weight=FLAGS.exit_loss_weight,
+        exit_blocks=_integers("exit_blocks", FLAGS.exit_blocks) if FLAGS.exit_blocks else None,
+        model_dir=FLAGS.model_dir, overwrite=FLAGS.overwrite,
         export_dir=FLAGS.export_dir, export_name=FLAGS.export_name,
         export_version=FLAGS.export_version, tensorboard=FLAGS.tensorboard,
         restore_best=FLAGS.restore_best,

@@ -36,6 +36,13 @@ on JAX, and whenever TensorFlow is not installed, train from numpy arrays with n
 preprocessing is applied once up front and augmentation runs on the device, in a training-only
 model that wraps (and shares the weights of) the saved one; MixUp and CutMix, which change the
 labels, run in its training step (`augment.MixingModel`).
+
+Exit losses (`exit_loss_weight` > 0, GloNets only): the model is trained with its prefix exits in
+the loss, loss(full model) + weight x mean over `exit_blocks` of loss(exit k), where exit k is the
+first k blocks through the same head. `fit` then trains `analysis.early_exit_model(model)` (the same
+layers, all L exits in one pass; `PrefixExitLoss` reads them), while the metrics read the full
+model's exit only (`full_model_metrics`): the reported accuracy is the full model's, and "loss" is
+the objective trained (the exits included). The saved and exported model is the plain model.
 """
 
 import dataclasses
@@ -52,6 +59,7 @@ import keras
 import numpy as np
 
 from glonet_keras.data import augment as augment_lib
+from glonet_keras import analysis
 from glonet_keras import data as data_lib
 from glonet_keras import presets
 from glonet_keras.deploy import export as export_lib
@@ -132,6 +140,10 @@ class TrainConfig:
         batch_size x replicas), learning_rate (for the global batch), optimizer, schedule,
         warmup_epochs, weight_decay, momentum (sgd), label_smoothing, mixed_precision,
         jit_compile ("auto", True, False), seed,
+        exit_loss_weight (GloNets: the weight w of the prefix exits' loss; 0 = off, the plain run
+        bit for bit): the loss is loss(full) + w x mean over `exit_blocks` of loss(exit k), the
+        same loss (label smoothing, one-hot labels under MixUp/CutMix) on the first k blocks
+        through the shared head; exit_blocks (the k's, each in 1..L-1; None: all of 1..L-1),
         steps_per_execution ("auto" or an integer): training steps per compiled call. It is
         rounded down to a divisor of the steps per epoch, so that an epoch ends on a call boundary
         (TensorFlow would otherwise run into the next epoch's batches); "auto" picks up to
@@ -173,6 +185,8 @@ class TrainConfig:
     jit_compile: object = "auto"
     steps_per_execution: object = "auto"
     seed: int = 0
+    exit_loss_weight: float = 0.0
+    exit_blocks: tuple = None
     model_dir: str = None
     overwrite: bool = False
     export_dir: str = None
@@ -233,6 +247,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not _is_number(value) or not 0 <= value < 1 + (name == "weight_decay"):
                 raise ConfigError(f"`{name}` must be in [0, 1), received {value!r}.")
+        _check_exit_settings(self.exit_loss_weight, self.exit_blocks)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"Unknown optimizer {self.optimizer!r}. Available: {list(OPTIMIZERS)}.")
         if self.schedule not in SCHEDULES:
@@ -255,6 +270,25 @@ class TrainConfig:
         if self.export_dir and not has_tensorflow():
             raise ConfigError("`export_dir`: SavedModel export needs TensorFlow, which is not installed.")
         return self
+
+
+def _check_exit_settings(weight, exit_blocks):
+    if not _is_number(weight) or not 0 <= weight < math.inf:
+        raise ConfigError(f"`exit_loss_weight` must be >= 0 and finite, received {weight!r}.")
+    if exit_blocks is None:
+        return
+    if not weight:
+        raise ConfigError(
+            f"`exit_blocks` needs `exit_loss_weight` > 0 (received exit_blocks={exit_blocks!r} with "
+            f"weight {weight!r}): without a weight the exits are not in the loss.")
+    if (not isinstance(exit_blocks, (list, tuple)) or not exit_blocks
+            or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in exit_blocks)):
+        raise ConfigError(
+            "`exit_blocks` must be a non-empty list of prefix sizes k >= 1 (blocks before the "
+            f"exit), received {exit_blocks!r}.")
+    twice = sorted({k for k in exit_blocks if list(exit_blocks).count(k) > 1})
+    if twice:
+        raise ConfigError(f"`exit_blocks` lists {', '.join(map(str, twice))} more than once.")
 
 
 class _AnyImages:
@@ -419,6 +453,104 @@ def _loss_and_metrics(info, one_hot, label_smoothing):
     return loss, [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
+def exit_blocks_of(config, model):
+    """The prefix exits k trained with exit losses (sorted), or () when `exit_loss_weight` is 0.
+
+    Raises:
+        ConfigError: the model is not a GloNet (it has no prefix exits), has a single block, or an
+            `exit_blocks` entry is not a prefix of 1..L-1 blocks.
+    """
+    if not config.exit_loss_weight:
+        return ()
+    try:
+        num_blocks = analysis.skeleton(model).num_blocks
+    except analysis.NotAGloNetError as error:
+        raise ConfigError(
+            f"`exit_loss_weight` trains the prefix exits of a GloNet; {type(model).__name__} "
+            f"{model.name!r} is not a GloNet ({error})") from None
+    if config.exit_blocks is None:
+        if num_blocks < 2:
+            raise ConfigError(
+                f"`exit_loss_weight`: {model.name!r} has 1 block, so it has no prefix exit besides "
+                "the full model.")
+        return tuple(range(1, num_blocks))
+    outside = sorted(k for k in config.exit_blocks if not 1 <= k < num_blocks)
+    if outside:
+        raise ConfigError(
+            f"`exit_blocks` {outside} out of range: {model.name!r} has {num_blocks} blocks, so an "
+            f"exit is a prefix of 1 to {num_blocks - 1} of them (the full model, {num_blocks}, is "
+            "always in the loss).")
+    return tuple(sorted(config.exit_blocks))
+
+
+class PrefixExitLoss(keras.losses.Loss):
+    """loss(full model) + weight x mean over `exit_blocks` of loss(exit k), on all exits at once.
+
+    It reads the outputs of `analysis.early_exit_model` (batch, L, outputs): entry k - 1 is the
+    first k blocks through the shared head, entry L - 1 the full model. Each exit's per-example
+    loss is `loss`'s own (its label smoothing; sparse or one-hot labels), and the sum is reduced as
+    `loss` reduces (the batch mean), so it equals loss(full) + weight x mean_k loss(exit k).
+
+    Args:
+        loss: a Keras loss of the model's outputs (e.g. CategoricalCrossentropy(from_logits=True)).
+        exit_blocks: the prefix sizes k (1..L-1) whose exits are in the loss.
+        weight: the weight of their mean.
+    """
+
+    def __init__(self, loss, exit_blocks, weight, name="prefix_exit_loss"):
+        super().__init__(name=name, reduction=loss.reduction, dtype=loss.dtype)
+        self.loss = loss
+        self.exit_blocks = tuple(int(k) for k in exit_blocks)
+        self.weight = float(weight)
+
+    def call(self, y_true, y_pred):
+        full = self.loss.call(y_true, y_pred[:, -1])
+        exits = [self.loss.call(y_true, y_pred[:, k - 1]) for k in self.exit_blocks]
+        return full + self.weight * keras.ops.mean(keras.ops.stack(exits), axis=0)
+
+    def get_config(self):
+        return {"name": self.name, "loss": keras.saving.serialize_keras_object(self.loss),
+                "exit_blocks": list(self.exit_blocks), "weight": self.weight}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**{**config, "loss": keras.saving.deserialize_keras_object(config["loss"])})
+
+
+class FullModelMetric(keras.metrics.Metric):
+    """`metric` of the full model alone, from early-exit outputs (batch, L, outputs): entry L - 1.
+
+    It keeps `metric`'s name, so a run with exit losses reports the full model's accuracy under the
+    same key as a run without, comparable epoch by epoch and in the final evaluation.
+    """
+
+    def __init__(self, metric, **kwargs):
+        kwargs.setdefault("name", metric.name)
+        super().__init__(dtype=metric.dtype, **kwargs)
+        self.metric = metric
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return self.metric.update_state(y_true, y_pred[:, -1], sample_weight=sample_weight)
+
+    def result(self):
+        return self.metric.result()
+
+    def reset_state(self):
+        self.metric.reset_state()
+
+    def get_config(self):
+        return {"name": self.name, "metric": keras.saving.serialize_keras_object(self.metric)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.saving.deserialize_keras_object(config.pop("metric")), **config)
+
+
+def full_model_metrics(metrics):
+    """`metrics` read on the full model's exit of early-exit outputs (see `FullModelMetric`)."""
+    return [FullModelMetric(metric) for metric in metrics]
+
+
 def choose_steps_per_execution(requested, steps_per_epoch, tf_replicas=1):
     """The training steps per compiled call: a divisor of `steps_per_epoch` (see TrainConfig).
 
@@ -467,6 +599,9 @@ def fingerprint(config, model, info, global_batch_size):
     record["global_batch_size"] = global_batch_size
     if config.preset is not None:  # Absent otherwise, so runs recorded before it still resume.
         record["preset"] = os.fspath(config.preset)
+    exit_blocks = exit_blocks_of(config, model)
+    if exit_blocks:  # Likewise only when set.
+        record["exit_loss"] = {"weight": config.exit_loss_weight, "exit_blocks": list(exit_blocks)}
     if config.schedule != "constant":
         record["epochs"] = config.epochs
     description = info.to_dict()
@@ -699,25 +834,27 @@ def _tf_data(config, source, global_batch, one_hot, steps, initial_epoch):
     return _Data(train=train, splits=splits, fit_steps=fit_steps)
 
 
-def _training_model(model, data, info):
+def _training_model(model, data, info, exits=False):
     """The model `fit` trains: `model` itself, or a training-only wrapper that augments on device.
 
-    The wrapper shares `model`'s layers (and so its weights); it adds the augmentation layers and the
-    normalisation after them. With MixUp/CutMix it is an `augment.MixingModel`: its training step
+    With `exits`, what is trained is `analysis.early_exit_model(model)` (every prefix's output, for
+    `PrefixExitLoss`), inside the same wrappers. The wrapper shares `model`'s layers (and so its
+    weights, in the same order); it adds the augmentation layers and the normalisation after them. With MixUp/CutMix it is an `augment.MixingModel`: its training step
     augments the images, mixes images and labels, and trains the normalisation + `model` on them
     (mixing before the normalisation: both commute with it). The saved and exported model never
     contains augmentation.
     """
+    trained = analysis.early_exit_model(model) if exits else model
     if not data.augment_on_device and data.mixing is None:
-        return model
-    inner = model
+        return trained
+    inner = trained
     if data.augment_on_device:  # The inputs are only scaled: normalise them on the device.
         preprocessing = info.preprocessing
         normalize = keras.layers.Normalization(
             mean=list(preprocessing.mean), variance=[s * s for s in preprocessing.std],
             name="normalize")
-        layers = [normalize, model] if data.mixing is not None else [
-            *data.augment_on_device, normalize, model]
+        layers = [normalize, trained] if data.mixing is not None else [
+            *data.augment_on_device, normalize, trained]
         inner = keras.Sequential([keras.Input(tuple(info.input_shape)), *layers],
                                  name=f"{model.name}_training")
     if data.mixing is None:
@@ -832,6 +969,7 @@ def _start(config):
         else:
             overrides = _preset_overrides(config, pretrained, info)
             model = load_pretrained(config, **overrides) if overrides else pretrained
+    exit_blocks = exit_blocks_of(config, model)
     export_name = config.export_name or model.name
     export_path = _check_export_path(config, export_name, run) if chief else None
 
@@ -844,8 +982,11 @@ def _start(config):
     else:
         data = _tf_data(config, source, global_batch, one_hot, steps, initial_epoch)
     with strategy.scope():
-        fit_model = _training_model(model, data, info)
+        fit_model = _training_model(model, data, info, exits=bool(exit_blocks))
         loss, metrics = _loss_and_metrics(info, one_hot, config.label_smoothing)
+        if exit_blocks:
+            loss = PrefixExitLoss(loss, exit_blocks, config.exit_loss_weight)
+            metrics = full_model_metrics(metrics)
         fit_model.compile(
             optimizer=make_optimizer(config, steps or _estimate_steps(info, global_batch)),
             loss=loss, metrics=metrics, jit_compile=config.jit_compile,
@@ -1064,6 +1205,10 @@ def _banner(session):
         notes.append("the best epoch by validation loss is kept at the end")
     if config.preset is not None:
         notes.append(f"fine-tuning from the preset {os.fspath(config.preset)!r}")
+    exit_blocks = exit_blocks_of(config, model)
+    if exit_blocks:
+        notes.append(f"exit losses: loss(full) + {config.exit_loss_weight:g} x mean loss of the "
+                     f"exits after {_ranges(exit_blocks)} blocks; accuracy is the full model's")
     lines = [
         "glonet-keras training",
         f"  model      {type(model).__name__} {model.name!r}: {model.count_params():,} parameters",
@@ -1078,6 +1223,18 @@ def _banner(session):
     ]
     lines += [f"  note       {note}" for note in notes]
     return "\n".join(lines)
+
+
+def _ranges(numbers):
+    """'1-3, 5' for (1, 2, 3, 5)."""
+    spans, start = [], None
+    for index, number in enumerate(numbers):
+        if start is None:
+            start = number
+        if index + 1 == len(numbers) or numbers[index + 1] != number + 1:
+            spans.append(str(start) if start == number else f"{start}-{number}")
+            start = None
+    return ", ".join(spans)
 
 
 def _estimate_steps(info, global_batch):
