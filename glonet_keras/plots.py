@@ -14,7 +14,8 @@ import os
 import numpy as np
 
 
-def _figure(figsize=(6.0, 4.0)):
+def new_figure(figsize=(6.0, 4.0)):
+    """A matplotlib Figure on the Agg canvas (no display), or an ImportError naming the extra."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -27,7 +28,8 @@ def _figure(figsize=(6.0, 4.0)):
     return figure
 
 
-def _save(figure, path):
+def save_figure(figure, path):
+    """Writes `figure` as a PNG at `path` (creating its folder); returns the path."""
     directory = os.path.dirname(os.fspath(path))
     if directory:
         os.makedirs(directory, exist_ok=True)
@@ -60,7 +62,7 @@ def _line_with_band(axes, x, values, name, **kwargs):
 
 def plot_early_exit(accuracies, path, *, metric_name="test accuracy", title=None, reference=None):
     """Metric of every k-prefix vs k (`accuracies[k - 1]`, or runs x L); `reference` a dashed line."""
-    figure = _figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     mean, _, _ = _mean_std(accuracies, "accuracies")
     ks = np.arange(1, len(mean) + 1)
@@ -73,7 +75,7 @@ def plot_early_exit(accuracies, path, *, metric_name="test accuracy", title=None
     axes.set_title(title or "Early exit: the first k blocks with the trained head", fontsize="medium")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_contribution_shares(shares, path, *, title=None, include_stem=False):
@@ -86,7 +88,7 @@ def plot_contribution_shares(shares, path, *, title=None, include_stem=False):
         shares = {"share": shares}
     if not shares:
         raise ValueError("`shares` is empty.")
-    figure = _figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     for label, profile in shares.items():
         mean, _, _ = _mean_std(profile, f"shares[{label!r}]")
@@ -100,7 +102,7 @@ def plot_contribution_shares(shares, path, *, title=None, include_stem=False):
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
     axes.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_depth_sweep(results, path, *, metric_name="test accuracy", title=None, reference=None):
@@ -110,7 +112,7 @@ def plot_depth_sweep(results, path, *, metric_name="test accuracy", title=None, 
     """
     if not results:
         raise ValueError("`results` is empty: nothing to plot.")
-    figure = _figure()
+    figure = new_figure()
     axes = figure.add_subplot()
     colors = {}
     for label, by_depth in results.items():
@@ -136,7 +138,7 @@ def plot_depth_sweep(results, path, *, metric_name="test accuracy", title=None, 
     axes.set_title(title or "Depth sweep", fontsize="medium")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_deep_glonet(accuracies, shares, path, *, title=None):
@@ -148,7 +150,7 @@ def plot_deep_glonet(accuracies, shares, path, *, title=None):
     """
     if not accuracies or not shares:
         raise ValueError("`accuracies` and `shares` must each hold at least one curve.")
-    figure = _figure(figsize=(11.0, 4.0))
+    figure = new_figure(figsize=(11.0, 4.0))
     left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     for axes, curves, ylabel in ((left, accuracies, "test accuracy"),
                                  (right, shares, "share of the norm")):
@@ -163,4 +165,4 @@ def plot_deep_glonet(accuracies, shares, path, *, title=None):
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     figure.suptitle(title or "Deep GloNet", fontsize="medium")
-    return _save(figure, path)
+    return save_figure(figure, path)

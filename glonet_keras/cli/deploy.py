@@ -322,7 +322,7 @@ def check_dependencies():
             raise ImportError("--plot needs matplotlib: pip install 'glonet-keras[plots]'") from None
     if FLAGS.onnx_path is not None:
 
-        onnx_export._import_converters()
+        onnx_export.import_converters()
 
 
 def check_exits_now(model, extra_exits, anytime_exits):

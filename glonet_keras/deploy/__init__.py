@@ -32,8 +32,9 @@ Conventions (decided here, where the issue is silent):
   is a rounding artefact), so it runs every block: the full model. Regression has no confidence.
 
 Modules: `depth` (choose a depth, its cost, latency), `anytime` (confidence-based early exit),
-`export` (the serving plan and the TF SavedModel), `onnx_export` (the same plan as ONNX) and
-`serving` (a small REST server over an exported model).
+`plan` (the serving plan: what an export serves, resolved and checked once), `export` (the plan as
+a TF SavedModel), `onnx_export` (the same plan as ONNX) and `serving` (REST over an exported
+SavedModel, reading the plan's record from its glonet.json).
 """
 
 from glonet_keras.deploy.anytime import (
@@ -45,9 +46,14 @@ from glonet_keras.deploy.depth import (
     choose_depth, count_flops, count_parameters, default_depths, depth_table,
     depth_within_budget, inference_latency, interleaved_latency, plot_accuracy_latency,
 )
+from glonet_keras.deploy.export import export_saved_model, prepare_saved_model
+from glonet_keras.deploy.onnx_export import export_onnx, prepare_onnx
+from glonet_keras.deploy.plan import ServingPlan, serving_plan
 
 __all__ = [
     "DEFAULT_BATCH_SIZES", "DEFAULT_THRESHOLDS", "AnytimeStages", "DepthChoice", "DepthRow",
+    "ServingPlan", "export_onnx", "export_saved_model", "prepare_onnx", "prepare_saved_model",
+    "serving_plan",
     "anytime_predict", "anytime_report", "anytime_stages", "check_anytime_exits",
     "check_probability", "choose_depth", "count_flops", "count_parameters", "default_depths",
     "depth_table", "depth_within_budget", "first_confident_exits", "inference_latency",

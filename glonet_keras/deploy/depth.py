@@ -505,7 +505,7 @@ def plot_accuracy_latency(table, path, *, batch_size=1, title=None):
         raise ValueError("`table` is empty: nothing to plot.")
     latency = [row.latency_ms[batch_size] for row in table]
     accuracy = [row.accuracy for row in table]
-    figure = plots._figure()
+    figure = plots.new_figure()
     axes = figure.add_subplot()
     axes.plot(latency, accuracy, marker="o")
     for row, x_value, y_value in zip(table, latency, accuracy):
@@ -515,4 +515,4 @@ def plot_accuracy_latency(table, path, *, batch_size=1, title=None):
     axes.set_ylabel("accuracy")
     axes.set_title(title or "Accuracy against latency: the first k blocks", fontsize="medium")
     axes.grid(alpha=0.3)
-    return plots._save(figure, path)
+    return plots.save_figure(figure, path)

@@ -48,16 +48,15 @@ import uuid
 
 import keras
 
-from glonet_keras import analysis
-from glonet_keras.deploy.anytime import anytime_stages
-from glonet_keras.deploy.depth import check_probability, trace_nodes
 from glonet_keras.data.preprocessing import Preprocessing
-from glonet_keras.skeleton import is_glonet, skeleton
+from glonet_keras.deploy.depth import trace_nodes
+from glonet_keras.deploy.plan import (  # noqa: F401  (TASKS, check_exits: export's API since v0.2)
+    DEFAULT_ANYTIME_THRESHOLD, TASKS, ServingPlan, check_exits, check_model, preset_metadata,
+    serving_computations, serving_plan,
+)
 
-TASKS = ("classification", "regression")
 METADATA_FILE = os.path.join("assets.extra", "glonet.json")
 THRESHOLD_INPUT = "threshold"  # The anytime signature's second input.
-DEFAULT_ANYTIME_THRESHOLD = 0.9
 
 
 def check_path_component(name, what="model_name"):
@@ -196,58 +195,47 @@ def prepare_saved_model(
 
     Same arguments and errors as `export_saved_model`; nothing is written until `.write()`.
     """
-    tf = _import_tensorflow()
+    tf = import_tensorflow()
     if keras.backend.backend() not in ("tensorflow", "jax"):
         raise ValueError(
             "SavedModel export runs on the TensorFlow or JAX backend (with TensorFlow installed); "
             f"the backend is {keras.backend.backend()!r}."
         )
-    _check_model(model)
-    if isinstance(version, bool) or not isinstance(version, numbers.Integral) or version < 1:
-        raise ValueError(f"`version` must be an integer >= 1, received {version!r}.")
-    preprocessing = _resolve_preprocessing(model, preprocessing)
-    if input_dtype is not None:  # Checked by the record, which glonet.json then holds as served.
-        preprocessing = dataclasses.replace(preprocessing, input_dtype=input_dtype)
-    input_dtype = tf.as_dtype(preprocessing.input_dtype)
-    task = _resolve_task(model, task)
-    num_outputs = int(model.outputs[0].shape[-1])
-    class_names = _resolve_class_names(model, class_names, task, num_outputs)
-    model_name = check_path_component(default_model_name(model) if model_name is None
-                                      else model_name)
-    exits = check_exits(model, exits)
-    stages = _anytime_stages(model, task, anytime, anytime_threshold, anytime_exits)
-    path = os.path.join(os.fspath(export_dir), model_name, str(int(version)))
+    check_model(model)
+    path = export_path(model, export_dir, version, model_name)
+    plan = serving_plan(
+        model, preprocessing=preprocessing, input_dtype=input_dtype, task=task,
+        class_names=class_names, early_exits=early_exits, exits=exits, anytime=anytime,
+        anytime_threshold=anytime_threshold, anytime_exits=anytime_exits,
+    )
     _check_version_path(path, overwrite)
 
     # Trace everything first: nothing touches the disk until the whole graph exists.
-    specs = _input_specs(model, preprocessing, input_dtype)
+    preprocessing = plan.preprocessing
+    input_dtype = tf.as_dtype(preprocessing.input_dtype)
+    specs = input_specs(model, preprocessing, input_dtype)
     converter = keras.export.ExportArchive()
     converter.track(model)
     archive = keras.export.ExportArchive()
     # The first endpoint added is also exported as `serving_default`.
-    for name, computation in serving_computations(model, early_exits, exits).items():
+    for name, computation in plan.computations().items():
         archive.add_endpoint(
-            name, _serving_function(converter, name, computation, specs, preprocessing, task)
+            name, serving_function(converter, name, computation, specs, preprocessing, plan.task)
         )
     signature_defaults = {}
-    if stages is not None:
-        archive.add_endpoint("anytime", anytime_serving_function(converter, stages, specs, preprocessing))
-        signature_defaults["anytime"] = {THRESHOLD_INPUT: float(anytime_threshold)}
+    if plan.anytime is not None:
+        archive.add_endpoint("anytime", anytime_serving_function(converter, plan.anytime, specs,
+                                                                 preprocessing))
+        signature_defaults["anytime"] = {THRESHOLD_INPUT: plan.anytime_threshold}
     metadata = {
+        **plan.record(),
         "model_class": type(model).__name__,
         "model_config": _jsonable_config(model),
-        "task": task,
-        "class_names": class_names,
-        "num_outputs": num_outputs,
         "input_name": specs.raw.name,
         "input_dtype": input_dtype.name,
         "input_shape": specs.raw.shape.as_list(),
-        "preprocessing": preprocessing.to_dict(),
         "signatures": ["serving_default"] + list(archive._endpoint_names),
-        "exits": exits,
-        "anytime_exits": None if stages is None else list(stages.exits),
         "signature_defaults": signature_defaults,
-        "num_blocks": _num_blocks(model),
         "keras_backend": keras.backend.backend(),
         "keras_version": keras.__version__,
     }
@@ -267,59 +255,12 @@ def export_path(model, export_dir, version=1, model_name=None):
 def default_model_name(model):
     """The folder an export goes to by default: the preset's name (`preset_metadata["name"]`, so
     two presets of one family never share a folder), else `model.name`."""
-    name = _metadata_of(model).get("name")
+    name = preset_metadata(model).get("name")
     return name if isinstance(name, str) else model.name
 
 
-def check_exits(model, exits):
-    """`exits` as a sorted list of distinct depths k in [1, L] of a GloNet; [] for None."""
-    if exits is None or (isinstance(exits, (list, tuple)) and not exits):
-        return []
-    if not is_glonet(model):
-        raise ValueError(f"`exits` needs a GloNet; {model.name!r} has no GlobalAggregation to cut.")
-    num_blocks = skeleton(model).num_blocks
-    if not isinstance(exits, (list, tuple)) or any(
-            isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_blocks
-            for k in exits):
-        raise ValueError(
-            f"`exits` must be a list of integers in [1, {num_blocks}] (the blocks of "
-            f"{model.name!r}), received {exits!r}."
-        )
-    return sorted({int(k) for k in exits})
-
-
-def serving_computations(model, early_exits=True, exits=()):
-    """The Keras models behind the single-input signatures: `{signature name: model}`."""
-    computations = {"serve": model}
-    if early_exits and is_glonet(model):
-        computations["early_exits"] = analysis.early_exit_model(model)
-    for k in exits:
-        computations[f"exit_{k}"] = analysis.truncate(model, k)
-    return computations
-
-
-def _num_blocks(model):
-    if is_glonet(model):
-        return skeleton(model).num_blocks
-    return getattr(model, "num_blocks", None)
-
-
-def _anytime_stages(model, task, anytime, threshold, exits=None):
-    """The per-block stages of the anytime signature (checked before anything is traced), or None."""
-    if not anytime:
-        return None
-    if task != "classification":
-        raise ValueError(
-            f"`anytime` stops at a confident exit, but {model.name!r} is a {task} model: a "
-            "regression output has no confidence. Export `exits=[k, ...]` instead."
-        )
-    if not is_glonet(model):
-        raise ValueError(f"`anytime` needs a GloNet; {model.name!r} has no exits to stop at.")
-    check_probability(threshold, "anytime_threshold")
-    return anytime_stages(model, exits)
-
-
-def _import_tensorflow():
+def import_tensorflow():
+    """TensorFlow, or an ImportError saying why an export needs it."""
     try:
         import tensorflow as tf
     except ImportError:
@@ -328,78 +269,6 @@ def _import_tensorflow():
             "GPUs), also on the JAX backend: the serving graph is a TensorFlow graph."
         ) from None
     return tf
-
-
-def _check_model(model):
-    if not isinstance(model, keras.Model) or not getattr(model, "inputs", None):
-        raise ValueError(
-            "export_saved_model needs a built functional keras.Model, received "
-            f"{type(model).__name__}."
-        )
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(
-            f"export_saved_model needs a model with exactly one input and one output; "
-            f"{model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs."
-        )
-    output_shape = model.outputs[0].shape
-    if len(output_shape) != 2 or output_shape[-1] is None:
-        raise ValueError(
-            f"export_saved_model needs outputs of shape (batch, units); {model.name!r} returns "
-            f"{tuple(output_shape)}."
-        )
-
-
-def _resolve_preprocessing(model, preprocessing):
-    if preprocessing is None:
-        preprocessing = getattr(model, "preprocessing", None)
-    if isinstance(preprocessing, dict):
-        preprocessing = Preprocessing.from_dict(preprocessing)
-    if preprocessing is None:
-        return Preprocessing()  # Identity on float32 inputs.
-    if not isinstance(preprocessing, Preprocessing):
-        raise ValueError(
-            "`preprocessing` must be a Preprocessing or its dict, received "
-            f"{type(preprocessing).__name__}."
-        )
-    # One mean/std per input channel (or one for all), a resize only to the model's image size.
-    return preprocessing.check_fits(model.inputs[0].shape, what=f"{model.name!r}")
-
-
-def _metadata_of(model):
-    metadata = getattr(model, "preset_metadata", None)
-    return metadata if isinstance(metadata, dict) else {}
-
-
-def _resolve_task(model, task):
-    where = "`task`"
-    if task is None:
-        task = _metadata_of(model).get("task")
-        where = "The task in `model.preset_metadata`"
-    if task is None:
-        return "classification"
-    if task not in TASKS:
-        raise ValueError(f"{where} must be one of {list(TASKS)}, received {task!r}.")
-    return task
-
-
-def _resolve_class_names(model, class_names, task, num_outputs):
-    where = "`class_names`"
-    if class_names is None:
-        class_names = _metadata_of(model).get("class_names")
-        where = "The class names in `model.preset_metadata`"
-    if class_names is None:
-        return None
-    if task != "classification":
-        raise ValueError(f"{where} are given, but the task is {task!r}.")
-    expected = 2 if num_outputs == 1 else num_outputs  # one logit: a binary classifier
-    if (not isinstance(class_names, (list, tuple))
-            or not all(isinstance(name, str) for name in class_names)
-            or len(class_names) != expected):
-        raise ValueError(
-            f"{where} must be a list of {expected} strings (one per output of {model.name!r}), "
-            f"received {class_names!r}."
-        )
-    return list(class_names)
 
 
 def _check_version_path(path, overwrite):
@@ -414,13 +283,15 @@ def _check_version_path(path, overwrite):
 
 # The raw input the signatures take, the preprocessed input the model takes (tf.TensorSpec), and
 # the smallest size the raw input's unknown spatial dimensions may have (None: it has none).
-_Specs = collections.namedtuple("_Specs", ["raw", "model", "minimum_size"])
+InputSpecs = collections.namedtuple("InputSpecs", ["raw", "model", "minimum_size"])
 
 # The largest size `minimum_input_size` tries before giving up on finding one.
 _MAX_PROBED_SIZE = 4096
 
 
-def _input_specs(model, preprocessing, input_dtype):
+def input_specs(model, preprocessing, input_dtype):
+    """The raw input the signatures take, the preprocessed input the model takes, and the
+    smallest size of the raw input's unknown spatial dimensions (`InputSpecs`)."""
     import tensorflow as tf
 
     model_input = model.inputs[0]
@@ -433,7 +304,7 @@ def _input_specs(model, preprocessing, input_dtype):
         minimum = 1
     else:
         minimum = minimum_input_size(model)
-    return _Specs(
+    return InputSpecs(
         raw=tf.TensorSpec((None,) + raw_shape, input_dtype, name=model_input.name),
         model=tf.TensorSpec((None,) + shape, model_input.dtype),
         minimum_size=minimum,
@@ -499,7 +370,7 @@ def _check_raw_input(inputs, specs):
         return tf.identity(inputs)
 
 
-def _serving_function(converter, name, computation, specs, preprocessing, task):
+def serving_function(converter, name, computation, specs, preprocessing, task):
     """A traced tf.function: raw input -> checks -> preprocessing -> model -> output dict.
 
     The model runs as an endpoint of `converter` (a plain tf.function on TensorFlow, a jax2tf

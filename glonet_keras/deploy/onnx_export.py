@@ -37,6 +37,7 @@ import tempfile
 import keras
 
 from glonet_keras.deploy import export as export_lib
+from glonet_keras.deploy.plan import DEFAULT_ANYTIME_THRESHOLD, serving_plan
 
 DEFAULT_OPSET = 17
 METADATA_KEY = "glonet"
@@ -46,7 +47,8 @@ METADATA_KEY = "glonet"
 MAX_ONNX_ANYTIME_EXITS = 16
 
 
-def _import_converters():
+def import_converters():
+    """onnx and tf2onnx, or an ImportError saying how to install them."""
     try:
         import onnx
         import tf2onnx
@@ -74,7 +76,7 @@ def export_onnx(
     *,
     exits=None,
     anytime=False,
-    anytime_threshold=export_lib.DEFAULT_ANYTIME_THRESHOLD,
+    anytime_threshold=DEFAULT_ANYTIME_THRESHOLD,
     anytime_exits=None,
     preprocessing=None,
     input_dtype=None,
@@ -130,7 +132,7 @@ class PreparedOnnx:
         self.protos, self.paths, self.overwrite = protos, paths, overwrite
 
     def write(self):
-        onnx, _ = _import_converters()
+        onnx, _ = import_converters()
         _write_all(onnx, self.protos, self.paths, self.overwrite)
         return self.paths
 
@@ -141,7 +143,7 @@ def prepare_onnx(
     *,
     exits=None,
     anytime=False,
-    anytime_threshold=export_lib.DEFAULT_ANYTIME_THRESHOLD,
+    anytime_threshold=DEFAULT_ANYTIME_THRESHOLD,
     anytime_exits=None,
     preprocessing=None,
     input_dtype=None,
@@ -156,8 +158,8 @@ def prepare_onnx(
     program can convert before writing anything else (a model tf2onnx cannot convert then leaves
     no other output behind).
     """
-    tf = export_lib._import_tensorflow()
-    onnx, _ = _import_converters()
+    tf = export_lib.import_tensorflow()
+    onnx, _ = import_converters()
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
             "ONNX export converts TensorFlow graphs and runs on the TensorFlow backend; the backend "
@@ -167,17 +169,12 @@ def prepare_onnx(
     path = os.fspath(path)
     if not path.endswith(".onnx"):
         raise ValueError(f"`path` must name an .onnx file, received {path!r}.")
-    export_lib._check_model(model)
-    preprocessing = export_lib._resolve_preprocessing(model, preprocessing)
-    if input_dtype is not None:
-        import dataclasses
-
-        preprocessing = dataclasses.replace(preprocessing, input_dtype=input_dtype)
-    task = export_lib._resolve_task(model, task)
-    num_outputs = int(model.outputs[0].shape[-1])
-    class_names = export_lib._resolve_class_names(model, class_names, task, num_outputs)
-    exits = export_lib.check_exits(model, exits)
-    stages = export_lib._anytime_stages(model, task, anytime, anytime_threshold, anytime_exits)
+    plan = serving_plan(
+        model, preprocessing=preprocessing, input_dtype=input_dtype, task=task,
+        class_names=class_names, early_exits=False, exits=exits, anytime=anytime,
+        anytime_threshold=anytime_threshold, anytime_exits=anytime_exits,
+    )
+    stages = plan.anytime
     if stages is not None and len(stages.exits) > MAX_ONNX_ANYTIME_EXITS:
         step = -(-stages.num_blocks // MAX_ONNX_ANYTIME_EXITS)
         raise ValueError(
@@ -187,25 +184,23 @@ def prepare_onnx(
             f"{MAX_ONNX_ANYTIME_EXITS} depths, e.g. range({step}, {stages.num_blocks + 1}, {step}) "
             "(the SavedModel's anytime signature has no such limit)."
         )
-    paths = onnx_paths(path, exits, anytime)
+    paths = onnx_paths(path, plan.exits, anytime)
     for target in paths.values():
         _check_target(target, overwrite)
 
-    specs = export_lib._input_specs(model, preprocessing, tf.as_dtype(preprocessing.input_dtype))
+    preprocessing = plan.preprocessing
+    specs = export_lib.input_specs(model, preprocessing, tf.as_dtype(preprocessing.input_dtype))
     converter = _FrozenEndpoints()
     functions = {
-        name: export_lib._serving_function(converter, name, computation, specs, preprocessing, task)
-        for name, computation in export_lib.serving_computations(model, False, exits).items()
+        name: export_lib.serving_function(converter, name, computation, specs, preprocessing,
+                                          plan.task)
+        for name, computation in plan.computations().items()
     }
     if stages is not None:
         functions["anytime"] = export_lib.anytime_serving_function(
             converter, stages, specs, preprocessing)
-    record = {
-        "task": task, "class_names": class_names, "preprocessing": preprocessing.to_dict(),
-        "input_name": specs.raw.name, "input_dtype": preprocessing.input_dtype,
-        "num_blocks": export_lib._num_blocks(model), "exits": exits,
-        "anytime_exits": None if stages is None else list(stages.exits),
-    }
+    record = {key: value for key, value in plan.record().items() if key != "num_outputs"}
+    record["input_name"] = specs.raw.name
     protos = {}
     for name, function in functions.items():
         defaults = {export_lib.THRESHOLD_INPUT: float(anytime_threshold)} if name == "anytime" else {}
@@ -389,7 +384,7 @@ def _write_all(onnx, protos, paths, overwrite):
 
 def load_metadata(path):
     """The `glonet` record an exported ONNX file carries (preprocessing, task, signature, ...)."""
-    onnx, _ = _import_converters()
+    onnx, _ = import_converters()
     proto = onnx.load(os.fspath(path), load_external_data=False)
     for prop in proto.metadata_props:
         if prop.key == METADATA_KEY:

@@ -114,7 +114,7 @@ def write_atomically(path, write, hint=""):
             _fsync(directory)
     except BaseException as error:
         _remove(temporary)
-        if _is_disk_full(error):
+        if is_disk_full(error):
             raise DiskFullError(
                 errno.ENOSPC, f"No space left on device while writing {path}. {hint}".strip()
             ) from error
@@ -175,7 +175,9 @@ def write_json(path, record, hint=""):
     write_atomically(path, write, hint)
 
 
-def _is_disk_full(error):
+def is_disk_full(error):
+    """True for an OSError of a full disk or quota (ENOSPC, EDQUOT, h5py's errno 28) not yet
+    explained by a DiskFullError."""
     if isinstance(error, DiskFullError):
         return False  # Already explained.
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
