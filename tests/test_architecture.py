@@ -92,3 +92,31 @@ def test_analysis_keeps_the_depth_functions_it_re_exported_for_one_release():
         expected = deploy.choose_depth(model, (x, y))
     with pytest.warns(DeprecationWarning, match="glonet_keras.deploy.choose_depth"):
         assert analysis.choose_depth(model, (x, y)) == expected
+
+
+def _private_borrowings(path):
+    """`module._name` uses in `path` where `module` is a library module it imported."""
+    tree = ast.parse(path.read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("glonet_keras"):
+            imported |= {alias.asname or alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {alias.asname or alias.name for alias in node.names
+                         if alias.name.startswith("glonet_keras")}
+    return sorted(f"{node.value.id}.{node.attr}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and node.value.id in imported and node.attr.startswith("_")
+                  and not node.attr.startswith("__"))
+
+
+def test_no_library_module_borrows_another_modules_private_names():
+    borrowed = {str(path.relative_to(LIBRARY)): _private_borrowings(path)
+                for path in LIBRARY.rglob("*.py")}
+    assert {path: names for path, names in borrowed.items() if names} == {}
+
+
+def test_the_borrowing_check_sees_a_private_name(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("from glonet_keras.deploy import export as e\ne._check_model(1)\n")
+    assert _private_borrowings(source) == ["e._check_model"]

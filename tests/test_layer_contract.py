@@ -5,6 +5,7 @@ mixed precision (float16 outputs whose dtype matches `compute_output_spec`, floa
 import re
 from pathlib import Path
 
+import keras
 import numpy as np
 from keras import ops
 from keras.src.testing import TestCase
@@ -20,10 +21,11 @@ from glonet_keras.layers import (
 )
 
 TESTED = {"GlobalAggregation", "DenseStack", "ClassToken", "PositionEmbedding", "TokenPooling",
-          "RandomShiftFlip"}
+          "RandomShiftFlip", "RandomMix"}
 # Registered classes that are not layers, or are models with their own harness (test_models).
 NOT_LAYERS = {"TorchBiasUniform", "GloNetMLP", "PlainMLP", "ResNetMLP", "GloNetCNN", "PlainCNN",
-              "ResNetCNN", "GloNetViT", "ViT", "SuperimposedGloNet"}
+              "ResNetCNN", "GloNetViT", "ViT", "SuperimposedGloNet",
+              "MixingModel"}  # MixingModel: the trainer's training-only wrapper (test_augment).
 
 
 class LayerContractTest(TestCase):
@@ -102,3 +104,29 @@ class LayerContractTest(TestCase):
             call_kwargs={"training": True}, expected_output_shape=(2, 16, 16, 3),
             expected_num_seed_generators=1,
         )
+
+    def test_random_mix(self):
+        # RandomMix takes one dict {"images", "labels"}; run_layer_test would pass a dict as keyword
+        # arguments, so the same contract is checked here by hand: config round trip, no weights,
+        # one seed generator, identity at inference, symbolic shapes, and mixed labels that sum to 1.
+        from glonet_keras.data.augment import RandomMix
+
+        batch = {"images": np.arange(4 * 8 * 8 * 1, dtype="float32").reshape(4, 8, 8, 1),
+                 "labels": np.eye(4, dtype="float32")}
+        layer = RandomMix(mixup=True, cutmix=True, seed=1)
+        clone = keras.layers.deserialize(keras.layers.serialize(layer))
+        self.assertIsInstance(clone, RandomMix)
+        self.assertEqual(clone.get_config(), layer.get_config())
+        self.assertEqual((len(layer.weights), len(layer._seed_generators)), (0, 1))
+        same = layer(batch, training=False)
+        for key in batch:
+            np.testing.assert_array_equal(ops.convert_to_numpy(same[key]), batch[key])
+        symbolic = layer({"images": keras.KerasTensor((None, 8, 8, 1)),
+                          "labels": keras.KerasTensor((None, 4))})
+        self.assertEqual({key: tuple(value.shape) for key, value in symbolic.items()},
+                         {"images": (None, 8, 8, 1), "labels": (None, 4)})
+        mixed = layer(batch, training=True)
+        self.assertEqual({key: tuple(value.shape) for key, value in mixed.items()},
+                         {"images": (4, 8, 8, 1), "labels": (4, 4)})
+        np.testing.assert_allclose(ops.convert_to_numpy(mixed["labels"]).sum(axis=1), 1.0,
+                                   rtol=1e-6)
