@@ -1077,7 +1077,7 @@ def _finish(session, saver):
                 overwrite=True)
         except OSError as error:
             what = error.strerror or str(error)
-            if isinstance(error, rundir.DiskFullError) or rundir._is_disk_full(error):
+            if isinstance(error, rundir.DiskFullError) or rundir.is_disk_full(error):
                 what = "No space left on device"
             raise ExportError(
                 f"The export to {session.export_path} failed ({what}). The trained model is saved "
