@@ -112,8 +112,8 @@ PRESET_VARIANTS = {
     "tensorflow": ["fit:numpy:auto", "fit:numpy:auto:aug", "raw:device:1", "raw:device:auto",
                    "raw:device:auto:aug", "trainer:plain:auto", "trainer:recipe:auto"],
     "jax": ["fit:device:auto", "fit:device:auto:aug", "fused:device:auto", "fused:device:auto:aug",
-            "raw:device:1", "raw:device:auto", "raw:device:auto:aug", "trainer:plain:auto",
-            "trainer:recipe:auto"],
+            "fused:device:auto:aug:mix", "raw:device:1", "raw:device:auto", "raw:device:auto:aug",
+            "trainer:plain:auto", "trainer:recipe:auto", "trainer:mix:auto"],
 }
 FAMILIES = ("glonet_mlp", "resnet_mlp", "glonet_cnn", "glonet_cnn_bn", "resnet_cnn")
 #: The augmentation of each trainer form (`trainer:<form>:<spe>`).
