@@ -2,7 +2,8 @@
 
 A plain `open()` of a FIFO waits forever for a writer, a device may never end, and a socket
 cannot be opened at all. The data sets (`data`), the run directory (`rundir`) and the presets
-(`presets`) all open paths that a user or a file chose, so they share these two functions.
+(`presets`) all open paths that a user or a file chose, so they share these functions; the
+exporters share `check_output_path` for the paths they write.
 """
 
 import contextlib
@@ -50,3 +51,17 @@ def open_regular(path, mode="rb", *, refuse):
         raise
     with handle:
         yield handle
+
+
+def check_output_path(path, *, folder, overwrite, hint):
+    """Raises unless `path` may be written: never through a symbolic link, never over the other
+    kind (a file where a folder goes, or the reverse), and over an existing one only with
+    `overwrite` (else FileExistsError ending in `hint`, what to do instead)."""
+    if os.path.islink(path):
+        raise ValueError(f"{path} is a symbolic link: refusing to write through it.")
+    if os.path.lexists(path):
+        if not (os.path.isdir(path) if folder else os.path.isfile(path)):
+            raise ValueError(f"{path} exists and is not a {'folder' if folder else 'file'}.")
+        if not overwrite:
+            raise FileExistsError(f"{path} exists: {hint}.")
+

@@ -48,9 +48,11 @@ import uuid
 
 import keras
 
+from glonet_keras import files
 from glonet_keras.data.preprocessing import Preprocessing
 from glonet_keras.deploy.depth import trace_nodes
-from glonet_keras.deploy.plan import (  # noqa: F401  (TASKS, check_exits: export's API since v0.2)
+# TASKS, ServingPlan, check_exits and serving_computations stay export's names (its v0.2 API).
+from glonet_keras.deploy.plan import (  # noqa: F401
     DEFAULT_ANYTIME_THRESHOLD, TASKS, ServingPlan, check_exits, check_model, preset_metadata,
     serving_computations, serving_plan,
 )
@@ -272,13 +274,8 @@ def import_tensorflow():
 
 
 def _check_version_path(path, overwrite):
-    if os.path.islink(path):
-        raise ValueError(f"{path} is a symbolic link: refusing to write through it.")
-    if os.path.lexists(path):
-        if not os.path.isdir(path):
-            raise ValueError(f"{path} exists and is not a folder.")
-        if not overwrite:
-            raise FileExistsError(f"{path} exists: pick another version or pass overwrite=True.")
+    files.check_output_path(path, folder=True, overwrite=overwrite,
+                            hint="pick another version or pass overwrite=True")
 
 
 # The raw input the signatures take, the preprocessed input the model takes (tf.TensorSpec), and

@@ -36,6 +36,7 @@ import tempfile
 
 import keras
 
+from glonet_keras import files
 from glonet_keras.deploy import export as export_lib
 from glonet_keras.deploy.plan import DEFAULT_ANYTIME_THRESHOLD, serving_plan
 
@@ -233,13 +234,8 @@ class _FrozenEndpoints:
 
 
 def _check_target(target, overwrite):
-    if os.path.islink(target):
-        raise ValueError(f"{target} is a symbolic link: refusing to write through it.")
-    if os.path.lexists(target):
-        if not os.path.isfile(target):
-            raise ValueError(f"{target} exists and is not a file.")
-        if not overwrite:
-            raise FileExistsError(f"{target} exists: pass overwrite=True to replace it.")
+    files.check_output_path(target, folder=False, overwrite=overwrite,
+                            hint="pass overwrite=True to replace it")
 
 
 def _to_onnx(onnx, function, opset):
