@@ -345,20 +345,19 @@ class ResNetCNN(_CNNBase):
 registry.register_class("glonet_cnn", GloNetCNN)
 registry.register_class("resnet_cnn", ResNetCNN)
 registry.register_class("plain_cnn", PlainCNN)
-registry.register_model("glonet_cnn20_cifar", "GloNetCNN",
-                        {"depth": 20, "input_shape": (32, 32, 3)},
-                        description="Convolutional GloNet, CIFAR layout, depth 20.")
-registry.register_model("glonet_cnn56_cifar", "GloNetCNN",
-                        {"depth": 56, "input_shape": (32, 32, 3)},
-                        description="Convolutional GloNet, CIFAR layout, depth 56.")
-registry.register_model("resnet_cnn20_cifar", "ResNetCNN",
-                        {"depth": 20, "input_shape": (32, 32, 3)},
-                        description="ResNet-v2 baseline, CIFAR layout, depth 20.")
-registry.register_model("resnet_cnn56_cifar", "ResNetCNN",
-                        {"depth": 56, "input_shape": (32, 32, 3)},
-                        description="ResNet-v2 baseline, CIFAR layout, depth 56.")
-registry.register_model("glonet_cnn18_imagenet", "GloNetCNN",
-                        {"depth": 18, "layout": "imagenet", "input_shape": (224, 224, 3),
-                         "num_classes": 1000},
-                        description="Convolutional GloNet, ImageNet layout, depth 18.")
+_CIFAR = (32, 32, 3)
+for _name, _class_name, _config, _description in (
+    ("glonet_cnn20_cifar", "GloNetCNN", {"depth": 20, "input_shape": _CIFAR},
+     "Convolutional GloNet, CIFAR layout, depth 20."),
+    ("glonet_cnn56_cifar", "GloNetCNN", {"depth": 56, "input_shape": _CIFAR},
+     "Convolutional GloNet, CIFAR layout, depth 56."),
+    ("resnet_cnn20_cifar", "ResNetCNN", {"depth": 20, "input_shape": _CIFAR},
+     "ResNet-v2 baseline, CIFAR layout, depth 20."),
+    ("resnet_cnn56_cifar", "ResNetCNN", {"depth": 56, "input_shape": _CIFAR},
+     "ResNet-v2 baseline, CIFAR layout, depth 56."),
+    ("glonet_cnn18_imagenet", "GloNetCNN",
+     {"depth": 18, "layout": "imagenet", "input_shape": (224, 224, 3), "num_classes": 1000},
+     "Convolutional GloNet, ImageNet layout, depth 18."),
+):
+    registry.register_model(_name, _class_name, _config, description=_description)
 registry.register_pretrained(GloNetCNN, ResNetCNN, PlainCNN)
