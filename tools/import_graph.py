@@ -82,6 +82,15 @@ def _targets(node, current, modules):
             name = name.rpartition(".")[0]
         if name and name != current:
             found.add(name)
+    # Importing `a.b.c` runs the `__init__` of `a.b` first: an edge to each package above a target
+    # that is not also above the importer (whose own packages are already being imported).
+    own = {".".join(current.split(".")[:i]) for i in range(1, current.count(".") + 1)}
+    for name in list(found):
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            package = ".".join(parts[:i])
+            if package not in own and package != current:
+                found.add(package)
     return found
 
 
@@ -166,6 +175,16 @@ def levels(edges, nodes):
     return depth
 
 
+def longest_chain(edges, depth):
+    """One longest import chain, from the module with the most levels below it down to a leaf."""
+    module = max(depth, key=lambda m: (depth[m], m))
+    chain = [module]
+    while edges.get(module):
+        module = max(edges[module], key=lambda m: (depth[m], m))
+        chain.append(module)
+    return chain
+
+
 def summary(graph):
     edges = graph.all_edges()
     depth = levels(edges, graph.modules)
@@ -176,6 +195,8 @@ def summary(graph):
         "hidden imports": len(graph.hidden),
         "circles": circles(edges, graph.modules),
         "imports that run back up": upward(edges),
+        "longest chain": " -> ".join(
+            m.replace(PACKAGE + ".", "") for m in longest_chain(edges, depth)),
     }
 
 
