@@ -179,10 +179,12 @@ def longest_chain(edges, depth):
     """One longest import chain, from the module with the most levels below it down to a leaf."""
     module = max(depth, key=lambda m: (depth[m], m))
     chain = [module]
-    while edges.get(module):
-        module = max(edges[module], key=lambda m: (depth[m], m))
+    while True:  # Stops at a leaf, or where a circle would lead back into the chain.
+        below = [m for m in edges.get(module, ()) if m not in chain]
+        if not below:
+            return chain
+        module = max(below, key=lambda m: (depth[m], m))
         chain.append(module)
-    return chain
 
 
 def summary(graph):
