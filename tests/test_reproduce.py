@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,20 @@ def test_smoke_run_of_every_experiment(tmp_path):
     figures = sorted(os.listdir(tmp_path / "figures"))
     assert figures == ["depth_sweep_cnn.png", "depth_sweep_mlp.png", "early_exit.png",
                        "self_regulation_2.png", "self_regulation_3.png", "speed.png"]
+
+
+def test_kept_sections_are_included_verbatim_before_the_method_notes():
+    reproduce = training_module("reproduce")
+    report = reproduce.render_report({"_run": {}}, kept_sections=["## 9. Kept\n\nIts text.\n"])
+    assert "\n## 9. Kept\n\nIts text.\n\n## Method notes" in report
+
+
+def test_the_published_report_holds_every_kept_section():
+    # A re-render that forgot docs/sections/ would drop them: the published report must hold each.
+    reproduce = training_module("reproduce")
+    docs = Path(REPO_ROOT) / "docs"
+    sections = sorted((docs / reproduce.KEPT_SECTIONS_DIR).glob("*.md"))
+    assert sections, "docs/sections/ holds the anytime experiment's section"
+    report = (docs / "RESULTS.md").read_text()
+    for section in sections:
+        assert section.read_text().strip("\n") in report, section.name

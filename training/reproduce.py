@@ -35,6 +35,8 @@ from experiment_common import (  # noqa: E402
     BATCH_SIZE, SeededTrainer, accuracy, effective_depth, fmt, log, mean_std, table, verdict,
 )
 
+# Sections of experiments with programs of their own, included verbatim (`render_report`).
+KEPT_SECTIONS_DIR = "sections"
 DIGITS_EXPERIMENTS = ("depth_sweep", "early_exit", "self_regulation", "speed", "mnist1d")
 EXPERIMENTS = DIGITS_EXPERIMENTS + fashion_experiments.EXPERIMENTS
 
@@ -602,8 +604,13 @@ VERDICT_RULES = [
 ]
 
 
-def render_report(results, gpu=None):
-    """docs/RESULTS.md from the raw results (and optional GPU speed results)."""
+def render_report(results, gpu=None, kept_sections=()):
+    """docs/RESULTS.md from the raw results (and optional GPU speed results).
+
+    `kept_sections`: Markdown sections of experiments run by their own programs (e.g.
+    training/anytime_experiment.py), kept in `<output_dir>/sections/` and included verbatim after
+    the generated ones, so a re-render never drops them.
+    """
     run = results.get("_run", {})
     findings = []
     body = []
@@ -644,7 +651,8 @@ def render_report(results, gpu=None):
         "## Findings", "",
     ]
     header += [f"- {finding}" for finding in findings] + [""]
-    return "\n".join(header + body + DECISIONS) + "\n"
+    kept = [line for text in kept_sections for line in [""] + text.strip("\n").split("\n")]
+    return "\n".join(header + body + kept + DECISIONS) + "\n"
 
 
 def write_figures(figures, results):
@@ -696,9 +704,16 @@ def write_report(output_dir, results):
     if os.path.exists(gpu_path):
         with open(gpu_path) as handle:
             gpu = json.load(handle)
+    kept_dir = os.path.join(output_dir, KEPT_SECTIONS_DIR)
+    kept = []
+    if os.path.isdir(kept_dir):
+        for name in sorted(os.listdir(kept_dir)):
+            if name.endswith(".md"):
+                with open(os.path.join(kept_dir, name)) as handle:
+                    kept.append(handle.read())
     path = os.path.join(output_dir, "RESULTS.md")
     with open(path, "w") as handle:
-        handle.write(render_report(results, gpu))
+        handle.write(render_report(results, gpu, kept))
     return path
 
 
