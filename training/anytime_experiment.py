@@ -32,19 +32,6 @@ import numpy as np  # noqa: E402
 from experiment_common import fmt, log, table, verdict  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", None, "Where the runs, anytime_results.json and anytime.md go.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each arm trains once per seed).")
-flags.DEFINE_integer("depth", 8, "Blocks L of the GloNet MLP.")
-flags.DEFINE_integer("width", 256, "Width of its blocks.")
-flags.DEFINE_integer("epochs", 20, "Epochs (the glonet_mlp_fashion_mnist preset's recipe: 20).")
-flags.DEFINE_float("exit_loss_weight", 1.0, "Weight of the exit losses in the exit-loss arm.")
-flags.DEFINE_float("tolerance", 0.005, "Validation accuracy the calibrated threshold may give up "
-                   "against the full model (0.005 = half a point).")
-flags.DEFINE_bool("smoke", False, "Seconds: 2 blocks of 16 on 512 examples, 2 epochs; numbers mean "
-                  "nothing (tests).")
-flags.DEFINE_bool("report_only", False, "Only re-render anytime.md from "
-                  "<output_dir>/anytime_results.json; train and read nothing.")
-flags.mark_flag_as_required("output_dir")
 
 # The glonet_mlp_fashion_mnist preset's recipe (training/make_zoo.py): FASHION_RECIPE with 20
 # epochs, flips only, dropout 0.2 before the head.
@@ -315,5 +302,24 @@ def _write_report(results):
     print(markdown)
 
 
+def define_flags():
+    """The program's flags, defined only when it runs: a test that imports this module for its
+    functions must not leave a required --output_dir in absl's global flags for other programs."""
+    flags.DEFINE_string("output_dir", None, "Where the runs, anytime_results.json and anytime.md go.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each arm trains once per seed).")
+    flags.DEFINE_integer("depth", 8, "Blocks L of the GloNet MLP.")
+    flags.DEFINE_integer("width", 256, "Width of its blocks.")
+    flags.DEFINE_integer("epochs", 20, "Epochs (the glonet_mlp_fashion_mnist preset's recipe: 20).")
+    flags.DEFINE_float("exit_loss_weight", 1.0, "Weight of the exit losses in the exit-loss arm.")
+    flags.DEFINE_float("tolerance", 0.005, "Validation accuracy the calibrated threshold may give up "
+                       "against the full model (0.005 = half a point).")
+    flags.DEFINE_bool("smoke", False, "Seconds: 2 blocks of 16 on 512 examples, 2 epochs; numbers mean "
+                      "nothing (tests).")
+    flags.DEFINE_bool("report_only", False, "Only re-render anytime.md from "
+                      "<output_dir>/anytime_results.json; train and read nothing.")
+    flags.mark_flag_as_required("output_dir")
+
+
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
