@@ -83,9 +83,8 @@ __all__ = [
     "FASHION_MNIST_SHA256", "FILE_DATASETS", "IMAGE_EXTENSIONS", "IN_MEMORY_DATASETS",
     "MAX_IMAGE_PIXELS", "OFFLINE_DATASETS", "SGEMM_FILE", "SGEMM_NUM_PARAMETERS", "SPLITS",
     "TFDS_DATASETS", "DatasetInfo", "DatasetUnavailableError", "Preprocessing", "check_augment",
-    "check_name", "count_examples",
-    "dataset_info", "fashion_mnist_dir", "get_dataset", "image_augmentation_layers", "in_memory",
-    "label_mixing", "load_arrays", "load_preprocessing", "load_split", "mixing_layer",
-    "open_regular_file",
-    "open_source", "parse_idx", "read_sgemm_csv", "save_preprocessing", "steps_per_epoch",
+    "check_name", "count_examples", "dataset_info", "fashion_mnist_dir", "get_dataset",
+    "image_augmentation_layers", "in_memory", "label_mixing", "load_arrays",
+    "load_preprocessing", "load_split", "mixing_layer", "open_regular_file", "open_source",
+    "parse_idx", "read_sgemm_csv", "save_preprocessing", "steps_per_epoch",
 ]

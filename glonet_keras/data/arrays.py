@@ -7,17 +7,10 @@ import os
 import numpy as np
 
 from glonet_keras.data.base import (
-    OFFLINE_DATASETS,
-    _ArraySource,
-    _check_split_sizes,
-    _split_indices,
+    OFFLINE_DATASETS, _ArraySource, _check_split_sizes, _split_indices,
 )
 from glonet_keras.data.fashion_mnist import (
-    FASHION_MNIST_CLASSES,
-    _decode_fashion_mnist,
-    _fashion_mnist,
-    _file_stamps,
-    fashion_mnist_dir,
+    FASHION_MNIST_CLASSES, _decode_fashion_mnist, _fashion_mnist, _file_stamps, fashion_mnist_dir,
 )
 
 

@@ -8,11 +8,7 @@ import struct
 import numpy as np
 
 from glonet_keras.data.base import (
-    SPLITS,
-    DatasetInfo,
-    DatasetUnavailableError,
-    _split_indices,
-    open_regular_file,
+    SPLITS, DatasetInfo, DatasetUnavailableError, _split_indices, open_regular_file,
 )
 from glonet_keras.data.preprocessing import Preprocessing
 

@@ -9,11 +9,7 @@ import numpy as np
 from glonet_keras.data import augment as augment_lib
 from glonet_keras.data.arrays import _IN_MEMORY_IMAGE_DATASETS, _offline_source
 from glonet_keras.data.base import (
-    IN_MEMORY_DATASETS,
-    OFFLINE_DATASETS,
-    _ArraySource,
-    check_name,
-    _check_split,
+    IN_MEMORY_DATASETS, OFFLINE_DATASETS, _ArraySource, _check_split, check_name,
 )
 from glonet_keras.data.image_folder import _ImageFolderSource
 from glonet_keras.data.sgemm import _sgemm_path, _sgemm_source

@@ -6,11 +6,7 @@ import os
 import numpy as np
 
 from glonet_keras.data.base import (
-    DatasetUnavailableError,
-    _ArraySource,
-    _check_split_sizes,
-    _split_indices,
-    open_regular_file,
+    DatasetUnavailableError, _ArraySource, _check_split_sizes, _split_indices, open_regular_file,
 )
 
 SGEMM_FILE = "sgemm_product.csv"

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 
 from glonet_keras import analysis
-from glonet_keras.skeleton import skeleton
 from glonet_keras.deploy.depth import DEFAULT_THRESHOLDS, _check_classifier, check_probability
+from glonet_keras.skeleton import skeleton
 
 # -------------------------------------------------------------------------------- anytime
 

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+from pathlib import Path
 import re
 import socket
 import stat
@@ -22,8 +23,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
-
 
 try:
     import fcntl
@@ -31,7 +30,9 @@ except ImportError:  # Windows: fall back to an O_EXCL lock file.
     fcntl = None
 
 from glonet_keras import files
-from glonet_keras.presets.registry import PRESET_FILES, PresetDownloadError, PresetError, check_name, get_variant
+from glonet_keras.presets.registry import (
+    PRESET_FILES, PresetDownloadError, PresetError, check_name, get_variant,
+)
 
 ORIGIN_ENV = "GLONET_KERAS_ORIGIN"
 CACHE_ENV = "GLONET_KERAS_CACHE"

@@ -22,10 +22,8 @@ import fnmatch
 import inspect
 import json
 import numbers
-import re
 from pathlib import Path
-
-
+import re
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"

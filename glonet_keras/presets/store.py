@@ -5,28 +5,26 @@ import contextlib
 import hashlib
 import json
 import os
+from pathlib import Path
 import platform
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import keras
 
 from glonet_keras import skeleton
 from glonet_keras.data.preprocessing import Preprocessing
 from glonet_keras.presets.fetch import (
-    MAX_JSON_BYTES, _URL_SCHEMES, _cache_folder, _is_url, _open_regular, fetch_file, fetch_preset,
+    _URL_SCHEMES, MAX_JSON_BYTES, _cache_folder, _is_url, _open_regular, fetch_file, fetch_preset,
     resolve_cache_dir, sha256_of,
 )
 from glonet_keras.presets.registry import (
-    ALLOWED_FILES, CONFIG_FILE, KERAS_FILE, METADATA_FILE, MODEL_CLASSES, PRESET_FILES,
-    WEIGHTS_FILE, _REGISTRY, _SAFE_MODEL_NAME, _SHA256, PresetError, _check_file_name,
-    check_arguments, get_variant, list_models, model_class_named, short_repr,
+    _REGISTRY, _SAFE_MODEL_NAME, _SHA256, ALLOWED_FILES, CONFIG_FILE, KERAS_FILE, METADATA_FILE,
+    MODEL_CLASSES, PRESET_FILES, WEIGHTS_FILE, PresetError, _check_file_name, check_arguments,
+    get_variant, list_models, model_class_named, short_repr,
 )
 from glonet_keras.version import __version__
-
-
 
 # Keras releases whose safe mode refuses both an HDF5 external dataset in a weights file (fixed in
 # 3.12.1 and 3.13.2, not in 3.13.0-3.13.1) and a file-backed StringLookup in a `.keras` (3.12.0).
