@@ -364,3 +364,22 @@ def check_quantization(cls, kwargs, mode, tmp_path, *, export=False):
         logits = served(**{input_name: tf.constant(x)})["logits"].numpy()
         assert relative_error(logits, expected) < 1e-5
     return model
+
+
+# For test scripts run in a fresh interpreter: a run stopped by Ctrl-C after its first epoch (at the
+# end of the checkpoint write), then resumed in the same directory.
+INTERRUPTED_THEN_RESUMED = textwrap.dedent("""
+    def interrupted_then_resumed(trainer, callbacks, config, model_dir):
+        save = callbacks.RunStateCheckpoint.on_epoch_end
+        def stop_after_epoch_1(self, epoch, logs=None):
+            save(self, epoch, logs)
+            raise KeyboardInterrupt
+        callbacks.RunStateCheckpoint.on_epoch_end = stop_after_epoch_1
+        try:
+            trainer.train(trainer.TrainConfig(**config, model_dir=model_dir))
+        except KeyboardInterrupt:
+            pass
+        callbacks.RunStateCheckpoint.on_epoch_end = save
+        return trainer.train(trainer.TrainConfig(**config, model_dir=model_dir))
+""")
+

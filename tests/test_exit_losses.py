@@ -6,7 +6,6 @@ here, JAX with fused steps in a subprocess); the saved and exported model has th
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from glonet_keras import analysis
 from glonet_keras.training import trainer
 from glonet_keras.training.trainer import ConfigError, TrainConfig
 
+from tests import harness
 from tests.test_train import ENV, TINY, _flags, _interrupt_after_first_epoch, _run_train_main
 
 EXITS = dict(TINY, depth=4, epochs=2, max_examples=128)
@@ -192,7 +192,7 @@ def test_the_saved_and_exported_model_is_the_plain_model(tmp_path):
     assert all(shape[-1] == 10 and len(shape) == 2 for shape in shapes.values()), shapes
 
 
-JAX_EXITS = textwrap.dedent("""
+JAX_EXITS = harness.INTERRUPTED_THEN_RESUMED + textwrap.dedent("""
     import json, sys
     import numpy as np
     from glonet_keras.training import callbacks, fastfit, trainer
@@ -206,17 +206,7 @@ JAX_EXITS = textwrap.dedent("""
     plain = trainer.train(trainer.TrainConfig(**dict(config, exit_loss_weight=0.0),
                                               model_dir=sys.argv[1] + "/plain"))
     whole = trainer.train(trainer.TrainConfig(**config, model_dir=sys.argv[1] + "/whole"))
-    save = callbacks.RunStateCheckpoint.on_epoch_end
-    def stop_after_epoch_1(self, epoch, logs=None):
-        save(self, epoch, logs)
-        raise KeyboardInterrupt
-    callbacks.RunStateCheckpoint.on_epoch_end = stop_after_epoch_1
-    try:
-        trainer.train(trainer.TrainConfig(**config, model_dir=sys.argv[1] + "/resumed"))
-    except KeyboardInterrupt:
-        pass
-    callbacks.RunStateCheckpoint.on_epoch_end = save
-    resumed = trainer.train(trainer.TrainConfig(**config, model_dir=sys.argv[1] + "/resumed"))
+    resumed = interrupted_then_resumed(trainer, callbacks, config, sys.argv[1] + "/resumed")
     mixed = trainer.train(trainer.TrainConfig(**dict(config, epochs=1, label_smoothing=0.1,
                                                      augment=("flip", "mixup")),
                                               model_dir=sys.argv[1] + "/mixed"))

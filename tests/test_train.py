@@ -19,6 +19,7 @@ import pytest
 from glonet_keras.deploy import serving
 from glonet_keras.training import trainer
 from glonet_keras.training.trainer import TrainConfig
+from tests import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "training", "train.py")
@@ -349,7 +350,7 @@ def test_train_py_on_jax_without_tensorflow_trains_from_arrays(tmp_path):
     assert saved.count_params() == metrics["num_parameters"]
 
 
-JAX_RESUME = textwrap.dedent("""
+JAX_RESUME = harness.INTERRUPTED_THEN_RESUMED + textwrap.dedent("""
     import json, sys
     import numpy as np
     from glonet_keras.training import callbacks, fastfit, trainer
@@ -362,17 +363,7 @@ JAX_RESUME = textwrap.dedent("""
     config = dict(model="glonet_mlp", depth=3, width=16, dataset="digits", batch_size=8,
                   max_examples=64, tensorboard=False, verbose=0, epochs=2)
     whole = trainer.train(trainer.TrainConfig(**config, model_dir=sys.argv[1] + "/whole"))
-    save = callbacks.RunStateCheckpoint.on_epoch_end
-    def stop_after_epoch_1(self, epoch, logs=None):
-        save(self, epoch, logs)
-        raise KeyboardInterrupt
-    callbacks.RunStateCheckpoint.on_epoch_end = stop_after_epoch_1
-    try:
-        trainer.train(trainer.TrainConfig(**config, model_dir=sys.argv[1] + "/resumed"))
-    except KeyboardInterrupt:
-        pass
-    callbacks.RunStateCheckpoint.on_epoch_end = save
-    resumed = trainer.train(trainer.TrainConfig(**config, model_dir=sys.argv[1] + "/resumed"))
+    resumed = interrupted_then_resumed(trainer, callbacks, config, sys.argv[1] + "/resumed")
     difference = max(float(np.abs(a - b).max())
                      for a, b in zip(whole.model.get_weights(), resumed.model.get_weights()))
     print(json.dumps([resumed.initial_epoch, difference, fused, resumed.steps_per_execution]))
