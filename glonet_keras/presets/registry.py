@@ -91,19 +91,24 @@ def register_class(name, model_class):
     return model_class
 
 
+def classes_by_name():
+    """The registered model classes by class name (`"GloNetMLP"` -> GloNetMLP)."""
+    return {cls.__name__: cls for cls in MODEL_CLASSES.values()}
+
+
 def get_model_class(name):
     """The model class for a snake_case model name (e.g. `"glonet_mlp"`) or a class name."""
     if name in MODEL_CLASSES:
         return MODEL_CLASSES[name]
-    by_class_name = {cls.__name__: cls for cls in MODEL_CLASSES.values()}
-    if name in by_class_name:
-        return by_class_name[name]
+    classes = classes_by_name()
+    if name in classes:
+        return classes[name]
     raise ValueError(f"Unknown model {name!r}. Available: {sorted(MODEL_CLASSES)}.")
 
 
 def model_class_named(class_name):
     """The registered class called `class_name`: a config can never name any other class."""
-    classes = {cls.__name__: cls for cls in MODEL_CLASSES.values()}
+    classes = classes_by_name()
     if not isinstance(class_name, str) or class_name not in classes:
         raise PresetError(
             f"Unknown model class {class_name!r} in a preset. Allowed: {sorted(classes)}."

@@ -22,7 +22,7 @@ from glonet_keras.presets.fetch import (
 from glonet_keras.presets.registry import (
     _REGISTRY, _SAFE_MODEL_NAME, _SHA256, ALLOWED_FILES, CONFIG_FILE, KERAS_FILE, METADATA_FILE,
     MODEL_CLASSES, PRESET_FILES, WEIGHTS_FILE, PresetError, _check_file_name, check_arguments,
-    get_variant, list_models, model_class_named, short_repr,
+    classes_by_name, get_variant, list_models, model_class_named, short_repr,
 )
 from glonet_keras.version import __version__
 
@@ -353,7 +353,7 @@ def _check_keras_archive(path, what, follow_links):
                 f"{what}: {path} cannot be loaded safely: it is not a .keras (zip) file ({error})."
             ) from None
     if isinstance(saved, dict) and isinstance(saved.get("config"), dict):
-        classes = {cls.__name__: cls for cls in MODEL_CLASSES.values()}
+        classes = classes_by_name()
         if saved.get("class_name") in classes:
             arguments = {k: v for k, v in saved["config"].items() if k != "trainable"}
             check_architecture(classes[saved["class_name"]], arguments,
@@ -567,7 +567,7 @@ def save_preset(model, directory, metadata=None, *, name=None):
     if type(model) not in MODEL_CLASSES.values():
         raise PresetError(
             f"save_to_preset needs a model of a registered glonet_keras class (one of "
-            f"{sorted(cls.__name__ for cls in MODEL_CLASSES.values())}), received "
+            f"{sorted(classes_by_name())}), received "
             f"{type(model).__name__}."
         )
     directory = Path(directory)
