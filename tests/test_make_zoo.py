@@ -95,3 +95,40 @@ def test_check_subset_records_the_first_images_accuracies():
     assert record == {"num_examples": n, "test_accuracy": 0.5,
                       "early_exit_accuracy": {"1": 0.0, "2": 0.5}}
     assert module.check_subset(logits, None, y) == {"num_examples": n, "test_accuracy": 0.5}
+
+
+MULTI = "glonet_mlp_fashion_mnist"  # zoo v2: 3 seeds, a preset arm and two comparison arms
+
+
+def test_a_multi_seed_recipe_trains_every_arm_and_seed_in_its_own_directory(make_zoo, tmp_path):
+    make_zoo.run_training(MULTI)
+    recipe = make_zoo.RECIPES[MULTI]
+    arms = ["preset", *recipe["arms"]]
+    assert len(make_zoo.calls) == len(arms) * len(recipe["seeds"])
+    expected = [f"--model_dir={tmp_path / MULTI / arm / f'seed_{seed}'}"
+                for arm in arms for seed in recipe["seeds"]]
+    assert [call[-1] for call in make_zoo.calls] == expected
+    for arm in arms:
+        for seed in recipe["seeds"]:
+            record = json.loads((tmp_path / MULTI / arm / f"seed_{seed}" / "command.json").read_text())
+            assert f"--seed={seed} " in record["command"]
+            assert (tmp_path / MULTI / arm / f"seed_{seed}.log").read_text() == "trained\n"
+
+
+def test_an_arm_shares_the_recipe_but_its_overrides(make_zoo):
+    preset = make_zoo.run_flags(MULTI, "preset", 2)
+    twin = make_zoo.run_flags(MULTI, "resnet_v2_twin", 2)
+    without = make_zoo.run_flags(MULTI, "no_exit_losses", 2)
+    assert preset["exit_loss_weight"] == 1 and list(preset)[-1] == "seed" and preset["seed"] == 2
+    assert twin["model"] == "resnet_mlp" and "exit_loss_weight" not in twin
+    assert without["model"] == "glonet_mlp" and "exit_loss_weight" not in without
+    shared = {key: value for key, value in preset.items() if key not in ("model", "exit_loss_weight")}
+    for arm in (twin, without):
+        assert {key: arm[key] for key in shared} == shared
+    # A single-seed recipe's flags are its own, seed included.
+    assert make_zoo.run_flags(NAME) == make_zoo.RECIPES[NAME]["flags"]
+
+
+def test_a_multi_seed_preset_is_packaged_only_from_its_protocol_record(make_zoo):
+    with pytest.raises(SystemExit, match="--steps=protocol"):
+        make_zoo.package(MULTI)

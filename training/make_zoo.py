@@ -2,7 +2,11 @@
 
 Steps (`--steps`, in this order):
   train    run `python training/train.py <recipe flags> --model_dir=runs/zoo/<name>` per preset
-  package  load the run's model.keras (safe_mode), re-measure it on the held-out test split (accuracy
+  protocol (multi-seed recipes: zoo v2) measure every arm x seed, choices on the validation split
+           first, then the test split once (training/zoo_protocol.py): runs/zoo/<name>/protocol.json
+           and protocol.md (docs/RESULTS.md's table and verdicts); single-seed recipes skip it
+  package  load the run's model.keras (a multi-seed recipe: the preset arm's seed with the best
+           validation accuracy, from the protocol record, which also goes on the card) (safe_mode), re-measure it on the held-out test split (accuracy
            and the early-exit accuracy of every k-block prefix), write zoo/<name>/ (config.json,
            model.weights.h5, README.md model card, metadata.json with the sha256 of every file)
   refresh  without training or measuring: bring an existing zoo/<name>/ to the current format
@@ -43,21 +47,22 @@ from pathlib import Path
 
 from absl import app, flags
 
+import zoo_protocol  # noqa: E402  (training/ is on sys.path when this script runs)
 from zoo_docs import (  # noqa: E402  (training/ is on sys.path when this script runs)
     FASHION_BEGIN, FASHION_END, README_BEGIN, README_END, deployment_record, deployment_section,
-    fashion_table, load_zoo, registry, registry_text, replace_between, zoo_table,
+    fashion_table, protocol_section, load_zoo, registry, registry_text, replace_between, zoo_table,
 )
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTRY_PATH = REPO / "glonet_keras" / "zoo_registry.json"
-STEPS = ("train", "package", "refresh", "subset", "deployment", "docs", "export")
+STEPS = ("train", "protocol", "package", "refresh", "subset", "deployment", "docs", "export")
 #: The fast test suite re-measures a preset whose test split is larger on its first this many test
 #: images, against metrics.check_subset (the whole split: make test-slow).
 CHECK_EXAMPLES = 2000
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("names", None, "Presets to (re)make; default: all recipes.")
-flags.DEFINE_list("steps", ["train", "package", "docs"],
+flags.DEFINE_list("steps", ["train", "protocol", "package", "docs"],
                   f"Any of {', '.join(STEPS)} (export needs --export_dir).")
 flags.DEFINE_string("zoo_dir", str(REPO / "zoo"), "Where the published presets live.")
 flags.DEFINE_string("runs_dir", str(REPO / "runs" / "zoo"),
@@ -139,11 +144,29 @@ RECIPES = {
         flags=dict(model="resnet_cnn", depth=20, width=24,
                    **{**FASHION_RECIPE, "epochs": 28, "jit_compile": "false"}),
     ),
+    # Zoo v2 (issue 21): trained under the protocol of training/zoo_protocol.py. Three seeds per
+    # arm; the published weights are the preset arm's seed with the best validation accuracy; the
+    # card gives every arm's mean ± std. docs/RESULTS.md section 10 has the rules and the verdicts.
     "glonet_mlp_fashion_mnist": dict(
-        summary="GloNet MLP, 4 dense blocks of width 384 (dropout 0.2 before the head), on "
-                "Fashion-MNIST.",
-        flags=dict(model="glonet_mlp", depth=4, width=384, dropout=0.2,
-                   **{**FASHION_RECIPE, "epochs": 20, "augment": "flip"}),
+        summary="GloNet MLP, 8 dense blocks of width 256 (dropout 0.2 before the head), trained "
+                "with its prefix exits in the loss (an anytime GloNet: its shipped anytime "
+                "threshold is calibrated on validation), on Fashion-MNIST.",
+        flags=dict(model="glonet_mlp", depth=8, width=256, dropout=0.2,
+                   **{**FASHION_RECIPE, "epochs": 20, "augment": "flip", "seed": None},
+                   exit_loss_weight=1),
+        seeds=(0, 1, 2),
+        arms={
+            "resnet_v2_twin": dict(
+                summary="ResNet-v2 MLP twin: 8 pre-activation residual blocks of width 256 with "
+                        "batch norm, the same recipe and seeds",
+                flags=dict(model="resnet_mlp", exit_loss_weight=None)),
+            "no_exit_losses": dict(
+                summary="the same GloNet MLP and recipe without the exit losses",
+                flags=dict(exit_loss_weight=None)),
+        },
+        calibration=dict(max_cost=0.005, confidence=0.95),
+        targets=dict(accuracy=0.90, twin="resnet_v2_twin", half_exit=1.0, anytime_saving=0.6,
+                     anytime_cost=0.5, without="no_exit_losses", without_cost=0.5),
     ),
     "glonet_vit_fashion_mnist": dict(
         summary="GloNet ViT (6 blocks, 96-d tokens, 4 heads, MLP width 192) with a convolutional "
@@ -208,10 +231,24 @@ DATASETS["fashion_mnist"] = dict(
 LICENSE = "Apache-2.0"
 
 
-def train_command(name, run_dir):
-    """The exact train.py command of a preset, as a list (argv[0] is the interpreter)."""
-    recipe_flags = RECIPES[name]["flags"]
-    args = [f"--{key}={value}" for key, value in recipe_flags.items()]
+def run_flags(name, arm=None, seed=None):
+    """The train.py flags of one run: the recipe's, with an arm's overrides (None drops a flag) and,
+    for a multi-seed recipe, the seed last."""
+    recipe = RECIPES[name]
+    flags_ = dict(recipe["flags"])
+    if arm not in (None, zoo_protocol.PRESET_ARM):
+        flags_.update(recipe["arms"][arm]["flags"])
+    flags_ = {key: value for key, value in flags_.items() if value is not None}
+    if seed is not None:
+        flags_.pop("seed", None)
+        flags_["seed"] = seed
+    return flags_
+
+
+def train_command(name, run_dir, arm=None, seed=None):
+    """The exact train.py command of a preset (or of one arm and seed), as a list (argv[0] is the
+    interpreter)."""
+    args = [f"--{key}={value}" for key, value in run_flags(name, arm, seed).items()]
     # Quiet, log-friendly output and no TensorBoard files: the zoo keeps only what it publishes.
     args += ["--verbose=2", "--tensorboard=false"]
     return ["python", "training/train.py", *args, *FLAGS.extra_train_flags, f"--model_dir={run_dir}"]
@@ -226,20 +263,35 @@ def earlier_training(run_dir):
 
 
 def run_training(name):
-    run_dir = Path(FLAGS.runs_dir) / name
+    """Trains a preset: its one run, or every arm x seed of a multi-seed recipe (zoo_protocol)."""
+    recipe = RECIPES[name]
+    if "seeds" not in recipe:
+        run_dir = Path(FLAGS.runs_dir) / name
+        train_run(name, run_dir, train_command(name, _display_path(run_dir)))
+        return
+    for arm in (zoo_protocol.PRESET_ARM, *recipe["arms"]):
+        for seed in recipe["seeds"]:
+            run_dir = zoo_protocol.run_directory(FLAGS.runs_dir, name, arm, seed)
+            train_run(f"{name} {arm} seed {seed}", run_dir,
+                      train_command(name, _display_path(run_dir), arm, seed))
+
+
+def train_run(label, run_dir, command):
+    """Runs one train.py `command` into `run_dir` (its model_dir), logging beside it."""
+    run_dir = Path(run_dir)
     earlier_epochs, earlier_seconds = 0, 0.0
     if FLAGS.resume and run_dir.exists():
         from glonet_keras.training import rundir
 
         if (rundir.RunDirectory(run_dir).record() or {}).get("status") == "finished":
             if (run_dir / "command.json").exists():
-                print(f"[{name}] already trained in {_display_path(run_dir)}; nothing to resume",
+                print(f"[{label}] already trained in {_display_path(run_dir)}; nothing to resume",
                       flush=True)
                 return
-            raise SystemExit(f"[{name}] {_display_path(run_dir)} holds a finished run without the "
+            raise SystemExit(f"[{label}] {_display_path(run_dir)} holds a finished run without the "
                              "command.json this script writes; train it afresh (without --resume).")
         earlier_epochs, earlier_seconds = earlier_training(run_dir)
-        print(f"[{name}] resuming after epoch {earlier_epochs} ({earlier_seconds:.0f} s trained)",
+        print(f"[{label}] resuming after epoch {earlier_epochs} ({earlier_seconds:.0f} s trained)",
               flush=True)
     elif run_dir.exists():
         # A fresh run: train.py would otherwise resume from the old run's backup.
@@ -247,16 +299,15 @@ def run_training(name):
 
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = train_command(name, _display_path(run_dir))
-    print(f"[{name}] {shlex.join(command)}", flush=True)
+    print(f"[{label}] {shlex.join(command)}", flush=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     start = time.perf_counter()
-    with open(run_dir.parent / f"{name}.log", "a" if earlier_epochs else "w") as log:
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    with open(log_path, "a" if earlier_epochs else "w") as log:
         process = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=env, stdout=log,
                                  stderr=subprocess.STDOUT)
     if process.returncode:
-        raise SystemExit(f"[{name}] train.py failed (exit {process.returncode}); see "
-                         f"{run_dir.parent / (name + '.log')}")
+        raise SystemExit(f"[{label}] train.py failed (exit {process.returncode}); see {log_path}")
     seconds = time.perf_counter() - start + earlier_seconds
     record = {"command": shlex.join(command), "wall_seconds": seconds, "machine": describe_machine()}
     if earlier_epochs:
@@ -264,7 +315,7 @@ def run_training(name):
         record["resumed_after_epoch"] = earlier_epochs
     with open(run_dir / "command.json", "w") as handle:
         json.dump(record, handle)
-    print(f"[{name}] trained in {seconds:.0f} s", flush=True)
+    print(f"[{label}] trained in {seconds:.0f} s", flush=True)
 
 
 def describe_machine():
@@ -325,7 +376,11 @@ def package(name):
     from glonet_keras import presets
 
     recipe = RECIPES[name]
-    run_dir = Path(FLAGS.runs_dir) / name
+    run_dir, seed, protocol = Path(FLAGS.runs_dir) / name, recipe["flags"].get("seed", 0), None
+    if "seeds" in recipe:  # The seed the protocol chose on validation.
+        protocol = read_protocol(name)
+        seed = protocol["published_seed"]
+        run_dir = zoo_protocol.run_directory(FLAGS.runs_dir, name, zoo_protocol.PRESET_ARM, seed)
     model = keras.saving.load_model(run_dir / "model.keras", compile=False, safe_mode=True)
     with open(run_dir / "metrics.json") as handle:
         train_record = json.load(handle)
@@ -333,7 +388,7 @@ def package(name):
         command = json.load(handle)
     preprocessing = data_lib.load_preprocessing(run_dir / "preprocessing.json")
     dataset = recipe["flags"]["dataset"]
-    metrics = measure(model, preprocessing, dataset, seed=recipe["flags"].get("seed", 0))
+    metrics = measure(model, preprocessing, dataset, seed=seed)
     metrics["train_py_test_accuracy"] = train_record["test"].get("accuracy")
     metrics["validation_accuracy"] = train_record["validation"].get("accuracy")
     data_info = DATASETS[dataset]
@@ -378,7 +433,13 @@ def package(name):
         "export_command": f"python training/make_zoo.py --steps=export --names={name} "
                           "--export_dir=/tmp/glonet_serving",
     }
-    deployment = measure_deployment(model, preprocessing, dataset, recipe["flags"].get("seed", 0))
+    deployment = measure_deployment(model, preprocessing, dataset, seed)
+    if protocol is not None:
+        record["protocol"] = zoo_protocol.summary(protocol)
+        published = protocol["arms"][zoo_protocol.PRESET_ARM]["runs"][str(seed)]
+        calibrated = published["validation"].get("calibrated_anytime")
+        if deployment is not None and calibrated is not None:
+            deployment["calibrated_anytime"] = {**calibrated, "test": published["test"]["anytime"]}
     if deployment is not None:
         record["deployment"] = deployment
     directory = Path(FLAGS.zoo_dir) / name
@@ -390,6 +451,35 @@ def package(name):
     presets.save_preset(model, directory, metadata=record, name=name)
     write_card_and_metadata(directory, json.loads((directory / presets.METADATA_FILE).read_text()))
     print(f"[{name}] packaged: test accuracy {metrics['test_accuracy']:.4f}", flush=True)
+
+
+def protocol_paths(name):
+    directory = Path(FLAGS.runs_dir) / name
+    return directory / "protocol.json", directory / "protocol.md"
+
+
+def run_protocol(name):
+    """Measures every arm x seed of a multi-seed recipe (validation, then test once) and writes
+    runs/zoo/<name>/protocol.json and protocol.md (docs/RESULTS.md's table and verdicts)."""
+    if "seeds" not in RECIPES[name]:
+        print(f"[{name}] a single-seed recipe: no protocol", flush=True)
+        return
+    protocol = zoo_protocol.measure(name, RECIPES[name], FLAGS.runs_dir,
+                                    log=lambda message: print(message, flush=True))
+    protocol["machine"] = describe_machine()
+    json_path, markdown_path = protocol_paths(name)
+    json_path.write_text(json.dumps(protocol, indent=1, sort_keys=True) + "\n")
+    markdown_path.write_text(zoo_protocol.report(protocol) + "\n")
+    print(f"[{name}] protocol: {_display_path(json_path)}, {_display_path(markdown_path)}",
+          flush=True)
+
+
+def read_protocol(name):
+    path = protocol_paths(name)[0]
+    if not path.exists():
+        raise SystemExit(f"[{name}] a multi-seed recipe is packaged from its protocol record, and "
+                         f"{_display_path(path)} is missing: run --steps=protocol first.")
+    return json.loads(path.read_text())
 
 
 def exit_accuracies(exits, y):
@@ -598,6 +688,7 @@ def model_card(metadata):
                       f"{label} {100 * value:.1f} %"
                       for label, value in sorted(references.items(), key=lambda item: item[1])) + "."]
     lines.append("")
+    lines += protocol_section(metadata)
     lines += deployment_section(metadata)
     training = metadata["training"]
     versions = metadata["training_versions"]
@@ -689,6 +780,8 @@ def main(argv):
     for name in names:
         if "train" in steps:
             run_training(name)
+        if "protocol" in steps:
+            run_protocol(name)
         if "package" in steps:
             package(name)
         if "refresh" in steps:

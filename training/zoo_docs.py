@@ -6,8 +6,18 @@ from pathlib import Path
 
 README_BEGIN, README_END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
 FASHION_BEGIN, FASHION_END = "<!-- fashion-zoo:begin -->", "<!-- fashion-zoo:end -->"
-# The test accuracies issue 8 asked of the Fashion-MNIST presets (by model family).
-FASHION_TARGETS = {"GloNetCNN": 0.94, "GloNetViT": 0.91, "GloNetMLP": 0.895}
+# The test accuracies asked of the Fashion-MNIST presets, by model family (issue 21, zoo v2; issue 8
+# had asked 94.0 / 91.0 / 89.5 %). A BN-free GloNet CNN is also asked 94.0 %, and a flagship 95.5 %.
+FASHION_TARGETS = {"GloNetCNN": 0.94, "GloNetViT": 0.935, "GloNetMLP": 0.90}
+# Published Fashion-MNIST test accuracies this project did not measure, with their parameter counts
+# (Zalando's benchmark table and the papers it cites), where docs/zoo.md places every preset.
+FASHION_ANCHORS = (
+    ("MLP 256-128-100 (Zalando benchmark)", 0.883, 247_000, "about 247 K (from its layer sizes)"),
+    ("2-conv net", 0.925, 100_000, "under 100 K"),
+    ("DenseNet-BC", 0.954, 768_000, "768 K"),
+    ("ResNet18", 0.949, 11_000_000, "11 M"),
+    ("WRN-28-10", 0.959, 36_500_000, "36.5 M"),
+)
 REGISTRY_FORMAT = "glonet_keras.zoo_registry/2"
 
 
@@ -51,30 +61,62 @@ def zoo_table(entries):
     return "\n".join(rows)
 
 
+def test_accuracy_text(metadata):
+    """A preset's test accuracy as the tables print it: mean ± std over its seeds (zoo v2), else the
+    one run, labelled "1 seed"."""
+    protocol = metadata.get("protocol")
+    if protocol:
+        test = protocol["arms"]["preset"]["test"]
+        return (f"{100 * test['mean']:.2f} ± {100 * test['std']:.2f} % "
+                f"({len(protocol['seeds'])} seeds)")
+    return f"{100 * metadata['metrics']['test_accuracy']:.2f} % (1 seed)"
+
+
+def target_verdict(metadata, target):
+    """"met", "**not met**" or "inconclusive" (a mean within one std of the target)."""
+    protocol = metadata.get("protocol")
+    if protocol:
+        test = protocol["arms"]["preset"]["test"]
+        if test["std"] > 0 and abs(test["mean"] - target) <= test["std"]:
+            return "inconclusive"
+        return "met" if test["mean"] >= target else "**not met**"
+    met = "met" if metadata["metrics"]["test_accuracy"] >= target else "**not met**"
+    return f"{met}; 1 seed"
+
+
 def fashion_table(entries):
     """docs/zoo.md's Fashion-MNIST table: each preset against the accuracy asked of it, with its
-    budget, training time and machine (what a reader needs to judge a CPU-trained number)."""
+    seeds, budget, training time and machine (what a reader needs to judge a CPU-trained number),
+    then every preset and the published anchors in one list ordered by parameters."""
     rows = [
         "| name | parameters | epochs | test accuracy | asked for | training time | machine |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
+    placed = []
     for name, metadata, _ in entries:
         if metadata["dataset"]["name"] != "fashion_mnist":
             continue
         training = metadata["training"]
         target = FASHION_TARGETS.get(metadata["class_name"])
-        if target is None:
-            asked = "baseline"
-        else:
-            met = "met" if metadata["metrics"]["test_accuracy"] >= target else "**not met**"
-            asked = f"{100 * target:.1f} % ({met})"
+        asked = ("baseline" if target is None
+                 else f"{100 * target:.1f} % ({target_verdict(metadata, target)})")
+        seeds = len((metadata.get("protocol") or {}).get("seeds", [0]))
+        time_text = f"{training['wall_seconds'] / 60:.0f} min" + (" (one seed)" if seeds > 1 else "")
         rows.append(
             f"| `{name}` | {metadata['num_parameters']:,} | {training['epochs']} | "
-            f"{100 * metadata['metrics']['test_accuracy']:.2f} % | {asked} | "
-            f"{training['wall_seconds'] / 60:.0f} min | {training['machine']} |"
+            f"{test_accuracy_text(metadata)} | {asked} | {time_text} | {training['machine']} |"
         )
+        placed.append((metadata["num_parameters"], f"`{name}` (this zoo)",
+                       f"{metadata['num_parameters']:,}", test_accuracy_text(metadata)))
     if len(rows) == 2:
         return "No Fashion-MNIST preset has been packaged yet."
+    for label, accuracy, parameters, parameters_text in FASHION_ANCHORS:
+        placed.append((parameters, f"{label} (published, not measured here)", parameters_text,
+                       f"{100 * accuracy:.1f} %"))
+    rows += ["", "Every preset among the published anchors, by parameters:", "",
+             "| model | parameters | test accuracy |", "|---|---:|---:|"]
+    rows += [f"| {label} | {parameters} | {accuracy} |"
+             for _, label, parameters, accuracy in sorted(placed, key=lambda item: item[0])]
     return "\n".join(rows)
 
 
@@ -133,6 +175,66 @@ def deployment_section(metadata):
             threshold = "full model" if entry["threshold"] is None else f"{entry['threshold']:g}"
             lines.append(f"| {threshold} | {100 * entry['accuracy']:.1f} | "
                          f"{entry['mean_blocks']:.2f} of {entry['num_blocks']} |")
+    calibrated = record.get("calibrated_anytime")
+    if calibrated:
+        bound = ("" if calibrated.get("confidence") is None else
+                 f" at {100 * calibrated['confidence']:.0f} % confidence (a one-sided upper bound)")
+        lines += [
+            "",
+            f"**Shipped anytime threshold: {calibrated['threshold']:.4g}**, calibrated on the "
+            f"validation split ({calibrated['num_examples']:,} images): the fewest mean blocks "
+            f"whose accuracy cost is at most {100 * calibrated['max_cost']:g} point{bound} "
+            "(`glonet_keras.deploy.calibrate_threshold`). There it kept "
+            f"{100 * calibrated['accuracy']:.2f} % (full model {100 * calibrated['full_accuracy']:.2f} %) "
+            f"with {calibrated['mean_blocks']:.2f} blocks on average. `anytime_predict`, the "
+            "exports' `anytime` signature and `training/deploy.py` default to it.",
+        ]
+        test = calibrated.get("test")
+        if test:
+            lines[-1] += (f" On the test split, read once after: {100 * test['accuracy']:.2f} % with "
+                          f"{test['mean_blocks']:.2f} blocks.")
+    return lines + [""]
+
+
+def _mean_std(entry, scale=100.0, digits=2):
+    return f"{scale * entry['mean']:.{digits}f} ± {scale * entry['std']:.{digits}f}"
+
+
+def protocol_section(metadata):
+    """The model card's zoo-v2 protocol lines (metadata["protocol"]: training/zoo_protocol.py's
+    summary): every arm's mean ± std over the seeds, robustness and time per epoch ([] if none)."""
+    protocol = metadata.get("protocol")
+    if not protocol:
+        return []
+    arms = protocol["arms"]
+    robust = [key for key in arms["preset"] if key.startswith(("shift_", "noise_"))]
+    lines = [
+        f"## Seeds, twin and robustness ({len(protocol['seeds'])} seeds)",
+        "",
+        f"Every arm was trained with seeds {', '.join(map(str, protocol['seeds']))} under the same "
+        f"recipe; mean ± std over the seeds, test split read once after every choice. These weights "
+        f"are seed {protocol['published_seed']}: {protocol['selection']}. Robustness: "
+        f"{protocol['robustness']}. Time per epoch: the median epoch, on the machine below.",
+        "",
+        "| arm | parameters | test accuracy (%) | validation (%) | "
+        + " | ".join(f"{key} (%)" for key in robust) + " | s / epoch |",
+        "|---|---:|---:|---:|" + "---:|" * len(robust) + "---:|",
+    ]
+    for arm, entry in arms.items():
+        lines.append(
+            f"| {arm}: {entry['summary']} | {entry['parameters']:,} | {_mean_std(entry['test'])} | "
+            f"{_mean_std(entry['validation'])} | "
+            + " | ".join(_mean_std(entry[key]) for key in robust)
+            + f" | {_mean_std(entry['seconds_per_epoch'], 1.0, 1)} |")
+    ours = arms["preset"]
+    if "threshold" in ours:
+        lines += [
+            "",
+            f"Anytime at each seed's calibrated threshold ({_mean_std(ours['threshold'], 1.0, 3)}): "
+            f"{_mean_std(ours['anytime'])} % with {_mean_std(ours['blocks'], 1.0, 2)} blocks "
+            f"on average, a cost of {_mean_std(ours['cost'], 1.0, 2)} points; the exit at L/2 is "
+            f"{_mean_std(ours['half_gap'], 1.0, 2)} points below the full model.",
+        ]
     return lines + [""]
 
 

@@ -1,0 +1,186 @@
+"""training/zoo_protocol.py: zoo v2's protocol (issue 21). Choices read the validation split, the
+test split is read once after them, the published seed is the best on validation, the verdicts
+follow the rules, and the robustness perturbations do what the cards say."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from glonet_keras import GloNetMLP, PlainMLP, data
+from tests.harness import training_module
+
+
+@pytest.fixture(scope="module")
+def protocol_module():
+    return training_module("zoo_protocol")
+
+
+# ------------------------------------------------------------------------------- perturbations
+
+
+def test_a_shift_moves_the_pixels_and_fills_the_border_with_zeros(protocol_module):
+    images = np.arange(1, 17, dtype="uint8").reshape(1, 4, 4, 1)
+    down = protocol_module.shifted(images, 2, 0)[0, :, :, 0]
+    np.testing.assert_array_equal(down[:2], 0)
+    np.testing.assert_array_equal(down[2:], images[0, :2, :, 0])
+    left = protocol_module.shifted(images, 0, -1)[0, :, :, 0]
+    np.testing.assert_array_equal(left[:, :3], images[0, :, 1:, 0])
+    np.testing.assert_array_equal(left[:, 3], 0)
+    assert protocol_module.shifted(images, 0, 0).tolist() == images.tolist()
+
+
+def test_noise_is_seeded_clipped_and_keeps_the_raw_dtype(protocol_module):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(8, 6, 6, 1)).astype("uint8")
+    first, again = protocol_module.noisy(images, 0.1), protocol_module.noisy(images, 0.1)
+    assert first.dtype == np.uint8 and np.array_equal(first, again)
+    assert not np.array_equal(first, images)
+    assert not np.array_equal(first, protocol_module.noisy(images, 0.1, seed=1))
+    assert np.array_equal(protocol_module.noisy(images, 0.0), images)
+    # Its size: about sigma x 255 away from the image, where no clipping interferes.
+    middle = (images > 60) & (images < 195)
+    spread = (first.astype(float) - images)[middle].std()
+    assert 0.08 * 255 < spread < 0.12 * 255
+    floats = rng.uniform(0, 1, size=(4, 5, 5, 1)).astype("float32")
+    noisy = protocol_module.noisy(floats, 0.5)
+    assert noisy.dtype == np.float32 and noisy.min() >= 0 and noisy.max() <= 1
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m: m.shifted(np.zeros((2, 4, 4), "uint8"), 1, 0), "shape"),
+    (lambda m: m.shifted(np.zeros((2, 4, 4, 1), "int32"), 1, 0), "int32"),
+    (lambda m: m.shifted(np.zeros((2, 4, 4, 1), "uint8"), 4, 0), "out of view"),
+    (lambda m: m.noisy(np.zeros((2, 4, 4, 1), "uint8"), -0.1), "sigma"),
+    (lambda m: m.noisy(np.zeros((2, 4, 4, 1), "uint8"), float("nan")), "sigma"),
+    (lambda m: m.noisy(np.zeros((2, 4, 4, 1), "uint8"), True), "sigma"),
+])
+def test_perturbations_reject_what_they_cannot_perturb(protocol_module, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(protocol_module)
+
+
+# ------------------------------------------------------------------------- measuring real runs
+
+
+def fake_run(directory, model, seconds=(2.0, 1.0, 1.5)):
+    """A finished run directory as train.py leaves it (no training: the weights are random)."""
+    directory.mkdir(parents=True)
+    model.save(directory / "model.keras")
+    data.save_preprocessing(data.dataset_info("digits").preprocessing,
+                            directory / "preprocessing.json")
+    (directory / "metrics.json").write_text(json.dumps(
+        {"status": "finished", "epochs": 3, "seconds_per_epoch": list(seconds)}))
+    (directory / "command.json").write_text(json.dumps({"command": f"train {directory.name}"}))
+
+
+RECIPE = dict(
+    summary="a tiny GloNet MLP", flags=dict(dataset="digits"), seeds=(0, 1),
+    arms={"twin": dict(summary="a tiny plain MLP", flags={})},
+    calibration=dict(max_cost=0.05, confidence=0.9),
+    targets=dict(accuracy=0.95, twin="twin", half_exit=1.0, anytime_saving=0.6, anytime_cost=0.5),
+)
+
+
+@pytest.fixture(scope="module")
+def measured(protocol_module, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    for seed in RECIPE["seeds"]:
+        keras.utils.set_random_seed(seed)
+        fake_run(protocol_module.run_directory(runs, "tiny", "preset", seed),
+                 GloNetMLP(num_blocks=4, width=8, input_shape=(8, 8, 1), num_classes=10))
+        fake_run(protocol_module.run_directory(runs, "tiny", "twin", seed),
+                 PlainMLP(num_blocks=2, width=8, input_shape=(8, 8, 1), num_classes=10))
+    reads = []
+    original = data.load_split
+
+    def recording_load_split(name, split, **kwargs):
+        reads.append(split)
+        return original(name, split, **kwargs)
+
+    data.load_split = recording_load_split
+    try:
+        protocol = protocol_module.measure("tiny", RECIPE, runs, log=lambda message: None)
+    finally:
+        data.load_split = original
+    return protocol, reads, runs
+
+
+def test_every_choice_reads_validation_and_the_test_split_comes_once_after(measured):
+    protocol, reads, _ = measured
+    assert reads == ["validation"] * 4 + ["test"] * 4  # 2 arms x 2 seeds, one read each
+
+
+def test_the_published_seed_is_the_best_on_validation(measured, protocol_module):
+    protocol, _, _ = measured
+    runs = protocol["arms"]["preset"]["runs"]
+    best = max(protocol["seeds"], key=lambda s: (runs[str(s)]["validation"]["accuracy"], -s))
+    assert protocol["published_seed"] == best
+
+
+def test_each_run_records_what_the_card_and_the_verdicts_read(measured, protocol_module):
+    from glonet_keras import analysis
+    from glonet_keras.deploy import calibrate_threshold
+
+    protocol, _, runs_dir = measured
+    run = protocol["arms"]["preset"]["runs"]["1"]
+    assert run["seconds_per_epoch"] == 1.5 and run["command"] == "train seed_1"
+    # The calibrated threshold is the library's, on that seed's validation split.
+    model = keras.saving.load_model(
+        protocol_module.run_directory(runs_dir, "tiny", "preset", 1) / "model.keras")
+    x, y = data.load_split("digits", "validation", seed=1)
+    exits = analysis.early_exit_logits(model, data.dataset_info("digits").preprocessing(x))
+    expected = calibrate_threshold(exits, np.asarray(y, "int64"), max_cost=0.05, confidence=0.9)
+    assert run["validation"]["calibrated_anytime"]["threshold"] == expected["threshold"]
+    assert run["test"]["anytime"]["threshold"] == expected["threshold"]
+    assert len(run["test"]["exit_accuracy"]) == 4
+    assert set(run["test"]["robustness"]) == {"shift_2px", "noise_0.05", "noise_0.1"}
+    twin = protocol["arms"]["twin"]["runs"]["0"]
+    assert "calibrated_anytime" not in twin["validation"] and "anytime" not in twin["test"]
+    summary = protocol_module.summary(protocol)
+    assert summary["arms"]["preset"]["seconds_per_epoch"]["values"] == [1.5, 1.5]
+    text = protocol_module.report(protocol)
+    assert "twin: a tiny plain MLP" in text and "**accuracy**" in text
+
+
+# ----------------------------------------------------------------------------------- verdicts
+
+
+def synthetic(test, twin, *, half_gap=0.2, blocks=2.0, cost=0.3, num_blocks=8):
+    """A protocol record with given per-seed test accuracies (preset and twin arms)."""
+    def run(accuracy, glonet):
+        record = {"validation": {"accuracy": accuracy}, "seconds_per_epoch": 1.0,
+                  "parameters": 10,
+                  "test": {"accuracy": accuracy, "robustness": {"noise_0.1": accuracy - 0.01}}}
+        if glonet:
+            half = accuracy - half_gap / 100
+            record["validation"]["calibrated_anytime"] = {"threshold": 0.5}
+            record["test"]["exit_accuracy"] = [half] * (num_blocks - 1) + [accuracy]
+            record["test"]["anytime"] = {"accuracy": accuracy - cost / 100, "mean_blocks": blocks}
+        return record
+
+    return {"seeds": [0, 1, 2], "published_seed": 0,
+            "targets": dict(accuracy=0.90, twin="twin", half_exit=1.0, anytime_saving=0.6,
+                            anytime_cost=0.5),
+            "arms": {"preset": {"summary": "p", "runs": {str(s): run(a, True)
+                                                         for s, a in enumerate(test)}},
+                     "twin": {"summary": "t", "runs": {str(s): run(a, False)
+                                                       for s, a in enumerate(twin)}}}}
+
+
+def test_verdicts_follow_the_written_rules(protocol_module):
+    found = protocol_module.verdicts(synthetic([0.905, 0.906, 0.907], [0.900, 0.901, 0.902]))
+    assert {key: value[0] for key, value in found.items()} == {
+        "accuracy": "held", "twin": "held", "half_exit": "held", "anytime_saving": "held",
+        "anytime_cost": "held", "anytime": "held"}
+    np.testing.assert_allclose(found["twin"][1], [-0.5, -0.5, -0.5])
+    # Below the bar, and behind the twin by more than the spread.
+    found = protocol_module.verdicts(synthetic([0.890, 0.891, 0.892], [0.900, 0.901, 0.902],
+                                               blocks=6.0, cost=0.8))
+    assert found["accuracy"][0] == "did not hold" and found["twin"][0] == "did not hold"
+    assert found["anytime_saving"][0] == "did not hold" and found["anytime"][0] == "did not hold"
+    # A mean within one std of its threshold settles nothing.
+    found = protocol_module.verdicts(synthetic([0.895, 0.900, 0.908], [0.900, 0.900, 0.900]))
+    assert found["accuracy"][0] == "inconclusive at the held threshold"
+    assert found["twin"][0] == "inconclusive at the held threshold"
