@@ -276,10 +276,10 @@ def calibrate_threshold(exit_logits, labels, max_cost=0.005, confidence=None, ex
 
     Exact, not a grid: under `first_confident_exits` an example stops at the first candidate exit
     whose confidence reaches t, so accuracy and mean blocks change only where t passes one of the
-    running maxima of its confidences; every distinct one below 1 is a candidate, plus "never"
-    (threshold 1.0: the full model, cost 0, always feasible). A confidence of exactly 1.0 (a float32
-    rounding) is no candidate, since a threshold of 1.0 means never. Ties in mean blocks go to the
-    higher accuracy, then to the higher threshold.
+    running maxima of its confidences; every distinct one is a candidate, plus "never" (threshold
+    1.0: the full model, cost 0, always feasible). A confidence of exactly 1.0 (a float32 rounding
+    of a sure softmax) is reached by the largest float32 below 1 (0.99999994), since a threshold of
+    1.0 means never. Ties in mean blocks go to the higher accuracy, then to the higher threshold.
 
     The loss is paired: per example, d_i = correct_full(i) - correct_anytime(i) in {-1, 0, 1}, and
     cost = mean(d) = full accuracy - anytime accuracy. With `confidence=None` a threshold is
@@ -361,7 +361,17 @@ def calibrate_threshold(exit_logits, labels, max_cost=0.005, confidence=None, ex
     disagree = np.abs(correct - correct[:, -1:])
     flip = (disagree[:, 1:] - disagree[:, :-1]).reshape(-1)[order]
     blocks = np.broadcast_to(np.diff(exits), running.shape).reshape(-1)[order]
-    candidates = np.unique(values[values < 1.0])  # 1.0 is "never", below.
+    candidates = np.unique(values)
+    thresholds = candidates.astype("float64")
+    if len(candidates) and candidates[-1] >= 1.0:
+        # A sure softmax rounds to a float32 confidence of exactly 1.0, but a threshold of 1.0
+        # means never: the largest float32 below 1 stops those examples and no other, unless a
+        # confidence is that very value (then no threshold does).
+        below_one = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+        if len(candidates) > 1 and candidates[-2] >= below_one:
+            candidates, thresholds = candidates[:-1], thresholds[:-1]
+        else:
+            thresholds[-1] = below_one
     # At threshold t the events with value < t have happened.
     fired = np.searchsorted(values, candidates, side="left")
 
@@ -373,7 +383,7 @@ def calibrate_threshold(exit_logits, labels, max_cost=0.005, confidence=None, ex
     differing = after(disagree[:, 0].sum(), flip)  # sum of d_i^2
     loss = correct[:, -1].sum() - after(correct[:, 0].sum(), gain)  # sum of d_i
     # "Never" confident: everyone runs all L blocks (the full model), no example differs.
-    thresholds = np.append(candidates.astype("float64"), 1.0)
+    thresholds = np.append(thresholds, 1.0)
     accuracy = np.append(accuracy, full)
     mean_blocks = np.append(mean_blocks, float(num_blocks))
     differing, loss = np.append(differing, 0), np.append(loss, 0)
