@@ -16,6 +16,9 @@ from glonet_keras.skeleton import skeleton
 # The threshold anytime inference uses when neither the caller nor the model's preset gives one.
 DEFAULT_ANYTIME_THRESHOLD = 0.9
 
+# The preset field that ships a calibrated threshold: metadata["deployment"][CALIBRATED_ANYTIME].
+CALIBRATED_ANYTIME = "calibrated_anytime"
+
 # -------------------------------------------------------------------------------- anytime
 
 
@@ -186,7 +189,7 @@ def first_confident_exits(exit_logits, threshold, exits=None):
     return chosen, exit_logits[np.arange(batch), chosen - 1]
 
 
-def anytime_predict(model, x, threshold=0.9, stages=None, exits=None):
+def anytime_predict(model, x, threshold=None, stages=None, exits=None):
     """Runs `x` as one batch block by block, stopping once every example has a confident exit.
 
     Blocks after the stop are never called. Works on every backend (the exported `anytime`
@@ -195,7 +198,8 @@ def anytime_predict(model, x, threshold=0.9, stages=None, exits=None):
     Args:
         model: a GloNet classifier.
         x: model inputs (preprocessed), one batch.
-        threshold: the confidence to reach, in [0, 1] (1.0: never, i.e. the full model).
+        threshold: the confidence to reach, in [0, 1] (1.0: never, i.e. the full model); default
+            `default_threshold(model)`: its preset's calibrated threshold, else 0.9.
         stages: `anytime_stages(model, exits)`, to reuse across calls (then `exits` is its own).
         exits: the candidate exits (see `anytime_stages`); default every block.
 
@@ -204,6 +208,8 @@ def anytime_predict(model, x, threshold=0.9, stages=None, exits=None):
         exit, `exit` `(batch,)` (1..L), and `blocks_computed` (an int: the blocks this batch ran).
     """
     _check_classifier(model)
+    if threshold is None:
+        threshold = default_threshold(model)
     threshold = check_probability(threshold, "threshold")
     stages = stages or anytime_stages(model, exits)
     hidden, total = x, None
@@ -423,3 +429,52 @@ def _checked_labels(labels, batch, num_outputs):
         raise ValueError(f"`labels` must be class indices in [0, {classes}), received values from "
                          f"{array.min()} to {array.max()}.")
     return array.astype("int64")
+
+
+def calibrated_anytime(model):
+    """The calibration `model`'s preset ships, checked, or None when it ships none.
+
+    A preset records what `calibrate_threshold` returned on its validation split, with "split",
+    as `metadata["deployment"]["calibrated_anytime"]`; a loaded preset carries its metadata as
+    `model.preset_metadata`. Fine-tuned, re-saved and truncated models do not keep it (it was
+    measured on the published weights at full depth).
+
+    Raises:
+        ValueError: a record that is there but malformed (`deployment` or the record not a dict,
+            its "threshold" not a number in [0, 1]), naming the field: never read as no record.
+    """
+    metadata = getattr(model, "preset_metadata", None)
+    if not isinstance(metadata, dict) or metadata.get("deployment") is None:
+        return None
+    name = metadata.get("name", getattr(model, "name", None))
+    deployment = metadata["deployment"]
+    if not isinstance(deployment, dict):
+        raise ValueError(f"The metadata of preset {name!r}: `deployment` must be a dict, received "
+                         f"{type(deployment).__name__}.")
+    if CALIBRATED_ANYTIME not in deployment:
+        return None
+    record = deployment[CALIBRATED_ANYTIME]
+    field = f'deployment["{CALIBRATED_ANYTIME}"]'
+    if not isinstance(record, dict):
+        raise ValueError(f"The metadata of preset {name!r}: `{field}` must be a dict (what "
+                         f"calibrate_threshold returned), received {type(record).__name__}.")
+    threshold = record.get("threshold")
+    if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+            or not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0):
+        raise ValueError(f'The metadata of preset {name!r}: `{field}["threshold"]` must be a '
+                         f"number in [0, 1], received {threshold!r}.")
+    return record
+
+
+def default_threshold(model):
+    """The anytime threshold `model` is served at unless told otherwise: its preset's calibrated
+    threshold (`calibrated_anytime`), else `DEFAULT_ANYTIME_THRESHOLD` (0.9).
+
+    What `anytime_predict`, `serving_plan` (so the SavedModel, ONNX and REST paths) and the deploy
+    program use when no threshold is given.
+
+    Raises:
+        ValueError: a malformed calibration record (see `calibrated_anytime`).
+    """
+    record = calibrated_anytime(model)
+    return DEFAULT_ANYTIME_THRESHOLD if record is None else float(record["threshold"])
