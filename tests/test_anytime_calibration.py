@@ -1,11 +1,15 @@
 """The calibrated anytime threshold: `deploy.calibrate_threshold` against a brute force over every
-threshold of the anytime rule, its confidence bound by hand, its refusals by name."""
+threshold of the anytime rule, its confidence bound by hand, its refusals by name; and the
+threshold a preset ships (`deploy.default_threshold`), which anytime_predict, the serving plan (so
+the exports) and the deploy program default to."""
 
+import contextlib
 import statistics
 
 import numpy as np
 import pytest
 
+from glonet_keras import deploy
 from glonet_keras.deploy import anytime, calibrate_threshold, first_confident_exits, top_probability
 
 BELOW_ONE = float(np.nextafter(np.float32(1.0), np.float32(0.0)))  # 0.99999994
@@ -194,3 +198,144 @@ def test_bad_inputs_are_refused_by_name(arguments, message):
     with pytest.raises(ValueError, match=message):
         calibrate_threshold(**arguments)
     calibrate_threshold(GOOD_LOGITS, GOOD_LABELS, confidence=0.95)  # the good ones pass
+
+
+# ------------------------------------------------------------- the threshold a preset ships
+
+
+def _calibrated(threshold, **fields):
+    """What a preset's metadata carries after calibrating on its validation split."""
+    record = {"threshold": threshold, "max_cost": 0.005, "confidence": 0.95, "split": "validation",
+              "accuracy": 0.9, "mean_blocks": 1.5, "full_accuracy": 0.905}
+    return {"name": "tiny_preset", "task": "classification",
+            "deployment": {"depth_table": [], "calibrated_anytime": {**record, **fields}}}
+
+
+@pytest.fixture()
+def model():
+    import glonet_keras
+
+    return glonet_keras.GloNetMLP(num_blocks=4, width=8, input_shape=(6,), num_classes=3)
+
+
+def test_the_default_threshold_is_the_presets_calibrated_one_else_0_9(model):
+    assert deploy.DEFAULT_ANYTIME_THRESHOLD == 0.9
+    assert deploy.default_threshold(model) == 0.9  # no preset metadata at all
+    for metadata in ({"task": "classification"}, {"deployment": None},
+                     {"deployment": {"depth_table": []}}):
+        model.preset_metadata = metadata
+        assert deploy.default_threshold(model) == 0.9, metadata
+        assert deploy.calibrated_anytime(model) is None
+    model.preset_metadata = _calibrated(0.73)
+    assert deploy.default_threshold(model) == 0.73
+    assert deploy.calibrated_anytime(model)["split"] == "validation"
+    model.preset_metadata = _calibrated(1)  # JSON may hold an integer
+    assert deploy.default_threshold(model) == 1.0 and isinstance(deploy.default_threshold(model),
+                                                                 float)
+
+
+NOT_A_DICT = r'`deployment\["calibrated_anytime"\]` must be a dict'
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ({"deployment": [0.8]}, "`deployment` must be a dict"),
+    ({"deployment": {"calibrated_anytime": 0.8}}, NOT_A_DICT),
+    ({"deployment": {"calibrated_anytime": None}}, NOT_A_DICT),
+    ({"deployment": {"calibrated_anytime": {"max_cost": 0.005}}}, r'\["threshold"\]` must be a'),
+    (_calibrated("0.8"), r'\["threshold"\]` must be a number in \[0, 1\]'),
+    (_calibrated(True), r'\["threshold"\]` must be a number in \[0, 1\]'),
+    (_calibrated(1.5), r'\["threshold"\]` must be a number in \[0, 1\]'),
+    (_calibrated(-0.1), r'\["threshold"\]` must be a number in \[0, 1\]'),
+    (_calibrated(float("nan")), r'\["threshold"\]` must be a number in \[0, 1\]'),
+])
+def test_a_malformed_calibration_is_an_error_never_0_9(model, metadata, message):
+    model.preset_metadata = metadata
+    x = np.zeros((2, 6), "float32")
+    for use in (deploy.default_threshold, lambda m: deploy.anytime_predict(m, x),
+                lambda m: deploy.serving_plan(m, anytime=True)):
+        with pytest.raises(ValueError, match=message):
+            use(model)
+    # Given explicitly, or with no anytime signature to serve, the record is not read.
+    assert deploy.anytime_predict(model, x, threshold=0.5)["exit"].shape == (2,)
+    assert deploy.serving_plan(model).anytime_threshold is None
+
+
+def test_anytime_predict_and_the_serving_plan_default_to_it_and_an_explicit_threshold_wins(model):
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    model.preset_metadata = _calibrated(0.0)  # everyone is confident at once
+    assert deploy.anytime_predict(model, x)["blocks_computed"] == 1
+    assert deploy.anytime_predict(model, x, threshold=1.0)["blocks_computed"] == 4
+    model.preset_metadata = _calibrated(1.0)  # never: the full model
+    assert deploy.anytime_predict(model, x)["blocks_computed"] == 4
+    assert deploy.anytime_predict(model, x, threshold=0.0)["blocks_computed"] == 1
+
+    model.preset_metadata = _calibrated(0.73)
+    plan = deploy.serving_plan(model, anytime=True)
+    assert (plan.anytime_threshold, plan.anytime_threshold_source) == (0.73, "preset calibration")
+    assert plan.record()["anytime_threshold"] == 0.73
+    plan = deploy.serving_plan(model, anytime=True, anytime_threshold=0.6)
+    assert (plan.anytime_threshold, plan.anytime_threshold_source) == (0.6, "argument")
+    del model.preset_metadata
+    plan = deploy.serving_plan(model, anytime=True)
+    assert (plan.anytime_threshold, plan.anytime_threshold_source) == (0.9, "default")
+    assert deploy.serving_plan(model).record()["anytime_threshold"] is None  # no anytime served
+
+
+def test_a_saved_preset_ships_it_and_its_export_records_it(model, tmp_path):
+    pytest.importorskip("tensorflow")
+    from glonet_keras import analysis, presets
+    from glonet_keras.deploy.export import export_saved_model, load_metadata
+
+    calibrated = _calibrated(0.73)
+    presets.save_preset(model, tmp_path / "tiny_preset", metadata=calibrated)
+    loaded = presets.load_preset_directory(tmp_path / "tiny_preset")
+    assert deploy.calibrated_anytime(loaded) == calibrated["deployment"]["calibrated_anytime"]
+    path = export_saved_model(loaded, tmp_path / "serving", anytime=True, early_exits=False)
+    recorded = load_metadata(path)
+    assert recorded["signature_defaults"] == {"anytime": {"threshold": 0.73}}
+    assert (recorded["anytime_threshold"], recorded["anytime_threshold_source"]) == (
+        0.73, "preset calibration")
+    # The first k blocks are another model: the full depth's calibration does not come along.
+    truncated = analysis.truncate(loaded, 2)
+    assert "deployment" not in truncated.preset_metadata
+    assert deploy.default_threshold(truncated) == 0.9
+
+
+@contextlib.contextmanager
+def _deploy_program(*argv):
+    """glonet-deploy's flags parsed from `argv` in this process, then removed again (this process
+    may run other absl programs later)."""
+    from glonet_keras.cli import deploy as program
+
+    before = set(program.FLAGS)
+    try:
+        program.parse_flags(["deploy.py", "--preset=tiny_preset", *argv])
+        yield program
+    finally:
+        program.FLAGS.unparse_flags()
+        for name in set(program.FLAGS) - before:
+            delattr(program.FLAGS, name)
+        program.define_flags.reset()
+
+
+def test_the_deploy_program_takes_the_flag_else_the_presets_threshold(model):
+    plain = model
+    import glonet_keras
+
+    calibrated = glonet_keras.GloNetMLP(num_blocks=4, width=8, input_shape=(6,), num_classes=3)
+    calibrated.preset_metadata = _calibrated(0.73)
+    with _deploy_program() as program:
+        assert program.FLAGS["anytime_threshold"].default is None
+        assert "calibrated" in program.FLAGS["anytime_threshold"].help
+        program.check_flags()
+        assert program.anytime_threshold(calibrated) == 0.73
+        assert program.anytime_threshold(plain) == 0.9
+        plain.preset_metadata = _calibrated(2.0)
+        with pytest.raises(ValueError, match=r'\["threshold"\]` must be a number in \[0, 1\]'):
+            program.anytime_threshold(plain)
+    with _deploy_program("--anytime_threshold=0.6") as program:
+        assert program.anytime_threshold(calibrated) == 0.6
+        assert program.anytime_threshold(plain) == 0.6  # the flag wins; the record is not read
+    with _deploy_program("--anytime_threshold=1.5") as program:
+        with pytest.raises(ValueError, match=r"--anytime_threshold must be in \[0, 1\]"):
+            program.check_flags()
