@@ -292,7 +292,8 @@ def calibrate_threshold(exit_logits, labels, max_cost=0.005, confidence=None, ex
     feasible when cost <= max_cost (up to 1e-12). With `confidence=c` its one-sided c upper
     confidence bound must be: mean(d) + z_c * std(d, ddof=1) / sqrt(n), z_c the standard normal's
     c quantile (1.645 for 0.95), so a threshold calibrated on n validation examples keeps a margin
-    for what they did not show. Both are computed for every candidate at once.
+    for what they did not show (none where no example disagrees with the full model: the spread is
+    then 0). Both are computed for every candidate at once.
 
     A single-logit (binary) head is read as `top_probability` and `anytime_report` read it: the
     confidence is max(sigmoid, 1 - sigmoid), the prediction class 1 when the logit is > 0.
