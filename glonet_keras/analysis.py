@@ -35,8 +35,9 @@ def truncate(model, k):
 
     What the model carries for serving comes along: its `preprocessing`, and its
     `preset_metadata` (task, class names, ...) with `name` becoming `<name>_first_<k>` (so its
-    export never lands in the full model's folder), `metrics` dropped (they were measured on all
-    L blocks) and `truncated_from` recording `{"name", "num_blocks", "depth"}`. So
+    export never lands in the full model's folder), without `metrics` and `deployment` (the depth
+    table and the calibrated anytime threshold: measured on all L blocks), and with
+    `truncated_from` recording `{"name", "num_blocks", "depth"}`. So
     `export_saved_model(truncate(model, k), ...)` serves raw inputs as the full model does.
     """
     parts = skeleton(model)
@@ -63,7 +64,9 @@ def _carry_serving_attributes(model, truncated, k, num_blocks):
         truncated.preprocessing = preprocessing
     metadata = getattr(model, "preset_metadata", None)
     if isinstance(metadata, dict):
-        metadata = {key: value for key, value in metadata.items() if key != "metrics"}
+        # Measured on all L blocks: the metrics, the depth table and the calibrated threshold.
+        metadata = {key: value for key, value in metadata.items()
+                    if key not in ("metrics", "deployment")}
         name = metadata.get("name")
         if isinstance(name, str):
             metadata["name"] = f"{name}_first_{k}"

@@ -5,10 +5,10 @@ For every arm and seed: train (`trainer.train`, resumable: a stopped program re-
 flags resumes every run where it stopped), then on the VALIDATION split the accuracy of every
 exit k and the anytime threshold calibrated there: the one that minimises the mean number of blocks
 run, subject to validation accuracy >= the full model's validation accuracy - `--tolerance`
-(searched exactly over every distinct confidence, `calibrate_threshold`). Only once every model is
-calibrated is the TEST split read, once per model: the full model's accuracy, the exit at L/2, and
-anytime inference (`deploy.first_confident_exits`) at the calibrated threshold and at the old
-default 0.9. The verdict rules are in docs/RESULTS.md ("An anytime GloNet"), written before the runs.
+(searched exactly over every distinct confidence, `deploy.calibrate_threshold`). Only once every
+model is calibrated is the TEST split read, once per model: the full model's accuracy, the exit at
+L/2, and anytime inference (`deploy.first_confident_exits`) at the calibrated threshold and at the
+old default 0.9. The verdict rules are in docs/RESULTS.md ("An anytime GloNet"), written before the runs.
 
     python training/anytime_experiment.py --output_dir=/tmp/anytime     # about 30 min on 2 cores
     python training/anytime_experiment.py --smoke --output_dir=/tmp/anytime_smoke   # seconds
@@ -52,50 +52,6 @@ def arm_config(arm, seed, *, depth, width, epochs, exit_loss_weight, model_dir, 
                        verbose=2, **RECIPE)
 
 
-def confidences(exit_logits):
-    """Top softmax probability of every exit: float32 (batch, L), as the anytime rule reads it."""
-    from glonet_keras.deploy.anytime import top_probability
-
-    return np.stack([top_probability(exit_logits[:, k]) for k in range(exit_logits.shape[1])], 1)
-
-
-def calibrate_threshold(exit_logits, labels, tolerance):
-    """The anytime threshold with the fewest mean blocks whose accuracy is >= full - tolerance.
-
-    Exact: an example stops at the first exit k whose confidence reaches t, i.e. at
-    1 + #{k < L: max(conf_1..conf_k) < t}, so accuracy and mean blocks change only where t passes
-    one of those running maxima; every distinct one is a candidate (plus "never": the full model).
-    Ties in mean blocks go to the higher accuracy, then to the higher threshold.
-
-    Returns {"threshold", "accuracy", "mean_blocks", "full_accuracy"} on the given (validation) data.
-    """
-    batch, num_blocks = exit_logits.shape[:2]
-    correct = (exit_logits.argmax(-1) == labels[:, None]).astype("int64")  # (batch, L)
-    running = np.maximum.accumulate(confidences(exit_logits)[:, :-1], axis=1)  # exits 1..L-1
-    full = correct[:, -1].mean()
-    # Passing running[i, k-1] moves example i from exit k to exit k + 1.
-    events = running.reshape(-1)
-    order = np.argsort(events, kind="stable")
-    gain = (correct[:, 1:] - correct[:, :-1]).reshape(-1)[order]
-    values = events[order]
-    candidates = np.unique(values)
-    # Threshold t: the events with value < t have happened.
-    fired = np.searchsorted(values, candidates, side="left")
-    cumulative_gain = np.concatenate([[0], np.cumsum(gain)])
-    accuracy = (correct[:, 0].sum() + cumulative_gain[fired]) / batch
-    mean_blocks = 1 + fired / batch
-    thresholds = candidates.astype("float64")
-    # "Never" confident: everyone runs all L blocks (the full model).
-    thresholds = np.append(thresholds, 1.0)
-    accuracy = np.append(accuracy, full)
-    mean_blocks = np.append(mean_blocks, float(num_blocks))
-    feasible = accuracy >= full - tolerance - 1e-12
-    best = np.lexsort((-thresholds, -accuracy, mean_blocks))  # mean blocks, then acc, then t
-    best = next(i for i in best if feasible[i])
-    return {"threshold": float(thresholds[best]), "accuracy": float(accuracy[best]),
-            "mean_blocks": float(mean_blocks[best]), "full_accuracy": float(full)}
-
-
 def anytime(exit_logits, labels, threshold):
     """Accuracy and mean blocks of `deploy.first_confident_exits` at `threshold`."""
     from glonet_keras.deploy import first_confident_exits
@@ -116,10 +72,12 @@ def split_arrays(model, split, seed, max_examples=None):
 def validate(model, seed, tolerance, max_examples=None):
     """Everything read from the validation split: exit accuracies, the calibrated threshold."""
     from glonet_keras import analysis
+    from glonet_keras.deploy import calibrate_threshold
 
     x, y = split_arrays(model, "validation", seed, max_examples)
     logits = analysis.early_exit_logits(model, x, batch_size=1024)
-    calibrated = calibrate_threshold(logits, y, tolerance)
+    # Section 9's rule: the observed validation loss within the tolerance, no statistical margin.
+    calibrated = calibrate_threshold(logits, y, max_cost=tolerance, confidence=None)
     checked = anytime(logits, y, calibrated["threshold"])  # The library's rule agrees.
     assert abs(checked["accuracy"] - calibrated["accuracy"]) < 1e-9, (checked, calibrated)
     assert abs(checked["mean_blocks"] - calibrated["mean_blocks"]) < 1e-9, (checked, calibrated)

@@ -74,7 +74,9 @@ def define_flags():
     flags.DEFINE_list("exits", [], "More exit_<k> signatures besides the chosen k.")
     flags.DEFINE_enum("anytime", "auto", ["auto", "true", "false"],
                       "Add the anytime signature (auto: when the model supports it).")
-    flags.DEFINE_float("anytime_threshold", 0.9, "Default confidence threshold of `anytime`.")
+    flags.DEFINE_float("anytime_threshold", None, "Default confidence threshold of `anytime`, in "
+                       "[0, 1]; default the preset's calibrated threshold (its metadata's "
+                       "deployment.calibrated_anytime, chosen on its validation split), else 0.9.")
     flags.DEFINE_list("anytime_exits", None, "Depths where `anytime` checks confidence (default every "
                                              "block; check every few blocks when blocks are cheap).")
     flags.DEFINE_string("onnx_path", None, "Also write the graphs as ONNX: this .onnx file (serve) "
@@ -121,7 +123,7 @@ def check_flags():
         raise ValueError(f"--tolerance must be in [0, 1], received {FLAGS.tolerance}")
     if FLAGS.latency_budget_ms is not None and not FLAGS.latency_budget_ms > 0:
         raise ValueError(f"--latency_budget_ms must be > 0, received {FLAGS.latency_budget_ms}")
-    if not 0.0 <= FLAGS.anytime_threshold <= 1.0:
+    if FLAGS.anytime_threshold is not None and not 0.0 <= FLAGS.anytime_threshold <= 1.0:
         raise ValueError(f"--anytime_threshold must be in [0, 1], received {FLAGS.anytime_threshold}")
     if FLAGS.split not in SPLITS:
         raise ValueError(f"--split must be one of {list(SPLITS)} (choose on data you do not report "
@@ -354,6 +356,14 @@ def check_exits_now(model, extra_exits, anytime_exits):
     return anytime
 
 
+def anytime_threshold(model):
+    """--anytime_threshold, else `deploy.default_threshold(model)`: the preset's calibrated
+    threshold, else 0.9. A malformed calibration record is a ValueError, not 0.9."""
+    if FLAGS.anytime_threshold is not None:
+        return FLAGS.anytime_threshold
+    return deploy.default_threshold(model)
+
+
 def export_targets(model):
     """`(SavedModel version path or None, {signature: ONNX file} or None)`, refused now (before
     any measuring) when one exists and --overwrite is not given."""
@@ -432,6 +442,7 @@ def run(argv):
         check_dependencies()
         model, dataset, config = load_model()
         anytime = check_exits_now(model, extra_exits, anytime_exits)
+        threshold = anytime_threshold(model) if anytime else None
         targets = export_targets(model)
         data, dataset = validation_data(model, dataset, config)
     except (ValueError, FileNotFoundError, ImportError) as error:  # PresetError is a ValueError.
@@ -454,7 +465,7 @@ def run(argv):
           f"range {low:.3f}-{high:.3f} ms, measured here)")
 
     exits = sorted({depth, *extra_exits})
-    export_kwargs = dict(exits=exits, anytime=anytime, anytime_threshold=FLAGS.anytime_threshold,
+    export_kwargs = dict(exits=exits, anytime=anytime, anytime_threshold=threshold,
                          anytime_exits=anytime_exits)
     saved_model, onnx_files = targets
     path = None
@@ -479,7 +490,8 @@ def run(argv):
             deploy.plot_accuracy_latency(table, FLAGS.plot, batch_size=FLAGS.latency_batch_size,
                                          title=f"{model.name}: accuracy against latency")
         if path:
-            print(f"SavedModel: {path} (signatures exit_{depth}{', anytime' if anytime else ''})")
+            served = f", anytime at threshold {threshold:g}" if anytime else ""
+            print(f"SavedModel: {path} (signatures exit_{depth}{served})")
         if onnx_files:
             print(f"ONNX: {', '.join(onnx_files.values())}")
         if path is None and onnx_files is None:
@@ -491,7 +503,7 @@ def run(argv):
                 "latency_budget_ms": FLAGS.latency_budget_ms,
                 "latency_batch_size": FLAGS.latency_batch_size,
                 "depth_table": [r.to_dict() for r in table],
-                "export_path": path, "onnx": onnx_files,
+                "anytime_threshold": threshold, "export_path": path, "onnx": onnx_files,
             })
     except (ValueError, FileExistsError) as error:
         fail(error)

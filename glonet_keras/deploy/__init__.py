@@ -14,6 +14,10 @@ model, so one trained network offers L operating points. This module measures th
   the model into one Keras model per block (what the exported `anytime` signature chains with
   `tf.cond`), `anytime_predict` runs it eagerly on any backend, `first_confident_exits` states the
   rule on precomputed exit logits, and `anytime_report` measures accuracy against blocks computed.
+  `calibrate_threshold` picks the threshold from validation exit logits: the fewest mean blocks
+  whose accuracy loss (or its upper confidence bound) stays within a budget. A preset ships the
+  one calibrated on its validation split, and `default_threshold(model)` (used wherever no
+  threshold is given) reads it, else 0.9.
 
 Conventions (decided here, where the issue is silent):
 - FLOPs are counted analytically from the graph, per example: 2 x the multiply-accumulates of Dense,
@@ -38,7 +42,8 @@ SavedModel, reading the plan's record from its glonet.json).
 """
 
 from glonet_keras.deploy.anytime import (
-    AnytimeStages, anytime_predict, anytime_report, anytime_stages, check_anytime_exits,
+    DEFAULT_ANYTIME_THRESHOLD, AnytimeStages, anytime_predict, anytime_report, anytime_stages,
+    calibrate_threshold, calibrated_anytime, check_anytime_exits, default_threshold,
     first_confident_exits, top_probability,
 )
 from glonet_keras.deploy.depth import (
@@ -51,10 +56,12 @@ from glonet_keras.deploy.onnx_export import export_onnx, prepare_onnx
 from glonet_keras.deploy.plan import ServingPlan, serving_plan
 
 __all__ = [
-    "DEFAULT_BATCH_SIZES", "DEFAULT_THRESHOLDS", "AnytimeStages", "DepthChoice", "DepthRow",
+    "DEFAULT_ANYTIME_THRESHOLD", "DEFAULT_BATCH_SIZES", "DEFAULT_THRESHOLDS", "AnytimeStages",
+    "DepthChoice", "DepthRow",
     "ServingPlan", "export_onnx", "export_saved_model", "prepare_onnx", "prepare_saved_model",
     "serving_plan",
-    "anytime_predict", "anytime_report", "anytime_stages", "check_anytime_exits",
+    "anytime_predict", "anytime_report", "anytime_stages", "calibrate_threshold",
+    "calibrated_anytime", "check_anytime_exits", "default_threshold",
     "check_probability", "choose_depth", "count_flops", "count_parameters", "default_depths",
     "depth_table", "depth_within_budget", "first_confident_exits", "inference_latency",
     "interleaved_latency", "plot_accuracy_latency", "top_probability",

@@ -2,7 +2,9 @@
 exit whose top probability reaches a threshold."""
 
 import dataclasses
+import math
 import numbers
+import statistics
 
 import keras
 import numpy as np
@@ -10,6 +12,12 @@ import numpy as np
 from glonet_keras import analysis
 from glonet_keras.deploy.depth import DEFAULT_THRESHOLDS, _check_classifier, check_probability
 from glonet_keras.skeleton import skeleton
+
+# The threshold anytime inference uses when neither the caller nor the model's preset gives one.
+DEFAULT_ANYTIME_THRESHOLD = 0.9
+
+# The preset field that ships a calibrated threshold: metadata["deployment"][CALIBRATED_ANYTIME].
+CALIBRATED_ANYTIME = "calibrated_anytime"
 
 # -------------------------------------------------------------------------------- anytime
 
@@ -181,7 +189,7 @@ def first_confident_exits(exit_logits, threshold, exits=None):
     return chosen, exit_logits[np.arange(batch), chosen - 1]
 
 
-def anytime_predict(model, x, threshold=0.9, stages=None, exits=None):
+def anytime_predict(model, x, threshold=None, stages=None, exits=None):
     """Runs `x` as one batch block by block, stopping once every example has a confident exit.
 
     Blocks after the stop are never called. Works on every backend (the exported `anytime`
@@ -190,7 +198,8 @@ def anytime_predict(model, x, threshold=0.9, stages=None, exits=None):
     Args:
         model: a GloNet classifier.
         x: model inputs (preprocessed), one batch.
-        threshold: the confidence to reach, in [0, 1] (1.0: never, i.e. the full model).
+        threshold: the confidence to reach, in [0, 1] (1.0: never, i.e. the full model); default
+            `default_threshold(model)`: its preset's calibrated threshold, else 0.9.
         stages: `anytime_stages(model, exits)`, to reuse across calls (then `exits` is its own).
         exits: the candidate exits (see `anytime_stages`); default every block.
 
@@ -199,6 +208,8 @@ def anytime_predict(model, x, threshold=0.9, stages=None, exits=None):
         exit, `exit` `(batch,)` (1..L), and `blocks_computed` (an int: the blocks this batch ran).
     """
     _check_classifier(model)
+    if threshold is None:
+        threshold = default_threshold(model)
     threshold = check_probability(threshold, "threshold")
     stages = stages or anytime_stages(model, exits)
     hidden, total = x, None
@@ -261,3 +272,210 @@ def anytime_report(model, x, y, thresholds=DEFAULT_THRESHOLDS, batch_size=256, e
     report.append({"threshold": None, "accuracy": accuracy(exit_logits[:, -1]),
                    "mean_blocks": float(num_blocks), "num_blocks": num_blocks})
     return report
+
+
+# ---------------------------------------------------------------------------- calibration
+
+
+def calibrate_threshold(exit_logits, labels, max_cost=0.005, confidence=None, exits=None):
+    """The anytime threshold with the fewest mean blocks whose accuracy loss is within `max_cost`.
+
+    Exact, not a grid: under `first_confident_exits` an example stops at the first candidate exit
+    whose confidence reaches t, so accuracy and mean blocks change only where t passes one of the
+    running maxima of its confidences; every distinct one is a candidate, plus "never" (threshold
+    1.0: the full model, cost 0, always feasible). A confidence of exactly 1.0 (a float32 rounding
+    of a sure softmax) is reached by the largest float32 below 1 (0.99999994), since a threshold of
+    1.0 means never. Ties in mean blocks go to the higher accuracy, then to the higher threshold.
+
+    The loss is paired: per example, d_i = correct_full(i) - correct_anytime(i) in {-1, 0, 1}, and
+    cost = mean(d) = full accuracy - anytime accuracy. With `confidence=None` a threshold is
+    feasible when cost <= max_cost (up to 1e-12). With `confidence=c` its one-sided c upper
+    confidence bound must be: mean(d) + z_c * std(d, ddof=1) / sqrt(n), z_c the standard normal's
+    c quantile (1.645 for 0.95), so a threshold calibrated on n validation examples keeps a margin
+    for what they did not show (none where no example disagrees with the full model: the spread is
+    then 0). Both are computed for every candidate at once.
+
+    A single-logit (binary) head is read as `top_probability` and `anytime_report` read it: the
+    confidence is max(sigmoid, 1 - sigmoid), the prediction class 1 when the logit is > 0.
+
+    Args:
+        exit_logits: `(batch, L, outputs)` numbers, entry k - 1 on axis 1 the logits of exit k
+            (`analysis.early_exit_logits`), finite; L >= 1, outputs >= 1 (1: a binary logit).
+        labels: `(batch,)` integer class indices, in [0, outputs) (in {0, 1} for one output).
+        max_cost: the accuracy the anytime rule may lose against the full model, a fraction
+            (0.005 = half a point), finite and >= 0.
+        confidence: None for the observed cost, or c in (0.5, 1) for its upper confidence bound
+            (needs at least 2 examples).
+        exits: the candidate exits the rule checks (`first_confident_exits`); default every block.
+
+    Returns:
+        A dict: `threshold` (pass it to `first_confident_exits`, `anytime_predict` or an export),
+        `accuracy` and `mean_blocks` of the rule at it, `full_accuracy`, `cost` (full - accuracy),
+        `cost_bound` (the bound the constraint held; `cost` when `confidence` is None),
+        `max_cost`, `confidence`, `num_examples` and `exits` (the candidate exits, a list).
+
+    Raises:
+        ValueError: naming the argument: `exit_logits` not a finite numeric array of shape
+            (batch, L, outputs) with batch, L and outputs >= 1; `labels` not integers of shape
+            (batch,) in range; `max_cost` negative or not finite; `confidence` outside (0.5, 1)
+            or given with a single example; bad `exits`.
+
+    Example:
+
+    ```python
+    logits = analysis.early_exit_logits(model, x_validation)
+    calibrated = calibrate_threshold(logits, y_validation, max_cost=0.005, confidence=0.95)
+    anytime_predict(model, x, threshold=calibrated["threshold"])
+    ```
+    """
+    exit_logits = _checked_logits(exit_logits, 3, "exit_logits", "(batch, exits, outputs)")
+    batch, num_blocks, num_outputs = exit_logits.shape
+    if batch == 0:
+        raise ValueError("`exit_logits` holds no examples: calibration needs at least one.")
+    labels = _checked_labels(labels, batch, num_outputs)
+    if (isinstance(max_cost, bool) or not isinstance(max_cost, numbers.Real)
+            or not math.isfinite(max_cost) or max_cost < 0):
+        raise ValueError(f"`max_cost` must be a finite number >= 0, received {max_cost!r}.")
+    if confidence is not None:
+        if (isinstance(confidence, bool) or not isinstance(confidence, numbers.Real)
+                or not 0.5 < confidence < 1.0):
+            raise ValueError(
+                f"`confidence` must be None or a number in (0.5, 1), received {confidence!r}.")
+        if batch < 2:
+            raise ValueError("`confidence` needs at least 2 examples to estimate the spread of "
+                             f"the loss; `exit_logits` holds {batch}.")
+    try:
+        exits = check_anytime_exits(exits, num_blocks)
+    except ValueError as error:
+        raise ValueError(str(error).replace("`anytime_exits`", "`exits`")) from None
+
+    # Only the candidate exits matter: position j of the restricted arrays is exit exits[j].
+    logits = exit_logits[:, [k - 1 for k in exits]]
+    if num_outputs == 1:
+        predictions = (logits[..., 0] > 0).astype("int64")
+    else:
+        predictions = logits.argmax(-1)
+    correct = (predictions == labels[:, None]).astype("int64")  # (batch, exits)
+    confidences = np.stack([top_probability(logits[:, j]) for j in range(len(exits))], 1)
+    running = np.maximum.accumulate(confidences[:, :-1], axis=1)  # the exits before L
+    full = correct[:, -1].mean()
+    # Passing running[i, j] moves example i from exits[j] to exits[j + 1]: its correctness
+    # changes by `gain`, its disagreement with the full model by `flip`, its blocks by `blocks`.
+    events = running.reshape(-1)
+    order = np.argsort(events, kind="stable")
+    values = events[order]
+    gain = (correct[:, 1:] - correct[:, :-1]).reshape(-1)[order]
+    disagree = np.abs(correct - correct[:, -1:])
+    flip = (disagree[:, 1:] - disagree[:, :-1]).reshape(-1)[order]
+    blocks = np.broadcast_to(np.diff(exits), running.shape).reshape(-1)[order]
+    candidates = np.unique(values)
+    thresholds = candidates.astype("float64")
+    if len(candidates) and candidates[-1] >= 1.0:
+        # A sure softmax rounds to a float32 confidence of exactly 1.0, but a threshold of 1.0
+        # means never: the largest float32 below 1 stops those examples and no other, unless a
+        # confidence is that very value (then no threshold does).
+        below_one = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+        if len(candidates) > 1 and candidates[-2] >= below_one:
+            candidates, thresholds = candidates[:-1], thresholds[:-1]
+        else:
+            thresholds[-1] = below_one
+    # At threshold t the events with value < t have happened.
+    fired = np.searchsorted(values, candidates, side="left")
+
+    def after(initial, change):
+        return initial + np.concatenate([[0], np.cumsum(change)])[fired]
+
+    accuracy = after(correct[:, 0].sum(), gain) / batch
+    mean_blocks = exits[0] + after(0, blocks) / batch
+    differing = after(disagree[:, 0].sum(), flip)  # sum of d_i^2
+    loss = correct[:, -1].sum() - after(correct[:, 0].sum(), gain)  # sum of d_i
+    # "Never" confident: everyone runs all L blocks (the full model), no example differs.
+    thresholds = np.append(thresholds, 1.0)
+    accuracy = np.append(accuracy, full)
+    mean_blocks = np.append(mean_blocks, float(num_blocks))
+    differing, loss = np.append(differing, 0), np.append(loss, 0)
+    cost = loss / batch  # = full - accuracy, without its rounding
+    if confidence is None:
+        bound = cost
+        feasible = accuracy >= full - max_cost - 1e-12
+    else:
+        # Sample variance of d from its sums, exact in integers: (n sum d^2 - (sum d)^2) / n(n-1).
+        variance = (differing * batch - loss * loss) / (batch * (batch - 1))
+        z = statistics.NormalDist().inv_cdf(confidence)
+        bound = cost + z * np.sqrt(np.maximum(variance, 0.0) / batch)
+        feasible = bound <= max_cost + 1e-12
+    ranked = np.lexsort((-thresholds, -accuracy, mean_blocks))  # blocks, then accuracy, then t
+    best = next(i for i in ranked if feasible[i])  # the full model always is
+    return {"threshold": float(thresholds[best]), "accuracy": float(accuracy[best]),
+            "mean_blocks": float(mean_blocks[best]), "full_accuracy": float(full),
+            "cost": float(cost[best]), "cost_bound": float(bound[best]),
+            "max_cost": float(max_cost),
+            "confidence": None if confidence is None else float(confidence),
+            "num_examples": int(batch), "exits": list(exits)}
+
+
+def _checked_labels(labels, batch, num_outputs):
+    """`labels` as an int64 `(batch,)` array of class indices of a head with `num_outputs`."""
+    try:
+        array = np.asarray(labels)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"`labels` must be an array of class indices: {error}") from None
+    if array.dtype.kind not in "iu":
+        raise ValueError(f"`labels` must hold integer class indices, received dtype {array.dtype}.")
+    if array.shape != (batch,):
+        raise ValueError(f"`labels` must have shape ({batch},), one class index per example of "
+                         f"`exit_logits`, received shape {array.shape}.")
+    classes = 2 if num_outputs == 1 else num_outputs  # one logit: a binary classifier
+    if array.min() < 0 or array.max() >= classes:
+        raise ValueError(f"`labels` must be class indices in [0, {classes}), received values from "
+                         f"{array.min()} to {array.max()}.")
+    return array.astype("int64")
+
+
+def calibrated_anytime(model):
+    """The calibration `model`'s preset ships, checked, or None when it ships none.
+
+    A preset records what `calibrate_threshold` returned on its validation split, with "split",
+    as `metadata["deployment"]["calibrated_anytime"]`; a loaded preset carries its metadata as
+    `model.preset_metadata`. Fine-tuned, re-saved and truncated models do not keep it (it was
+    measured on the published weights at full depth).
+
+    Raises:
+        ValueError: a record that is there but malformed (`deployment` or the record not a dict,
+            its "threshold" not a number in [0, 1]), naming the field: never read as no record.
+    """
+    metadata = getattr(model, "preset_metadata", None)
+    if not isinstance(metadata, dict) or metadata.get("deployment") is None:
+        return None
+    name = metadata.get("name", getattr(model, "name", None))
+    deployment = metadata["deployment"]
+    if not isinstance(deployment, dict):
+        raise ValueError(f"The metadata of preset {name!r}: `deployment` must be a dict, received "
+                         f"{type(deployment).__name__}.")
+    if CALIBRATED_ANYTIME not in deployment:
+        return None
+    record = deployment[CALIBRATED_ANYTIME]
+    field = f'deployment["{CALIBRATED_ANYTIME}"]'
+    if not isinstance(record, dict):
+        raise ValueError(f"The metadata of preset {name!r}: `{field}` must be a dict (what "
+                         f"calibrate_threshold returned), received {type(record).__name__}.")
+    threshold = record.get("threshold")
+    if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+            or not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0):
+        raise ValueError(f'The metadata of preset {name!r}: `{field}["threshold"]` must be a '
+                         f"number in [0, 1], received {threshold!r}.")
+    return record
+
+
+def default_threshold(model):
+    """The anytime threshold `model` is served at unless told otherwise: its preset's calibrated
+    threshold (`calibrated_anytime`), else `DEFAULT_ANYTIME_THRESHOLD` (0.9).
+
+    What `anytime_predict`, `serving_plan` (so the SavedModel, ONNX and REST paths) and the deploy
+    program use when no threshold is given.
+
+    Raises:
+        ValueError: a malformed calibration record (see `calibrated_anytime`).
+    """
+    record = calibrated_anytime(model)
+    return DEFAULT_ANYTIME_THRESHOLD if record is None else float(record["threshold"])

@@ -30,7 +30,8 @@ the serving process; a batch of 0 returns empty outputs of the right shape.
 
 `assets.extra/glonet.json` records the preprocessing (`Preprocessing.to_dict()`), task, class names,
 model class and config, the signatures' input name and dtype, the exits and the anytime default
-threshold, for people and tools (TF Serving ignores it).
+threshold (and whether it was given, the preset's calibrated one or 0.9), for people and tools (TF
+Serving ignores it).
 
 Works on the TensorFlow backend and on the JAX backend when TensorFlow is installed (the model is
 converted with jax2tf; preprocessing and checks are TensorFlow ops around it). Everything is traced
@@ -51,7 +52,8 @@ import keras
 from glonet_keras import files
 from glonet_keras.data.preprocessing import Preprocessing
 from glonet_keras.deploy.depth import trace_nodes
-# TASKS, ServingPlan, check_exits and serving_computations stay export's names (its v0.2 API).
+# DEFAULT_ANYTIME_THRESHOLD, TASKS, ServingPlan, check_exits and serving_computations stay
+# export's names (its v0.2 API).
 from glonet_keras.deploy.plan import (  # noqa: F401
     DEFAULT_ANYTIME_THRESHOLD, TASKS, ServingPlan, check_exits, check_model, preset_metadata,
     serving_computations, serving_plan,
@@ -96,7 +98,7 @@ def export_saved_model(
     early_exits=True,
     exits=None,
     anytime=False,
-    anytime_threshold=DEFAULT_ANYTIME_THRESHOLD,
+    anytime_threshold=None,
     anytime_exits=None,
     overwrite=False,
 ):
@@ -127,7 +129,9 @@ def export_saved_model(
             its first k blocks. (To ship only k blocks, export `analysis.truncate(model, k)`.)
         anytime: add the `anytime` signature (a GloNet classifier whose blocks are separate layers;
             a scanned stack must be unrolled first, `glonet_keras.models.mlp.to_unrolled`).
-        anytime_threshold: the default `threshold` of `anytime`, in [0, 1], recorded in glonet.json.
+        anytime_threshold: the default `threshold` of `anytime`, in [0, 1], recorded in glonet.json
+            (`signature_defaults`, and `anytime_threshold` with its source). None: the threshold
+            the preset calibrated on its validation split (`deploy.default_threshold`), else 0.9.
         anytime_exits: the depths where `anytime` checks confidence (and may stop); default every
             block, L always. Each check costs the head and a softmax: for a deep model of cheap
             blocks, check every few blocks (`glonet_keras.deploy.anytime_stages`).
@@ -189,7 +193,7 @@ def prepare_saved_model(
     early_exits=True,
     exits=None,
     anytime=False,
-    anytime_threshold=DEFAULT_ANYTIME_THRESHOLD,
+    anytime_threshold=None,
     anytime_exits=None,
     overwrite=False,
 ):

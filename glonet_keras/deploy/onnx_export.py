@@ -38,7 +38,7 @@ import keras
 
 from glonet_keras import files
 from glonet_keras.deploy import export as export_lib
-from glonet_keras.deploy.plan import DEFAULT_ANYTIME_THRESHOLD, serving_plan
+from glonet_keras.deploy.plan import serving_plan
 
 DEFAULT_OPSET = 17
 METADATA_KEY = "glonet"
@@ -77,7 +77,7 @@ def export_onnx(
     *,
     exits=None,
     anytime=False,
-    anytime_threshold=DEFAULT_ANYTIME_THRESHOLD,
+    anytime_threshold=None,
     anytime_exits=None,
     preprocessing=None,
     input_dtype=None,
@@ -95,7 +95,8 @@ def export_onnx(
         exits: depths k of a GloNet to write as `exit_<k>` graphs (first k blocks only).
         anytime: also write the `anytime` graph (a GloNet classifier with separate block layers).
         anytime_threshold: the default threshold recorded in the anytime file's metadata (ONNX
-            inputs have no defaults: callers send `threshold`).
+            inputs have no defaults: callers send `threshold`). None: the preset's calibrated
+            threshold (`deploy.default_threshold`), else 0.9.
         anytime_exits: the depths where `anytime` checks confidence (default every block); at
             most `MAX_ONNX_ANYTIME_EXITS` (16) of them in ONNX.
         preprocessing, input_dtype, task, class_names: as in `export_saved_model` (defaults from
@@ -144,7 +145,7 @@ def prepare_onnx(
     *,
     exits=None,
     anytime=False,
-    anytime_threshold=DEFAULT_ANYTIME_THRESHOLD,
+    anytime_threshold=None,
     anytime_exits=None,
     preprocessing=None,
     input_dtype=None,
@@ -204,7 +205,7 @@ def prepare_onnx(
     record["input_name"] = specs.raw.name
     protos = {}
     for name, function in functions.items():
-        defaults = {export_lib.THRESHOLD_INPUT: float(anytime_threshold)} if name == "anytime" else {}
+        defaults = {export_lib.THRESHOLD_INPUT: plan.anytime_threshold} if name == "anytime" else {}
         protos[name] = _to_onnx(onnx, function, opset)
         onnx.helper.set_model_props(protos[name], {METADATA_KEY: json.dumps(
             {**record, "signature": name, "defaults": defaults})})

@@ -8,8 +8,9 @@ threshold. The SavedModel (`deploy.export`), ONNX (`deploy.onnx_export`) and RES
 one `ServingPlan`; none of them re-derives these decisions.
 
 Defaults come from what the model carries: `model.preprocessing` (a `Preprocessing`) and
-`model.preset_metadata` ("task", "class_names"), so a loaded preset or a trained model is served
-as it was trained.
+`model.preset_metadata` ("task", "class_names", and the anytime threshold calibrated on the
+preset's validation split, `deploy.anytime.default_threshold`), so a loaded preset or a trained
+model is served as it was trained.
 """
 
 import dataclasses
@@ -19,12 +20,14 @@ import keras
 
 from glonet_keras import analysis
 from glonet_keras.data.preprocessing import Preprocessing
-from glonet_keras.deploy.anytime import AnytimeStages, anytime_stages
+# DEFAULT_ANYTIME_THRESHOLD stays plan's name too (export imports it from here).
+from glonet_keras.deploy.anytime import (  # noqa: F401
+    DEFAULT_ANYTIME_THRESHOLD, AnytimeStages, anytime_stages, calibrated_anytime, default_threshold,
+)
 from glonet_keras.deploy.depth import check_probability
 from glonet_keras.skeleton import NotAGloNetError, skeleton
 
 TASKS = ("classification", "regression")
-DEFAULT_ANYTIME_THRESHOLD = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +45,9 @@ class ServingPlan:
         early_exits: whether the `early_exits` signature (all L prefixes in one pass) is served.
         exits: the sorted depths k served as `exit_<k>` signatures.
         anytime: the per-block stages of the `anytime` signature, or None.
-        anytime_threshold: the anytime signature's default threshold.
+        anytime_threshold: the anytime signature's default threshold (None without one).
+        anytime_threshold_source: where it came from: "argument", "preset calibration" (the
+            preset's `deployment["calibrated_anytime"]`), "default" (0.9), or None.
     """
 
     model: keras.Model
@@ -56,6 +61,7 @@ class ServingPlan:
     exits: list
     anytime: AnytimeStages
     anytime_threshold: float
+    anytime_threshold_source: str = None
 
     def computations(self):
         """The Keras models behind the single-input signatures: `{signature name: model}`.
@@ -80,18 +86,24 @@ class ServingPlan:
             "num_blocks": self.num_blocks,
             "exits": list(self.exits),
             "anytime_exits": None if self.anytime is None else list(self.anytime.exits),
+            "anytime_threshold": self.anytime_threshold,
+            "anytime_threshold_source": self.anytime_threshold_source,
         }
 
 
 def serving_plan(model, *, preprocessing=None, input_dtype=None, task=None, class_names=None,
-                 early_exits=True, exits=None, anytime=False,
-                 anytime_threshold=DEFAULT_ANYTIME_THRESHOLD, anytime_exits=None):
+                 early_exits=True, exits=None, anytime=False, anytime_threshold=None,
+                 anytime_exits=None):
     """Resolves and checks what an export of `model` serves; the arguments of `export_saved_model`.
+
+    With `anytime`, a threshold of None is `default_threshold(model)`: the threshold the preset
+    calibrated on its validation split, else 0.9. Without `anytime` the threshold is not read.
 
     Raises:
         ValueError: a model that is not one-input/one-output functional Keras, a preprocessing that
             does not fit its input, an unknown task, class names that do not match its outputs,
-            exits out of range, or anytime on a model that cannot stop early.
+            exits out of range, anytime on a model that cannot stop early, a threshold outside
+            [0, 1], or a malformed calibration record in the preset's metadata.
     """
     check_model(model)
     preprocessing = resolve_preprocessing(model, preprocessing)
@@ -104,8 +116,10 @@ def serving_plan(model, *, preprocessing=None, input_dtype=None, task=None, clas
     except NotAGloNetError:
         parts = None
     num_blocks = parts.num_blocks if parts is not None else getattr(model, "num_blocks", None)
-    stages = None
-    if anytime:
+    stages, source = None, None
+    if not anytime:
+        anytime_threshold = None
+    else:
         if task != "classification":
             raise ValueError(
                 f"`anytime` stops at a confident exit, but {model.name!r} is a {task} model: a "
@@ -113,7 +127,11 @@ def serving_plan(model, *, preprocessing=None, input_dtype=None, task=None, clas
             )
         if parts is None:
             raise ValueError(f"`anytime` needs a GloNet; {model.name!r} has no exits to stop at.")
-        check_probability(anytime_threshold, "anytime_threshold")
+        source = "argument"
+        if anytime_threshold is None:
+            source = "default" if calibrated_anytime(model) is None else "preset calibration"
+            anytime_threshold = default_threshold(model)
+        anytime_threshold = check_probability(anytime_threshold, "anytime_threshold")
         stages = anytime_stages(model, anytime_exits)
     return ServingPlan(
         model=model,
@@ -126,7 +144,8 @@ def serving_plan(model, *, preprocessing=None, input_dtype=None, task=None, clas
         early_exits=bool(early_exits) and parts is not None,
         exits=_checked_exits(model, exits, None if parts is None else parts.num_blocks),
         anytime=stages,
-        anytime_threshold=float(anytime_threshold),
+        anytime_threshold=anytime_threshold,
+        anytime_threshold_source=source,
     )
 
 
