@@ -232,3 +232,56 @@ def test_every_preset_model_is_named_after_its_preset():
         assert _config(name)["config"]["name"] == name
     model = glonet_keras.create_model("glonet_mlp_digits", pretrained=True, origin=ZOO)
     assert model.name == "glonet_mlp_digits"
+
+
+# Zoo v2 (issue 21): presets trained under the protocol of training/zoo_protocol.py.
+PROTOCOL_PRESETS = [name for name in PUBLISHED if "protocol" in _metadata(name)]
+
+
+def test_zoo_v2_presets_are_the_published_seed_of_their_protocol():
+    assert "glonet_mlp_fashion_mnist" in PROTOCOL_PRESETS
+    for name in PROTOCOL_PRESETS:
+        metadata = _metadata(name)
+        protocol = metadata["protocol"]
+        assert len(protocol["seeds"]) >= 3, name
+        seed = protocol["published_seed"]
+        assert metadata["training"]["config"]["seed"] == seed
+        assert f"--seed={seed} " in metadata["training"]["command"]
+        preset = protocol["arms"]["preset"]
+        # The weights are the seed chosen on validation, and the card's test number is that seed's.
+        index = protocol["seeds"].index(seed)
+        assert preset["validation"]["values"][index] == max(preset["validation"]["values"])
+        assert abs(preset["test"]["values"][index] - metadata["metrics"]["test_accuracy"]) < 1e-6
+        values = np.asarray(preset["test"]["values"])
+        assert np.isclose(preset["test"]["mean"], values.mean())
+        assert np.isclose(preset["test"]["std"], values.std())
+        assert len(protocol["arms"]) >= 2, f"{name}: no twin arm"
+        card = (ZOO / name / "README.md").read_text()
+        assert f"{100 * preset['test']['mean']:.2f} ± {100 * preset['test']['std']:.2f}" in card
+
+
+def test_a_shipped_anytime_threshold_is_recalibrated_on_the_validation_split():
+    from glonet_keras import data, deploy
+
+    for name in PROTOCOL_PRESETS:
+        metadata = _metadata(name)
+        calibrated = metadata.get("deployment", {}).get("calibrated_anytime")
+        if calibrated is None:
+            continue
+        model = glonet_keras.create_model(name, pretrained=True, origin=ZOO)
+        assert deploy.default_threshold(model) == calibrated["threshold"]
+        try:
+            x, y = data.load_split(metadata["dataset"]["name"], "validation",
+                                   seed=metadata["protocol"]["published_seed"])
+        except DatasetUnavailableError as error:
+            pytest.skip(str(error))
+        exits = analysis.early_exit_logits(model, np.asarray(model.preprocessing(x)),
+                                           batch_size=1024)
+        again = deploy.calibrate_threshold(exits, np.asarray(y, "int64"),
+                                           max_cost=calibrated["max_cost"],
+                                           confidence=calibrated["confidence"])
+        # Float32 logits on another machine may move a confidence in its last bits; the operating
+        # point (blocks and accuracy on validation) must not move.
+        assert abs(again["threshold"] - calibrated["threshold"]) < 1e-4, name
+        assert abs(again["mean_blocks"] - calibrated["mean_blocks"]) < 1e-3, name
+        assert abs(again["accuracy"] - calibrated["accuracy"]) < 1e-3, name

@@ -54,7 +54,7 @@ from zoo_docs import (  # noqa: E402  (training/ is on sys.path when this script
 )
 
 REPO = Path(__file__).resolve().parent.parent
-REGISTRY_PATH = REPO / "glonet_keras" / "zoo_registry.json"
+REGISTRY_PATH = REPO / "glonet_keras" / "presets" / "zoo_registry.json"
 STEPS = ("train", "protocol", "package", "refresh", "subset", "deployment", "docs", "export")
 #: The fast test suite re-measures a preset whose test split is larger on its first this many test
 #: images, against metrics.check_subset (the whole split: make test-slow).
@@ -620,7 +620,7 @@ def model_card(metadata):
         f"| blocks | {metadata['num_blocks']} |",
         f"| data set | `{dataset['name']}` ({dataset['num_classes']} classes) |",
         f"| held-out accuracy | {100 * metrics['test_accuracy']:.2f} % on {metrics['num_test_examples']:,} "
-        "test examples |",
+        "test examples" + _seeds_note(metadata) + " |",
         f"| weights | {metadata['size_bytes'] / 1024:.0f} KiB (`model.weights.h5`) |",
         f"| licence | {metadata['license']} (weights); data: {dataset['license']} |",
         "",
@@ -714,8 +714,11 @@ def model_card(metadata):
         "## Limitations",
         "",
         f"Trained on `{dataset['name']}` only: inputs unlike its images (other sizes, colours, "
-        "backgrounds or object classes) are outside what it has seen, and nothing here was tested "
-        "for robustness or fairness. It exists to demonstrate and test the library (loading, early "
+        "backgrounds or object classes) are outside what it has seen, and "
+        + ("its robustness was measured only against the small shifts and noise above, nothing "
+           "for fairness" if "protocol" in metadata else
+           "nothing here was tested for robustness or fairness")
+        + ". It exists to demonstrate and test the library (loading, early "
         "exit, fine-tuning, serving) and to measure GloNet's properties.",
         "",
     ]
@@ -728,6 +731,17 @@ def model_card(metadata):
             f"--names={metadata['name']} --extra_train_flags=--epochs=N` trains it longer.",
         ]
     return "\n".join(lines)
+
+
+def _seeds_note(metadata):
+    """The card's note on seeds: zoo v2's mean ± std over its seeds, else "1 seed"."""
+    protocol = metadata.get("protocol")
+    if not protocol:
+        return ""
+    test = protocol["arms"]["preset"]["test"]
+    return (f" (seed {protocol['published_seed']}, chosen on validation; "
+            f"{100 * test['mean']:.2f} ± {100 * test['std']:.2f} % over seeds "
+            f"{', '.join(map(str, protocol['seeds']))})")
 
 
 def _round_list(values):
