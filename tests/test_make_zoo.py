@@ -132,3 +132,42 @@ def test_an_arm_shares_the_recipe_but_its_overrides(make_zoo):
 def test_a_multi_seed_preset_is_packaged_only_from_its_protocol_record(make_zoo):
     with pytest.raises(SystemExit, match="--steps=protocol"):
         make_zoo.package(MULTI)
+
+
+def test_a_recipes_caveats_reach_the_card_and_leave_it_with_the_recipe(make_zoo, tmp_path, monkeypatch):
+    import shutil
+
+    name = "resnet_cnn_fashion_mnist"
+    zoo_dir = tmp_path / "zoo"
+    shutil.copytree(make_zoo.REPO / "zoo" / name, zoo_dir / name)
+    saved = flags.FLAGS["zoo_dir"].value
+    flags.FLAGS["zoo_dir"].value = str(zoo_dir)
+    try:
+        caveat = "Selection: chosen after a test score was seen."
+        monkeypatch.setitem(make_zoo.RECIPES, name, {**make_zoo.RECIPES[name], "caveats": (caveat,)})
+        make_zoo.refresh(name)
+        card = (zoo_dir / name / "README.md").read_text()
+        assert f"- {caveat}" in card
+        assert card.index("## Limitations") < card.index(caveat)
+        assert json.loads((zoo_dir / name / "metadata.json").read_text())["caveats"] == [caveat]
+
+        recipe = {k: v for k, v in make_zoo.RECIPES[name].items() if k != "caveats"}
+        monkeypatch.setitem(make_zoo.RECIPES, name, recipe)
+        make_zoo.refresh(name)
+        assert caveat not in (zoo_dir / name / "README.md").read_text()
+        assert "caveats" not in json.loads((zoo_dir / name / "metadata.json").read_text())
+    finally:
+        flags.FLAGS["zoo_dir"].value = saved
+
+
+def test_the_v1_cnn_cards_say_their_recipe_was_chosen_after_a_test_score():
+    from pathlib import Path
+
+    from tests.harness import REPO_ROOT
+
+    zoo = Path(REPO_ROOT) / "zoo"
+    glonet = (zoo / "glonet_cnn_bn_fashion_mnist" / "README.md").read_text()
+    assert "test accuracy (92.60 %) had been seen" in glonet
+    assert "not an untouched test estimate" in glonet
+    twin = (zoo / "resnet_cnn_fashion_mnist" / "README.md").read_text()
+    assert "chosen after a test score had been seen" in twin
