@@ -5,6 +5,9 @@ Everything here reads the model through `glonet_keras.skeleton.skeleton(model)`,
 from the graph by layer names (never by position) and checks that it is a real GloNet. A model
 loaded from a `.keras` file has the same names, so it works the same way. A model that is not a
 GloNet raises `NotAGloNetError` (a ValueError); `is_glonet(model)` asks without raising.
+
+`recalibrate_batch_norm` (and `batch_norm_layers`) take any functional Keras model, GloNet or not:
+what a batch-norm model scores with its exact population statistics, beside what it was trained to.
 """
 
 import keras
