@@ -445,7 +445,8 @@ def verdict_lines(sweep, evaluations):
                 100 * (_test(get(twin, d, s)) - _test(get(glonet, d, s))))
             result = judge(gaps, NO_BATCH_NORM_POINTS, seeds)
             results.append(result)
-            per_depth.append(f"depth {depth}: {result}" + (f" ({_values(gaps)})" if gaps else ""))
+            per_depth.append(f"depth {depth}: {result}"
+                             + (f" ({_values(gaps)} points)" if gaps else ""))
         if any(r.startswith("pending") for r in results):
             overall = "pending"
         elif all(r.startswith("held") for r in results):
@@ -456,7 +457,7 @@ def verdict_lines(sweep, evaluations):
             overall = "inconclusive (within one std of the threshold)"
         lines.append(f"- **No batch norm needed** (ResNet-v2's recalibrated test accuracy minus "
                      f"GloNet's, per seed; held = at most {NO_BATCH_NORM_POINTS:g} points at every "
-                     f"depth): **{overall}**; " + "; ".join(per_depth) + " points.")
+                     f"depth): **{overall}**; " + "; ".join(per_depth) + ".")
     ahead = _per_seed(evaluations, spec, lambda s: None if not (
         spec["baselines"] and get(glonet, deep, s)
         and all(get(b, deep, s) for b in spec["baselines"])) else
