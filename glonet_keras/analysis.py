@@ -5,6 +5,9 @@ Everything here reads the model through `glonet_keras.skeleton.skeleton(model)`,
 from the graph by layer names (never by position) and checks that it is a real GloNet. A model
 loaded from a `.keras` file has the same names, so it works the same way. A model that is not a
 GloNet raises `NotAGloNetError` (a ValueError); `is_glonet(model)` asks without raising.
+
+`recalibrate_batch_norm` (and `batch_norm_layers`) take any functional Keras model, GloNet or not:
+what a batch-norm model scores with its exact population statistics, beside what it was trained to.
 """
 
 import keras
@@ -283,3 +286,182 @@ def class_labels(y, num_outputs):
             f"holds values in [{y.min()}, {y.max()}]."
         )
     return y.astype("int64")
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch-norm recalibration. A BatchNormalization layer's moving statistics are an exponential
+# average over the training steps, taken while the weights before it still moved; after training
+# they need not be the statistics of what the trained layers feed it. Recalibrating replaces them
+# by the exact population mean and variance, layer by layer in graph order, each BN's input
+# computed in inference mode through the already-recalibrated layers before it.
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_norm_layers(model):
+    """Every `keras.layers.BatchNormalization` inside `model` (nested models' too), each once."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def recalibrate_batch_norm(model, x, batch_size=256):
+    """Sets every BatchNormalization layer's moving statistics to their exact values over `x`.
+
+    In place, as `model.fit` and `load_weights` change a model: for each BN layer, in graph order,
+    `moving_mean` and `moving_variance` become the mean and the (population, ddof 0) variance of
+    that layer's input over all of `x` (every axis but the layer's `axis`), the input computed in
+    inference mode through the layers before it, whose BN layers are already recalibrated. The
+    statistics are computed in float64 from the layer's actual inputs. Nothing else changes
+    (gamma, beta, epsilon, every other weight).
+
+    The model runs node by node over all of `x` at once (each layer applied in batches of
+    `batch_size`), holding the live activations of every example in memory: pass a sample (a few
+    thousand examples), not a whole data set. Nested functional models and `Sequential`s are
+    walked into; a BN layer hidden inside a subclassed layer cannot be reached in order and is
+    refused, as is a BN layer called more than once (its statistics would be ambiguous).
+
+    Args:
+        model: a functional (or Sequential) Keras model with BatchNormalization layers.
+        x: the inputs, preprocessed as the model takes them: one array (a list of arrays for a
+            multi-input model) of shape `(examples, *input_shape)`.
+        batch_size: how many examples each layer processes per call.
+
+    Returns:
+        The recalibrated BatchNormalization layers, in the order they were recalibrated.
+
+    Raises:
+        ValueError: the model has no BatchNormalization layer (nothing to recalibrate: ask
+            `batch_norm_layers` first), is not functional, hides a BN layer where it cannot be
+            reached in order; or `x` is empty, not numeric, not finite or of the wrong shape; or
+            `batch_size` is not a positive integer.
+
+    Example:
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+    ...                           keras.layers.BatchNormalization()])
+    >>> x = np.random.default_rng(0).normal(size=(100, 4)).astype("float32")
+    >>> [layer.name for layer in recalibrate_batch_norm(model, x)]
+    ['batch_normalization']
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, received {batch_size!r}.")
+    if not batch_norm_layers(model):
+        raise ValueError(
+            f"The model {model.name!r} has no BatchNormalization layer: there is nothing to "
+            "recalibrate (`batch_norm_layers(model)` tells which models have one).")
+    graph = _functional_graph(model)
+    if graph is None:
+        raise ValueError(
+            f"The model {model.name!r} is not a functional (or built Sequential) model: its "
+            "BatchNormalization layers cannot be recalibrated in graph order.")
+    inputs = _recalibration_inputs(graph, x)
+    recalibrated = []
+    _run_recalibrating(graph, inputs, int(batch_size), recalibrated)
+    return recalibrated
+
+
+def _functional_graph(model):
+    """The Functional that runs `model`'s layers (a Sequential's inner one), or None."""
+    graph = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
+    return graph if hasattr(graph, "_nodes_by_depth") and hasattr(graph, "inputs") else None
+
+
+def _recalibration_inputs(graph, x):
+    """`x` as a list of numpy arrays, one per model input, checked and cast to its dtype."""
+    arrays = list(x) if isinstance(x, (list, tuple)) else [x]
+    if len(arrays) != len(graph.inputs):
+        raise ValueError(f"`x` must hold {len(graph.inputs)} array(s), one per model input, "
+                         f"received {len(arrays)}.")
+    checked = []
+    for array, tensor in zip(arrays, graph.inputs):
+        array = np.asarray(array)
+        if array.dtype.kind not in "iuf":
+            raise ValueError(f"`x` must hold numbers (integer or float), received dtype {array.dtype}.")
+        expected = tuple(tensor.shape[1:])
+        if array.ndim != len(expected) + 1 or any(
+                e is not None and e != g for e, g in zip(expected, array.shape[1:])):
+            wanted = ", ".join(["examples", *("any" if e is None else str(e) for e in expected)])
+            raise ValueError(f"`x` must have shape ({wanted}) for this model's input, received "
+                             f"{array.shape}.")
+        if array.shape[0] == 0:
+            raise ValueError("`x` is empty: statistics over no examples are undefined.")
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise ValueError("`x` contains NaN or infinite values.")
+        checked.append(array.astype(keras.backend.standardize_dtype(tensor.dtype), copy=False))
+    return checked
+
+
+def _run_recalibrating(graph, inputs, batch_size, recalibrated):
+    """Runs `graph` node by node over all of `inputs` (numpy), recalibrating each BN layer before
+    applying it; an activation is dropped once its last consumer has run. Returns the outputs."""
+    nodes = [node for depth in sorted(graph._nodes_by_depth, reverse=True)
+             for node in graph._nodes_by_depth[depth] if node.operation and not node.is_input]
+    for node in nodes:
+        hidden = [] if _functional_graph(node.operation) is not None or isinstance(
+            node.operation, keras.layers.BatchNormalization) else (
+            batch_norm_layers(node.operation) if isinstance(node.operation, keras.layers.Layer)
+            else [])
+        if hidden:
+            raise ValueError(
+                f"The BatchNormalization layer(s) {[layer.name for layer in hidden]} sit inside "
+                f"{node.operation.name!r}, a layer that is not a functional model: they cannot be "
+                "reached in graph order to recalibrate them.")
+    remaining = {}
+    for node in nodes:
+        for tensor in node.input_tensors:
+            remaining[id(tensor)] = remaining.get(id(tensor), 0) + 1
+    kept = {id(tensor) for tensor in graph.outputs}
+    values = {id(tensor): value for tensor, value in zip(graph.inputs, inputs)}
+    for node in nodes:
+        if any(id(tensor) not in values for tensor in node.input_tensors):
+            continue  # Not computable from these inputs (as Keras' own graph runner skips it).
+        args, kwargs = node.arguments.fill_in(values)
+        operation = node.operation
+        inner = _functional_graph(operation)
+        if inner is not None and batch_norm_layers(operation):
+            outputs = _run_recalibrating(inner, keras.tree.flatten(args), batch_size, recalibrated)
+        else:
+            if isinstance(operation, keras.layers.BatchNormalization):
+                if any(layer is operation for layer in recalibrated):
+                    raise ValueError(
+                        f"The BatchNormalization layer {operation.name!r} is called more than "
+                        "once in the model: its population statistics are ambiguous.")
+                _set_population_statistics(operation, args[0])
+                recalibrated.append(operation)
+            if getattr(operation, "_call_has_training_arg", False):
+                kwargs = {**kwargs, "training": False}
+            outputs = _apply_in_batches(operation, args, kwargs, batch_size)
+        for tensor, value in zip(node.outputs, keras.tree.flatten(outputs)):
+            values[id(tensor)] = value
+        for tensor in node.input_tensors:
+            remaining[id(tensor)] -= 1
+            if remaining[id(tensor)] == 0 and id(tensor) not in kept:
+                values.pop(id(tensor), None)
+    return [values[id(tensor)] for tensor in graph.outputs]
+
+
+def _apply_in_batches(operation, args, kwargs, batch_size):
+    """`operation(*args, **kwargs)` over whole-data numpy args, `batch_size` examples per call:
+    the flat list of its outputs, as numpy arrays."""
+    count = next(value.shape[0] for value in keras.tree.flatten(args)
+                 if isinstance(value, np.ndarray))
+    pieces = []
+    for start in range(0, count, batch_size):
+        def batch(value, start=start):
+            return value[start:start + batch_size] if isinstance(value, np.ndarray) else value
+
+        outputs = operation(*keras.tree.map_structure(batch, args),
+                            **keras.tree.map_structure(batch, kwargs))
+        pieces.append([keras.ops.convert_to_numpy(output) for output in keras.tree.flatten(outputs)])
+    return [np.concatenate(parts, axis=0) for parts in zip(*pieces)]
+
+
+def _set_population_statistics(layer, inputs):
+    """A BN layer's moving mean and variance := those of `inputs` over every axis but its own."""
+    inputs = np.asarray(inputs)
+    axis = layer.axis % inputs.ndim
+    reduce = tuple(i for i in range(inputs.ndim) if i != axis)
+    mean = inputs.mean(axis=reduce, dtype="float64")
+    variance = inputs.var(axis=reduce, dtype="float64")
+    layer.moving_mean.assign(mean.astype(keras.backend.standardize_dtype(layer.moving_mean.dtype)))
+    layer.moving_variance.assign(
+        variance.astype(keras.backend.standardize_dtype(layer.moving_variance.dtype)))

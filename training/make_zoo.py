@@ -38,22 +38,20 @@ Examples:
 """
 
 import json
-import os
-import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from absl import app, flags
 
+import train_runs  # noqa: E402  (training/ is on sys.path when this script runs)
 import zoo_protocol  # noqa: E402  (training/ is on sys.path when this script runs)
+from train_runs import describe_machine, earlier_training  # noqa: E402,F401  (re-exported)
+from train_runs import display_path as _display_path  # noqa: E402
 from zoo_docs import (  # noqa: E402  (training/ is on sys.path when this script runs)
     FASHION_BEGIN, FASHION_END, README_BEGIN, README_END, deployment_record, deployment_section,
     fashion_table, protocol_section, load_zoo, registry, registry_text, replace_between, zoo_table,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = train_runs.REPO
 REGISTRY_PATH = REPO / "glonet_keras" / "presets" / "zoo_registry.json"
 STEPS = ("train", "protocol", "package", "refresh", "subset", "deployment", "docs", "export")
 #: The fast test suite re-measures a preset whose test split is larger on its first this many test
@@ -270,12 +268,11 @@ def train_command(name, run_dir, arm=None, seed=None):
     return ["python", "training/train.py", *args, *FLAGS.extra_train_flags, f"--model_dir={run_dir}"]
 
 
-def earlier_training(run_dir):
-    """`(epochs, seconds)` an interrupted run in `run_dir` already trained (from its last state)."""
-    from glonet_keras.training import rundir
-
-    state = rundir.RunDirectory(run_dir).latest_state()
-    return (state.epoch, float(sum(state.seconds_per_epoch))) if state else (0, 0.0)
+def train_run(label, run_dir, command):
+    """Runs one train.py `command` into `run_dir` (its model_dir), logging beside it
+    (train_runs.train_run, resuming with --resume)."""
+    train_runs.train_run(label, run_dir, command, resume=FLAGS.resume,
+                         log=lambda message: print(message, flush=True))
 
 
 def run_training(name):
@@ -290,70 +287,6 @@ def run_training(name):
             run_dir = zoo_protocol.run_directory(FLAGS.runs_dir, name, arm, seed)
             train_run(f"{name} {arm} seed {seed}", run_dir,
                       train_command(name, _display_path(run_dir), arm, seed))
-
-
-def train_run(label, run_dir, command):
-    """Runs one train.py `command` into `run_dir` (its model_dir), logging beside it."""
-    run_dir = Path(run_dir)
-    earlier_epochs, earlier_seconds = 0, 0.0
-    if FLAGS.resume and run_dir.exists():
-        from glonet_keras.training import rundir
-
-        if (rundir.RunDirectory(run_dir).record() or {}).get("status") == "finished":
-            if (run_dir / "command.json").exists():
-                print(f"[{label}] already trained in {_display_path(run_dir)}; nothing to resume",
-                      flush=True)
-                return
-            raise SystemExit(f"[{label}] {_display_path(run_dir)} holds a finished run without the "
-                             "command.json this script writes; train it afresh (without --resume).")
-        earlier_epochs, earlier_seconds = earlier_training(run_dir)
-        print(f"[{label}] resuming after epoch {earlier_epochs} ({earlier_seconds:.0f} s trained)",
-              flush=True)
-    elif run_dir.exists():
-        # A fresh run: train.py would otherwise resume from the old run's backup.
-        import shutil
-
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"[{label}] {shlex.join(command)}", flush=True)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    start = time.perf_counter()
-    log_path = run_dir.parent / f"{run_dir.name}.log"
-    with open(log_path, "a" if earlier_epochs else "w") as log:
-        process = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT)
-    if process.returncode:
-        raise SystemExit(f"[{label}] train.py failed (exit {process.returncode}); see {log_path}")
-    seconds = time.perf_counter() - start + earlier_seconds
-    record = {"command": shlex.join(command), "wall_seconds": seconds, "machine": describe_machine()}
-    if earlier_epochs:
-        # The interrupted call's start-up time is not in its epochs' times, so it is not counted.
-        record["resumed_after_epoch"] = earlier_epochs
-    with open(run_dir / "command.json", "w") as handle:
-        json.dump(record, handle)
-    print(f"[{label}] trained in {seconds:.0f} s", flush=True)
-
-
-def describe_machine():
-    """The machine a run trains on, for the model card: the accelerator, else the CPU cores."""
-    if os.environ.get("KERAS_BACKEND") == "jax":
-        try:
-            import jax
-
-            devices = [d for d in jax.devices() if d.platform != "cpu"]
-        except Exception:  # noqa: BLE001 (any jax failure just means: describe the CPU)
-            devices = []
-        if devices:
-            return f"{len(devices)} x {devices[0].device_kind} (JAX backend)"
-    return f"{os.cpu_count()} CPU cores, no GPU ({os.environ.get('KERAS_BACKEND', 'tensorflow')} " \
-           "backend; timings noisy when shared)"
-
-
-def _display_path(path):
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
 
 
 def measure(model, preprocessing, dataset, seed=0):

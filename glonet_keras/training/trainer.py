@@ -421,6 +421,19 @@ def build_model(config, info):
         raise ConfigError(f"{model_class.__name__}: {error}") from error
 
 
+def initial_model(config, info):
+    """The model a fresh run of `config` starts from: the seed set, then `build_model`.
+
+    `train` builds its model through this very function (inside its strategy's scope, which does
+    not touch the random state), so calling it again with a run's config (metrics.json's
+    `config`) and data set rebuilds that run's initial weights bit for bit, on the same Keras
+    backend: the initializers draw their seeds from the generators `set_random_seed` resets. A
+    run trained on another backend (JAX, say) drew other numbers from the same seed.
+    """
+    keras.utils.set_random_seed(config.seed)
+    return build_model(config, info)
+
+
 def make_optimizer(config, steps_per_epoch):
     learning_rate = config.learning_rate
     if config.schedule == "cosine":
@@ -965,7 +978,7 @@ def _start(config):
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         if pretrained is None:
-            model = build_model(config, info)
+            model = initial_model(config, info)
         else:
             overrides = _preset_overrides(config, pretrained, info)
             model = load_pretrained(config, **overrides) if overrides else pretrained

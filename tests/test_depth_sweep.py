@@ -1,0 +1,287 @@
+"""training/depth_sweep.py: section 11's sweeps as data, and train -> evaluate -> report end to end
+on a tiny sweep (depth 8, 128 images, 1 epoch) in a temporary directory."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from glonet_keras.training import rundir, trainer
+from tests.harness import REPO_ROOT, training_module
+
+depth_sweep = training_module("depth_sweep")
+SECTION = Path(REPO_ROOT) / "docs" / "sections" / "11_depth_sweep.md"
+
+# Section 11's setting, written out by hand: the runs the CNN launcher started before this program
+# existed use exactly these flags, so the program must produce them to see those runs as its own.
+BASE = ["--width=16", "--dataset=fashion_mnist", "--max_examples=20000", "--epochs=10",
+        "--batch_size=128", "--optimizer=adamw", "--learning_rate=0.002", "--weight_decay=0.05",
+        "--schedule=cosine", "--warmup_epochs=1", "--label_smoothing=0.1"]
+CNN_FAMILIES = {"glonet": ["--model=glonet_cnn"], "plain": ["--model=plain_cnn"],
+                "resnet_nobn": ["--model=resnet_cnn", "--normalization=none"],
+                "resnet_bn": ["--model=resnet_cnn", "--normalization=batch"]}
+
+
+@pytest.mark.parametrize("family", list(CNN_FAMILIES))
+def test_a_cnn_runs_command_is_the_launchers(family):
+    directory = f"runs/depth_sweep/cnn/{family}/depth_56/seed_2"
+    assert depth_sweep.train_command("cnn", family, 56, 2, directory) == [
+        "python", "training/train.py", *CNN_FAMILIES[family], "--depth=56", *BASE, "--seed=2",
+        "--jit_compile=false", "--verbose=2", "--tensorboard=false", f"--model_dir={directory}"]
+    assert depth_sweep.run_directory("runs/depth_sweep", "cnn", family, 56, 2) == Path(directory)
+
+
+def test_the_sweeps_are_section_11s():
+    cnn, vit = depth_sweep.SWEEPS["cnn"], depth_sweep.SWEEPS["vit"]
+    assert (cnn["depths"], cnn["seeds"], vit["depths"], vit["seeds"]) == (
+        (20, 56, 110), (0, 1, 2), (6, 12, 24), (0, 1, 2))
+    command = depth_sweep.train_command("vit", "glonet", 24, 0, "d", ["--jit_compile=auto"])
+    vit_base = ["--width=96", "--patch_size=4", "--num_heads=4", "--mlp_dim=192", "--tokenizer=conv",
+                *BASE[1:]]
+    assert command[2:] == ["--model=glonet_vit", "--head_initializer=zeros", "--depth=24",
+                           *vit_base, "--seed=0", "--jit_compile=false", "--verbose=2",
+                           "--tensorboard=false", "--jit_compile=auto", "--model_dir=d"]
+    assert depth_sweep.train_command("vit", "vit", 6, 1, "d")[2:4] == ["--model=vit", "--depth=6"]
+    # Depth-major: every seed and family at the shallowest depth first.
+    order = depth_sweep.runs("cnn")
+    assert order[:5] == [("glonet", 20, 0), ("plain", 20, 0), ("resnet_nobn", 20, 0),
+                         ("resnet_bn", 20, 0), ("glonet", 20, 1)]
+    assert {d for _, d, _ in order[:12]} == {20} and len(order) == 36
+    assert depth_sweep.runs("vit", depths=[12], seeds=[1]) == [("glonet", 12, 1), ("vit", 12, 1)]
+
+
+# ------------------------------------------------------------------------------ formatting rules
+
+
+def test_cells_give_mean_std_and_seeds_and_never_a_zero_std():
+    assert depth_sweep.cell([]) == "–"
+    assert depth_sweep.cell([0.8766]) == "87.7 (1 seed)"
+    assert depth_sweep.cell([0.5, 0.5]) == "50.0 ± < 0.1 (2 seeds)"
+    assert depth_sweep.cell([0.5, 0.6, 0.7]) == "60.0 ± 8.2 (3 seeds)"
+
+
+def test_verdicts_pending_held_not_held_and_inconclusive():
+    seeds = (0, 1, 2)
+    assert depth_sweep.judge([1.0, 1.5], 2.0, seeds) == "pending (2 of 3 seeds)"
+    assert depth_sweep.judge([0.5, 1.0, 1.5], 2.0, seeds) == "held"
+    assert depth_sweep.judge([5.0, 6.0, 7.0], 2.0, seeds) == "did not hold"
+    assert depth_sweep.judge([1.0, 3.0, 2.5], 2.0, seeds) == \
+        "inconclusive (within one std of the threshold)"
+    assert depth_sweep.judge([5.0, 6.0, 7.0], 2.0, seeds, held_if="more_than") == "held"
+    assert depth_sweep.judge([0.5, 1.0, 1.5], 2.0, seeds, held_if="more_than") == "did not hold"
+    assert depth_sweep.judge([3.0], 2.0, (0,)) == "did not hold; 1 seed"
+
+
+def synthetic(family, depth, seed, test, *, blocks=None, k=None, ratio=None, recalibrated=None):
+    """An evaluation record as `evaluate` writes one, with only what the report reads."""
+    record = {"family": family, "depth": depth, "seed": seed, "parameters": 1000,
+              "validation": {"accuracy": test}, "test": {"accuracy": test},
+              "train_py": {"validation": test, "test": test}, "seconds_per_epoch": 60.0,
+              "versions": {"keras": "3", "backend": "tensorflow"},
+              "evaluated_on": {"platform": "p", "cpu_cores": 2, "keras": "3",
+                               "backend": "tensorflow"}}
+    if recalibrated is not None:
+        record["recalibrated"] = {"validation": {"accuracy": recalibrated},
+                                  "test": {"accuracy": recalibrated}}
+    if blocks is not None:
+        record["glonet"] = {"num_blocks": blocks, "exit_k": k, "exit_test_accuracy": test - 0.01,
+                            "deeper_half_share": 0.2 * ratio,
+                            "initial": {"deeper_half_share": 0.2}}
+    return record
+
+
+def full_cnn_sweep():
+    found = {}
+    for depth, blocks in ((20, 9), (56, 27), (110, 54)):
+        for seed in (0, 1, 2):
+            found["glonet", depth, seed] = synthetic("glonet", depth, seed, 0.90 - 0.001 * seed,
+                                                     blocks=blocks, k=blocks // 4, ratio=0.5)
+            found["plain", depth, seed] = synthetic("plain", depth, seed, 0.10)
+            found["resnet_nobn", depth, seed] = synthetic("resnet_nobn", depth, seed, 0.85)
+            found["resnet_bn", depth, seed] = synthetic("resnet_bn", depth, seed, 0.80,
+                                                        recalibrated=0.91)
+    return found
+
+
+def test_the_verdicts_read_what_section_11_says():
+    lines = "\n".join(depth_sweep.verdict_lines("cnn", full_cnn_sweep()))
+    assert "**Depth resilience** (GloNet's test accuracy at depth 20 minus at 110; held = at most " \
+           "2 points): **held**: 0.00, 0.00, 0.00 points per seed." in lines
+    assert "ResNet-v2's recalibrated test accuracy minus GloNet's" in lines
+    assert "**No batch norm needed**" in lines and "depth 110: held (1.00, 1.10, 1.20 points)" in lines
+    assert "plain chain (no BN, no skips) at 110: 10.0 ± < 0.1 (3 seeds) %, collapsed (below 20 %) " \
+           "in 3 of 3 seeds" in lines
+    assert "**Ahead of the BN-free baselines**" in lines and "**held**: 5.00, 4.90, 4.80" in lines
+    assert "at depth 110 (54 blocks); held = at most half the blocks): **held**: 13.00, 13.00, " \
+           "13.00 blocks per seed" in lines
+    assert "**Self-regulation**" in lines and "**held**: 0.50, 0.50, 0.50 per seed" in lines
+
+
+def test_a_partial_sweep_says_pending_and_renders(tmp_path):
+    found = full_cnn_sweep()
+    for key in [k for k in found if k[1] == 110 and k[2] > 0] + [("resnet_bn", 56, 1)]:
+        del found[key]
+    lines = "\n".join(depth_sweep.verdict_lines("cnn", found))
+    assert "**Depth resilience**" in lines and "**pending (1 of 3 seeds)**: 0.00 points" in lines
+    assert "**No batch norm needed**" in lines and "**pending**; depth 20: held" in lines
+    assert "depth 56: pending (2 of 3 seeds)" in lines
+    assert "collapsed (below 20 %) in 1 of 1 seeds" in lines
+    table = depth_sweep.accuracy_table("cnn", found)
+    assert "| GloNet (no BN) | 89.9 ± 0.1 (3 seeds) | 89.9 ± 0.1 (3 seeds) | 90.0 (1 seed) |" in table
+    assert "| ResNet-v2 (BN), recalibrated | 91.0 ± < 0.1 (3 seeds) | 91.0 ± < 0.1 (2 seeds) |" in table
+    assert depth_sweep.accuracy_table("vit", {}).count("–") == 6
+
+
+def test_the_report_rewrites_only_below_the_marker(tmp_path):
+    section = tmp_path / "11.md"
+    shutil.copyfile(SECTION, section)
+    original = SECTION.read_text(encoding="utf-8")
+    kept = original[:original.index("<!-- results:")]
+    kept += original[len(kept):].split("\n", 1)[0] + "\n"
+    depth_sweep.write_section(section, "Body.\n")
+    assert section.read_text(encoding="utf-8") == kept + "\nBody.\n"
+    depth_sweep.write_section(section, "Again.\n")  # Idempotent: the marker stays where it was.
+    assert section.read_text(encoding="utf-8") == kept + "\nAgain.\n"
+    section.write_text("# No marker\n\ntext\n")
+    with pytest.raises(ValueError, match="no line starting with '<!-- results:'"):
+        depth_sweep.write_section(section, "Body.\n")
+    assert section.read_text() == "# No marker\n\ntext\n"
+
+
+# ----------------------------------------------------------------------------------- end to end
+
+TINY_RECIPE = dict(depth_sweep.RECIPE, max_examples=128, epochs=1, warmup_epochs=0, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny CNN sweep (GloNet and the BN ResNet at depth 8, seeds 0 and 1) whose seed 0 is trained
+    by train.py itself; seed 1 stays untrained (the report says pending)."""
+    with pytest.MonkeyPatch.context() as patch:
+        sweep = dict(depth_sweep.SWEEPS["cnn"], depths=(8,), seeds=(0, 1),
+                     families={k: v for k, v in depth_sweep.SWEEPS["cnn"]["families"].items()
+                               if k in ("glonet", "resnet_bn")},
+                     labels={k: v for k, v in depth_sweep.SWEEPS["cnn"]["labels"].items()
+                             if k in ("glonet", "resnet_bn")},
+                     architecture=dict(width=4), baselines=())
+        patch.setattr(depth_sweep, "SWEEPS", {"cnn": sweep})
+        patch.setattr(depth_sweep, "RECIPE", TINY_RECIPE)
+        runs_dir = tmp_path_factory.mktemp("depth_sweep")
+        messages = []
+        depth_sweep.train("cnn", runs_dir, seeds=[0], log=messages.append)
+        yield runs_dir, messages
+
+
+def test_train_runs_each_run_once_and_skips_finished_ones(tiny, monkeypatch):
+    runs_dir, messages = tiny
+    for family in ("glonet", "resnet_bn"):
+        run_dir = runs_dir / "cnn" / family / "depth_8" / "seed_0"
+        assert rundir.RunDirectory(run_dir).record()["status"] == "finished"
+        assert (run_dir.parent / "seed_0.log").exists()
+        assert not (runs_dir / "cnn" / family / "depth_8" / "seed_1").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(subprocess, "run", no_training)
+    skipped = []
+    depth_sweep.train("cnn", runs_dir, seeds=[0], log=skipped.append)
+    assert skipped == ["[cnn glonet depth 8 seed 0] finished; skipped",
+                       "[cnn resnet_bn depth 8 seed 0] finished; skipped"]
+    # A run the CNN launcher trained has no command.json, only its flags in run.json: its own.
+    glonet_dir = runs_dir / "cnn" / "glonet" / "depth_8" / "seed_0"
+    command = glonet_dir / "command.json"
+    saved = command.read_bytes()
+    command.unlink()
+    try:
+        depth_sweep.train("cnn", runs_dir, seeds=[0], families=["glonet"], log=skipped.append)
+        record = rundir.RunDirectory(glonet_dir).record()
+        other = dict(record, command=[a.replace("--seed=0", "--seed=5") for a in record["command"]])
+        rundir.write_json(glonet_dir / "run.json", other)
+        with pytest.raises(SystemExit, match="other flags than this sweep's"):
+            depth_sweep.train("cnn", runs_dir, seeds=[0], families=["glonet"], log=skipped.append)
+        rundir.write_json(glonet_dir / "run.json", record)
+    finally:
+        command.write_bytes(saved)
+
+
+def test_evaluate_then_report(tiny, tmp_path):
+    runs_dir, _ = tiny
+    messages = []
+    depth_sweep.evaluate("cnn", runs_dir, log=messages.append)
+    glonet = json.loads((runs_dir / "cnn" / "evaluations" / "glonet_depth_8_seed_0.json").read_text())
+    resnet = json.loads((runs_dir / "cnn" / "evaluations" / "resnet_bn_depth_8_seed_0.json").read_text())
+    assert glonet["num_examples"] == {"validation": 128, "test": 128}
+    # The same model on the same split as train.py evaluated it: the same accuracy.
+    for record in (glonet, resnet):
+        assert record["test"]["accuracy"] == pytest.approx(record["train_py"]["test"], abs=1e-6)
+        assert record["validation"]["accuracy"] == pytest.approx(record["train_py"]["validation"],
+                                                                 abs=1e-6)
+    g = glonet["glonet"]
+    assert g["num_blocks"] == 3 and len(glonet["validation"]["exit_accuracy"]) == 3
+    assert glonet["test"]["exit_accuracy"][-1] == glonet["test"]["accuracy"]
+    assert 1 <= g["exit_k"] <= 3 and sum(g["shares"]) == pytest.approx(1.0, abs=1e-5)
+    assert "shares" in g["initial"] and g["initial"]["shares"] != g["shares"]
+    assert "recalibrated" in resnet and "recalibrated" not in glonet and "glonet" not in resnet
+    assert resnet["recalibrated"]["num_examples"] == 128
+
+    # Up to date: nothing measured again; a retrained run (another record) is measured again.
+    again = []
+    depth_sweep.evaluate("cnn", runs_dir, log=again.append)
+    assert all(message.endswith("evaluation up to date") for message in again) and len(again) == 2
+    run_dir = runs_dir / "cnn" / "resnet_bn" / "depth_8" / "seed_0"
+    record = rundir.RunDirectory(run_dir).record()
+    rundir.write_json(run_dir / "run.json", dict(record, finished="2099-01-01T00:00:00+00:00"))
+    again = []
+    depth_sweep.evaluate("cnn", runs_dir, log=again.append)
+    assert again[0].endswith("evaluation up to date") and "recalibrated" in again[1]
+    rewritten = json.loads((runs_dir / "cnn" / "evaluations" / "resnet_bn_depth_8_seed_0.json")
+                           .read_text())
+    assert rewritten["run"]["finished"] == "2099-01-01T00:00:00+00:00"
+
+    section = tmp_path / "11.md"
+    shutil.copyfile(SECTION, section)
+    depth_sweep.write_section(section, depth_sweep.report_body(runs_dir))
+    text = section.read_text(encoding="utf-8")
+    original = SECTION.read_text(encoding="utf-8")
+    marker = original.index("<!-- results:")
+    assert text[:marker] == original[:marker]
+    body = text[marker:]
+    assert "Measured: 2 of the 4 runs" in body
+    assert f"{100 * glonet['test']['accuracy']:.1f} (1 seed)" in body
+    assert "| ResNet-v2 (BN), recalibrated |" in body
+    assert "pending (1 of 2 seeds)" in body and "± 0.0 " not in body
+    assert "--model=glonet_cnn --depth=8 --width=4" in body
+
+
+def test_the_rebuilt_initialisation_is_the_trainers(tmp_path, monkeypatch):
+    """`trainer.initial_model` with a finished run's recorded config rebuilds, bit for bit and
+    whatever ran before, the weights `train` started that run from (same process and backend)."""
+    built = []
+    original = trainer.initial_model
+
+    def recording(config, info):
+        model = original(config, info)
+        built.append([np.array(w) for w in model.get_weights()])
+        return model
+
+    monkeypatch.setattr(trainer, "initial_model", recording)
+    config = trainer.TrainConfig(model="glonet_cnn", depth=8, width=4, dataset="fashion_mnist",
+                                 max_examples=64, epochs=1, batch_size=64, seed=3,
+                                 jit_compile=False, tensorboard=False, verbose=0,
+                                 model_dir=str(tmp_path / "run"))
+    trainer.train(config)
+    monkeypatch.setattr(trainer, "initial_model", original)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    rebuilt = depth_sweep.initial_model(depth_sweep.train_config(metrics))
+    keras.random.normal((3,))  # Random state consumed in between changes nothing.
+    np.random.rand(5)
+    again = depth_sweep.initial_model(depth_sweep.train_config(metrics))
+    (start,) = built
+    for expected, first, second in zip(start, rebuilt.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(first, expected)
+        np.testing.assert_array_equal(second, expected)

@@ -1,0 +1,100 @@
+"""Running training/train.py as a subprocess into a run directory: the pattern the programs that
+train many runs share (make_zoo.py, depth_sweep.py).
+
+A run is `python training/train.py <flags> --model_dir=<run_dir>`, its output logged beside the
+directory as `<run_dir>.log`, and `command.json` (the command, wall time, machine) written into the
+directory once it finishes. train.py resumes an interrupted run itself (from its last complete
+epoch, refusing another config); these helpers decide whether to let it or to start afresh.
+"""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+COMMAND_FILE = "command.json"
+
+
+def display_path(path):
+    """`path` relative to the repository when inside it (as the commands record it), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def earlier_training(run_dir):
+    """`(epochs, seconds)` an interrupted run in `run_dir` already trained (from its last state)."""
+    from glonet_keras.training import rundir
+
+    state = rundir.RunDirectory(run_dir).latest_state()
+    return (state.epoch, float(sum(state.seconds_per_epoch))) if state else (0, 0.0)
+
+
+def run_record(run_dir):
+    """The run's run.json, or None where there is no run yet."""
+    from glonet_keras.training import rundir
+
+    return rundir.RunDirectory(run_dir).record() if Path(run_dir).exists() else None
+
+
+def train_run(label, run_dir, command, *, resume, log=print):
+    """Runs one train.py `command` (a list; argv[0] stands for the interpreter) into `run_dir`.
+
+    With `resume`, an interrupted run there continues (the log is appended to, and the wall time
+    recorded adds the epochs trained before) and a finished one with its command.json is left as
+    it is; a finished run without one was not trained by these programs and is refused. Without
+    `resume`, whatever is in `run_dir` is deleted first.
+    """
+    run_dir = Path(run_dir)
+    earlier_epochs, earlier_seconds = 0, 0.0
+    if resume and run_dir.exists():
+        if (run_record(run_dir) or {}).get("status") == "finished":
+            if (run_dir / COMMAND_FILE).exists():
+                log(f"[{label}] already trained in {display_path(run_dir)}; nothing to resume")
+                return
+            raise SystemExit(f"[{label}] {display_path(run_dir)} holds a finished run without the "
+                             "command.json this script writes; train it afresh (without --resume).")
+        earlier_epochs, earlier_seconds = earlier_training(run_dir)
+        log(f"[{label}] resuming after epoch {earlier_epochs} ({earlier_seconds:.0f} s trained)")
+    elif run_dir.exists():
+        # A fresh run: train.py would otherwise resume from the old run's backup.
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(f"[{label}] {shlex.join(command)}")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    start = time.perf_counter()
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    with open(log_path, "a" if earlier_epochs else "w") as stream:
+        process = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=env, stdout=stream,
+                                 stderr=subprocess.STDOUT)
+    if process.returncode:
+        raise SystemExit(f"[{label}] train.py failed (exit {process.returncode}); see {log_path}")
+    seconds = time.perf_counter() - start + earlier_seconds
+    record = {"command": shlex.join(command), "wall_seconds": seconds, "machine": describe_machine()}
+    if earlier_epochs:
+        # The interrupted call's start-up time is not in its epochs' times, so it is not counted.
+        record["resumed_after_epoch"] = earlier_epochs
+    with open(run_dir / COMMAND_FILE, "w") as handle:
+        json.dump(record, handle)
+    log(f"[{label}] trained in {seconds:.0f} s")
+
+
+def describe_machine():
+    """The machine a run trains on, for the model card: the accelerator, else the CPU cores."""
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        try:
+            import jax
+
+            devices = [d for d in jax.devices() if d.platform != "cpu"]
+        except Exception:  # noqa: BLE001 (any jax failure just means: describe the CPU)
+            devices = []
+        if devices:
+            return f"{len(devices)} x {devices[0].device_kind} (JAX backend)"
+    return f"{os.cpu_count()} CPU cores, no GPU ({os.environ.get('KERAS_BACKEND', 'tensorflow')} " \
+           "backend; timings noisy when shared)"
