@@ -53,7 +53,7 @@ from pathlib import Path
 from absl import app, flags
 
 import train_runs  # noqa: E402  (training/ is on sys.path when this script runs)
-from experiment_common import table, verdict  # noqa: E402
+from experiment_common import fmt, table, verdict  # noqa: E402
 
 REPO = train_runs.REPO
 SECTION_PATH = REPO / "docs" / "sections" / "11_depth_sweep.md"
@@ -362,16 +362,17 @@ def load_evaluations(sweep, runs_dir):
 
 
 def cell(values, scale=100.0, digits=1):
-    """'mean ± std (n seeds)', 'x.x (1 seed)' or '–'; a std that rounds to zero reads '< 0.1'."""
+    """experiment_common.fmt with the seed count: 'mean ± std (n seeds)', 'x.x (1 seed)' or '–';
+    a std that rounds to zero reads '< 0.1'."""
     if not values:
         return "–"
-    values = [scale * v for v in values]
-    mean = statistics.fmean(values)
     if len(values) == 1:
-        return f"{mean:.{digits}f} (1 seed)"
-    std = statistics.pstdev(values)
-    spread = f"{std:.{digits}f}" if round(std, digits) > 0 else f"< {10 ** -digits:g}"
-    return f"{mean:.{digits}f} ± {spread} ({len(values)} seeds)"
+        return fmt(values, scale, digits)
+    std = statistics.pstdev(scale * v for v in values)
+    if round(std, digits) > 0:
+        return f"{fmt(values, scale, digits)} ({len(values)} seeds)"
+    mean = statistics.fmean(scale * v for v in values)
+    return f"{mean:.{digits}f} ± < {10 ** -digits:g} ({len(values)} seeds)"
 
 
 def judge(values, threshold, seeds, held_if="at_most"):
