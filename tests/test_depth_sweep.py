@@ -15,6 +15,8 @@ from tests.harness import REPO_ROOT, training_module
 
 depth_sweep = training_module("depth_sweep")
 SECTION = Path(REPO_ROOT) / "docs" / "sections" / "11_depth_sweep.md"
+# The real sweeps and recipe (the module-scoped `tiny` fixture replaces them while it lives).
+SWEEPS, RECIPE = depth_sweep.SWEEPS, depth_sweep.RECIPE
 
 # Section 11's setting, written out by hand: the runs the CNN launcher started before this program
 # existed use exactly these flags, so the program must produce them to see those runs as its own.
@@ -212,9 +214,10 @@ def test_train_runs_each_run_once_and_skips_finished_ones(tiny, monkeypatch):
 def test_evaluate_then_report(tiny, tmp_path):
     runs_dir, _ = tiny
     messages = []
-    depth_sweep.evaluate("cnn", runs_dir, log=messages.append)
-    glonet = json.loads((runs_dir / "cnn" / "evaluations" / "glonet_depth_8_seed_0.json").read_text())
-    resnet = json.loads((runs_dir / "cnn" / "evaluations" / "resnet_bn_depth_8_seed_0.json").read_text())
+    evaluations_dir = tmp_path / "evaluations"
+    depth_sweep.evaluate("cnn", runs_dir, evaluations_dir, log=messages.append)
+    glonet = json.loads((evaluations_dir / "cnn" / "glonet_depth_8_seed_0.json").read_text())
+    resnet = json.loads((evaluations_dir / "cnn" / "resnet_bn_depth_8_seed_0.json").read_text())
     assert glonet["num_examples"] == {"validation": 128, "test": 128}
     # The same model on the same split as train.py evaluated it: the same accuracy.
     for record in (glonet, resnet):
@@ -231,21 +234,20 @@ def test_evaluate_then_report(tiny, tmp_path):
 
     # Up to date: nothing measured again; a retrained run (another record) is measured again.
     again = []
-    depth_sweep.evaluate("cnn", runs_dir, log=again.append)
+    depth_sweep.evaluate("cnn", runs_dir, evaluations_dir, log=again.append)
     assert all(message.endswith("evaluation up to date") for message in again) and len(again) == 2
     run_dir = runs_dir / "cnn" / "resnet_bn" / "depth_8" / "seed_0"
     record = rundir.RunDirectory(run_dir).record()
     rundir.write_json(run_dir / "run.json", dict(record, finished="2099-01-01T00:00:00+00:00"))
     again = []
-    depth_sweep.evaluate("cnn", runs_dir, log=again.append)
+    depth_sweep.evaluate("cnn", runs_dir, evaluations_dir, log=again.append)
     assert again[0].endswith("evaluation up to date") and "recalibrated" in again[1]
-    rewritten = json.loads((runs_dir / "cnn" / "evaluations" / "resnet_bn_depth_8_seed_0.json")
-                           .read_text())
+    rewritten = json.loads((evaluations_dir / "cnn" / "resnet_bn_depth_8_seed_0.json").read_text())
     assert rewritten["run"]["finished"] == "2099-01-01T00:00:00+00:00"
 
     section = tmp_path / "11.md"
     shutil.copyfile(SECTION, section)
-    depth_sweep.write_section(section, depth_sweep.report_body(runs_dir))
+    depth_sweep.write_section(section, depth_sweep.report_body(runs_dir, evaluations_dir))
     text = section.read_text(encoding="utf-8")
     original = SECTION.read_text(encoding="utf-8")
     marker = original.index("<!-- results:")
@@ -256,6 +258,21 @@ def test_evaluate_then_report(tiny, tmp_path):
     assert "| ResNet-v2 (BN), recalibrated |" in body
     assert "pending (1 of 2 seeds)" in body and "± 0.0 " not in body
     assert "--model=glonet_cnn --depth=8 --width=4" in body
+    # From the evaluations alone (a clone: no run directories): the same report, nothing waiting.
+    assert depth_sweep.report_body(tmp_path / "no_runs", evaluations_dir) == \
+        depth_sweep.report_body(runs_dir, evaluations_dir)
+
+
+def test_the_committed_section_is_its_committed_evaluations_report(tmp_path, monkeypatch):
+    """Section 11's results, as committed, are what the report renders from the evaluations git
+    tracks (docs/evaluations/depth_sweep): neither was edited or committed without the other."""
+    monkeypatch.setattr(depth_sweep, "SWEEPS", SWEEPS)
+    monkeypatch.setattr(depth_sweep, "RECIPE", RECIPE)
+    section = tmp_path / "11.md"
+    shutil.copyfile(SECTION, section)
+    depth_sweep.write_section(section, depth_sweep.report_body(tmp_path / "no_runs",
+                                                               depth_sweep.EVALUATIONS_DIR))
+    assert section.read_text(encoding="utf-8") == SECTION.read_text(encoding="utf-8")
 
 
 def test_the_rebuilt_initialisation_is_the_trainers(tmp_path, monkeypatch):

@@ -22,7 +22,9 @@ Steps (`--steps`, in this order):
             accuracy, and the contribution shares on the first 2,000 validation images after
             training and at the run's initialisation (rebuilt by `trainer.initial_model`: exact on
             the backend the run trained on). One JSON per run under
-            `<runs_dir>/<sweep>/evaluations/<family>_depth_<d>_seed_<s>.json`, recording the run's
+            `<evaluations_dir>/<sweep>/<family>_depth_<d>_seed_<s>.json` (by default
+            docs/evaluations/depth_sweep, which git tracks: the measurements outlive the run
+            directories, and the report can be re-rendered from a clone), recording the run's
             start and finish time and its model's sha256: a retrained run is evaluated again.
   report    from the evaluations only: the tables, the GloNet exit and self-regulation table and
             the verdicts of section 11's rules (a verdict whose runs are not all measured says
@@ -57,6 +59,8 @@ from experiment_common import fmt, table, verdict  # noqa: E402
 
 REPO = train_runs.REPO
 SECTION_PATH = REPO / "docs" / "sections" / "11_depth_sweep.md"
+#: Where the evaluations live: tracked by git, unlike the runs (gigabytes of checkpoints).
+EVALUATIONS_DIR = REPO / "docs" / "evaluations" / "depth_sweep"
 RESULTS_MARKER = "<!-- results:"
 STEPS = ("train", "evaluate", "report")
 #: Bumped when what an evaluation measures changes: older evaluations are then measured again.
@@ -134,9 +138,10 @@ def run_directory(runs_dir, sweep, family, depth, seed):
     return Path(runs_dir) / sweep / family / f"depth_{depth}" / f"seed_{seed}"
 
 
-def evaluation_path(runs_dir, sweep, family, depth, seed):
-    # Not inside the run directory: a run directory holds only the files a run writes.
-    return Path(runs_dir) / sweep / "evaluations" / f"{family}_depth_{depth}_seed_{seed}.json"
+def evaluation_path(evaluations_dir, sweep, family, depth, seed):
+    # Not inside the run directory: a run directory holds only the files a run writes, and the
+    # evaluations are kept (in git) where the runs are not.
+    return Path(evaluations_dir) / sweep / f"{family}_depth_{depth}_seed_{seed}.json"
 
 
 def train_command(sweep, family, depth, seed, run_dir, extra_flags=()):
@@ -311,7 +316,8 @@ def measure(run_dir, log=print):
     return record
 
 
-def evaluate(sweep, runs_dir, *, depths=None, families=None, seeds=None, log=print):
+def evaluate(sweep, runs_dir, evaluations_dir, *, depths=None, families=None, seeds=None,
+             log=print):
     """The `evaluate` step: measures every finished run without an up-to-date evaluation."""
     from glonet_keras.training import rundir
 
@@ -321,7 +327,7 @@ def evaluate(sweep, runs_dir, *, depths=None, families=None, seeds=None, log=pri
         record = train_runs.run_record(run_dir)
         if (record or {}).get("status") != "finished":
             continue
-        path = evaluation_path(runs_dir, sweep, family, depth, seed)
+        path = evaluation_path(evaluations_dir, sweep, family, depth, seed)
         identity = run_identity(run_dir, record)
         if is_up_to_date(path, identity):
             log(f"[{label}] evaluation up to date")
@@ -348,11 +354,11 @@ def evaluation_machine():
             "keras": keras.__version__, "backend": keras.backend.backend()}
 
 
-def load_evaluations(sweep, runs_dir):
+def load_evaluations(sweep, evaluations_dir):
     """{(family, depth, seed): evaluation} of the sweep's runs measured so far."""
     found = {}
     for family, depth, seed in runs(sweep):
-        path = evaluation_path(runs_dir, sweep, family, depth, seed)
+        path = evaluation_path(evaluations_dir, sweep, family, depth, seed)
         if path.exists():
             found[family, depth, seed] = json.loads(path.read_text())
     return found
@@ -580,11 +586,12 @@ def sweep_section(sweep, runs_dir, evaluations):
     return lines
 
 
-def report_body(runs_dir, sweeps=None):
-    """The Markdown that follows the results marker in section 11."""
+def report_body(runs_dir, evaluations_dir, sweeps=None):
+    """The Markdown that follows the results marker in section 11 (from the evaluations; the runs
+    directory only says which runs finished and wait for an evaluation)."""
     sweeps = list(SWEEPS) if sweeps is None else sweeps
     lines = []
-    evaluations = {sweep: load_evaluations(sweep, runs_dir) for sweep in sweeps}
+    evaluations = {sweep: load_evaluations(sweep, evaluations_dir) for sweep in sweeps}
     for sweep in sweeps:
         lines += sweep_section(sweep, runs_dir, evaluations[sweep])
     everything = [e for found in evaluations.values() for e in found.values()]
@@ -612,7 +619,10 @@ def report_body(runs_dir, sweeps=None):
     lines += ["", "Each run is `" + " ".join(example) + "` with its family's, depth's and seed's "
               "flags (`run_flags` in training/depth_sweep.py); the whole sweep:", "", "```",
               "python training/depth_sweep.py --steps=train,evaluate,report",
-              "python training/reproduce.py --report_only --output_dir=docs", "```"]
+              "python training/reproduce.py --report_only --output_dir=docs", "```", "",
+              "Every number above comes from the runs' evaluations, one JSON per run in "
+              f"`{train_runs.display_path(evaluations_dir)}/<sweep>/`; "
+              "`python training/depth_sweep.py --steps=report` re-renders this part from them."]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -647,7 +657,9 @@ def define_flags():
     flags.DEFINE_list("steps", list(STEPS), f"Any of {', '.join(STEPS)}, run in that order.")
     flags.DEFINE_list("sweeps", list(SWEEPS), f"Any of {', '.join(SWEEPS)} (report: always both).")
     flags.DEFINE_string("runs_dir", str(REPO / "runs" / "depth_sweep"),
-                        "Where the runs and their evaluations live (git-ignored).")
+                        "Where the runs live (git-ignored).")
+    flags.DEFINE_string("evaluations_dir", str(EVALUATIONS_DIR),
+                        "Where the evaluations live (one JSON per run; tracked by git).")
     flags.DEFINE_list("depths", None, "Only these depths (train, evaluate).")
     flags.DEFINE_list("families", None, "Only these families (train, evaluate).")
     flags.DEFINE_list("seeds", None, "Only these seeds (train, evaluate).")
@@ -683,10 +695,10 @@ def main(argv):
             train(sweep, FLAGS.runs_dir, resume=FLAGS.resume, extra_flags=FLAGS.extra_train_flags,
                   depths=depths, families=families, seeds=seeds, log=log)
         if "evaluate" in steps:
-            evaluate(sweep, FLAGS.runs_dir, depths=depths, families=families, seeds=seeds, log=log)
+            evaluate(sweep, FLAGS.runs_dir, FLAGS.evaluations_dir, depths=depths, families=families, seeds=seeds, log=log)
     if "report" in steps:
         try:
-            write_section(FLAGS.section, report_body(FLAGS.runs_dir))
+            write_section(FLAGS.section, report_body(FLAGS.runs_dir, FLAGS.evaluations_dir))
         except ValueError as error:
             raise SystemExit(str(error)) from None
         log(f"report written to {train_runs.display_path(FLAGS.section)}; re-render RESULTS.md with "
