@@ -2,6 +2,7 @@
 on a tiny sweep (depth 8, 128 images, 1 epoch) in a temporary directory."""
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ from glonet_keras.training import rundir, trainer
 from tests.harness import REPO_ROOT, training_module
 
 depth_sweep = training_module("depth_sweep")
+train_runs = training_module("train_runs")
 SECTION = Path(REPO_ROOT) / "docs" / "sections" / "11_depth_sweep.md"
 # The real sweeps and recipe (the module-scoped `tiny` fixture replaces them while it lives).
 SWEEPS, RECIPE = depth_sweep.SWEEPS, depth_sweep.RECIPE
@@ -302,3 +304,13 @@ def test_the_rebuilt_initialisation_is_the_trainers(tmp_path, monkeypatch):
     for expected, first, second in zip(start, rebuilt.get_weights(), again.get_weights()):
         np.testing.assert_array_equal(first, expected)
         np.testing.assert_array_equal(second, expected)
+
+
+def test_the_machine_record_says_when_a_run_was_pinned_to_fewer_cores(monkeypatch):
+    """A run pinned (taskset) to 1 of 2 cores says so: its seconds per epoch are not a 2-core run's."""
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1}, raising=False)
+    assert train_runs.describe_machine().startswith("1 of 2 CPU cores (pinned), no GPU")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert train_runs.describe_machine().startswith("2 CPU cores, no GPU")

@@ -96,5 +96,8 @@ def describe_machine():
             devices = []
         if devices:
             return f"{len(devices)} x {devices[0].device_kind} (JAX backend)"
-    return f"{os.cpu_count()} CPU cores, no GPU ({os.environ.get('KERAS_BACKEND', 'tensorflow')} " \
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = (f"{os.cpu_count()} CPU cores" if usable == os.cpu_count()
+             else f"{usable} of {os.cpu_count()} CPU cores (pinned)")
+    return f"{cores}, no GPU ({os.environ.get('KERAS_BACKEND', 'tensorflow')} " \
            "backend; timings noisy when shared)"
