@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -314,3 +315,116 @@ def test_the_machine_record_says_when_a_run_was_pinned_to_fewer_cores(monkeypatc
     assert train_runs.describe_machine().startswith("1 of 2 CPU cores (pinned), no GPU")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert train_runs.describe_machine().startswith("2 CPU cores, no GPU")
+
+
+def test_parallel_training_runs_several_at_once_and_reports_every_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(depth_sweep, "SWEEPS", SWEEPS)
+    monkeypatch.setattr(depth_sweep, "RECIPE", RECIPE)
+    import threading
+    import time
+
+    running, most, calls, lock = [0], [0], [], threading.Lock()
+
+    def fake_run(label, run_dir, command, *, resume, concurrent=1, log=print):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            calls.append((label, concurrent, command[-1]))
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        if "seed 1" in label:
+            raise SystemExit(f"[{label}] train.py failed")
+
+    monkeypatch.setattr(depth_sweep.train_runs, "train_run", fake_run)
+    with pytest.raises(SystemExit) as failure:
+        depth_sweep.train("cnn", tmp_path, depths=[20], families=["glonet", "plain"], parallel=3,
+                          extra_flags=["--jit_compile=auto"], log=lambda message: None)
+    assert most[0] == 3 and len(calls) == 6  # 2 families x 3 seeds, 3 at a time, none lost
+    assert {concurrent for _, concurrent, _ in calls} == {3}
+    assert str(failure.value).splitlines() == ["[cnn glonet depth 20 seed 1] train.py failed",
+                                               "[cnn plain depth 20 seed 1] train.py failed"]
+    with pytest.raises(SystemExit, match="--parallel must be at least 1"):
+        depth_sweep.train("cnn", tmp_path, parallel=0)
+
+
+def test_extra_flags_may_not_change_the_recipe(tmp_path, monkeypatch):
+    monkeypatch.setattr(depth_sweep, "SWEEPS", SWEEPS)
+    monkeypatch.setattr(depth_sweep, "RECIPE", RECIPE)
+    assert depth_sweep.overridden_flags(["--jit_compile=auto", "--verbose=1"]) == []
+    assert depth_sweep.overridden_flags(["--epochs=1", "--max_examples=64", "--jit_compile=auto"]) \
+        == ["epochs", "max_examples"]
+    calls = []
+    monkeypatch.setattr(depth_sweep.train_runs, "train_run", lambda *a, **k: calls.append(a))
+    with pytest.raises(SystemExit, match="would change the sweep's epochs"):
+        depth_sweep.train("cnn", tmp_path, extra_flags=["--epochs=1"], depths=[20], seeds=[0])
+    assert calls == []
+    depth_sweep.train("cnn", tmp_path, extra_flags=["--epochs=1"], depths=[20], seeds=[0],
+                      families=["glonet"], allow_overrides=True, log=lambda message: None)
+    assert len(calls) == 1 and calls[0][2][-2] == "--epochs=1"
+
+
+def test_the_report_refuses_evaluations_that_are_not_the_sweeps(tmp_path, monkeypatch):
+    monkeypatch.setattr(depth_sweep, "SWEEPS", SWEEPS)
+    monkeypatch.setattr(depth_sweep, "RECIPE", RECIPE)
+
+    def write(evaluation, family="glonet", seed=0):
+        path = depth_sweep.evaluation_path(tmp_path, "cnn", family, 20, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(evaluation) if isinstance(evaluation, dict) else evaluation)
+        return path
+
+    def evaluation(family="glonet", seed=0, extra=()):
+        return {"sweep": "cnn", "family": family, "depth": 20, "seed": seed,
+                "command": depth_sweep.train_command("cnn", family, 20, seed, "r", list(extra))}
+
+    write(evaluation(extra=["--jit_compile=auto"]))  # A GPU run's: the sweep's own.
+    assert list(depth_sweep.load_evaluations("cnn", tmp_path)) == [("glonet", 20, 0)]
+    cases = {"overrode the sweep's epochs": evaluation(seed=1, extra=["--epochs=1"]),  # a smoke run's
+             "is not of cnn glonet depth 20 seed 1": evaluation(seed=2),  # another seed's, renamed
+             r"differing: \['--width=16', '--width=8'\]": dict(evaluation(seed=1), command=[
+                 c.replace("--width=16", "--width=8") for c in evaluation(seed=1)["command"]]),
+             "not an evaluation": "{truncated"}
+    for message, bad in cases.items():
+        path = write(bad, seed=1)
+        with pytest.raises(ValueError, match=message) as refused:
+            depth_sweep.load_evaluations("cnn", tmp_path)
+        assert str(path) in str(refused.value)
+        path.unlink()
+
+
+@pytest.mark.slow
+def test_the_gpu_script_trains_evaluates_and_packs_without_tensorflow(tmp_path, monkeypatch):
+    """training/gpu_depth_sweep.sh in its smoke mode, on the JAX backend with TensorFlow hidden
+    (the GPU machine has none): two runs at once, their evaluations and logs packed in $OUT, and
+    the report refusing the smoke runs' evaluations (2 epochs of 256 images are not the sweep's)."""
+    import tarfile
+
+    pytest.importorskip("jax")
+    monkeypatch.setattr(depth_sweep, "SWEEPS", SWEEPS)
+    monkeypatch.setattr(depth_sweep, "RECIPE", RECIPE)
+    hidden = tmp_path / "no_tensorflow"
+    hidden.mkdir()
+    (hidden / "tensorflow.py").write_text("raise ImportError('no TensorFlow on the GPU machine')\n")
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = dict(os.environ, OUT=str(out), WORK=str(work), SMOKE="1", PYTHON=sys.executable,
+               PYTHONPATH=str(hidden), PARALLEL="2")
+    result = subprocess.run(["bash", "training/gpu_depth_sweep.sh", "--sweeps=cnn", "--depths=20",
+                             "--seeds=0", "--families=glonet,resnet_bn"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 evaluations in evaluations.tgz" in result.stdout
+    evaluations = tmp_path / "evaluations"
+    with tarfile.open(out / "evaluations.tgz") as packed:
+        packed.extractall(evaluations, filter="data")
+    assert sorted(p.name for p in (evaluations / "cnn").iterdir()) == [
+        "glonet_depth_20_seed_0.json", "resnet_bn_depth_20_seed_0.json"]
+    record = json.loads((evaluations / "cnn" / "glonet_depth_20_seed_0.json").read_text())
+    assert record["versions"]["backend"] == "jax" and "shares" in record["glonet"]["initial"]
+    assert record["training_machine"].endswith("; 2 runs at once")
+    with tarfile.open(out / "logs.tgz") as packed:
+        names = packed.getnames()
+    assert "./cnn/glonet/depth_20/seed_0/metrics.json" in names
+    assert not any(name.endswith((".keras", ".weights.h5")) for name in names)
+    with pytest.raises(ValueError, match="overrode the sweep's epochs, max_examples"):
+        depth_sweep.load_evaluations("cnn", evaluations)

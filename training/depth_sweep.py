@@ -38,9 +38,13 @@ Examples:
   python training/depth_sweep.py --steps=evaluate,report
   python training/depth_sweep.py --sweeps=cnn --depths=20 --seeds=0 --families=glonet
 
-On a lent GPU (JAX; XLA on, as make_zoo's GPU runs), e.g. the ViT sweep:
+On a lent GPU (JAX; XLA on, as make_zoo's GPU runs), e.g. the ViT sweep, 6 runs at once:
   KERAS_BACKEND=jax python training/depth_sweep.py --sweeps=vit --steps=train,evaluate \
-      --extra_train_flags=--jit_compile=auto
+      --extra_train_flags=--jit_compile=auto --parallel=6
+training/gpu_depth_sweep.sh does that in one device call, under a deadline, and packs the
+evaluations (and logs, no weights) into $OUT for `tar -xzf ... -C docs/evaluations/depth_sweep`.
+`--extra_train_flags` may only set how a run executes (RUN_SETTINGS); a flag that would change the
+recipe is refused (`--allow_overrides`: smoke tests), and so is such a run's evaluation.
 Evaluate a run on the backend it trained on: its initialisation is rebuilt with that backend's
 random numbers (an evaluation on another backend records the shares at initialisation as
 unavailable rather than compare against another network's).
@@ -176,9 +180,27 @@ def check_own_run(record, command, label):
     return recorded[len(expected):]
 
 
+def overridden_flags(extra_flags):
+    """The names among `extra_flags` that would change a run's budget, recipe or architecture:
+    extras may only change how a run executes (RUN_SETTINGS: XLA, verbosity, TensorBoard), since
+    train.py takes the last value of a repeated flag."""
+    names = [flag[2:].split("=", 1)[0] for flag in extra_flags if flag.startswith("--")]
+    return sorted({name for name in names if name not in RUN_SETTINGS})
+
+
 def train(sweep, runs_dir, *, resume=True, extra_flags=(), depths=None, families=None,
-          seeds=None, log=print):
-    """The `train` step (see the module docstring)."""
+          seeds=None, parallel=1, allow_overrides=False, log=print):
+    """The `train` step (see the module docstring). `parallel` runs train.py processes at once (a
+    GPU has room for several of these small models); the runs start in the sweep's order. Extra
+    flags that would change a run's recipe are refused unless `allow_overrides` (a smoke test):
+    such runs are not the sweep's, and `load_evaluations` refuses their evaluations."""
+    overridden = overridden_flags(extra_flags)
+    if overridden and not allow_overrides:
+        raise SystemExit(f"--extra_train_flags would change the sweep's {', '.join(overridden)}: "
+                         f"extras may only set {', '.join(RUN_SETTINGS)}.")
+    if parallel < 1:
+        raise SystemExit(f"--parallel must be at least 1, received {parallel}.")
+    pending = []
     for family, depth, seed in runs(sweep, depths, families, seeds):
         run_dir = run_directory(runs_dir, sweep, family, depth, seed)
         label = f"{sweep} {family} depth {depth} seed {seed}"
@@ -189,7 +211,26 @@ def train(sweep, runs_dir, *, resume=True, extra_flags=(), depths=None, families
             check_own_run(record, command, label)
             log(f"[{label}] finished; skipped")
             continue
-        train_runs.train_run(label, run_dir, command, resume=resume, log=log)
+        pending.append((label, run_dir, command))
+    if parallel == 1:
+        for label, run_dir, command in pending:
+            train_runs.train_run(label, run_dir, command, resume=resume, log=log)
+        return
+    import concurrent.futures
+
+    # Each run is its own train.py process; a failed run stops no other, and is reported at the end.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {pool.submit(train_runs.train_run, label, run_dir, command, resume=resume,
+                               concurrent=min(parallel, len(pending)), log=log): label
+                   for label, run_dir, command in pending}
+        failed = []
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                future.result()
+            except SystemExit as error:
+                failed.append(str(error))
+    if failed:
+        raise SystemExit("\n".join(sorted(failed)))
 
 
 # ----------------------------------------------------------------------------------- evaluating
@@ -355,12 +396,30 @@ def evaluation_machine():
 
 
 def load_evaluations(sweep, evaluations_dir):
-    """{(family, depth, seed): evaluation} of the sweep's runs measured so far."""
+    """{(family, depth, seed): evaluation} of the sweep's runs measured so far. An evaluation that
+    is not of its file name's run under this sweep's flags (another run's, a smoke run's with
+    other epochs, a corrupt file) is refused with a ValueError that names the file."""
     found = {}
     for family, depth, seed in runs(sweep):
         path = evaluation_path(evaluations_dir, sweep, family, depth, seed)
-        if path.exists():
-            found[family, depth, seed] = json.loads(path.read_text())
+        if not path.exists():
+            continue
+        try:
+            evaluation = json.loads(path.read_text())
+            recorded = _flags_of(evaluation["command"])
+            identity = tuple(evaluation[key] for key in ("sweep", "family", "depth", "seed"))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not an evaluation of this program ({error!r}).") from None
+        expected = _flags_of(train_command(sweep, family, depth, seed, "-"))
+        if identity != (sweep, family, depth, seed) or recorded[:len(expected)] != expected:
+            raise ValueError(f"{path}: the evaluation is not of {sweep} {family} depth {depth} "
+                             f"seed {seed} under this sweep's flags (differing: "
+                             f"{sorted(set(recorded) ^ set(expected))}).")
+        if overridden_flags(recorded[len(expected):]):
+            raise ValueError(f"{path}: its run overrode the sweep's "
+                             f"{', '.join(overridden_flags(recorded[len(expected):]))} "
+                             "(a smoke run?); it is not this sweep's.")
+        found[family, depth, seed] = evaluation
     return found
 
 
@@ -666,7 +725,11 @@ def define_flags():
     flags.DEFINE_bool("resume", True, "Continue an interrupted run from its last complete epoch; "
                       "--noresume starts it afresh. Finished runs are never retrained.")
     flags.DEFINE_list("extra_train_flags", [], "Flags appended to every train.py command after the "
-                      "sweep's (e.g. --jit_compile=auto on a GPU).")
+                      f"sweep's; only {', '.join(RUN_SETTINGS)} (e.g. --jit_compile=auto on a GPU).")
+    flags.DEFINE_integer("parallel", 1, "train: how many train.py processes run at once (a GPU "
+                         "fits several; on a CPU they share the cores).")
+    flags.DEFINE_bool("allow_overrides", False, "train: let --extra_train_flags change the recipe "
+                      "(smoke tests only: the report refuses such runs' evaluations).")
     flags.DEFINE_string("section", str(SECTION_PATH), "The section file the report rewrites.")
 
 
@@ -693,7 +756,8 @@ def main(argv):
     for sweep in FLAGS.sweeps:
         if "train" in steps:
             train(sweep, FLAGS.runs_dir, resume=FLAGS.resume, extra_flags=FLAGS.extra_train_flags,
-                  depths=depths, families=families, seeds=seeds, log=log)
+                  depths=depths, families=families, seeds=seeds, parallel=FLAGS.parallel,
+                  allow_overrides=FLAGS.allow_overrides, log=log)
         if "evaluate" in steps:
             evaluate(sweep, FLAGS.runs_dir, FLAGS.evaluations_dir, depths=depths, families=families, seeds=seeds, log=log)
     if "report" in steps:

@@ -43,13 +43,14 @@ def run_record(run_dir):
     return rundir.RunDirectory(run_dir).record() if Path(run_dir).exists() else None
 
 
-def train_run(label, run_dir, command, *, resume, log=print):
+def train_run(label, run_dir, command, *, resume, concurrent=1, log=print):
     """Runs one train.py `command` (a list; argv[0] stands for the interpreter) into `run_dir`.
 
     With `resume`, an interrupted run there continues (the log is appended to, and the wall time
     recorded adds the epochs trained before) and a finished one with its command.json is left as
     it is; a finished run without one was not trained by these programs and is refused. Without
-    `resume`, whatever is in `run_dir` is deleted first.
+    `resume`, whatever is in `run_dir` is deleted first. `concurrent` > 1 says, in the machine
+    record, that this many runs shared the machine (their seconds per epoch are not a lone run's).
     """
     run_dir = Path(run_dir)
     earlier_epochs, earlier_seconds = 0, 0.0
@@ -76,7 +77,8 @@ def train_run(label, run_dir, command, *, resume, log=print):
     if process.returncode:
         raise SystemExit(f"[{label}] train.py failed (exit {process.returncode}); see {log_path}")
     seconds = time.perf_counter() - start + earlier_seconds
-    record = {"command": shlex.join(command), "wall_seconds": seconds, "machine": describe_machine()}
+    machine = describe_machine() + (f"; {concurrent} runs at once" if concurrent > 1 else "")
+    record = {"command": shlex.join(command), "wall_seconds": seconds, "machine": machine}
     if earlier_epochs:
         # The interrupted call's start-up time is not in its epochs' times, so it is not counted.
         record["resumed_after_epoch"] = earlier_epochs
