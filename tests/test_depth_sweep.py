@@ -428,3 +428,31 @@ def test_the_gpu_script_trains_evaluates_and_packs_without_tensorflow(tmp_path, 
     assert not any(name.endswith((".keras", ".weights.h5")) for name in names)
     with pytest.raises(ValueError, match="overrode the sweep's epochs, max_examples"):
         depth_sweep.load_evaluations("cnn", evaluations)
+
+
+def test_parallel_evaluation_runs_one_process_per_run(tiny, tmp_path, monkeypatch):
+    """evaluate(parallel=2): this program once per pending run (its own filters), every failure
+    reported, and runs already evaluated not measured again."""
+    runs_dir, _ = tiny
+    commands = []
+
+    class Done:
+        def __init__(self, command):
+            family = next(a for a in command if a.startswith("--families="))
+            self.returncode = 1 if family.endswith("resnet_bn") else 0
+            self.stdout, self.stderr = f"evaluated {family}\n", "Traceback ...\nBoom\n"
+
+    def fake_run(command, **kwargs):
+        commands.append(command)
+        return Done(command)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    messages = []
+    with pytest.raises(SystemExit, match=r"resnet_bn depth 8 seed 0\] evaluation failed \(exit 1\)"
+                                         r":\nTraceback ...\nBoom"):
+        depth_sweep.evaluate("cnn", runs_dir, tmp_path, parallel=2, log=messages.append)
+    assert sorted(c[c.index("--steps=evaluate") + 4:] for c in commands) == [
+        ["--families=glonet", "--depths=8", "--seeds=0"],
+        ["--families=resnet_bn", "--depths=8", "--seeds=0"]]
+    assert all(f"--evaluations_dir={tmp_path}" in c and "--sweeps=cnn" in c for c in commands)
+    assert "evaluated --families=glonet" in messages

@@ -358,10 +358,10 @@ def measure(run_dir, log=print):
 
 
 def evaluate(sweep, runs_dir, evaluations_dir, *, depths=None, families=None, seeds=None,
-             log=print):
-    """The `evaluate` step: measures every finished run without an up-to-date evaluation."""
-    from glonet_keras.training import rundir
-
+             parallel=1, log=print):
+    """The `evaluate` step: measures every finished run without an up-to-date evaluation; with
+    `parallel` > 1, in that many processes at once (this program, one run each)."""
+    pending = []
     for family, depth, seed in runs(sweep, depths, families, seeds):
         run_dir = run_directory(runs_dir, sweep, family, depth, seed)
         label = f"{sweep} {family} depth {depth} seed {seed}"
@@ -373,19 +373,66 @@ def evaluate(sweep, runs_dir, evaluations_dir, *, depths=None, families=None, se
         if is_up_to_date(path, identity):
             log(f"[{label}] evaluation up to date")
             continue
-        measured = measure(run_dir, log=log)
-        evaluation = {"format": EVALUATION_FORMAT, "sweep": sweep, "family": family,
-                      "depth": depth, "seed": seed, "run": identity,
-                      "command": record.get("command"), "evaluated_on": evaluation_machine(),
-                      **measured}
-        command_file = run_dir / train_runs.COMMAND_FILE
-        if command_file.exists():
-            evaluation["training_machine"] = json.loads(command_file.read_text()).get("machine")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rundir.write_json(path, evaluation)  # Atomically: a temporary file, then a rename.
-        log(f"[{label}] test accuracy {evaluation['test']['accuracy']:.4f}"
-            + (f", recalibrated {evaluation['recalibrated']['test']['accuracy']:.4f}"
-               if "recalibrated" in evaluation else ""))
+        pending.append((family, depth, seed))
+    if parallel > 1 and len(pending) > 1:
+        _evaluate_in_processes(sweep, runs_dir, evaluations_dir, pending, parallel, log)
+        return
+    for family, depth, seed in pending:
+        _evaluate_run(sweep, runs_dir, evaluations_dir, family, depth, seed, log)
+
+
+def _evaluate_run(sweep, runs_dir, evaluations_dir, family, depth, seed, log):
+    from glonet_keras.training import rundir
+
+    run_dir = run_directory(runs_dir, sweep, family, depth, seed)
+    label = f"{sweep} {family} depth {depth} seed {seed}"
+    record = train_runs.run_record(run_dir)
+    measured = measure(run_dir, log=log)
+    evaluation = {"format": EVALUATION_FORMAT, "sweep": sweep, "family": family,
+                  "depth": depth, "seed": seed, "run": run_identity(run_dir, record),
+                  "command": record.get("command"), "evaluated_on": evaluation_machine(),
+                  **measured}
+    command_file = run_dir / train_runs.COMMAND_FILE
+    if command_file.exists():
+        evaluation["training_machine"] = json.loads(command_file.read_text()).get("machine")
+    path = evaluation_path(evaluations_dir, sweep, family, depth, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(path, evaluation)  # Atomically: a temporary file, then a rename.
+    log(f"[{label}] test accuracy {evaluation['test']['accuracy']:.4f}"
+        + (f", recalibrated {evaluation['recalibrated']['test']['accuracy']:.4f}"
+           if "recalibrated" in evaluation else ""))
+
+
+def _evaluate_in_processes(sweep, runs_dir, evaluations_dir, pending, parallel, log):
+    """Each pending run's evaluation in its own process of this program, `parallel` at once; a
+    failure stops none of the others and every one is reported at the end (SystemExit)."""
+    import concurrent.futures
+    import subprocess
+    import sys
+
+    def one(family, depth, seed):
+        command = [sys.executable, str(Path(__file__).resolve()), "--steps=evaluate",
+                   f"--sweeps={sweep}", f"--runs_dir={runs_dir}",
+                   f"--evaluations_dir={evaluations_dir}", f"--families={family}",
+                   f"--depths={depth}", f"--seeds={seed}"]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        for line in done.stdout.splitlines():
+            log(line)
+        if done.returncode:
+            tail = "\n".join(done.stderr.splitlines()[-5:])
+            raise SystemExit(f"[{sweep} {family} depth {depth} seed {seed}] evaluation failed "
+                             f"(exit {done.returncode}):\n{tail}")
+
+    failed = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+        for future in concurrent.futures.as_completed([pool.submit(one, *r) for r in pending]):
+            try:
+                future.result()
+            except SystemExit as error:
+                failed.append(str(error))
+    if failed:
+        raise SystemExit("\n".join(sorted(failed)))
 
 
 def evaluation_machine():
@@ -726,8 +773,9 @@ def define_flags():
                       "--noresume starts it afresh. Finished runs are never retrained.")
     flags.DEFINE_list("extra_train_flags", [], "Flags appended to every train.py command after the "
                       f"sweep's; only {', '.join(RUN_SETTINGS)} (e.g. --jit_compile=auto on a GPU).")
-    flags.DEFINE_integer("parallel", 1, "train: how many train.py processes run at once (a GPU "
-                         "fits several; on a CPU they share the cores).")
+    flags.DEFINE_integer("parallel", 1, "train, evaluate: how many runs train (train.py "
+                         "processes) or are evaluated at once (a GPU fits several; on a CPU they "
+                         "share the cores).")
     flags.DEFINE_bool("allow_overrides", False, "train: let --extra_train_flags change the recipe "
                       "(smoke tests only: the report refuses such runs' evaluations).")
     flags.DEFINE_string("section", str(SECTION_PATH), "The section file the report rewrites.")
@@ -759,7 +807,8 @@ def main(argv):
                   depths=depths, families=families, seeds=seeds, parallel=FLAGS.parallel,
                   allow_overrides=FLAGS.allow_overrides, log=log)
         if "evaluate" in steps:
-            evaluate(sweep, FLAGS.runs_dir, FLAGS.evaluations_dir, depths=depths, families=families, seeds=seeds, log=log)
+            evaluate(sweep, FLAGS.runs_dir, FLAGS.evaluations_dir, depths=depths,
+                     families=families, seeds=seeds, parallel=FLAGS.parallel, log=log)
     if "report" in steps:
         try:
             write_section(FLAGS.section, report_body(FLAGS.runs_dir, FLAGS.evaluations_dir))

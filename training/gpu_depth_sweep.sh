@@ -15,12 +15,18 @@
 #   OUT=<dir> SMOKE=1 training/gpu_depth_sweep.sh --sweeps=cnn --depths=20 --seeds=0 --families=glonet
 #
 # Arguments go to training/depth_sweep.py (which sweeps, depths, families, seeds). Environment:
-# PARALLEL (train.py processes at once, default 6), TRAIN_SECONDS (the training deadline, default
-# 420; runs still training then are stopped and not evaluated), WORK (run directories, default
-# /tmp/gpu_depth_sweep), PYTHON (default python3), GLONET_KERAS_FASHION_MNIST_DIR (the data: carry
-# it, the GPU machine has none). SMOKE=1 trains 2 epochs of 256 images (a check of this script on any
-# machine; the report refuses those evaluations). Expects Keras importable with the JAX backend
-# (see ../shared/docs/gpu.md). Exit status: 0 when every selected run was trained and evaluated.
+# PARALLEL (runs trained, then evaluated, at once; default 6), TRAIN_SECONDS (the training
+# deadline, default 420; runs still training then are stopped and not evaluated), WORK (run
+# directories, default /tmp/gpu_depth_sweep), PYTHON (default python3),
+# GLONET_KERAS_FASHION_MNIST_DIR (the data: carry it, the GPU machine has none). SMOKE=1 trains 2
+# epochs of 256 images (a check of this script on any machine; the report refuses those
+# evaluations). Expects Keras importable with the JAX backend (see ../shared/docs/gpu.md). Exit
+# status: 0 when every selected run was trained and evaluated.
+#
+# Planning a lease (an estimate, not measured: from docs/gpu.md's H200 figure of 4.1 ms per step
+# for a width-24 CNN-20): a CNN-110 run is ~1,570 steps of some 20 ms plus a compile of the
+# unrolled net (~40 s), about a minute alone; runs at once share the GPU, which these small models
+# leave mostly idle. Give the deeper CNNs and the ViTs separate calls, each well inside 10 minutes.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT="${OUT:?set OUT to the folder the results go to}"
@@ -39,7 +45,7 @@ timeout --kill-after=20 "${TRAIN_SECONDS:-420}" "$PY" training/depth_sweep.py --
   --runs_dir="$WORK/runs" --parallel="${PARALLEL:-6}" --extra_train_flags="$EXTRA" \
   "${OVERRIDE[@]}" "$@" || { status=$?; echo "training stopped (exit $status): evaluating what finished"; }
 "$PY" training/depth_sweep.py --steps=evaluate --runs_dir="$WORK/runs" \
-  --evaluations_dir="$WORK/evaluations" "$@" || status=$?
+  --evaluations_dir="$WORK/evaluations" --parallel="${PARALLEL:-6}" "$@" || status=$?
 mkdir -p "$WORK/evaluations"
 tar -czf "$OUT/evaluations.tgz" -C "$WORK/evaluations" . || status=$?
 (cd "$WORK/runs" 2>/dev/null && find . \( -name '*.log' -o -name run.json -o -name metrics.json \
