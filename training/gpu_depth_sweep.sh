@@ -23,6 +23,14 @@
 # evaluations). Expects Keras importable with the JAX backend (see ../shared/docs/gpu.md). Exit
 # status: 0 when every selected run was trained and evaluated.
 #
+# Through the `device` tool (../shared/docs/gpu.md): once, here, the Keras wheels into .whl/ and
+# the data into .data/ (both in .git/info/exclude: `cp -r /usr/share/datasets/fashion-mnist
+# .data/`), then a run carrying [".whl", ".data"] with the command
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl &&
+#   PYTHONPATH=$PWD/.site GLONET_KERAS_FASHION_MNIST_DIR=$PWD/.data/fashion-mnist \
+#   TRAIN_SECONDS=400 training/gpu_depth_sweep.sh --sweeps=vit
+# (the device sets OUT), and timeout_s 560.
+#
 # Planning a lease (an estimate, not measured: from docs/gpu.md's H200 figure of 4.1 ms per step
 # for a width-24 CNN-20): a CNN-110 run is ~1,570 steps of some 20 ms plus a compile of the
 # unrolled net (~40 s), about a minute alone; runs at once share the GPU, which these small models
