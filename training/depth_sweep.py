@@ -216,15 +216,20 @@ def train(sweep, runs_dir, *, resume=True, extra_flags=(), depths=None, families
         for label, run_dir, command in pending:
             train_runs.train_run(label, run_dir, command, resume=resume, log=log)
         return
+    concurrent = min(parallel, len(pending))
+    in_parallel([lambda r=r: train_runs.train_run(*r, resume=resume, concurrent=concurrent, log=log)
+                 for r in pending], parallel)
+
+
+def in_parallel(calls, parallel):
+    """Runs the `calls` (each starts a process of its own and waits for it) `parallel` at once,
+    in order; a failure (SystemExit) stops none of the others, and all are raised together at the
+    end as one SystemExit, one line each, sorted."""
     import concurrent.futures
 
-    # Each run is its own train.py process; a failed run stops no other, and is reported at the end.
+    failed = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = {pool.submit(train_runs.train_run, label, run_dir, command, resume=resume,
-                               concurrent=min(parallel, len(pending)), log=log): label
-                   for label, run_dir, command in pending}
-        failed = []
-        for future in concurrent.futures.as_completed(futures):
+        for future in concurrent.futures.as_completed([pool.submit(call) for call in calls]):
             try:
                 future.result()
             except SystemExit as error:
@@ -404,9 +409,8 @@ def _evaluate_run(sweep, runs_dir, evaluations_dir, family, depth, seed, log):
 
 
 def _evaluate_in_processes(sweep, runs_dir, evaluations_dir, pending, parallel, log):
-    """Each pending run's evaluation in its own process of this program, `parallel` at once; a
-    failure stops none of the others and every one is reported at the end (SystemExit)."""
-    import concurrent.futures
+    """Each pending run's evaluation in its own process of this program, `parallel` at once
+    (`in_parallel`)."""
     import subprocess
     import sys
 
@@ -424,15 +428,7 @@ def _evaluate_in_processes(sweep, runs_dir, evaluations_dir, pending, parallel, 
             raise SystemExit(f"[{sweep} {family} depth {depth} seed {seed}] evaluation failed "
                              f"(exit {done.returncode}):\n{tail}")
 
-    failed = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        for future in concurrent.futures.as_completed([pool.submit(one, *r) for r in pending]):
-            try:
-                future.result()
-            except SystemExit as error:
-                failed.append(str(error))
-    if failed:
-        raise SystemExit("\n".join(sorted(failed)))
+    in_parallel([lambda r=r: one(*r) for r in pending], parallel)
 
 
 def evaluation_machine():
