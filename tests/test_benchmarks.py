@@ -373,6 +373,14 @@ if [ "$1" = training/make_zoo.py ]; then
         case $arg in --names=*) name=${arg#--names=};; --runs_dir=*) runs=${arg#--runs_dir=};; esac
     done
     [ "$name" = broken ] && exit 3
+    if [ "$name" = multi ]; then  # a multi-seed recipe: <arm>/seed_<s> runs, each with a model
+        for run in preset/seed_0 preset/seed_1 twin/seed_0; do
+            mkdir -p "$runs/$name/$run"
+            echo '{"seconds_per_epoch": [5.0, 1.0]}' >"$runs/$name/$run/metrics.json"
+            echo "weights of $run" >"$runs/$name/$run/model.keras"
+        done
+        exit 0
+    fi
     mkdir -p "$runs/$name"
     echo '{"seconds_per_epoch": [9.0, 2.0, 4.0, 3.0]}' >"$runs/$name/metrics.json"
     exit 0
@@ -401,3 +409,30 @@ def test_gpu_zoo_reports_seconds_per_epoch_and_wall_time_per_preset(tmp_path):
     assert rows[0] == ["preset", "exit", "epochs", "first_epoch_s", "median_s_per_epoch", "wall_s"]
     assert rows[1][:5] == ["a_preset", "0", "4", "9.0", "3.0"] and int(rows[1][5]) >= 0
     assert rows[2][:5] == ["broken", "3", "0", "-", "-"]
+
+
+def test_gpu_zoo_trains_a_multi_seed_recipe_in_parallel_and_collects_every_run(tmp_path):
+    import tarfile
+
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    calls, collect, runs = tmp_path / "calls.txt", tmp_path / "collect", tmp_path / "runs"
+    collect.mkdir()
+    env = dict(os.environ, PYTHON=str(fake), REAL_PYTHON=sys.executable, FAKE_ZOO_CALLS=str(calls),
+               GPU_ZOO_PARALLEL="9", GPU_ZOO_COLLECT=str(collect))
+    result = subprocess.run(["bash", "training/gpu_zoo.sh", str(runs), "100", "multi"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--parallel=9" in calls.read_text()
+    # One line per run, named by its arm and seed.
+    for run in ("multi/preset/seed_0", "multi/preset/seed_1", "multi/twin/seed_0"):
+        assert f"[{run}] 2 epochs, 1.0 s per epoch (first, compiling: 5.0 s)" in result.stdout
+    rows = [line.split("\t")[0] for line in (runs / "gpu_zoo_times.tsv").read_text().splitlines()]
+    assert rows == ["preset", "multi/preset/seed_0", "multi/preset/seed_1", "multi/twin/seed_0"]
+    with tarfile.open(collect / "multi.models.tgz") as archive:
+        assert sorted(archive.getnames()) == [
+            "multi/preset/seed_0/model.keras", "multi/preset/seed_1/model.keras",
+            "multi/twin/seed_0/model.keras"]
+        assert archive.extractfile("multi/twin/seed_0/model.keras").read() == \
+            b"weights of twin/seed_0\n"

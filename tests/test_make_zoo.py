@@ -34,7 +34,7 @@ def make_zoo(tmp_path, monkeypatch):
     flags.FLAGS(["make_zoo", f"--runs_dir={tmp_path}"])
     module.calls = calls
     yield module
-    for key in ("resume", "runs_dir"):
+    for key in ("resume", "runs_dir", "parallel"):
         flags.FLAGS[key].value = saved[key]
 
 
@@ -113,6 +113,35 @@ def test_a_multi_seed_recipe_trains_every_arm_and_seed_in_its_own_directory(make
             record = json.loads((tmp_path / MULTI / arm / f"seed_{seed}" / "command.json").read_text())
             assert f"--seed={seed} " in record["command"]
             assert (tmp_path / MULTI / arm / f"seed_{seed}.log").read_text() == "trained\n"
+
+
+def test_parallel_trains_every_run_at_once_and_says_so_and_a_failure_stops_no_other(
+        make_zoo, tmp_path, monkeypatch):
+    import threading
+
+    recipe = make_zoo.RECIPES[MULTI]
+    runs = len(["preset", *recipe["arms"]]) * len(recipe["seeds"])
+    together = threading.Barrier(runs, timeout=30)  # passes only when every run is in flight at once
+
+    def fake_run(command, **kwargs):
+        together.wait()
+        make_zoo.calls.append(command)
+        failed = "resnet_v2_twin/seed_1" in command[-1]
+        kwargs["stdout"].write("failed\n" if failed else "trained\n")
+        return types.SimpleNamespace(returncode=3 if failed else 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    flags.FLAGS.parallel = runs
+    with pytest.raises(SystemExit, match=r"resnet_v2_twin seed 1\] train.py failed \(exit 3\)"):
+        make_zoo.run_training(MULTI)
+    assert len(make_zoo.calls) == runs
+    for arm in ["preset", *recipe["arms"]]:
+        for seed in recipe["seeds"]:
+            record_path = tmp_path / MULTI / arm / f"seed_{seed}" / "command.json"
+            if (arm, seed) == ("resnet_v2_twin", 1):
+                assert not record_path.exists()  # a failed run records no command
+                continue
+            assert json.loads(record_path.read_text())["machine"].endswith(f"; {runs} runs at once")
 
 
 def test_an_arm_shares_the_recipe_but_its_overrides(make_zoo):

@@ -184,3 +184,41 @@ def test_verdicts_follow_the_written_rules(protocol_module):
     found = protocol_module.verdicts(synthetic([0.895, 0.900, 0.908], [0.900, 0.900, 0.900]))
     assert found["accuracy"][0] == "inconclusive at the held threshold"
     assert found["twin"][0] == "inconclusive at the held threshold"
+
+
+def test_several_twins_each_get_their_rule_and_the_time_ratio_is_reported_not_judged(
+        protocol_module):
+    protocol = synthetic([0.905, 0.906, 0.907], [0.900, 0.901, 0.902])
+    protocol["arms"]["bn_twin"] = {"summary": "b", "runs": {
+        str(s): {**run, "test": {**run["test"], "accuracy": run["test"]["accuracy"] + 0.02},
+                 "seconds_per_epoch": 2.0 + int(s)}
+        for s, run in protocol["arms"]["twin"]["runs"].items()}}
+    protocol["targets"] = dict(accuracy=0.90, twin=("twin", "bn_twin"), time_against="bn_twin")
+    protocol["calibration"] = {}
+    found = protocol_module.verdicts(protocol)
+    assert {key: value[0] for key, value in found.items()} == {
+        "accuracy": "held", "twin twin": "held", "twin bn_twin": "did not hold"}
+    np.testing.assert_allclose(found["twin bn_twin"][1], [1.5, 1.5, 1.5])
+    ratios = protocol_module.time_ratio(protocol, "bn_twin")  # preset: 1 s per epoch
+    np.testing.assert_allclose(ratios, [1 / 2, 1 / 3, 1 / 4])
+    summary = protocol_module.summary(protocol)
+    assert summary["arms"]["preset"]["time_ratio"]["against"] == "bn_twin"
+    np.testing.assert_allclose(summary["arms"]["preset"]["time_ratio"]["mean"], np.mean(ratios))
+    text = protocol_module.report(protocol)
+    assert "the preset over bn_twin" in text and "(seeds 0.50, 0.33, 0.25)" in text
+    assert "**twin bn_twin** (the preset at least level with bn_twin" in text
+    assert "time" not in " ".join(found)  # no verdict on speed
+
+
+def test_the_card_gives_the_time_against_the_twin(protocol_module):
+    from tests.harness import training_module
+
+    zoo_docs = training_module("zoo_docs")
+    protocol = synthetic([0.905, 0.906, 0.907], [0.900, 0.901, 0.902])
+    protocol["calibration"] = {}
+    protocol["targets"] = dict(time_against="twin")
+    for s, run in protocol["arms"]["twin"]["runs"].items():
+        run["seconds_per_epoch"] = 4.0
+    card = "\n".join(zoo_docs.protocol_section({"protocol": protocol_module.summary(protocol)}))
+    assert "Time per epoch against twin (paired by seed, same machine): 0.25 ± 0.00 of its time." \
+        in card

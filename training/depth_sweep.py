@@ -59,6 +59,7 @@ from pathlib import Path
 from absl import app, flags
 
 import train_runs  # noqa: E402  (training/ is on sys.path when this script runs)
+from train_runs import in_parallel  # noqa: E402
 from experiment_common import fmt, table, verdict  # noqa: E402
 
 REPO = train_runs.REPO
@@ -219,23 +220,6 @@ def train(sweep, runs_dir, *, resume=True, extra_flags=(), depths=None, families
     concurrent = min(parallel, len(pending))
     in_parallel([lambda r=r: train_runs.train_run(*r, resume=resume, concurrent=concurrent, log=log)
                  for r in pending], parallel)
-
-
-def in_parallel(calls, parallel):
-    """Runs the `calls` (each starts a process of its own and waits for it) `parallel` at once,
-    in order; a failure (SystemExit) stops none of the others, and all are raised together at the
-    end as one SystemExit, one line each, sorted."""
-    import concurrent.futures
-
-    failed = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        for future in concurrent.futures.as_completed([pool.submit(call) for call in calls]):
-            try:
-                future.result()
-            except SystemExit as error:
-                failed.append(str(error))
-    if failed:
-        raise SystemExit("\n".join(sorted(failed)))
 
 
 # ----------------------------------------------------------------------------------- evaluating

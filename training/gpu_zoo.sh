@@ -11,6 +11,8 @@
 #   GPU_ZOO_COLLECT=<dir>              after each preset, copy its model.keras to <dir>/<name>.keras
 #                                      and refresh <dir>/runs_small.tgz (every run's small files)
 #   PYTHON=<interpreter>               default python3
+#   GPU_ZOO_PARALLEL=<N>               train N runs of a multi-seed recipe (its arms x seeds) at
+#                                      once (make_zoo.py --parallel; default 1)
 # Needs: Keras 3, JAX with a GPU, numpy, h5py, absl-py; the Fashion-MNIST files where
 # glonet_keras.data finds them (GLONET_KERAS_FASHION_MNIST_DIR). TensorFlow is not needed.
 #
@@ -19,9 +21,9 @@
 # trained on, but on JAX that flag means eager, uncompiled steps. jit_compile does not change what a
 # run computes, so a resume and the recorded recipe still match.
 #
-# For each preset it prints, from the run's metrics.json: epochs, the median seconds per epoch (the
-# first epoch, which compiles, apart) and the wall time; a table of all of them comes last (also in
-# RUNS_DIR/gpu_zoo_times.tsv).
+# For each preset it prints, from the run's metrics.json (each run's, for a multi-seed recipe): epochs,
+# the median seconds per epoch (the first epoch, which compiles, apart) and the wall time; a table of
+# all of them comes last (also in RUNS_DIR/gpu_zoo_times.tsv).
 set -u
 runs_dir=$1
 limit=$2
@@ -38,19 +40,24 @@ train_flags=$(IFS=,; echo "${extra[*]}")
 times="$runs_dir/gpu_zoo_times.tsv"
 printf 'preset\texit\tepochs\tfirst_epoch_s\tmedian_s_per_epoch\twall_s\n' >"$times"
 
-report() {  # report <name> <exit status> <wall s>: one line from the run's metrics.json
-    "$PY" - "$runs_dir/$1/metrics.json" "$1" "$2" "$3" <<'EOF'
-import json, statistics, sys
-path, name, status, wall = sys.argv[1:]
-try:
-    with open(path) as f:
-        seconds = json.load(f)["seconds_per_epoch"]
-except (OSError, ValueError, KeyError):
-    seconds = []
-later = seconds[1:] or seconds
-first = f"{seconds[0]:.1f}" if seconds else "-"
-median = f"{statistics.median(later):.1f}" if later else "-"
-print(f"{name}\t{status}\t{len(seconds)}\t{first}\t{median}\t{wall}")
+report() {  # report <name> <exit status> <wall s>: one line per run, from its metrics.json
+    # (a multi-seed recipe's runs are <name>/<arm>/seed_<s>; each line is named so)
+    "$PY" - "$runs_dir" "$1" "$2" "$3" <<'EOF'
+import json, pathlib, statistics, sys
+runs_dir, name, status, wall = sys.argv[1:]
+root = pathlib.Path(runs_dir) / name
+paths = [root / "metrics.json"] if (root / "metrics.json").exists() else \
+    sorted(root.glob("*/seed_*/metrics.json")) or [root / "metrics.json"]
+for path in paths:
+    try:
+        seconds = json.loads(path.read_text())["seconds_per_epoch"]
+    except (OSError, ValueError, KeyError):
+        seconds = []
+    later = seconds[1:] or seconds
+    first = f"{seconds[0]:.1f}" if seconds else "-"
+    median = f"{statistics.median(later):.1f}" if later else "-"
+    label = path.parent.relative_to(pathlib.Path(runs_dir)).as_posix() if path.parent != root else name
+    print(f"{label}\t{status}\t{len(seconds)}\t{first}\t{median}\t{wall}")
 EOF
 }
 
@@ -67,16 +74,20 @@ for name in "$@"; do
         fi
     fi
     timeout "$this_limit" "$PY" training/make_zoo.py --steps=train --names="$name" \
-        --runs_dir="$runs_dir" --extra_train_flags="$train_flags"
+        --runs_dir="$runs_dir" --extra_train_flags="$train_flags" \
+        --parallel="${GPU_ZOO_PARALLEL:-1}"
     status=$?
     wall=$(( $(date +%s) - start ))
     echo "[$name] exit $status after $wall s (limit $this_limit s)"
     tail -n 4 "$runs_dir/$name.log" 2>/dev/null
-    line=$(report "$name" "$status" "$wall")
-    echo "$line" >>"$times"
-    echo "$line" | awk -F'\t' '{printf "[%s] %s epochs, %s s per epoch (first, compiling: %s s), wall %s s\n", $1, $3, $5, $4, $6}'
+    lines=$(report "$name" "$status" "$wall")
+    echo "$lines" >>"$times"
+    echo "$lines" | awk -F'\t' '{printf "[%s] %s epochs, %s s per epoch (first, compiling: %s s), wall %s s\n", $1, $3, $5, $4, $6}'
     if [ -n "${GPU_ZOO_COLLECT:-}" ]; then
         [ -f "$runs_dir/$name/model.keras" ] && cp "$runs_dir/$name/model.keras" "$GPU_ZOO_COLLECT/$name.keras"
+        # A multi-seed recipe: every arm and seed's model, at its run's path.
+        models=$(cd "$runs_dir" && find "$name" -path '*/seed_*/model.keras' 2>/dev/null | sort)
+        [ -n "$models" ] && (cd "$runs_dir" && tar czf "$GPU_ZOO_COLLECT/$name.models.tgz" $models)
         tar czf "$GPU_ZOO_COLLECT/runs_small.tgz" -C "$runs_dir" --exclude='*.keras' \
             --exclude=backup --exclude=checkpoints . 2>/dev/null
     fi

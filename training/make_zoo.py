@@ -72,6 +72,9 @@ flags.DEFINE_bool("resume", False,
                   "Continue an interrupted training run in --runs_dir (train.py resumes from its last "
                   "complete epoch, and refuses if the recipe changed) instead of starting it afresh. "
                   "The recorded wall time adds the epochs trained before the interruption.")
+flags.DEFINE_integer("parallel", 1,
+                     "Train this many runs of a multi-seed recipe at once (a GPU has room for "
+                     "several of these small models); their cards say so.", lower_bound=1)
 flags.DEFINE_string("export_dir", None, "Write a SavedModel of each preset under this directory.")
 flags.DEFINE_integer("export_version", 1, "Version folder of the exported SavedModels.")
 
@@ -268,25 +271,34 @@ def train_command(name, run_dir, arm=None, seed=None):
     return ["python", "training/train.py", *args, *FLAGS.extra_train_flags, f"--model_dir={run_dir}"]
 
 
-def train_run(label, run_dir, command):
+def train_run(label, run_dir, command, concurrent=1):
     """Runs one train.py `command` into `run_dir` (its model_dir), logging beside it
     (train_runs.train_run, resuming with --resume)."""
-    train_runs.train_run(label, run_dir, command, resume=FLAGS.resume,
+    train_runs.train_run(label, run_dir, command, resume=FLAGS.resume, concurrent=concurrent,
                          log=lambda message: print(message, flush=True))
 
 
 def run_training(name):
-    """Trains a preset: its one run, or every arm x seed of a multi-seed recipe (zoo_protocol)."""
+    """Trains a preset: its one run, or every arm x seed of a multi-seed recipe (zoo_protocol),
+    --parallel of them at once (in arm, then seed, order; a failed run stops none of the others)."""
     recipe = RECIPES[name]
     if "seeds" not in recipe:
         run_dir = Path(FLAGS.runs_dir) / name
         train_run(name, run_dir, train_command(name, _display_path(run_dir)))
         return
+    runs = []
     for arm in (zoo_protocol.PRESET_ARM, *recipe["arms"]):
         for seed in recipe["seeds"]:
             run_dir = zoo_protocol.run_directory(FLAGS.runs_dir, name, arm, seed)
-            train_run(f"{name} {arm} seed {seed}", run_dir,
-                      train_command(name, _display_path(run_dir), arm, seed))
+            runs.append((f"{name} {arm} seed {seed}", run_dir,
+                         train_command(name, _display_path(run_dir), arm, seed)))
+    if FLAGS.parallel == 1:
+        for run in runs:
+            train_run(*run)
+        return
+    concurrent = min(FLAGS.parallel, len(runs))
+    train_runs.in_parallel([lambda run=run: train_run(*run, concurrent=concurrent) for run in runs],
+                           FLAGS.parallel)
 
 
 def measure(model, preprocessing, dataset, seed=0):

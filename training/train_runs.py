@@ -87,6 +87,23 @@ def train_run(label, run_dir, command, *, resume, concurrent=1, log=print):
     log(f"[{label}] trained in {seconds:.0f} s")
 
 
+def in_parallel(calls, parallel):
+    """Runs the `calls` (each starts a process of its own and waits for it) `parallel` at once,
+    in order; a failure (SystemExit) stops none of the others, and all are raised together at the
+    end as one SystemExit, one line each, sorted."""
+    import concurrent.futures
+
+    failed = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+        for future in concurrent.futures.as_completed([pool.submit(call) for call in calls]):
+            try:
+                future.result()
+            except SystemExit as error:
+                failed.append(str(error))
+    if failed:
+        raise SystemExit("\n".join(sorted(failed)))
+
+
 def describe_machine():
     """The machine a run trains on, for the model card: the accelerator, else the CPU cores."""
     if os.environ.get("KERAS_BACKEND") == "jax":

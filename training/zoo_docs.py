@@ -227,6 +227,10 @@ def protocol_section(metadata):
             + " | ".join(_mean_std(entry[key]) for key in robust)
             + f" | {_mean_std(entry['seconds_per_epoch'], 1.0, 1)} |")
     ours = arms["preset"]
+    if "time_ratio" in ours:
+        ratio = ours["time_ratio"]
+        lines += ["", f"Time per epoch against {ratio['against']} (paired by seed, same machine): "
+                      f"{_mean_std(ratio, 1.0, 2)} of its time."]
     if "threshold" in ours:
         lines += [
             "",
