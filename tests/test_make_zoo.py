@@ -200,3 +200,25 @@ def test_the_v1_cnn_cards_say_their_recipe_was_chosen_after_a_test_score():
     assert "not an untouched test estimate" in glonet
     twin = (zoo / "resnet_cnn_fashion_mnist" / "README.md").read_text()
     assert "chosen after a test score had been seen" in twin
+
+
+def test_the_bn_free_cnn_recipe_is_v1s_without_batch_norm_beside_its_twins(make_zoo):
+    # RESULTS.md section 12 says the only change from v1's CNN recipe is the normalisation, and the
+    # twins share everything but their blocks.
+    name = "glonet_cnn_fashion_mnist"
+    recipe = make_zoo.RECIPES[name]
+    assert recipe["seeds"] == (0, 1, 2) and set(recipe["arms"]) == {"resnet_v2_twin",
+                                                                   "resnet_nobn_twin"}
+    v1 = {k: v for k, v in make_zoo.RECIPES["glonet_cnn_bn_fashion_mnist"]["flags"].items()
+          if k not in ("normalization", "seed")}
+    v1_twin = {k: v for k, v in make_zoo.RECIPES["resnet_cnn_fashion_mnist"]["flags"].items()
+               if k != "seed"}
+    for seed in recipe["seeds"]:
+        preset = make_zoo.run_flags(name, "preset", seed)
+        assert preset == {**v1, "seed": seed} and "normalization" not in preset
+        assert make_zoo.run_flags(name, "resnet_v2_twin", seed) == {
+            **v1_twin, "normalization": "batch", "seed": seed}
+        assert make_zoo.run_flags(name, "resnet_nobn_twin", seed) == {
+            **v1_twin, "normalization": "none", "seed": seed}
+    assert recipe["targets"] == dict(accuracy=0.94, twin=("resnet_v2_twin", "resnet_nobn_twin"),
+                                     time_against="resnet_v2_twin")

@@ -13,6 +13,17 @@
 #   PYTHON=<interpreter>               default python3
 #   GPU_ZOO_PARALLEL=<N>               train N runs of a multi-seed recipe (its arms x seeds) at
 #                                      once (make_zoo.py --parallel; default 1)
+# Through the `device` tool (../shared/docs/gpu.md), zoo v2's BN-free CNN (docs/RESULTS.md section
+# 12: 3 arms x 3 seeds at once; an estimate from gpu.md's 4.1 ms per step of a width-24 CNN-20 on an
+# H200: ~50 s per run alone, a few minutes for the nine side by side): prepare .whl/ and .data/ as
+# training/gpu_depth_sweep.sh's header says, then a run carrying [".whl", ".data"] with
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl &&
+#   PYTHONPATH=$PWD/.site GLONET_KERAS_FASHION_MNIST_DIR=$PWD/.data/fashion-mnist \
+#   GPU_ZOO_PARALLEL=9 GPU_ZOO_COLLECT=$OUT PYTHON=python3 training/gpu_zoo.sh /tmp/zoo 520 \
+#   glonet_cnn_fashion_mnist
+# and timeout_s 580; back here, unpack runs_small.tgz and glonet_cnn_fashion_mnist.models.tgz into
+# one directory and run `python training/make_zoo.py --names=glonet_cnn_fashion_mnist
+# --steps=protocol,package,docs --runs_dir=<it>`.
 # Needs: Keras 3, JAX with a GPU, numpy, h5py, absl-py; the Fashion-MNIST files where
 # glonet_keras.data finds them (GLONET_KERAS_FASHION_MNIST_DIR). TensorFlow is not needed.
 #

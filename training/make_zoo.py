@@ -185,6 +185,30 @@ RECIPES = {
         targets=dict(accuracy=0.90, twin="resnet_v2_twin", half_exit=1.0, anytime_saving=0.6,
                      anytime_cost=0.5, without="no_exit_losses", without_cost=0.5),
     ),
+    # The paper's "no batch norm needed" in the zoo: v1's CNN recipe (width 24, depth 20, 28
+    # epochs) without batch norm, beside a BN-free and a BN ResNet-v2 twin under the same recipe and
+    # seeds. docs/RESULTS.md section 12 has the rules, written before any run.
+    "glonet_cnn_fashion_mnist": dict(
+        summary="Convolutional GloNet without batch norm (the paper's design: plain conv blocks, no "
+                "skips between them, every block's output summed for the head), CIFAR layout, "
+                "depth 20 (9 blocks, 24/48/96 channels), on Fashion-MNIST.",
+        flags=dict(model="glonet_cnn", depth=20, width=24,
+                   **{**FASHION_RECIPE, "epochs": 28, "jit_compile": "false", "seed": None}),
+        seeds=(0, 1, 2),
+        arms={
+            "resnet_v2_twin": dict(
+                summary="ResNet-v2 twin: pre-activation residual blocks with batch norm, the same "
+                        "layout, depth, width, recipe and seeds",
+                flags=dict(model="resnet_cnn", normalization="batch")),
+            "resnet_nobn_twin": dict(
+                summary="BN-free ResNet twin: the same residual blocks without batch norm, the "
+                        "same layout, depth, width, recipe and seeds",
+                flags=dict(model="resnet_cnn", normalization="none")),
+        },
+        calibration=dict(max_cost=0.005, confidence=0.95),
+        targets=dict(accuracy=0.94, twin=("resnet_v2_twin", "resnet_nobn_twin"),
+                     time_against="resnet_v2_twin"),
+    ),
     "glonet_vit_fashion_mnist": dict(
         summary="GloNet ViT (6 blocks, 96-d tokens, 4 heads, MLP width 192) with a convolutional "
                 "tokenizer (two 3x3 conv + max-pool stages: 49 tokens, as 4x4 patches) and a "
