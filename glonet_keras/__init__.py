@@ -9,7 +9,7 @@ augmentation), `presets` (the registry, fetch, load/save), `models` (the familie
 REST), `training` (the trainer and its run directory), `cli` (the programs).
 """
 
-from glonet_keras.data.augment import RandomShiftFlip
+from glonet_keras.data.augment import RandomErasing, RandomShiftFlip
 from glonet_keras.layers import DenseStack, GlobalAggregation
 from glonet_keras.models.cnn import GloNetCNN, PlainCNN, ResNetCNN
 from glonet_keras.models.common import GloNetModelBase
@@ -26,6 +26,7 @@ __all__ = [
     "list_models",
     "GlobalAggregation",
     "DenseStack",
+    "RandomErasing",
     "RandomShiftFlip",
     "is_glonet",
     "GloNetModelBase",

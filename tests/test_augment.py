@@ -367,3 +367,105 @@ def test_the_loss_and_the_training_metrics_see_the_mixers_labels():
     # evaluate: clean labels, no mixer.
     evaluated = model.evaluate(images, labels, verbose=0, return_dict=True)
     assert evaluated["accuracy"] == pytest.approx((logits.argmax(axis=1) == labels.argmax(1)).mean())
+
+
+# ---- Random erasing ------------------------------------------------------------------------------
+
+
+def erase_reference(images, top, left, box_height, box_width, erased, noise):
+    """NumPy, image by image: the box of each erased image takes the noise."""
+    out = images.copy()
+    for b in range(len(images)):
+        if erased[b]:
+            rows = slice(top[b], top[b] + box_height[b])
+            cols = slice(left[b], left[b] + box_width[b])
+            out[b, rows, cols] = noise[b, rows, cols]
+    return out
+
+
+ERASE_DRAWS = (np.array([0, 2, 5, 1, 0, 3], "int32"), np.array([0, 3, 1, 8, 4, 0], "int32"),
+               np.array([7, 2, 1, 6, 3, 4], "int32"), np.array([9, 4, 8, 1, 2, 3], "int32"),
+               np.array([True, True, True, False, True, True]))
+
+
+def test_erase_gives_the_reference_pixels_for_given_draws():
+    images = _images()
+    noise = -_images(seed=1)  # negative: told apart from every image pixel
+    got = augment.erase(keras.ops.convert_to_tensor(images), *map(keras.ops.convert_to_tensor,
+                                                                  ERASE_DRAWS),
+                        keras.ops.convert_to_tensor(noise))
+    np.testing.assert_array_equal(_numpy(got), erase_reference(images, *ERASE_DRAWS, noise))
+    assert (_numpy(got)[0] < 0).all()  # a box of the whole 7 x 9 image
+    np.testing.assert_array_equal(_numpy(got)[3], images[3])  # not erased
+
+
+def test_erasing_draws_keep_the_box_inside_and_follow_the_papers_ranges():
+    layer = augment.RandomErasing(seed=0)
+    top, left, box_height, box_width, erased = map(_numpy, layer.draw(4000, 28, 28))
+    assert (box_height >= 1).all() and (box_width >= 1).all()
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + box_height <= 28).all() and (left + box_width <= 28).all()
+    assert abs(erased.mean() - 0.5) < 0.03
+    share = box_height * box_width / 784
+    # Areas 2-40 % of the image (rounding and clipping move a box by under a pixel's row).
+    assert share.min() > 0.01 and share.max() < 0.45 and abs(np.median(share) - 0.21) < 0.03
+    ratio = box_height / box_width
+    assert ratio.min() < 0.4 and ratio.max() > 2.5 and abs(np.median(np.log(ratio))) < 0.1
+    # Corners: every position that keeps the box inside is used, not only the top-left.
+    assert top.max() > 20 and left.max() > 20
+
+
+def test_the_erasing_layer_is_seeded_exact_and_the_identity_outside_training():
+    images = np.random.default_rng(0).uniform(size=(64, 12, 10, 1)).astype("float32") + 2.0
+    layer = augment.RandomErasing(seed=3)
+    out = _numpy(layer(images, training=True))
+    again = _numpy(augment.RandomErasing(seed=3)(images, training=True))
+    np.testing.assert_array_equal(out, again)
+    changed = (out != images).reshape(64, -1).any(axis=1)
+    assert 16 < changed.sum() < 48  # about half the images get a box
+    for b in np.flatnonzero(changed):
+        where = np.argwhere(out[b, :, :, 0] != images[b, :, :, 0])
+        (r0, c0), (r1, c1) = where.min(0), where.max(0)
+        box = out[b, r0:r1 + 1, c0:c1 + 1, 0]
+        assert ((box >= 0) & (box < 1)).all()  # a rectangle of noise in [0, 1)
+    np.testing.assert_array_equal(_numpy(layer(images, training=False)), images)
+    clone = augment.RandomErasing.from_config(layer.get_config())
+    assert (clone.probability, clone.seed) == (0.5, 3)
+    with pytest.raises(ValueError, match="static size"):
+        augment.RandomErasing()(keras.Input((None, None, 1)))
+    with pytest.raises(ValueError, match=r"probability must be in \[0, 1\], received 1.5"):
+        augment.RandomErasing(probability=1.5)
+
+
+def test_erase_is_an_image_augmentation_that_runs_last_with_its_own_seed():
+    layers = data.image_augmentation_layers(("erase", "flip", "crop"), seed=4)
+    assert [type(layer) for layer in layers] == [augment.RandomShiftFlip, augment.RandomErasing]
+    assert layers[1].seed == 4 + data.pipeline.ERASING_SEED_OFFSET
+    info = data.dataset_info("digits")
+    assert data.pipeline.check_augment("flip,erase", info) == ("flip", "erase")
+    with pytest.raises(ValueError, match=r"Augmentations \['erase'\] need images"):
+        data.pipeline.check_augment("erase", data.dataset_info("mnist1d"))
+
+
+@pytest.mark.skipif(not HAS_TF, reason="the tf.data path needs TensorFlow")
+def test_the_tf_data_path_erases_like_the_device_op_for_the_same_draws():
+    import tensorflow as tf
+    import tensorflow.experimental.numpy as tnp
+
+    images, noise = _images(), -_images(seed=1)
+    on_tf = augment.erase(tf.constant(images), *map(tf.constant, ERASE_DRAWS), tf.constant(noise),
+                          xp=tnp)
+    np.testing.assert_array_equal(np.asarray(on_tf), erase_reference(images, *ERASE_DRAWS, noise))
+    # The pipeline's own function in a tf.data map: static shape, seeded, boxes of noise.
+    batch = np.full((32, 8, 8, 1), 5.0, "float32")
+    apply = data.pipeline._erase_tf(("erase",), seed=0)
+    mapped = tf.data.Dataset.from_tensors(batch).map(apply)
+    assert mapped.element_spec.shape == (32, 8, 8, 1)
+    (got,) = mapped.as_numpy_iterator()
+    changed = (got != 5.0).reshape(32, -1).any(axis=1)
+    assert 4 < changed.sum() < 28
+    assert ((got == 5.0) | ((got >= 0) & (got < 1))).all()
+    (again,) = tf.data.Dataset.from_tensors(batch).map(
+        data.pipeline._erase_tf(("erase",), seed=0)).as_numpy_iterator()
+    np.testing.assert_array_equal(got, again)
+    assert data.pipeline._erase_tf(("flip",), seed=0) is None

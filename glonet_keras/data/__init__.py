@@ -41,8 +41,8 @@ training path. `get_dataset` builds the `tf.data` pipeline of any data set.
 Preprocessing is one `Preprocessing` record per data set (cast, resize, scale, normalise by mean and
 std of the scaled "train" split). The pipeline applies it, and `glonet_keras.deploy.export` applies the
 same record inside the served graph, so a trained model is always used with the normalisation it
-was trained with. Augmentation (`augment=` names from `AUGMENTATIONS`: flip, crop, MixUp and CutMix
-as exact device ops from `glonet_keras.data.augment`, RandAugment Keras' layer) runs inside the
+was trained with. Augmentation (`augment=` names from `AUGMENTATIONS`: flip, crop, random erasing,
+MixUp and CutMix as exact device ops from `glonet_keras.data.augment`, RandAugment Keras' layer) runs inside the
 pipeline of the training split only; it never becomes part of a model.
 
 Example:

@@ -1,4 +1,5 @@
-"""Image augmentation that is exact and nearly free on a device: flips, shifts, MixUp, CutMix.
+"""Image augmentation that is exact and nearly free on a device: flips, shifts, random erasing,
+MixUp, CutMix.
 
 Keras' `RandomFlip` + `RandomTranslation` resample every image through an interpolating affine
 transform. Inside a JAX training step on a GPU that cost about 200 times the model's own step
@@ -22,6 +23,10 @@ The random draws use an explicit `keras.random.SeedGenerator`, so a seeded layer
 by default; `tf.experimental.numpy` in a `tf.data` pipeline, where `keras.ops` may belong to
 another backend), so the device path and the tf.data path run the same code. `RandomShiftFlip` is
 the registered layer the trainer puts in its training-only model.
+
+`erase` (random erasing, Zhong et al. 2020) is a select too: with probability 1/2 a box of the
+paper's random area and aspect ratio takes uniform noise (`erase`, `draw_erasing`,
+`RandomErasing`).
 
 `mixup` and `cutmix` likewise (the `mixup`/`cutmix` augmentations): each example mixed with a
 partner from a permutation of the batch, MixUp as λ x + (1 - λ) x', CutMix as a select of a
@@ -169,6 +174,141 @@ class RandomShiftFlip(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "flip": self.flip, "crop": self.crop, "seed": self.seed}
+
+
+# --------------------------------------------------------------------------------------------------
+# Random erasing (Zhong et al., AAAI 2020): a random box of each image replaced by noise.
+
+#: With probability ERASE_PROBABILITY an image gets one box of area ERASE_AREA (a fraction of the
+#: image, uniform) and aspect ratio height / width in ERASE_ASPECT (log-uniform): the paper's
+#: p = 0.5, s_l = 0.02, s_h = 0.4, r_1 = 0.3 (r_2 = 1 / r_1), its defaults for image classification.
+ERASE_PROBABILITY = 0.5
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
+
+
+def erase(images, top, left, box_height, box_width, erased, noise, xp=None):
+    """Random erasing for given draws: a box of each erased image replaced by `noise`.
+
+    out[b, i, j, :] = noise[b, i, j, :] where erased[b] and top[b] <= i < top[b] + box_height[b]
+    and left[b] <= j < left[b] + box_width[b], else images[b, i, j, :] (a select: every pixel is
+    exactly an input pixel or a noise value).
+
+    Args:
+        images: (batch, height, width, channels), static height and width.
+        top, left, box_height, box_width: (batch,) integers (`draw_erasing` keeps the box inside).
+        erased: (batch,) booleans, the images that get a box.
+        noise: floats shaped like `images`, the values a box takes.
+        xp: a NumPy-like namespace (arange, expand_dims, logical_and, where); default `keras.ops`.
+    """
+    xp = ops if xp is None else xp
+    height, width = images.shape[1], images.shape[2]
+    if height is None or width is None:
+        raise ValueError(f"erase needs a static height and width, got {images.shape}.")
+
+    def inside(size, low, extent):  # (batch, size): low <= index < low + extent
+        index = xp.expand_dims(xp.arange(size, dtype="int32"), 0)
+        return xp.logical_and(index >= xp.expand_dims(low, 1),
+                              index < xp.expand_dims(low + extent, 1))
+
+    rows, cols = inside(height, top, box_height), inside(width, left, box_width)
+    mask = xp.logical_and(xp.expand_dims(xp.expand_dims(rows, 2), 3),
+                          xp.expand_dims(xp.expand_dims(cols, 1), 3))
+    mask = xp.logical_and(mask, xp.reshape(erased, (-1, 1, 1, 1)))
+    return xp.where(mask, noise, images)
+
+
+def draw_erasing(uniform, height, width, xp=None, probability=ERASE_PROBABILITY, area=ERASE_AREA,
+                 aspect=ERASE_ASPECT):
+    """(top, left, box_height, box_width, erased) for one batch: the paper's box, one per image.
+
+    Per image: erased with `probability`; a target area S_e = s * height * width with s uniform in
+    `area`, an aspect ratio r log-uniform in `aspect`, the sides round(sqrt(S_e r)) and
+    round(sqrt(S_e / r)) (halves up), each clipped to [1, side], and the corner uniform among the positions
+    that keep the box inside the image. (The paper redraws a box that does not fit; clipping its
+    side keeps one draw per image, and changes only boxes with s r > 1 or s / r > 1: at most
+    0.4 x 3.33, the long thin ones.)
+
+    `uniform(low, high)` draws (batch,) float32 uniformly in [low, high): the layer passes Keras'
+    seeded generator, the tf.data pipeline TensorFlow's, so both draw by the same rule.
+    """
+    import math
+
+    xp = ops if xp is None else xp
+    erased = uniform(0.0, 1.0) < probability
+    target = uniform(float(area[0]), float(area[1])) * float(height * width)
+    ratio = xp.exp(uniform(math.log(aspect[0]), math.log(aspect[1])))
+    sides = []
+    for size, stretch in ((height, ratio), (width, 1.0 / ratio)):
+        side = _cast(xp.floor(xp.sqrt(target * stretch) + 0.5), "int32", xp)  # rounded
+        sides.append(xp.clip(side, 1, size))
+    corners = [_cast(xp.floor(uniform(0.0, 1.0) * _cast(size - side + 1, "float32", xp)), "int32",
+                     xp) for size, side in zip((height, width), sides)]
+    # uniform < 1 keeps floor(u * (n + 1)) <= n; the clip guards float rounding at the top end.
+    corners = [xp.clip(corner, 0, size - side) for corner, size, side in
+               zip(corners, (height, width), sides)]
+    return corners[0], corners[1], sides[0], sides[1], erased
+
+
+@keras.saving.register_keras_serializable(package="glonet_keras")
+class RandomErasing(keras.layers.Layer):
+    """Random erasing: with probability 1/2, a random box of each image replaced by uniform noise.
+
+    The `erase` augmentation of `glonet_keras.data.AUGMENTATIONS`, Zhong et al.'s (AAAI 2020;
+    image classification defaults, `draw_erasing`): the box's pixels take values uniform in
+    [0, 1), the paper's "random values" on the [0, 1] scale the trainer's augmentations work on
+    (before the normalisation). A select, no interpolation, so nearly free inside a compiled step.
+    Active only with `training=True`; otherwise the identity.
+
+    Unlike `keras.layers.RandomErasing` (Keras 3.8+): one box per image with the paper's
+    area and aspect-ratio ranges and per-image probability, and the same draws in the tf.data
+    pipeline (`glonet_keras.data`) on any backend.
+
+    Args:
+        probability: the share of images that get a box.
+        seed: seeds the layer's `keras.random.SeedGenerator` (None: unseeded).
+    """
+
+    def __init__(self, probability=ERASE_PROBABILITY, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(probability, bool) or not 0.0 <= float(probability) <= 1.0:
+            raise ValueError(f"probability must be in [0, 1], received {probability!r}")
+        self.probability, self.seed = float(probability), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = False
+
+    def draw(self, batch_size, height=None, width=None):
+        """The next `draw_erasing` draws; advances the seed generator as a training call does."""
+        if height is None or width is None:
+            height, width = self._image_size
+
+        def uniform(low, high):
+            return keras.random.uniform((batch_size,), low, high, dtype="float32",
+                                        seed=self.seed_generator)
+
+        return draw_erasing(uniform, height, width, probability=self.probability)
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or input_shape[1] is None or input_shape[2] is None:
+            raise ValueError(
+                f"{type(self).__name__} takes (batch, height, width, channels) images of a static "
+                f"size, received shape {input_shape}.")
+        self._image_size = (int(input_shape[1]), int(input_shape[2]))
+        self.built = True
+
+    def call(self, images, training=False):
+        if not training or self.probability == 0.0:
+            return images
+        draws = self.draw(ops.shape(images)[0], *self._image_size)
+        noise = keras.random.uniform(ops.shape(images), dtype=images.dtype,
+                                     seed=self.seed_generator)
+        return erase(images, *draws, noise)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "probability": self.probability, "seed": self.seed}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from glonet_keras.data.image_folder import _ImageFolderSource
 from glonet_keras.data.sgemm import _sgemm_path, _sgemm_source
 from glonet_keras.data.tfds_source import _TFDSSource
 
-AUGMENTATIONS = ("flip", "crop", "randaugment", "mixup", "cutmix")
+AUGMENTATIONS = ("flip", "crop", "randaugment", "erase", "mixup", "cutmix")
 
 
 def _source(name, *, data_dir=None, download=False, manual_dir=None, image_size=None, seed=0,
@@ -125,7 +125,7 @@ def check_augment(augment, info):
     for name in augment:
         if name not in AUGMENTATIONS:
             raise ValueError(f"Unknown augmentation {name!r}. Available: {list(AUGMENTATIONS)}.")
-    image_only = {"flip", "crop", "randaugment", "cutmix"} & set(augment)
+    image_only = {"flip", "crop", "randaugment", "erase", "cutmix"} & set(augment)
     if image_only and len(info.input_shape) != 3:
         raise ValueError(
             f"Augmentations {sorted(image_only)} need images; data set {info.name!r} has inputs of "
@@ -149,9 +149,11 @@ def image_augmentation_layers(augment, seed=0):
     `flip` and `crop` are one `augment.RandomShiftFlip` (a horizontal flip with probability 1/2,
     then a random integer shift of up to side // 8 pixels per axis with zero fill, as gathers:
     exact and nearly free on a device); `randaugment` is Keras' `RandAugment` (interpolating, and
-    costly inside a compiled step: see benchmarks/README.md). They take [0, 1]-scaled images (scale
-    first, normalise after). The trainer's array path applies them on the device, in a
-    training-only model; the tf.data pipeline (`_augmenter`) runs the same `augment.shift_and_flip`.
+    costly inside a compiled step: see benchmarks/README.md); `erase` is `augment.RandomErasing`
+    (random erasing, last, seeded with `seed + ERASING_SEED_OFFSET`). They take [0, 1]-scaled
+    images (scale first, normalise after). The trainer's array path applies them on the device, in
+    a training-only model; the tf.data pipeline (`_augmenter`) runs the same
+    `augment.shift_and_flip` and `augment.erase`.
     """
     import keras
 
@@ -162,12 +164,17 @@ def image_augmentation_layers(augment, seed=0):
                                                   seed=seed, name="shift_flip"))
     if "randaugment" in augment:
         layers.append(keras.layers.RandAugment(value_range=(0.0, 1.0), seed=seed))
+    if "erase" in augment:
+        layers.append(augment_lib.RandomErasing(
+            seed=None if seed is None else seed + ERASING_SEED_OFFSET, name="erase"))
     return layers
 
 
 #: The mixing layer's seed is the run's seed plus this, so that its draws are not those of the
 #: flip/crop layer seeded with the run's seed (same-seeded generators draw the same numbers).
 MIXING_SEED_OFFSET = 1
+#: The same for the erasing layer.
+ERASING_SEED_OFFSET = 2
 
 
 def mixing_layer(augment, seed=0):
@@ -252,19 +259,41 @@ def _shift_flip_tf(augment, seed):
     return apply
 
 
+def _erase_tf(augment, seed):
+    """`erase` for a tf.data pipeline: `augment.erase` on TensorFlow's NumPy API, its draws
+    (`augment.draw_erasing`) and noise from a `tf.random.Generator` seeded with
+    `seed + ERASING_SEED_OFFSET`. Returns None when it is not asked for."""
+    import tensorflow as tf
+    import tensorflow.experimental.numpy as tnp
+
+    if "erase" not in augment:
+        return None
+    generator = tf.random.Generator.from_seed(seed + ERASING_SEED_OFFSET)
+
+    def apply(images):
+        batch = tf.shape(images)[0]
+        draws = augment_lib.draw_erasing(
+            lambda low, high: generator.uniform([batch], low, high, dtype="float32"),
+            images.shape[1], images.shape[2], xp=tnp)
+        noise = generator.uniform(tf.shape(images), dtype=images.dtype)
+        return tf.ensure_shape(augment_lib.erase(images, *draws, noise, xp=tnp), images.shape)
+
+    return apply
+
+
 def _augmenter(augment, info, seed):
     """Batch-level augmentation for tf.data; runs on [0, 1]-scaled images.
 
-    `flip`/`crop` through `_shift_flip_tf` and MixUp/CutMix through `_mix_tf` (the device path's
-    code), RandAugment with Keras' layer. Mixing comes last, after the normalisation, on one-hot
+    `flip`/`crop` through `_shift_flip_tf`, `erase` through `_erase_tf` and MixUp/CutMix through
+    `_mix_tf` (the device path's code), RandAugment with Keras' layer. Mixing comes last, after the normalisation, on one-hot
     labels.
     """
     import tensorflow as tf
 
 
-    shift_flip = _shift_flip_tf(augment, seed)
+    shift_flip, erase = _shift_flip_tf(augment, seed), _erase_tf(augment, seed)
     layers = [layer for layer in image_augmentation_layers(augment, seed)
-              if not isinstance(layer, augment_lib.RandomShiftFlip)]
+              if not isinstance(layer, (augment_lib.RandomShiftFlip, augment_lib.RandomErasing))]
     mix = _mix_tf(augment, seed)
     preprocessing = info.preprocessing
 
@@ -274,6 +303,8 @@ def _augmenter(augment, info, seed):
             images = shift_flip(images)
         for layer in layers:
             images = layer(images, training=True)
+        if erase is not None:
+            images = erase(images)
         images = (images - tf.constant(preprocessing.mean)) / tf.constant(preprocessing.std)
         if mix is not None:
             images, labels = mix(images, tf.one_hot(labels, info.num_classes))
