@@ -206,16 +206,23 @@ def erase(images, top, left, box_height, box_width, erased, noise, xp=None):
     if height is None or width is None:
         raise ValueError(f"erase needs a static height and width, got {images.shape}.")
 
-    def inside(size, low, extent):  # (batch, size): low <= index < low + extent
-        index = xp.expand_dims(xp.arange(size, dtype="int32"), 0)
-        return xp.logical_and(index >= xp.expand_dims(low, 1),
-                              index < xp.expand_dims(low + extent, 1))
-
-    rows, cols = inside(height, top, box_height), inside(width, left, box_width)
-    mask = xp.logical_and(xp.expand_dims(xp.expand_dims(rows, 2), 3),
-                          xp.expand_dims(xp.expand_dims(cols, 1), 3))
+    mask = _box_mask(height, width, (top, top + box_height, left, left + box_width), xp)
     mask = xp.logical_and(mask, xp.reshape(erased, (-1, 1, 1, 1)))
     return xp.where(mask, noise, images)
+
+
+def _box_mask(height, width, box, xp):
+    """(batch, height, width, 1) booleans: top <= row < bottom and left <= column < right, with
+    `box` = (top, bottom, left, right), each (batch,) integers."""
+    top, bottom, left, right = box
+
+    def inside(size, low, high):  # (batch, size): low <= index < high
+        index = xp.expand_dims(xp.arange(size, dtype="int32"), 0)
+        return xp.logical_and(index >= xp.expand_dims(low, 1), index < xp.expand_dims(high, 1))
+
+    rows, cols = inside(height, top, bottom), inside(width, left, right)
+    return xp.logical_and(xp.expand_dims(xp.expand_dims(rows, 2), 3),
+                          xp.expand_dims(xp.expand_dims(cols, 1), 3))
 
 
 def draw_erasing(uniform, height, width, xp=None, probability=ERASE_PROBABILITY, area=ERASE_AREA,
@@ -378,14 +385,7 @@ def cutmix(images, labels, partner, box, xp=None):
     if height is None or width is None:
         raise ValueError(f"cutmix needs a static height and width, got {images.shape}.")
     top, bottom, left, right = box
-
-    def inside(size, low, high):  # (batch, size): low <= index < high
-        index = xp.expand_dims(xp.arange(size, dtype="int32"), 0)
-        return xp.logical_and(index >= xp.expand_dims(low, 1), index < xp.expand_dims(high, 1))
-
-    rows, cols = inside(height, top, bottom), inside(width, left, right)
-    mask = xp.logical_and(xp.expand_dims(xp.expand_dims(rows, 2), 3),
-                          xp.expand_dims(xp.expand_dims(cols, 1), 3))
+    mask = _box_mask(height, width, box, xp)
     images = xp.where(mask, xp.take(images, partner, axis=0), images)
     pasted = _cast((bottom - top) * (right - left), labels.dtype, xp)
     w = xp.expand_dims(1 - pasted / _cast(height * width, labels.dtype, xp), 1)
