@@ -11,7 +11,7 @@ from keras import ops
 from keras.src.testing import TestCase
 
 import glonet_keras
-from glonet_keras.data.augment import RandomShiftFlip
+from glonet_keras.data.augment import RandomErasing, RandomShiftFlip
 from glonet_keras.layers import (
     ClassToken,
     DenseStack,
@@ -21,7 +21,7 @@ from glonet_keras.layers import (
 )
 
 TESTED = {"GlobalAggregation", "DenseStack", "ClassToken", "PositionEmbedding", "TokenPooling",
-          "RandomShiftFlip", "RandomMix"}
+          "RandomShiftFlip", "RandomErasing", "RandomMix"}
 # Registered classes that are not layers, or are models with their own harness (test_models).
 NOT_LAYERS = {"TorchBiasUniform", "GloNetMLP", "PlainMLP", "ResNetMLP", "GloNetCNN", "PlainCNN",
               "ResNetCNN", "GloNetViT", "ViT", "SuperimposedGloNet",
@@ -101,6 +101,19 @@ class LayerContractTest(TestCase):
         )
         self.run_layer_test(
             RandomShiftFlip, {"seed": 1, "flip": True, "crop": True}, input_shape=(2, 16, 16, 3),
+            call_kwargs={"training": True}, expected_output_shape=(2, 16, 16, 3),
+            expected_num_seed_generators=1,
+        )
+
+    def test_random_erasing(self):
+        images = np.arange(2 * 16 * 16 * 3, dtype="float32").reshape(2, 16, 16, 3)
+        self.run_layer_test(  # Inference: the identity.
+            RandomErasing, {"seed": 1}, input_data=images,
+            expected_output=ops.convert_to_tensor(images),
+            expected_num_trainable_weights=0, expected_num_seed_generators=1,
+        )
+        self.run_layer_test(
+            RandomErasing, {"seed": 1, "probability": 1.0}, input_shape=(2, 16, 16, 3),
             call_kwargs={"training": True}, expected_output_shape=(2, 16, 16, 3),
             expected_num_seed_generators=1,
         )
