@@ -126,6 +126,23 @@ def test_the_verdicts_read_what_section_11_says():
     assert "**Self-regulation**" in lines and "**held**: 0.50, 0.50, 0.50 per seed" in lines
 
 
+def test_a_zero_head_initialisation_is_named_as_an_even_split_not_a_measurement():
+    found = {}
+    for seed in (0, 1, 2):
+        record = synthetic("glonet", 24, seed, 0.9, blocks=24, k=6, ratio=0.5)
+        record["glonet"]["initial"] = {"shares": [1 / 24] * 24, "deeper_half_share": 0.5}
+        record["glonet"]["deeper_half_share"] = 0.3
+        found["glonet", 24, seed] = record
+    found["glonet", 24, 2]["glonet"]["initial"]["shares"][0] += 0.01  # A measured, uneven one.
+    lines = "\n".join(depth_sweep.verdict_lines("vit", found))
+    assert "**held**: 0.60, 0.60, 0.60 per seed." in lines  # The rule as written still decides.
+    assert "In 2 of 3 run(s) every contribution was zero at initialisation" in lines
+    table = depth_sweep.glonet_table("vit", found)
+    assert table.count("| 50.0 (zero head: even split) | 0.60 |") == 2
+    assert table.count("| 50.0 | 0.60 |") == 1
+    assert "zero at initialisation" not in "\n".join(depth_sweep.verdict_lines("cnn", full_cnn_sweep()))
+
+
 def test_a_partial_sweep_says_pending_and_renders(tmp_path):
     found = full_cnn_sweep()
     for key in [k for k in found if k[1] == 110 and k[2] > 0] + [("resnet_bn", 56, 1)]:

@@ -576,14 +576,26 @@ def verdict_lines(sweep, evaluations):
     ratios = [e["glonet"]["deeper_half_share"] / e["glonet"]["initial"]["deeper_half_share"]
               for e in measured]
     unavailable = len(deep_glonets) - len(measured)
+    even = sum(map(even_at_initialisation, measured))
     lines.append(line(
         "Self-regulation", f"the deeper half's share of the contributions on {SHARE_EXAMPLES:,} "
         f"validation images after training over that share at initialisation, at "
         f"{spec['depth_words']} {deep}; held = at most {SELF_REGULATION_RATIO:g}", ratios,
         judge(ratios, SELF_REGULATION_RATIO, seeds), unit="")
         + (f" ({unavailable} run(s) evaluated on another backend than they trained on: their "
-           "initialisation was not rebuilt.)" if unavailable else ""))
+           "initialisation was not rebuilt.)" if unavailable else "")
+        + (f" In {even} of {len(measured)} run(s) every contribution was zero at initialisation "
+           "(a zero-initialised head): the shares there are the even split `contribution_shares` "
+           "returns for a zero total, so the ratio reads the trained share against an even split, "
+           "not against a measured one." if even else ""))
     return lines
+
+
+def even_at_initialisation(evaluation):
+    """Whether a GloNet run's initial shares are the exact even split: what `contribution_shares`
+    returns when every contribution is zero (a zero-initialised head), never a measured share."""
+    initial = evaluation["glonet"].get("initial", {}).get("shares")
+    return bool(initial) and all(share == initial[0] for share in initial)
 
 
 def accuracy_table(sweep, evaluations, split="test"):
@@ -616,7 +628,8 @@ def glonet_table(sweep, evaluations):
         rows.append([depth, seed, g["num_blocks"], f"{100 * e['validation']['accuracy']:.1f}",
                      f"{100 * e['test']['accuracy']:.1f}", f"{g['exit_k']} of {g['num_blocks']}",
                      f"{100 * g['exit_test_accuracy']:.1f}", f"{100 * g['deeper_half_share']:.1f}",
-                     "n/a" if initial is None else f"{100 * initial:.1f}",
+                     "n/a" if initial is None else f"{100 * initial:.1f}"
+                     + (" (zero head: even split)" if even_at_initialisation(e) else ""),
                      "n/a" if initial is None else f"{g['deeper_half_share'] / initial:.2f}"])
     if not rows:
         return "No GloNet run of this sweep has been measured yet."
