@@ -92,31 +92,26 @@ class LayerContractTest(TestCase):
         self.run_layer_test(TokenPooling, {"mode": "mean"}, input_data=tokens,
                             expected_output=ops.convert_to_tensor(tokens.mean(axis=1)))
 
-    def test_random_shift_flip(self):
+    def assert_image_augmentation_contract(self, layer_class, training_config):
+        """An image augmentation layer: the identity at inference, no weights, one seed generator;
+        in training (`training_config`), images of the same shape."""
         images = np.arange(2 * 16 * 16 * 3, dtype="float32").reshape(2, 16, 16, 3)
         self.run_layer_test(  # Inference: the identity.
-            RandomShiftFlip, {"seed": 1}, input_data=images,
+            layer_class, {"seed": 1}, input_data=images,
             expected_output=ops.convert_to_tensor(images),
             expected_num_trainable_weights=0, expected_num_seed_generators=1,
         )
         self.run_layer_test(
-            RandomShiftFlip, {"seed": 1, "flip": True, "crop": True}, input_shape=(2, 16, 16, 3),
+            layer_class, {"seed": 1, **training_config}, input_shape=(2, 16, 16, 3),
             call_kwargs={"training": True}, expected_output_shape=(2, 16, 16, 3),
             expected_num_seed_generators=1,
         )
 
+    def test_random_shift_flip(self):
+        self.assert_image_augmentation_contract(RandomShiftFlip, {"flip": True, "crop": True})
+
     def test_random_erasing(self):
-        images = np.arange(2 * 16 * 16 * 3, dtype="float32").reshape(2, 16, 16, 3)
-        self.run_layer_test(  # Inference: the identity.
-            RandomErasing, {"seed": 1}, input_data=images,
-            expected_output=ops.convert_to_tensor(images),
-            expected_num_trainable_weights=0, expected_num_seed_generators=1,
-        )
-        self.run_layer_test(
-            RandomErasing, {"seed": 1, "probability": 1.0}, input_shape=(2, 16, 16, 3),
-            call_kwargs={"training": True}, expected_output_shape=(2, 16, 16, 3),
-            expected_num_seed_generators=1,
-        )
+        self.assert_image_augmentation_contract(RandomErasing, {"probability": 1.0})
 
     def test_random_mix(self):
         # RandomMix takes one dict {"images", "labels"}; run_layer_test would pass a dict as keyword
