@@ -10,6 +10,8 @@ from glonet_keras.data import augment
 from glonet_keras import data
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
+#: A batch's stateless key, as the tf.data pipeline gives each batch (`data.pipeline._BatchDraws`).
+KEY = np.array([0, 7], "int64")
 
 
 def reference(images, shift_rows, shift_cols, flip):
@@ -126,8 +128,8 @@ def test_the_tf_data_path_gives_the_same_pixels_for_the_same_offsets():
                                   reference(images, shift_rows, shift_cols, flip))
     # The pipeline's own function, inside a tf.data map: each image is one of its allowed moves.
     batch = _images(batch=16, height=8, width=8, channels=1)
-    apply = data.pipeline._shift_flip_tf(("flip", "crop"), seed=0)
-    mapped = tf.data.Dataset.from_tensors(batch).map(apply)
+    apply = data.pipeline._shift_flip_tf(("flip", "crop"))
+    mapped = tf.data.Dataset.from_tensors(batch).map(lambda images: apply(images, KEY))
     assert mapped.element_spec.shape == (16, 8, 8, 1)  # static, as RandAugment after it needs
     (got,) = mapped.as_numpy_iterator()
     moves = [(dy, dx, f) for dy in (-1, 0, 1) for dx in (-1, 0, 1) for f in (False, True)]
@@ -139,8 +141,8 @@ def test_the_tf_data_path_gives_the_same_pixels_for_the_same_offsets():
         found.add(matches[0])
     assert len(found) > 4  # random, not one fixed move
     (again,) = tf.data.Dataset.from_tensors(batch).map(
-        data.pipeline._shift_flip_tf(("flip", "crop"), seed=0)).as_numpy_iterator()
-    np.testing.assert_array_equal(got, again)  # seeded
+        lambda images: apply(images, KEY)).as_numpy_iterator()
+    np.testing.assert_array_equal(got, again)  # the batch's key alone draws
 
 
 # ---- MixUp and CutMix ----------------------------------------------------------------------------
@@ -308,8 +310,8 @@ def test_the_tf_data_path_mixes_like_the_device_op_for_the_same_draws():
     # The pipeline's own function in a tf.data map (CutMix only): each image is its own pixels and
     # one partner's, and its label keeps exactly the share of its own pixels.
     batch, onehot = _images(batch=16, height=8, width=8, channels=1), _labels(batch=16, classes=16)
-    mix = data.pipeline._mix_tf(("cutmix",), seed=0)
-    mapped = tf.data.Dataset.from_tensors((batch, onehot)).map(mix)
+    mix = data.pipeline._mix_tf(("cutmix",))
+    mapped = tf.data.Dataset.from_tensors((batch, onehot)).map(lambda x, y: mix(x, y, KEY))
     assert mapped.element_spec[0].shape == (16, 8, 8, 1)
     (got_images, got_labels), = mapped.as_numpy_iterator()
     assert sum((got_images[b] != batch[b]).any() for b in range(16)) > 8  # Beta(1, 1): most
@@ -321,8 +323,8 @@ def test_the_tf_data_path_mixes_like_the_device_op_for_the_same_draws():
         own = 1 - pasted.mean()
         assert np.isclose(got_labels[b, b], own, atol=1e-6) or not pasted.any()
     (again, _), = tf.data.Dataset.from_tensors((batch, onehot)).map(
-        data.pipeline._mix_tf(("cutmix",), seed=0)).as_numpy_iterator()
-    np.testing.assert_array_equal(got_images, again)  # seeded
+        lambda x, y: mix(x, y, KEY)).as_numpy_iterator()
+    np.testing.assert_array_equal(got_images, again)  # the batch's key alone draws
 
 
 def test_mixing_needs_classification_and_cutmix_needs_images():
@@ -458,14 +460,14 @@ def test_the_tf_data_path_erases_like_the_device_op_for_the_same_draws():
     np.testing.assert_array_equal(np.asarray(on_tf), erase_reference(images, *ERASE_DRAWS, noise))
     # The pipeline's own function in a tf.data map: static shape, seeded, boxes of noise.
     batch = np.full((32, 8, 8, 1), 5.0, "float32")
-    apply = data.pipeline._erase_tf(("erase",), seed=0)
-    mapped = tf.data.Dataset.from_tensors(batch).map(apply)
+    apply = data.pipeline._erase_tf(("erase",))
+    mapped = tf.data.Dataset.from_tensors(batch).map(lambda images: apply(images, KEY))
     assert mapped.element_spec.shape == (32, 8, 8, 1)
     (got,) = mapped.as_numpy_iterator()
     changed = (got != 5.0).reshape(32, -1).any(axis=1)
     assert 4 < changed.sum() < 28
     assert ((got == 5.0) | ((got >= 0) & (got < 1))).all()
     (again,) = tf.data.Dataset.from_tensors(batch).map(
-        data.pipeline._erase_tf(("erase",), seed=0)).as_numpy_iterator()
+        lambda images: apply(images, KEY)).as_numpy_iterator()
     np.testing.assert_array_equal(got, again)
-    assert data.pipeline._erase_tf(("flip",), seed=0) is None
+    assert data.pipeline._erase_tf(("flip",)) is None

@@ -62,6 +62,61 @@ def test_shuffle_and_epoch_stream_are_seeded():
     np.testing.assert_array_equal(test_a, test_b)
 
 
+def test_an_in_memory_epoch_stream_is_its_examples_shuffled_with_each_epochs_seed():
+    # The stream shuffles indices and gathers rows (one copy of the arrays, whatever the epochs);
+    # its batches must be those of shuffling the examples themselves, as every recorded run saw.
+    import tensorflow as tf
+
+    source = data.open_source("digits", image_size=(12, 10))
+    x, y = data.load_split("digits", "train", source=source)
+    x, y = x[:100], y[:100]
+    stream = data.get_dataset("digits", "train", 16, source=source, max_examples=100, seed=4,
+                              drop_remainder=True, start_epoch=1, num_epochs=3)
+    got = list(stream.as_numpy_iterator())
+    preprocessing = source.info.preprocessing
+    expected = []
+    for epoch in (1, 2):
+        examples = tf.data.Dataset.from_tensor_slices((x, y)).map(
+            lambda image, label: (tf.cast(preprocessing.resize(image), image.dtype), label))
+        expected += list(examples.shuffle(100, seed=4 * 1_000_003 + epoch,
+                                          reshuffle_each_iteration=False)
+                         .batch(16, drop_remainder=True)
+                         .map(lambda image, label: (preprocessing.normalize(image), label))
+                         .as_numpy_iterator())
+    assert len(got) == len(expected) == 12
+    for (got_x, got_y), (want_x, want_y) in zip(got, expected):
+        np.testing.assert_array_equal(got_y, want_y)
+        np.testing.assert_array_equal(got_x, want_x)
+
+
+def test_augmented_batches_depend_on_seed_epoch_and_step_only():
+    def images(dataset, batches):
+        return np.concatenate([x.numpy() for x, _ in dataset.take(batches)])
+
+    augment = ("flip", "crop", "randaugment", "erase", "mixup")  # every tf.data map: all of them
+    steps = data.steps_per_epoch(128, 32)
+    stream = data.get_dataset("digits", "train", 32, max_examples=128, augment=augment, seed=3,
+                              start_epoch=0, num_epochs=3)
+    epochs_0_to_2 = images(stream, 3 * steps)
+    again = images(data.get_dataset("digits", "train", 32, max_examples=128, augment=augment,
+                                    seed=3, start_epoch=0, num_epochs=3), 3 * steps)
+    np.testing.assert_array_equal(again, epochs_0_to_2)  # the parallel maps race on nothing
+    resumed = data.get_dataset("digits", "train", 32, max_examples=128, augment=augment, seed=3,
+                               start_epoch=2, num_epochs=3)
+    # A run resumed at epoch 2 sees epoch 2's batches, augmented exactly as the full run's were.
+    np.testing.assert_array_equal(images(resumed, steps), epochs_0_to_2[256:])
+    other_seed = images(data.get_dataset("digits", "train", 32, max_examples=128, augment=augment,
+                                         seed=4, start_epoch=0, num_epochs=3), steps)
+    assert not np.array_equal(np.sort(other_seed, axis=None), np.sort(epochs_0_to_2[:128], axis=None))
+    # Without an epoch stream: the same for the same seed, other draws on every pass.
+    unshuffled = dict(max_examples=128, augment=augment, seed=3, shuffle=False)
+    passes = data.get_dataset("digits", "train", 32, **unshuffled)
+    first, second = images(passes, steps), images(passes, steps)
+    np.testing.assert_array_equal(first, images(data.get_dataset("digits", "train", 32,
+                                                                 **unshuffled), steps))
+    assert not np.array_equal(first, second)
+
+
 @pytest.mark.parametrize(
     "name, split, image_size, shape",
     [
