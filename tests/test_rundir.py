@@ -89,6 +89,19 @@ def test_restore_best_after_a_resume_ends_with_the_uninterrupted_model(tmp_path,
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["best_epoch"]["epoch"] == 2
 
 
+def test_an_augmented_run_with_dropout_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    # Every random draw of an epoch (tf.data augmentation, MixUp, dropout) is seeded by (seed, epoch),
+    # so the epoch after a resume draws what the uninterrupted run drew there.
+    config = dict(model="glonet_cnn", depth=8, width=4, epochs=2, augment=("flip", "crop", "erase",
+                  "mixup"), model_kwargs={"dropout": 0.5}, optimizer="sgd", learning_rate=0.1)
+    whole = _train(tmp_path / "whole", **config)
+    _interrupted(monkeypatch, tmp_path / "resumed", after_epoch=1, **config)
+    resumed = _train(tmp_path / "resumed", **config)
+    assert resumed.initial_epoch == 1
+    assert resumed.history["loss"] == pytest.approx(whole.history["loss"], abs=1e-5)
+    assert _max_difference(resumed.model, whole.model) <= 1e-5
+
+
 @pytest.mark.parametrize("torn", ["weights", "metadata"])
 def test_a_torn_state_falls_back_to_the_previous_one(tmp_path, monkeypatch, capfd, uninterrupted,
                                                      torn):

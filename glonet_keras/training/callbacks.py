@@ -23,6 +23,29 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
+#: Epoch e's draws of a `keras.random.SeedGenerator` start at counter e * SEED_DRAWS_PER_EPOCH
+#: (modulo 2**32); a generator advances its counter by one per draw, a few per step.
+SEED_DRAWS_PER_EPOCH = 2**20
+
+
+class ReseedEachEpoch(keras.callbacks.Callback):
+    """Starts every epoch's random draws on the model's device (dropout, augmentation layers) at a
+    point that depends on the epoch alone.
+
+    At the start of epoch e, each `keras.random.SeedGenerator` of the model keeps its seed and sets
+    its counter to e * `SEED_DRAWS_PER_EPOCH`. Its draws in epoch e are then the same whether the
+    run got there uninterrupted or resumed at e from a checkpoint (which holds the weights, not the
+    generators' states). Epoch 0 starts where a fresh generator does.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        counter = (int(epoch) * SEED_DRAWS_PER_EPOCH) % 2**32
+        for variable in self.model.variables:
+            if variable.name == "seed_generator_state":
+                seed = keras.ops.convert_to_numpy(variable.value)[0]
+                variable.assign(np.array([seed, counter], dtype=variable.dtype))
+
+
 class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or non-finite weights."""
 

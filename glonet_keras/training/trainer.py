@@ -25,9 +25,10 @@ Files under `model_dir` (see `glonet_keras.training.rundir` for what the directo
 
 Resuming: run `train` again with the same config and `model_dir` after a crash, a Ctrl-C or a
 SIGKILL. The state of the last complete epoch (weights, optimizer, history, best epoch so far) is
-restored, and the training stream resumes at that epoch with the same per-epoch shuffle, so
-without dropout or augmentation a resumed run ends with the same weights as an uninterrupted one
-(up to float reduction order), `restore_best=True` included. Work done in the interrupted epoch is
+restored, and the training stream resumes at that epoch with the same per-epoch shuffle and the
+same random draws (augmentation keyed by (seed, epoch, step), dropout and on-device augmentation
+reseeded per epoch by `ReseedEachEpoch`), so a resumed run ends with the same weights as an
+uninterrupted one (up to float reduction order), `restore_best=True` included. Work done in the interrupted epoch is
 redone. A different config, fewer epochs than already trained, or a finished run is refused
 (`overwrite=True` starts fresh).
 
@@ -66,7 +67,7 @@ from glonet_keras.deploy import export as export_lib
 from glonet_keras.presets.registry import get_model_class
 from glonet_keras.training import distribute, fastfit, rundir
 from glonet_keras.training.callbacks import (
-    EpochTimer, RunStateCheckpoint, StopOnNonFinite, check_finite,
+    EpochTimer, ReseedEachEpoch, RunStateCheckpoint, StopOnNonFinite, check_finite,
 )
 from glonet_keras.version import __version__
 
@@ -1034,7 +1035,7 @@ def _fit(session):
     config, data = session.config, session.data
     timer = EpochTimer()
     saver = RunStateCheckpoint(session.run, session.model, timer, state=session.state)
-    callbacks = [timer, StopOnNonFinite(), saver]
+    callbacks = [ReseedEachEpoch(), timer, StopOnNonFinite(), saver]
     if session.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(session.run.path, "logs")))
     if session.initial_epoch < config.epochs:
