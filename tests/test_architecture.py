@@ -81,6 +81,14 @@ def test_a_v02_module_path_still_imports_the_same_module_with_a_warning(old):
         assert importlib.import_module(old) is new
 
 
+def test_the_version_is_the_release_that_moved_the_paths_and_before_the_one_that_drops_them():
+    # The shims promise "moved in v0.3, gone in v0.4": the version must say where between.
+    from packaging.version import Version
+
+    version = Version(glonet_keras.__version__)
+    assert Version("0.3.0.dev0") <= version < Version(_deprecated.REMOVED_IN), version
+
+
 def test_analysis_keeps_the_depth_functions_it_re_exported_for_one_release():
     from glonet_keras import analysis, deploy
 
