@@ -317,10 +317,11 @@ def _erase_tf(augment):
 
 
 #: A Keras augmentation layer in tf.data (RandAugment) starts each batch's draws at its seed
-#: generator's counter `(epoch * LAYER_DRAWS_PER_EPOCH + step) * LAYER_DRAWS_PER_BATCH`, so its
-#: draws too are a function of (seed, epoch, step); it draws fewer than this per batch.
+#: generator's counter `(epoch * LAYER_STEPS_PER_EPOCH + step) * LAYER_DRAWS_PER_BATCH`, so its
+#: draws too are a function of (seed, epoch, step). It draws fewer than LAYER_DRAWS_PER_BATCH per
+#: batch; an epoch of more than LAYER_STEPS_PER_EPOCH steps would reuse the next epoch's counters.
 LAYER_DRAWS_PER_BATCH = 256
-LAYER_DRAWS_PER_EPOCH = 2**20
+LAYER_STEPS_PER_EPOCH = 2**20
 
 
 def _seed_generator_states(layers):
@@ -343,9 +344,8 @@ def _augment_batches(dataset, augment, info, seed, epochs=None):
     sequential map between them. In an epoch stream (`epochs` = (start epoch, batches per epoch)),
     batch `step` of epoch `epoch` draws from the key `stateless_fold_in([seed, epoch], step)` alone,
     so a resumed stream repeats the uninterrupted run's draws. With `epochs=None` (a dataset
-    iterated once per epoch) the key is
-    `[seed, r]` with `r` from `tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`: other
-    draws on every pass, the same for the same seed.
+    iterated once per epoch) the key is `[seed, r]`, `r` from `tf.data.Dataset.random(seed,
+    rerandomize_each_iteration=True)`: other draws on every pass, the same for the same seed.
     """
     import tensorflow as tf
 
@@ -356,7 +356,7 @@ def _augment_batches(dataset, augment, info, seed, epochs=None):
     preprocessing = info.preprocessing
     if epochs is None:
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).map(
-            lambda r: (tf.stack([tf.constant(seed, "int64"), r]), r % LAYER_DRAWS_PER_EPOCH))
+            lambda r: (tf.stack([tf.constant(seed, "int64"), r]), r % LAYER_STEPS_PER_EPOCH))
     else:
         start_epoch, steps = epochs
 
@@ -364,7 +364,7 @@ def _augment_batches(dataset, augment, info, seed, epochs=None):
             epoch, step = index // steps, index % steps
             return (tf.random.experimental.stateless_fold_in(
                 tf.stack([tf.constant(seed, "int64"), epoch]), step),
-                epoch * LAYER_DRAWS_PER_EPOCH + step)
+                epoch * LAYER_STEPS_PER_EPOCH + step)
 
         keys = tf.data.Dataset.range(start_epoch * steps, 2**62).map(key)
 
