@@ -433,14 +433,17 @@ def get_dataset(
         manual_dir: directory of manually downloaded files (imagenet2012).
         image_size: (height, width) to resize images to; default: the data set's own size.
         shuffle: shuffle the examples; default True for "train" only.
-        seed: seeds the validation carve-out, the shuffle and the augmentation layers.
+        seed: seeds the validation carve-out, the shuffle and the augmentation: every batch's
+            augmentation draws come from (seed, epoch, step) alone (`_augment_batches`), so
+            the same seed gives the same batches, whatever the parallel maps' timing.
         augment: names from `AUGMENTATIONS` (or a comma-separated string); "train" only.
         one_hot: return one-hot float labels (forced on by MixUp / CutMix).
         drop_remainder: drop the last partial batch.
         start_epoch, num_epochs: if set (and shuffling), return the batches of epochs
             `start_epoch .. num_epochs - 1` as one stream, epoch e shuffled with its own seed
-            derived from (seed, e). A run resumed at epoch e then sees exactly the batches an
-            uninterrupted run sees; fit it with `steps_per_epoch = steps_per_epoch(...)`.
+            derived from (seed, e), augmented with draws keyed by (seed, e, step). A run resumed
+            at epoch e then sees exactly the batches an uninterrupted run sees; fit it with
+            `steps_per_epoch = steps_per_epoch(...)`.
         validation_fraction: share of the training examples held out as "validation" where the
             source has no validation split.
         shuffle_buffer: examples in the shuffle buffer (the whole split for in-memory data).
