@@ -107,7 +107,8 @@ def test_augmented_batches_depend_on_seed_epoch_and_step_only():
     np.testing.assert_array_equal(images(resumed, steps), epochs_0_to_2[256:])
     other_seed = images(data.get_dataset("digits", "train", 32, max_examples=128, augment=augment,
                                          seed=4, start_epoch=0, num_epochs=3), steps)
-    assert not np.array_equal(np.sort(other_seed, axis=None), np.sort(epochs_0_to_2[:128], axis=None))
+    assert not np.array_equal(np.sort(other_seed, axis=None),
+                              np.sort(epochs_0_to_2[:128], axis=None))
     # Without an epoch stream: the same for the same seed, other draws on every pass.
     unshuffled = dict(max_examples=128, augment=augment, seed=3, shuffle=False)
     passes = data.get_dataset("digits", "train", 32, **unshuffled)

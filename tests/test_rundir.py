@@ -90,8 +90,8 @@ def test_restore_best_after_a_resume_ends_with_the_uninterrupted_model(tmp_path,
 
 
 def test_an_augmented_run_with_dropout_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
-    # Every random draw of an epoch (tf.data augmentation, MixUp, dropout) is seeded by (seed, epoch),
-    # so the epoch after a resume draws what the uninterrupted run drew there.
+    # Every random draw of an epoch (tf.data augmentation, MixUp, dropout) is seeded by
+    # (seed, epoch), so the epoch after a resume draws what the uninterrupted run drew there.
     config = dict(model="glonet_cnn", depth=8, width=4, epochs=2, augment=("flip", "crop", "erase",
                   "mixup"), model_kwargs={"dropout": 0.5}, optimizer="sgd", learning_rate=0.1)
     whole = _train(tmp_path / "whole", **config)

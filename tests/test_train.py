@@ -361,7 +361,8 @@ JAX_RESUME = harness.INTERRUPTED_THEN_RESUMED + textwrap.dedent("""
     fuse = fastfit.fuse_train_steps
     fastfit.fuse_train_steps = lambda model: fused.append(fuse(model)) or fused[-1]
     config = dict(model="glonet_mlp", depth=3, width=16, dataset="digits", batch_size=8,
-                  max_examples=64, tensorboard=False, verbose=0, epochs=2, **json.loads(sys.argv[2]))
+                  max_examples=64, tensorboard=False, verbose=0, epochs=2,
+                  **json.loads(sys.argv[2]))
     whole = trainer.train(trainer.TrainConfig(**config, model_dir=sys.argv[1] + "/whole"))
     resumed = interrupted_then_resumed(trainer, callbacks, config, sys.argv[1] + "/resumed")
     difference = max(float(np.abs(a - b).max())
@@ -416,8 +417,8 @@ def test_jax_without_tensorflow_trains_with_mixup_and_cutmix_in_fused_steps(tmp_
 def test_jax_array_path_resumes_with_the_same_batches(tmp_path, changes):
     # Augmented: the on-device layers' and dropout's draws restart per epoch (ReseedEachEpoch).
     env = dict(ENV, KERAS_BACKEND="jax")
-    finished = subprocess.run([sys.executable, "-c", JAX_RESUME, str(tmp_path), json.dumps(changes)],
-                              capture_output=True, text=True, env=env, timeout=300)
+    command = [sys.executable, "-c", JAX_RESUME, str(tmp_path), json.dumps(changes)]
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     initial_epoch, difference, fused, steps_per_execution = json.loads(
         finished.stdout.strip().splitlines()[-1])

@@ -28,9 +28,9 @@ SIGKILL. The state of the last complete epoch (weights, optimizer, history, best
 restored, and the training stream resumes at that epoch with the same per-epoch shuffle and the
 same random draws (augmentation keyed by (seed, epoch, step), dropout and on-device augmentation
 reseeded per epoch by `ReseedEachEpoch`), so a resumed run ends with the same weights as an
-uninterrupted one (up to float reduction order), `restore_best=True` included. Work done in the interrupted epoch is
-redone. A different config, fewer epochs than already trained, or a finished run is refused
-(`overwrite=True` starts fresh).
+uninterrupted one (up to float reduction order), `restore_best=True` included. Work done in the
+interrupted epoch is redone. A different config, fewer epochs than already trained, or a
+finished run is refused (`overwrite=True` starts fresh).
 
 Input pipelines: tf.data on the TensorFlow backend. In-memory data sets (`data.IN_MEMORY_DATASETS`)
 on JAX, and whenever TensorFlow is not installed, train from numpy arrays with no tf.data at all:
