@@ -51,6 +51,19 @@ from keras import ops
 CROP_DIVISOR = 8
 
 
+
+def seed_generator_states(layers):
+    """The state variables of every `keras.random.SeedGenerator` of `layers` and their sublayers
+    (a model counts as a layer), each once: what `ReseedEachEpoch` and the tf.data pipeline set to
+    make a layer's draws depend on the epoch and step alone."""
+    states, seen = [], set()
+    for layer in layers:
+        for variable in layer.variables:
+            if variable.name == "seed_generator_state" and id(variable) not in seen:
+                seen.add(id(variable))
+                states.append(variable)
+    return states
+
 def max_shift(side):
     """The largest shift `crop` draws along an axis of `side` pixels: side // 8."""
     return int(side) // CROP_DIVISOR

@@ -324,17 +324,6 @@ LAYER_DRAWS_PER_BATCH = 256
 LAYER_STEPS_PER_EPOCH = 2**20
 
 
-def _seed_generator_states(layers):
-    """The state variables of every `keras.random.SeedGenerator` of `layers` (sublayers too)."""
-    states, seen = [], set()
-    for layer in layers:
-        for variable in layer.variables:
-            if variable.name == "seed_generator_state" and id(variable) not in seen:
-                seen.add(id(variable))
-                states.append(variable)
-    return states
-
-
 def _augment_batches(dataset, augment, info, seed, epochs=None):
     """Augments a batched `(images, labels)` dataset of the training split; runs on [0, 1]-scaled
     images, normalises after, and mixes last (MixUp/CutMix on one-hot labels).
@@ -377,7 +366,7 @@ def _augment_batches(dataset, augment, info, seed, epochs=None):
 
     dataset = tf.data.Dataset.zip((dataset, keys)).map(first, num_parallel_calls=tf.data.AUTOTUNE)
     if layers:
-        states = _seed_generator_states(layers)
+        states = augment_lib.seed_generator_states(layers)
 
         def keras_layers(images, labels, key, counter):
             for state in states:  # A counter of this batch's own (see LAYER_DRAWS_PER_BATCH).

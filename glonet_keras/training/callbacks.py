@@ -6,6 +6,7 @@ import time
 import keras
 import numpy as np
 
+from glonet_keras.data.augment import seed_generator_states
 from glonet_keras.training import rundir
 
 
@@ -40,10 +41,9 @@ class ReseedEachEpoch(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         counter = (int(epoch) * SEED_DRAWS_PER_EPOCH) % 2**32
-        for variable in self.model.variables:
-            if variable.name == "seed_generator_state":
-                seed = keras.ops.convert_to_numpy(variable.value)[0]
-                variable.assign(np.array([seed, counter], dtype=variable.dtype))
+        for state in seed_generator_states([self.model]):
+            seed = keras.ops.convert_to_numpy(state.value)[0]
+            state.assign(np.array([seed, counter], dtype=state.dtype))
 
 
 class NonFiniteError(RuntimeError):
