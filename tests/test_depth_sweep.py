@@ -114,15 +114,15 @@ def full_cnn_sweep():
 
 def test_the_verdicts_read_what_section_11_says():
     lines = "\n".join(depth_sweep.verdict_lines("cnn", full_cnn_sweep()))
-    assert "**Depth resilience** (GloNet's test accuracy at depth 20 minus at 110; held = at most " \
+    assert "**Depth resilience** (GloNet's test accuracy at depth 20 minus at depth 110; held = at most " \
            "2 points): **held**: 0.00, 0.00, 0.00 points per seed." in lines
     assert "ResNet-v2's recalibrated test accuracy minus GloNet's" in lines
     assert "**No batch norm needed**" in lines and "depth 110: held (1.00, 1.10, 1.20 points)" in lines
-    assert "plain chain (no BN, no skips) at 110: 10.0 ± < 0.1 (3 seeds) %, collapsed (below 20 %) " \
+    assert "plain chain (no BN, no skips) at depth 110: 10.0 ± < 0.1 (3 seeds) %, collapsed (below 20 %) " \
            "in 3 of 3 seeds" in lines
     assert "**Ahead of the BN-free baselines**" in lines and "**held**: 5.00, 4.90, 4.80" in lines
-    assert "at depth 110 (54 blocks); held = at most half the blocks): **held**: 13.00, 13.00, " \
-           "13.00 blocks per seed" in lines
+    assert "at depth 110 (54 blocks); held = at most half the blocks): **held**: 13, 13, 13 blocks " \
+           "per seed" in lines
     assert "**Self-regulation**" in lines and "**held**: 0.50, 0.50, 0.50 per seed" in lines
 
 
@@ -137,6 +137,10 @@ def test_a_zero_head_initialisation_is_named_as_an_even_split_not_a_measurement(
     lines = "\n".join(depth_sweep.verdict_lines("vit", found))
     assert "**held**: 0.60, 0.60, 0.60 per seed." in lines  # The rule as written still decides.
     assert "In 2 of 3 run(s) every contribution was zero at initialisation" in lines
+    # A ViT's depth is its number of blocks: named once, not "at blocks 24 (24 blocks)".
+    assert "on validation, at 24 blocks; held = at most half the blocks): **held**: 6, 6, 6 " \
+           "blocks per seed." in lines
+    assert "| family | 6 blocks | 12 blocks | 24 blocks |" in depth_sweep.accuracy_table("vit", {})
     table = depth_sweep.glonet_table("vit", found)
     assert table.count("| 50.0 (zero head: even split) | 0.60 |") == 2
     assert table.count("| 50.0 | 0.60 |") == 1

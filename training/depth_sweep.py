@@ -496,6 +496,12 @@ def _values(values, digits=2):
     return ", ".join(f"{v:.{digits}f}" for v in values)
 
 
+def _depth(spec, depth):
+    """How a sweep names one of its depths: "depth 110" for the CNN, "24 blocks" for the ViT."""
+    words = spec["depth_words"]
+    return f"{depth} {words}" if words == "blocks" else f"{words} {depth}"
+
+
 def verdict_lines(sweep, evaluations):
     """Section 11's verdicts for one sweep, as Markdown list items."""
     spec = SWEEPS[sweep]
@@ -505,8 +511,8 @@ def verdict_lines(sweep, evaluations):
     def get(family, depth, seed):
         return evaluations.get((family, depth, seed))
 
-    def line(name, rule, values, result, unit="points"):
-        numbers = (f": {_values(values)}{' ' + unit if unit else ''} per seed"
+    def line(name, rule, values, result, unit="points", digits=2):
+        numbers = (f": {_values(values, digits)}{' ' + unit if unit else ''} per seed"
                    if values else "")
         return f"- **{name}** ({rule}): **{result}**{numbers}."
 
@@ -520,12 +526,12 @@ def verdict_lines(sweep, evaluations):
                                else _test(get(b, deep, s)))
         if accuracies:
             collapsed = sum(a < COLLAPSED_ACCURACY for a in accuracies)
-            fate.append(f"{spec['labels'][baseline]} at {deep}: {cell(accuracies)} %, collapsed "
+            fate.append(f"{spec['labels'][baseline]} at {_depth(spec, deep)}: {cell(accuracies)} %, collapsed "
                         f"(below {100 * COLLAPSED_ACCURACY:.0f} %) in {collapsed} of "
                         f"{len(accuracies)} seeds")
     lines.append(line(
-        "Depth resilience", f"GloNet's test accuracy at {spec['depth_words']} {shallow} minus at "
-        f"{deep}; held = at most {RESILIENCE_POINTS:g} points", resilience,
+        "Depth resilience", f"GloNet's test accuracy at {_depth(spec, shallow)} minus at "
+        f"{_depth(spec, deep)}; held = at most {RESILIENCE_POINTS:g} points", resilience,
         judge(resilience, RESILIENCE_POINTS, seeds)))
     if fate:
         lines.append("  The baselines' fate: " + "; ".join(fate) + ".")
@@ -557,7 +563,7 @@ def verdict_lines(sweep, evaluations):
         100 * (_test(get(glonet, deep, s)) - max(_test(get(b, deep, s)) for b in spec["baselines"])))
     lines.append("" if not spec["baselines"] else line(
         "Ahead of the BN-free baselines", f"GloNet's test accuracy minus the best of "
-        f"{', '.join(spec['labels'][b] for b in spec['baselines'])} at {spec['depth_words']} {deep}, "
+        f"{', '.join(spec['labels'][b] for b in spec['baselines'])} at {_depth(spec, deep)}, "
         f"per seed; held = more than {AHEAD_POINTS:g} points", ahead,
         judge(ahead, AHEAD_POINTS, seeds, held_if="more_than")))
     lines = [entry for entry in lines if entry]
@@ -566,10 +572,10 @@ def verdict_lines(sweep, evaluations):
     blocks = deep_glonets[0]["glonet"]["num_blocks"] if deep_glonets else None
     lines.append(line(
         "Early exit", f"the fewest first blocks within {EXIT_POINTS:g} points of the full model on "
-        f"validation, at {spec['depth_words']} {deep}"
-        + (f" ({blocks} blocks)" if blocks else "") + "; held = at most half the blocks",
-        [float(k) for k in exits],
-        judge(exits, blocks * EXIT_FRACTION if blocks else 0.0, seeds), unit="blocks")
+        f"validation, at {_depth(spec, deep)}"
+        + (f" ({blocks} blocks)" if blocks and _depth(spec, deep) != f"{blocks} blocks" else "")
+        + "; held = at most half the blocks", [float(k) for k in exits],
+        judge(exits, blocks * EXIT_FRACTION if blocks else 0.0, seeds), unit="blocks", digits=0)
         + (f" Test accuracy of that exit: {cell([e['glonet']['exit_test_accuracy'] for e in deep_glonets])} %."
            if deep_glonets else ""))
     measured = [e for e in deep_glonets if "deeper_half_share" in e["glonet"].get("initial", {})]
@@ -580,7 +586,7 @@ def verdict_lines(sweep, evaluations):
     lines.append(line(
         "Self-regulation", f"the deeper half's share of the contributions on {SHARE_EXAMPLES:,} "
         f"validation images after training over that share at initialisation, at "
-        f"{spec['depth_words']} {deep}; held = at most {SELF_REGULATION_RATIO:g}", ratios,
+        f"{_depth(spec, deep)}; held = at most {SELF_REGULATION_RATIO:g}", ratios,
         judge(ratios, SELF_REGULATION_RATIO, seeds), unit="")
         + (f" ({unavailable} run(s) evaluated on another backend than they trained on: their "
            "initialisation was not rebuilt.)" if unavailable else "")
@@ -612,7 +618,7 @@ def accuracy_table(sweep, evaluations, split="test"):
                           for (f, d, _), e in sorted(evaluations.items()) if f == family and d == depth]
                 row.append(cell(values))
             rows.append(row)
-    return table(["family", *[f"{spec['depth_words']} {d}" for d in spec["depths"]]], rows)
+    return table(["family", *[_depth(spec, d) for d in spec["depths"]]], rows)
 
 
 def glonet_table(sweep, evaluations):
