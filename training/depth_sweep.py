@@ -526,9 +526,9 @@ def verdict_lines(sweep, evaluations):
                                else _test(get(b, deep, s)))
         if accuracies:
             collapsed = sum(a < COLLAPSED_ACCURACY for a in accuracies)
-            fate.append(f"{spec['labels'][baseline]} at {_depth(spec, deep)}: {cell(accuracies)} %, collapsed "
-                        f"(below {100 * COLLAPSED_ACCURACY:.0f} %) in {collapsed} of "
-                        f"{len(accuracies)} seeds")
+            fate.append(f"{spec['labels'][baseline]} at {_depth(spec, deep)}: "
+                        f"{cell(accuracies)} %, collapsed (below {100 * COLLAPSED_ACCURACY:.0f} %) "
+                        f"in {collapsed} of {len(accuracies)} seeds")
     lines.append(line(
         "Depth resilience", f"GloNet's test accuracy at {_depth(spec, shallow)} minus at "
         f"{_depth(spec, deep)}; held = at most {RESILIENCE_POINTS:g} points", resilience,
