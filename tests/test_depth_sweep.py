@@ -114,12 +114,12 @@ def full_cnn_sweep():
 
 def test_the_verdicts_read_what_section_11_says():
     lines = "\n".join(depth_sweep.verdict_lines("cnn", full_cnn_sweep()))
-    assert "**Depth resilience** (GloNet's test accuracy at depth 20 minus at depth 110; held = at most " \
-           "2 points): **held**: 0.00, 0.00, 0.00 points per seed." in lines
+    assert "**Depth resilience** (GloNet's test accuracy at depth 20 minus at depth 110; held = " \
+           "at most 2 points): **held**: 0.00, 0.00, 0.00 points per seed." in lines
     assert "ResNet-v2's recalibrated test accuracy minus GloNet's" in lines
     assert "**No batch norm needed**" in lines and "depth 110: held (1.00, 1.10, 1.20 points)" in lines
-    assert "plain chain (no BN, no skips) at depth 110: 10.0 ± < 0.1 (3 seeds) %, collapsed (below 20 %) " \
-           "in 3 of 3 seeds" in lines
+    assert "plain chain (no BN, no skips) at depth 110: 10.0 ± < 0.1 (3 seeds) %, collapsed " \
+           "(below 20 %) in 3 of 3 seeds" in lines
     assert "**Ahead of the BN-free baselines**" in lines and "**held**: 5.00, 4.90, 4.80" in lines
     assert "at depth 110 (54 blocks); held = at most half the blocks): **held**: 13, 13, 13 blocks " \
            "per seed" in lines

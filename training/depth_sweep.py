@@ -97,6 +97,7 @@ SWEEPS = {
         title="CNN (CIFAR layout, width 16)",
         depths=(20, 56, 110),
         depth_words="depth",
+        depth_format="depth {}",
         seeds=(0, 1, 2),
         families={
             "glonet": dict(model="glonet_cnn"),
@@ -115,6 +116,7 @@ SWEEPS = {
         title="ViT (96-d tokens, 4 heads, MLP 192, conv tokenizer, 4x4 patches)",
         depths=(6, 12, 24),
         depth_words="blocks",
+        depth_format="{} blocks",
         seeds=(0, 1, 2),
         families={
             "glonet": dict(model="glonet_vit", head_initializer="zeros"),
@@ -498,8 +500,7 @@ def _values(values, digits=2):
 
 def _depth(spec, depth):
     """How a sweep names one of its depths: "depth 110" for the CNN, "24 blocks" for the ViT."""
-    words = spec["depth_words"]
-    return f"{depth} {words}" if words == "blocks" else f"{words} {depth}"
+    return spec["depth_format"].format(depth)
 
 
 def verdict_lines(sweep, evaluations):
@@ -573,7 +574,7 @@ def verdict_lines(sweep, evaluations):
     lines.append(line(
         "Early exit", f"the fewest first blocks within {EXIT_POINTS:g} points of the full model on "
         f"validation, at {_depth(spec, deep)}"
-        + (f" ({blocks} blocks)" if blocks and _depth(spec, deep) != f"{blocks} blocks" else "")
+        + (f" ({blocks} blocks)" if blocks and blocks != deep else "")
         + "; held = at most half the blocks", [float(k) for k in exits],
         judge(exits, blocks * EXIT_FRACTION if blocks else 0.0, seeds), unit="blocks", digits=0)
         + (f" Test accuracy of that exit: {cell([e['glonet']['exit_test_accuracy'] for e in deep_glonets])} %."

@@ -51,7 +51,6 @@ from keras import ops
 CROP_DIVISOR = 8
 
 
-
 def seed_generator_states(layers):
     """The state variables of every `keras.random.SeedGenerator` of `layers` and their sublayers
     (a model counts as a layer), each once: what `ReseedEachEpoch` and the tf.data pipeline set to
@@ -63,6 +62,7 @@ def seed_generator_states(layers):
                 seen.add(id(variable))
                 states.append(variable)
     return states
+
 
 def max_shift(side):
     """The largest shift `crop` draws along an axis of `side` pixels: side // 8."""
