@@ -34,7 +34,8 @@ def make_zoo(tmp_path, monkeypatch):
     flags.FLAGS(["make_zoo", f"--runs_dir={tmp_path}"])
     module.calls = calls
     yield module
-    for key in ("resume", "runs_dir", "parallel"):
+    for key in ("resume", "runs_dir", "parallel", "arms", "seeds", "runs_at_once", "steps",
+                "names"):
         flags.FLAGS[key].value = saved[key]
 
 
@@ -222,3 +223,44 @@ def test_the_bn_free_cnn_recipe_is_v1s_without_batch_norm_beside_its_twins(make_
             **v1_twin, "normalization": "none", "seed": seed}
     assert recipe["targets"] == dict(accuracy=0.94, twin=("resnet_v2_twin", "resnet_nobn_twin"),
                                      time_against="resnet_v2_twin")
+
+
+def test_arms_and_seeds_train_only_the_runs_they_name_and_runs_at_once_is_recorded(make_zoo,
+                                                                                    tmp_path):
+    # One process per core (taskset) on a CPU: each trains its share, and every run's machine
+    # record says that two runs shared the machine.
+    flags.FLAGS.arms = ["resnet_v2_twin", "preset"]
+    flags.FLAGS.seeds = ["2", "0"]
+    flags.FLAGS.runs_at_once = 2
+    make_zoo.run_training(MULTI)
+    # The recipe's order, not the flags'.
+    assert [call[-1] for call in make_zoo.calls] == [
+        f"--model_dir={tmp_path / MULTI / arm / f'seed_{seed}'}"
+        for arm in ("preset", "resnet_v2_twin") for seed in (0, 2)]
+    record = json.loads((tmp_path / MULTI / "preset" / "seed_0" / "command.json").read_text())
+    assert record["machine"].endswith("; 2 runs at once")
+    assert not (tmp_path / MULTI / "preset" / "seed_1").exists()
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    # The MLP recipe has this arm; the CNN recipe, named second, does not.
+    ("arms", ["no_exit_losses"],
+     r"glonet_cnn_fashion_mnist has no arm\(s\) \['no_exit_losses'\]; its arms: \['preset'"),
+    ("seeds", ["0", "3"], r"no seed\(s\) \[3\]; its seeds: \[0, 1, 2\]"),
+    ("seeds", ["one"], r"--seeds must be whole numbers, got \['one'\]"),
+])
+def test_an_arm_or_seed_the_recipe_lacks_is_refused_before_anything_trains(
+        make_zoo, flag, value, message):
+    flags.FLAGS[flag].value = value
+    flags.FLAGS.steps = ["train"]
+    flags.FLAGS.names = [MULTI, "glonet_cnn_fashion_mnist"]
+    with pytest.raises(SystemExit, match=message):
+        make_zoo.main([])
+    assert make_zoo.calls == []
+
+
+def test_arms_or_seeds_for_a_one_run_recipe_are_refused(make_zoo):
+    flags.FLAGS.seeds = ["0"]
+    with pytest.raises(SystemExit, match=r"multi-seed recipe; glonet_mlp_digits is one run"):
+        make_zoo.run_training(NAME)
+    assert make_zoo.calls == []

@@ -35,6 +35,12 @@ Examples:
   python training/make_zoo.py --names=glonet_mlp_digits --steps=train,package,docs
   python training/make_zoo.py --steps=docs                      # tables and registry only
   python training/make_zoo.py --steps=export --export_dir=/tmp/serving
+  # A multi-seed recipe on a 2-core CPU: one process per core, each its share of the runs (train.py
+  # sizes its thread pools to the cores it may use; two unpinned runs fight over both), resumable:
+  taskset -c 0 python training/make_zoo.py --names=glonet_cnn_fashion_mnist --steps=train \
+      --resume --seeds=0,2 --runs_at_once=2 &
+  taskset -c 1 python training/make_zoo.py --names=glonet_cnn_fashion_mnist --steps=train \
+      --resume --seeds=1 --runs_at_once=2
 """
 
 import json
@@ -75,6 +81,17 @@ flags.DEFINE_bool("resume", False,
 flags.DEFINE_integer("parallel", 1,
                      "Train this many runs of a multi-seed recipe at once (a GPU has room for "
                      "several of these small models); their cards say so.", lower_bound=1)
+flags.DEFINE_list("seeds", None,
+                  "--steps=train of a multi-seed recipe: train only these of its seeds (default: "
+                  "all). With --arms, this splits a recipe's runs between processes, e.g. one per "
+                  "core under taskset on a CPU.")
+flags.DEFINE_list("arms", None,
+                  "--steps=train of a multi-seed recipe: train only these of its arms (default: all; "
+                  "the preset's own arm is 'preset').")
+flags.DEFINE_integer("runs_at_once", None,
+                     "How many runs share the machine, for each run's machine record (default: "
+                     "--parallel); say so where other processes train beside this one (--seeds or "
+                     "--arms split between processes).", lower_bound=1)
 flags.DEFINE_string("export_dir", None, "Write a SavedModel of each preset under this directory.")
 flags.DEFINE_integer("export_version", 1, "Version folder of the exported SavedModels.")
 
@@ -307,22 +324,49 @@ def run_training(name):
     --parallel of them at once (in arm, then seed, order; a failed run stops none of the others)."""
     recipe = RECIPES[name]
     if "seeds" not in recipe:
+        if FLAGS.arms or FLAGS.seeds:
+            raise SystemExit(f"--arms and --seeds select runs of a multi-seed recipe; {name} is "
+                             "one run.")
         run_dir = Path(FLAGS.runs_dir) / name
         train_run(name, run_dir, train_command(name, _display_path(run_dir)))
         return
     runs = []
-    for arm in (zoo_protocol.PRESET_ARM, *recipe["arms"]):
-        for seed in recipe["seeds"]:
+    arms, seeds = selected_runs(name)
+    for arm in arms:
+        for seed in seeds:
             run_dir = zoo_protocol.run_directory(FLAGS.runs_dir, name, arm, seed)
             runs.append((f"{name} {arm} seed {seed}", run_dir,
                          train_command(name, _display_path(run_dir), arm, seed)))
+    concurrent = FLAGS.runs_at_once or min(FLAGS.parallel, len(runs))
     if FLAGS.parallel == 1:
         for run in runs:
-            train_run(*run)
+            train_run(*run, concurrent=concurrent)
         return
-    concurrent = min(FLAGS.parallel, len(runs))
     train_runs.in_parallel([lambda run=run: train_run(*run, concurrent=concurrent) for run in runs],
                            FLAGS.parallel)
+
+
+def selected_runs(name):
+    """The arms and seeds of a multi-seed recipe that --arms and --seeds select (all by default),
+    in the recipe's order; a name or seed the recipe does not have is refused, naming what it has."""
+    recipe = RECIPES[name]
+    arms = [zoo_protocol.PRESET_ARM, *recipe["arms"]]
+    seeds = list(recipe["seeds"])
+    if FLAGS.arms:
+        unknown = sorted(set(FLAGS.arms) - set(arms))
+        if unknown:
+            raise SystemExit(f"--arms: {name} has no arm(s) {unknown}; its arms: {arms}.")
+        arms = [arm for arm in arms if arm in FLAGS.arms]
+    if FLAGS.seeds:
+        try:
+            wanted = {int(seed) for seed in FLAGS.seeds}
+        except ValueError:
+            raise SystemExit(f"--seeds must be whole numbers, got {FLAGS.seeds}.") from None
+        unknown = sorted(wanted - set(seeds))
+        if unknown:
+            raise SystemExit(f"--seeds: {name} has no seed(s) {unknown}; its seeds: {seeds}.")
+        seeds = [seed for seed in seeds if seed in wanted]
+    return arms, seeds
 
 
 def measure(model, preprocessing, dataset, seed=0):
@@ -792,6 +836,12 @@ def main(argv):
         raise SystemExit(f"Unknown step(s) {bad}: use {', '.join(STEPS)}.")
     if "export" in steps and not FLAGS.export_dir:
         raise SystemExit("--steps=export needs --export_dir.")
+    if "train" in steps and (FLAGS.arms or FLAGS.seeds):
+        for name in names:  # refused before any run trains, not hours later
+            if "seeds" not in RECIPES[name]:
+                raise SystemExit(f"--arms and --seeds select runs of a multi-seed recipe; {name} "
+                                 "is one run.")
+            selected_runs(name)
     for name in names:
         if "train" in steps:
             run_training(name)
