@@ -196,7 +196,18 @@ def test_tables_and_registry_are_generated_from_the_zoo():
     table = zoo_docs.zoo_table(entries)
     for name, metadata, _ in entries:
         assert f"| `{name}` |" in table
-        assert f"{100 * metadata['metrics']['test_accuracy']:.2f} %" in table
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{name}` |"))
+        assert f"{100 * metadata['metrics']['test_accuracy']:.2f} %" in row
+        # Every accuracy says how many seeds stand behind it (issue 21's protocol).
+        protocol = metadata.get("protocol")
+        if protocol:
+            test = protocol["arms"]["preset"]["test"]
+            assert (f"{len(protocol['seeds'])} seeds: {100 * test['mean']:.2f} ± "
+                    f"{100 * test['std']:.2f} %") in row
+        else:
+            assert "(1 seed)" in row
+        card = (ZOO / name / "README.md").read_text()
+        assert ("(1 seed)" in card) == (protocol is None), name
     for document in ("README.md", "docs/zoo.md"):
         text = (ZOO.parent / document).read_text()
         assert f"{zoo_docs.README_BEGIN}\n{table}\n{zoo_docs.README_END}" in text, (

@@ -782,7 +782,7 @@ def _seeds_note(metadata):
     """The card's note on seeds: zoo v2's mean ± std over its seeds, else "1 seed"."""
     protocol = metadata.get("protocol")
     if not protocol:
-        return ""
+        return " (1 seed)"  # a single run has no spread: the card says so (issue 21's protocol)
     test = protocol["arms"]["preset"]["test"]
     return (f" (seed {protocol['published_seed']}, chosen on validation; "
             f"{100 * test['mean']:.2f} ± {100 * test['std']:.2f} % over seeds "
