@@ -7,6 +7,7 @@ test_rundir.py); what is tested is what make_zoo.py keeps, deletes and records a
 import json
 import subprocess
 import types
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -264,3 +265,27 @@ def test_arms_or_seeds_for_a_one_run_recipe_are_refused(make_zoo):
     with pytest.raises(SystemExit, match=r"multi-seed recipe; glonet_mlp_digits is one run"):
         make_zoo.run_training(NAME)
     assert make_zoo.calls == []
+
+
+def test_the_vit_recipe_is_v1s_under_the_protocol_beside_a_standard_vit_twin(make_zoo):
+    # RESULTS.md section 13: v1's ViT recipe unchanged, 3 seeds, and a standard ViT twin that differs
+    # only in its model (baselines take no head_initializer).
+    import shlex
+
+    from tests.harness import REPO_ROOT
+
+    name = "glonet_vit_fashion_mnist"
+    recipe = make_zoo.RECIPES[name]
+    assert recipe["seeds"] == (0, 1, 2) and set(recipe["arms"]) == {"vit_twin"}
+    assert recipe["targets"] == dict(accuracy=0.935, twin="vit_twin", time_against="vit_twin")
+    for seed in recipe["seeds"]:
+        preset = make_zoo.run_flags(name, "preset", seed)
+        twin = make_zoo.run_flags(name, "vit_twin", seed)
+        assert preset["seed"] == seed and preset["model"] == "glonet_vit"
+        assert twin == {**{k: v for k, v in preset.items() if k != "head_initializer"},
+                        "model": "vit"}
+    metadata = json.loads((Path(REPO_ROOT) / "zoo" / name / "metadata.json").read_text())
+    if "protocol" not in metadata:  # v1's single run is still the published one: same recipe
+        v1 = shlex.split(metadata["training"]["command"])
+        ours = make_zoo.train_command(name, f"runs/zoo/{name}", "preset", 0)
+        assert ours[1:] == v1[1:]
