@@ -477,3 +477,35 @@ def test_parallel_evaluation_runs_one_process_per_run(tiny, tmp_path, monkeypatc
         ["--families=resnet_bn", "--depths=8", "--seeds=0"]]
     assert all(f"--evaluations_dir={tmp_path}" in c and "--sweeps=cnn" in c for c in commands)
     assert "evaluated --families=glonet" in messages
+
+
+def test_the_readme_verdict_table_follows_section_11():
+    # The README's verdict table is written by hand from RESULTS.md: a re-render of section 11 that
+    # changes a verdict or a GloNet accuracy must show up here until the README follows it.
+    import re
+
+    section = SECTION.read_text()
+    readme = (Path(REPO_ROOT) / "README.md").read_text()
+    cells = {}
+    for line in readme.splitlines():
+        for claim in ("accuracy flat with depth", "self-regulation", "early exit"):
+            if line.startswith(f"| {claim}"):
+                _, _, _, cnn, vit, _ = line.split("|")  # | claim | MLP | CNN | ViT |
+                cells[claim] = {"cnn": cnn, "vit": vit}
+    assert set(cells) == {"accuracy flat with depth", "self-regulation", "early exit"}
+    rows = {"Depth resilience": "accuracy flat with depth",
+            "Ahead of the BN-free baselines": "accuracy flat with depth",
+            "No batch norm needed": "accuracy flat with depth",
+            "Self-regulation": "self-regulation", "Early exit": "early exit"}
+    for sweep, title in (("cnn", "### CNN"), ("vit", "### ViT")):
+        part = section.split(title, 1)[1].split("\n### ", 1)[0]
+        glonet = next(line for line in part.splitlines() if line.startswith("| GloNet"))
+        means = re.findall(r"(\d+\.\d ± (?:< )?\d+\.\d) \(3 seeds\)", glonet)
+        assert len(means) == 3, glonet
+        for mean in means:
+            assert mean in cells["accuracy flat with depth"][sweep], (sweep, mean)
+        verdicts = re.findall(r"^- \*\*([^*]+)\*\* \(.*?\): \*\*([a-z ]+?)(?: \(|\*\*)", part,
+                              flags=re.M)
+        assert len(verdicts) == (5 if sweep == "cnn" else 4), verdicts
+        for name, verdict in verdicts:
+            assert f"**{verdict}**" in cells[rows[name]][sweep], (sweep, name, verdict)
