@@ -336,16 +336,13 @@ def train_run(label, run_dir, command, concurrent=1):
 def run_training(name):
     """Trains a preset: its one run, or every arm x seed of a multi-seed recipe (zoo_protocol),
     --parallel of them at once (in arm, then seed, order; a failed run stops none of the others)."""
-    recipe = RECIPES[name]
-    if "seeds" not in recipe:
-        if FLAGS.arms or FLAGS.seeds:
-            raise SystemExit(f"--arms and --seeds select runs of a multi-seed recipe; {name} is "
-                             "one run.")
+    selection = selected_runs(name)
+    if selection is None:
         run_dir = Path(FLAGS.runs_dir) / name
         train_run(name, run_dir, train_command(name, _display_path(run_dir)))
         return
     runs = []
-    arms, seeds = selected_runs(name)
+    arms, seeds = selection
     for arm in arms:
         for seed in seeds:
             run_dir = zoo_protocol.run_directory(FLAGS.runs_dir, name, arm, seed)
@@ -362,8 +359,14 @@ def run_training(name):
 
 def selected_runs(name):
     """The arms and seeds of a multi-seed recipe that --arms and --seeds select (all by default),
-    in the recipe's order; a name or seed the recipe does not have is refused, naming what it has."""
+    in the recipe's order; a name or seed the recipe does not have is refused, naming what it has.
+    None for a one-run recipe (which refuses --arms and --seeds)."""
     recipe = RECIPES[name]
+    if "seeds" not in recipe:
+        if FLAGS.arms or FLAGS.seeds:
+            raise SystemExit(f"--arms and --seeds select runs of a multi-seed recipe; {name} is "
+                             "one run.")
+        return None
     arms = [zoo_protocol.PRESET_ARM, *recipe["arms"]]
     seeds = list(recipe["seeds"])
     if FLAGS.arms:
@@ -850,11 +853,8 @@ def main(argv):
         raise SystemExit(f"Unknown step(s) {bad}: use {', '.join(STEPS)}.")
     if "export" in steps and not FLAGS.export_dir:
         raise SystemExit("--steps=export needs --export_dir.")
-    if "train" in steps and (FLAGS.arms or FLAGS.seeds):
-        for name in names:  # refused before any run trains, not hours later
-            if "seeds" not in RECIPES[name]:
-                raise SystemExit(f"--arms and --seeds select runs of a multi-seed recipe; {name} "
-                                 "is one run.")
+    if "train" in steps:
+        for name in names:  # a bad --arms or --seeds is refused before any run trains
             selected_runs(name)
     for name in names:
         if "train" in steps:
