@@ -107,6 +107,28 @@ def measured(protocol_module, tmp_path_factory):
     return protocol, reads, runs
 
 
+def test_unfinished_runs_are_refused_before_any_is_measured(protocol_module, tmp_path,
+                                                             monkeypatch):
+    # A recipe trained across sessions: one run finished, one mid-training, one with a corrupt
+    # record, one not started. Measuring takes minutes a run, so nothing is loaded, and the error
+    # names every run that is missing and why.
+    finished = protocol_module.run_directory(tmp_path, "tiny", "preset", 0)
+    fake_run(finished, GloNetMLP(num_blocks=2, width=4, input_shape=(8, 8, 1), num_classes=10))
+    running = protocol_module.run_directory(tmp_path, "tiny", "preset", 1)
+    running.mkdir(parents=True)
+    (running / "metrics.json").write_text(json.dumps({"status": "running"}))
+    corrupt = protocol_module.run_directory(tmp_path, "tiny", "twin", 0)
+    corrupt.mkdir(parents=True)
+    (corrupt / "metrics.json").write_text("{not json")
+    monkeypatch.setattr(protocol_module, "_load", lambda directory: pytest.fail("measured"))
+    with pytest.raises(SystemExit) as error:
+        protocol_module.measure("tiny", RECIPE, tmp_path, log=lambda message: None)
+    assert str(error.value) == (
+        f"[tiny] 3 of 4 runs are not finished in {tmp_path}: preset seed 1 (running), twin seed 0 "
+        "(unreadable metrics.json), twin seed 1 (not started); train them first (make_zoo "
+        "--steps=train --resume).")
+
+
 def test_every_choice_reads_validation_and_the_test_split_comes_once_after(measured):
     protocol, reads, _ = measured
     assert reads == ["validation"] * 4 + ["test"] * 4  # 2 arms x 2 seeds, one read each

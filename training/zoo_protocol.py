@@ -97,6 +97,18 @@ def run_directory(runs_dir, name, arm, seed):
     return Path(runs_dir) / name / arm / f"seed_{seed}"
 
 
+def _status(run_dir):
+    """A run directory's training status: its metrics.json's, "not started" without one, or
+    "unreadable metrics.json"."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return "not started"
+    try:
+        return str(json.loads(path.read_text()).get("status"))
+    except (OSError, ValueError, AttributeError):
+        return "unreadable metrics.json"
+
+
 def _load(run_dir):
     import keras
 
@@ -184,6 +196,13 @@ def measure(name, recipe, runs_dir, log=print, max_examples=None):
     dataset, seeds = recipe["flags"]["dataset"], list(recipe["seeds"])
     calibration = dict(recipe.get("calibration", {}))
     arms = [PRESET_ARM, *recipe.get("arms", {})]
+    unfinished = [f"{arm} seed {seed} ({_status(run_directory(runs_dir, name, arm, seed))})"
+                  for arm in arms for seed in seeds
+                  if _status(run_directory(runs_dir, name, arm, seed)) != "finished"]
+    if unfinished:  # Refused before any run is measured (minutes each), naming every one missing.
+        raise SystemExit(f"[{name}] {len(unfinished)} of {len(arms) * len(seeds)} runs are not "
+                         f"finished in {runs_dir}: {', '.join(unfinished)}; train them first "
+                         "(make_zoo --steps=train --resume).")
     runs, loaded = {}, {}
     for arm in arms:  # Pass 1: every choice, from the validation split.
         for seed in seeds:
