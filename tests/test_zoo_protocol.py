@@ -116,7 +116,7 @@ def test_unfinished_runs_are_refused_before_any_is_measured(protocol_module, tmp
     fake_run(finished, GloNetMLP(num_blocks=2, width=4, input_shape=(8, 8, 1), num_classes=10))
     running = protocol_module.run_directory(tmp_path, "tiny", "preset", 1)
     running.mkdir(parents=True)
-    (running / "metrics.json").write_text(json.dumps({"status": "running"}))
+    (running / "run.json").write_text(json.dumps({"status": "training"}))  # no metrics.json yet
     corrupt = protocol_module.run_directory(tmp_path, "tiny", "twin", 0)
     corrupt.mkdir(parents=True)
     (corrupt / "metrics.json").write_text("{not json")
@@ -124,7 +124,7 @@ def test_unfinished_runs_are_refused_before_any_is_measured(protocol_module, tmp
     with pytest.raises(SystemExit) as error:
         protocol_module.measure("tiny", RECIPE, tmp_path, log=lambda message: None)
     assert str(error.value) == (
-        f"[tiny] 3 of 4 runs are not finished in {tmp_path}: preset seed 1 (running), twin seed 0 "
+        f"[tiny] 3 of 4 runs are not finished in {tmp_path}: preset seed 1 (training), twin seed 0 "
         "(unreadable metrics.json), twin seed 1 (not started); train them first (make_zoo "
         "--steps=train --resume).")
 

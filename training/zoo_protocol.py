@@ -98,15 +98,17 @@ def run_directory(runs_dir, name, arm, seed):
 
 
 def _status(run_dir):
-    """A run directory's training status: its metrics.json's, "not started" without one, or
-    "unreadable metrics.json"."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.exists():
-        return "not started"
-    try:
-        return str(json.loads(path.read_text()).get("status"))
-    except (OSError, ValueError, AttributeError):
-        return "unreadable metrics.json"
+    """A run directory's training status: its metrics.json's (written when training ends), else
+    its run.json's ("training": in progress or interrupted), else "not started"; "unreadable ..."
+    for a file that is not a JSON object."""
+    for name in ("metrics.json", "run.json"):
+        path = Path(run_dir) / name
+        if path.exists():
+            try:
+                return str(json.loads(path.read_text()).get("status"))
+            except (OSError, ValueError, AttributeError):
+                return f"unreadable {name}"
+    return "not started"
 
 
 def _load(run_dir):
