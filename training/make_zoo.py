@@ -54,7 +54,8 @@ from train_runs import describe_machine, earlier_training  # noqa: E402,F401  (r
 from train_runs import display_path as _display_path  # noqa: E402
 from zoo_docs import (  # noqa: E402  (training/ is on sys.path when this script runs)
     FASHION_BEGIN, FASHION_END, README_BEGIN, README_END, deployment_record, deployment_section,
-    fashion_table, protocol_section, load_zoo, registry, registry_text, replace_between, zoo_table,
+    fashion_table, protocol_section, load_zoo, registry, registry_text, replace_between,
+    seed_spread, zoo_table,
 )
 
 REPO = train_runs.REPO
@@ -800,10 +801,8 @@ def _seeds_note(metadata):
     protocol = metadata.get("protocol")
     if not protocol:
         return " (1 seed)"  # a single run has no spread: the card says so (issue 21's protocol)
-    test = protocol["arms"]["preset"]["test"]
     return (f" (seed {protocol['published_seed']}, chosen on validation; "
-            f"{100 * test['mean']:.2f} ± {100 * test['std']:.2f} % over seeds "
-            f"{', '.join(map(str, protocol['seeds']))})")
+            f"{seed_spread(protocol)} over seeds {', '.join(map(str, protocol['seeds']))})")
 
 
 def _round_list(values):

@@ -61,14 +61,18 @@ def zoo_table(entries):
     return "\n".join(rows)
 
 
+def seed_spread(protocol):
+    """The preset arm's test accuracy over a zoo v2 protocol's seeds: "mean ± std %"."""
+    test = protocol["arms"]["preset"]["test"]
+    return f"{100 * test['mean']:.2f} ± {100 * test['std']:.2f} %"
+
+
 def test_accuracy_text(metadata):
     """A preset's test accuracy as the tables print it: mean ± std over its seeds (zoo v2), else the
     one run, labelled "1 seed"."""
     protocol = metadata.get("protocol")
     if protocol:
-        test = protocol["arms"]["preset"]["test"]
-        return (f"{100 * test['mean']:.2f} ± {100 * test['std']:.2f} % "
-                f"({len(protocol['seeds'])} seeds)")
+        return f"{seed_spread(protocol)} ({len(protocol['seeds'])} seeds)"
     return f"{100 * metadata['metrics']['test_accuracy']:.2f} % (1 seed)"
 
 
@@ -79,9 +83,8 @@ def weights_accuracy_text(metadata):
     accuracy = f"{100 * metadata['metrics']['test_accuracy']:.2f} %"
     protocol = metadata.get("protocol")
     if protocol:
-        test = protocol["arms"]["preset"]["test"]
         return (f"{accuracy} (seed {protocol['published_seed']}; {len(protocol['seeds'])} seeds: "
-                f"{100 * test['mean']:.2f} ± {100 * test['std']:.2f} %)")
+                f"{seed_spread(protocol)})")
     return f"{accuracy} (1 seed)"
 
 
