@@ -125,6 +125,51 @@ def test_kept_sections_are_included_verbatim_before_the_method_notes():
     assert "\n## 9. Kept\n\nIts text.\n\n## Method notes" in report
 
 
+KEPT_SECTION = """## 14. A kept experiment (issue 99)
+
+**Verdict rules.**
+
+- **Not a verdict**: a rule's bullet, before any number: held = at least 1.
+
+### MLP
+
+**Verdicts** (the rules above):
+
+- **Depth resilience** (held = at most 2 points): **did not hold**: 4.0, 2.8 points per seed.
+  A continuation line: **held** here is not a verdict of its own.
+- **Exit at L/2 within 1 point: held.** Full model minus exit 4: 0.1 points.
+- **Early exit** (rule): **inconclusive (within one std of the threshold)**: 38, 21, 20.
+
+**Reading.**
+
+- **Not a verdict either**: a bullet of the next paragraph: **did not hold**.
+
+### ViT
+
+**Verdicts**:
+
+- **Self-regulation**: **partly held**: 0.95.
+"""
+
+
+def test_kept_section_findings_name_each_verdict_block_and_point_at_the_section():
+    reproduce = training_module("reproduce")
+    assert reproduce.kept_section_findings(KEPT_SECTION) == [
+        "**A kept experiment — MLP** (section 14, its own rules and seeds): Depth resilience: did "
+        "not hold; Exit at L/2 within 1 point: held; Early exit: inconclusive.",
+        "**A kept experiment — ViT** (section 14, its own rules and seeds): Self-regulation: partly "
+        "held.",
+    ]
+    pending = "## 15. Registered (issue 99)\n\n**Results.** Pending: no run yet.\n"
+    assert reproduce.kept_section_findings(pending) == [
+        "**Registered**: rules written before any run; results pending (section 15)."]
+    assert reproduce.kept_section_findings("No heading: not a section.\n") == []
+    report = reproduce.render_report({"_run": {}}, kept_sections=[KEPT_SECTION, pending])
+    findings = report.split("## Findings", 1)[1].split("\n## ", 1)[0]
+    assert "- **A kept experiment — ViT** (section 14" in findings
+    assert "- **Registered**: rules written" in findings
+
+
 def test_the_published_report_holds_every_kept_section():
     # A re-render that forgot docs/sections/ would drop them: the published report must hold each.
     reproduce = training_module("reproduce")
@@ -132,5 +177,8 @@ def test_the_published_report_holds_every_kept_section():
     sections = sorted((docs / reproduce.KEPT_SECTIONS_DIR).glob("*.md"))
     assert sections, "docs/sections/ holds the anytime experiment's section"
     report = (docs / "RESULTS.md").read_text()
+    findings = report.split("## Findings", 1)[1].split("\n## ", 1)[0]
     for section in sections:
         assert section.read_text().strip("\n") in report, section.name
+        for line in reproduce.kept_section_findings(section.read_text()):
+            assert f"- {line}\n" in findings, (section.name, line)

@@ -20,6 +20,7 @@ re-run alone), figures to `<output_dir>/figures/`, the report to `<output_dir>/R
 import json
 import os
 import platform
+import re
 import sys
 import time
 
@@ -604,6 +605,51 @@ VERDICT_RULES = [
 ]
 
 
+# Verdict words of the kept sections' "**Verdicts**" bullets, longest first ("held" is in the others).
+_VERDICT_WORDS = ("inconclusive", "did not hold", "partly held", "mostly held", "held")
+
+
+def kept_section_findings(text):
+    """One Findings line per verdict block of a kept section, e.g. section 11's two.
+
+    A kept section (docs/sections/) writes its own verdicts under a "**Verdicts**" paragraph, one
+    bullet each ("- **Depth resilience** (...): **did not hold**: ..." or "- **Exit at L/2 within 1
+    point: held.** ..."). The report's Findings list names each verdict and points at the section,
+    so a reader of the Findings sees the later, larger measurements beside the early ones. A section
+    with no verdicts yet (rules written, runs pending) is listed as such: its results are not hidden
+    by their absence.
+    """
+    lines = text.strip("\n").split("\n")
+    title = next((line[3:].strip() for line in lines if line.startswith("## ")), None)
+    if title is None:
+        return []
+    number, _, name = title.partition(". ")
+    if number.isdigit():  # "11. The depth sweeps ... (issue 21)": the number goes in the pointer.
+        title = re.sub(r"\s*\(issue \d+\)$", "", name)
+    blocks, subtitle, verdicts = [], None, None
+    for line in lines:
+        if line.startswith("### "):
+            subtitle = line[4:].strip()
+        elif line.startswith("**Verdicts**"):
+            verdicts = []
+            blocks.append((subtitle, verdicts))
+        elif verdicts is not None and line.startswith("**"):
+            verdicts = None  # The next paragraph ends the block.
+        elif verdicts is not None and line.startswith("- **"):
+            spans = re.findall(r"\*\*(.+?)\*\*", line)
+            word = next((word for span in spans for word in _VERDICT_WORDS if word in span.lower()),
+                        None)
+            if word is not None:
+                name = re.split(r":\s", spans[0])[0].rstrip(".")
+                verdicts.append(f"{name}: {word}" if name.lower() != word else word)
+    where = f"section {number}" if number.isdigit() else "its section"
+    if not blocks:
+        return [f"**{title}**: rules written before any run; results pending ({where})."]
+    return [f"**{title}{' — ' + subtitle if subtitle else ''}** ({where}, its own rules "
+            f"and seeds): {'; '.join(verdicts) if verdicts else 'see the section'}."
+            for subtitle, verdicts in blocks]
+
+
 def render_report(results, gpu=None, kept_sections=()):
     """docs/RESULTS.md from the raw results (and optional GPU speed results).
 
@@ -650,6 +696,7 @@ def render_report(results, gpu=None, kept_sections=()):
     ] + VERDICT_RULES + [
         "## Findings", "",
     ]
+    findings += [line for text in kept_sections for line in kept_section_findings(text)]
     header += [f"- {finding}" for finding in findings] + [""]
     kept = [line for text in kept_sections for line in [""] + text.strip("\n").split("\n")]
     return "\n".join(header + body + kept + DECISIONS) + "\n"
