@@ -36,7 +36,7 @@ def make_zoo(tmp_path, monkeypatch):
     module.calls = calls
     yield module
     for key in ("resume", "runs_dir", "parallel", "arms", "seeds", "runs_at_once", "steps",
-                "names"):
+                "names", "pin_cores"):
         flags.FLAGS[key].value = saved[key]
 
 
@@ -144,6 +144,78 @@ def test_parallel_trains_every_run_at_once_and_says_so_and_a_failure_stops_no_ot
                 assert not record_path.exists()  # a failed run records no command
                 continue
             assert json.loads(record_path.read_text())["machine"].endswith(f"; {runs} runs at once")
+
+
+@pytest.fixture
+def five_of_eight_cores(monkeypatch):
+    """This process may use cores 0-4 of 8, and taskset is installed."""
+    import os
+    import shutil
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+
+
+def test_pinned_runs_hold_disjoint_cores_and_a_long_run_holds_up_no_other(
+        make_zoo, tmp_path, monkeypatch, five_of_eight_cores):
+    import threading
+
+    recipe = make_zoo.RECIPES[MULTI]
+    runs = len(["preset", *recipe["arms"]]) * len(recipe["seeds"])
+    lock, held, overlaps, pins = threading.Lock(), [], [], []
+    others_done = threading.Event()
+
+    def fake_run(command, **kwargs):
+        assert command[:2] == ["taskset", "-c"]
+        cores = frozenset(int(core) for core in command[2].split(","))
+        with lock:
+            overlaps.extend(cores & other for other in held if cores & other)
+            held.append(cores)
+            pins.append(cores)
+            first = len(pins) == 1
+        if first:  # The first run is long: every other run must get through on the other slot.
+            assert others_done.wait(timeout=30), "the runs after a long one waited for it"
+        with lock:
+            held.remove(cores)
+            make_zoo.calls.append(command)
+            if len(make_zoo.calls) == runs - 1:
+                others_done.set()
+        kwargs["stdout"].write("trained\n")
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    flags.FLAGS.parallel = 2
+    flags.FLAGS.pin_cores = True
+    make_zoo.run_training(MULTI)
+    assert len(make_zoo.calls) == runs and overlaps == []
+    # Five cores between two runs: two each, the fifth unused; the long run's slot served it alone.
+    assert set(pins) == {frozenset({0, 1}), frozenset({2, 3})}
+    assert pins.count(pins[0]) == 1
+    record = json.loads((tmp_path / MULTI / "preset" / "seed_0" / "command.json").read_text())
+    assert record["machine"].startswith("2 of 8 CPU cores (pinned), no GPU")
+    assert record["machine"].endswith("; 2 runs at once")
+
+
+@pytest.mark.parametrize("parallel, which, message", [
+    (1, True, r"--pin_cores shares the cores between runs trained at once: pass --parallel=2"),
+    (6, True, r"6 runs at once, each pinned to its own cores, need at least 6 cores; this process "
+              r"may use 5"),
+    (2, False, r"needs Linux's taskset \(util-linux\), not found here"),
+])
+def test_pinning_runs_the_cores_cannot_hold_is_refused_before_anything_trains(
+        make_zoo, monkeypatch, five_of_eight_cores, parallel, which, message):
+    import shutil
+
+    if not which:
+        monkeypatch.setattr(shutil, "which", lambda name: None)
+    flags.FLAGS.pin_cores = True
+    flags.FLAGS.parallel = parallel
+    flags.FLAGS.steps = ["train"]
+    flags.FLAGS.names = [MULTI]
+    with pytest.raises(SystemExit, match=message):
+        make_zoo.main([])
+    assert make_zoo.calls == []
 
 
 def test_an_arm_shares_the_recipe_but_its_overrides(make_zoo):

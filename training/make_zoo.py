@@ -35,12 +35,13 @@ Examples:
   python training/make_zoo.py --names=glonet_mlp_digits --steps=train,package,docs
   python training/make_zoo.py --steps=docs                      # tables and registry only
   python training/make_zoo.py --steps=export --export_dir=/tmp/serving
-  # A multi-seed recipe on a 2-core CPU: one process per core, each its share of the runs (train.py
-  # sizes its thread pools to the cores it may use; two unpinned runs fight over both), resumable:
-  taskset -c 0 python training/make_zoo.py --names=glonet_cnn_fashion_mnist --steps=train \
-      --resume --seeds=0,2 --runs_at_once=2 &
-  taskset -c 1 python training/make_zoo.py --names=glonet_cnn_fashion_mnist --steps=train \
-      --resume --seeds=1 --runs_at_once=2
+  # A multi-seed recipe on a 2-core CPU: two runs at once, each pinned to its own core (train.py
+  # sizes its thread pools to the cores it may use; two unpinned runs fight over both), the next
+  # run taking the first core freed; killed, the same command resumes every unfinished run:
+  python training/make_zoo.py --names=glonet_vit_fashion_mnist --steps=train --resume \
+      --parallel=2 --pin_cores
+  # or split the runs between machines (or processes) by hand: --arms=... --seeds=... with
+  # --runs_at_once=<how many share the machine> for the cards' machine record.
 """
 
 import json
@@ -82,6 +83,11 @@ flags.DEFINE_bool("resume", False,
 flags.DEFINE_integer("parallel", 1,
                      "Train this many runs of a multi-seed recipe at once (a GPU has room for "
                      "several of these small models); their cards say so.", lower_bound=1)
+flags.DEFINE_bool("pin_cores", False,
+                  "With --parallel=N on a CPU: split this process's cores into N equal sets and pin "
+                  "each training run to one (taskset), the next waiting run taking the first set "
+                  "freed; train.py sizes its thread pools to its set (N unpinned runs would fight "
+                  "over every core).")
 flags.DEFINE_list("seeds", None,
                   "--steps=train of a multi-seed recipe: train only these of its seeds (default: "
                   "all). With --arms, this splits a recipe's runs between processes, e.g. one per "
@@ -327,11 +333,11 @@ def train_command(name, run_dir, arm=None, seed=None):
     return ["python", "training/train.py", *args, *FLAGS.extra_train_flags, f"--model_dir={run_dir}"]
 
 
-def train_run(label, run_dir, command, concurrent=1):
+def train_run(label, run_dir, command, concurrent=1, cores=None):
     """Runs one train.py `command` into `run_dir` (its model_dir), logging beside it
-    (train_runs.train_run, resuming with --resume)."""
+    (train_runs.train_run, resuming with --resume; pinned to `cores` where given)."""
     train_runs.train_run(label, run_dir, command, resume=FLAGS.resume, concurrent=concurrent,
-                         log=lambda message: print(message, flush=True))
+                         cores=cores, log=lambda message: print(message, flush=True))
 
 
 def run_training(name):
@@ -353,6 +359,11 @@ def run_training(name):
     if FLAGS.parallel == 1:
         for run in runs:
             train_run(*run, concurrent=concurrent)
+        return
+    if FLAGS.pin_cores:
+        train_runs.in_parallel(
+            [lambda cores, run=run: train_run(*run, concurrent=concurrent, cores=cores)
+             for run in runs], FLAGS.parallel, slots=train_runs.core_slots(FLAGS.parallel))
         return
     train_runs.in_parallel([lambda run=run: train_run(*run, concurrent=concurrent) for run in runs],
                            FLAGS.parallel)
@@ -855,6 +866,11 @@ def main(argv):
     if "train" in steps:
         for name in names:  # a bad --arms or --seeds is refused before any run trains
             selected_runs(name)
+        if FLAGS.pin_cores:
+            if FLAGS.parallel < 2:
+                raise SystemExit("--pin_cores shares the cores between runs trained at once: pass "
+                                 "--parallel=2 or more.")
+            train_runs.core_slots(FLAGS.parallel)  # enough cores, and taskset to pin them
     for name in names:
         if "train" in steps:
             run_training(name)

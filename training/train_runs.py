@@ -43,7 +43,7 @@ def run_record(run_dir):
     return rundir.RunDirectory(run_dir).record() if Path(run_dir).exists() else None
 
 
-def train_run(label, run_dir, command, *, resume, concurrent=1, log=print):
+def train_run(label, run_dir, command, *, resume, concurrent=1, cores=None, log=print):
     """Runs one train.py `command` (a list; argv[0] stands for the interpreter) into `run_dir`.
 
     With `resume`, an interrupted run there continues (the log is appended to, and the wall time
@@ -51,6 +51,8 @@ def train_run(label, run_dir, command, *, resume, concurrent=1, log=print):
     it is; a finished run without one was not trained by these programs and is refused. Without
     `resume`, whatever is in `run_dir` is deleted first. `concurrent` > 1 says, in the machine
     record, that this many runs shared the machine (their seconds per epoch are not a lone run's).
+    `cores` (a set of CPU numbers, from `core_slots`) pins the run to those cores (`taskset`), and
+    its machine record says so.
     """
     run_dir = Path(run_dir)
     earlier_epochs, earlier_seconds = 0, 0.0
@@ -72,12 +74,15 @@ def train_run(label, run_dir, command, *, resume, concurrent=1, log=print):
     start = time.perf_counter()
     log_path = run_dir.parent / f"{run_dir.name}.log"
     with open(log_path, "a" if earlier_epochs else "w") as stream:
-        process = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=env, stdout=stream,
-                                 stderr=subprocess.STDOUT)
+        # taskset sets the affinity before exec (a preexec_fn is unsafe beside the threads of
+        # in_parallel); train.py sizes its thread pools to the cores it may use.
+        pin = ["taskset", "-c", ",".join(map(str, sorted(cores)))] if cores else []
+        process = subprocess.run([*pin, sys.executable, *command[1:]], cwd=REPO, env=env,
+                                 stdout=stream, stderr=subprocess.STDOUT)
     if process.returncode:
         raise SystemExit(f"[{label}] train.py failed (exit {process.returncode}); see {log_path}")
     seconds = time.perf_counter() - start + earlier_seconds
-    machine = describe_machine() + (f"; {concurrent} runs at once" if concurrent > 1 else "")
+    machine = describe_machine(cores) + (f"; {concurrent} runs at once" if concurrent > 1 else "")
     record = {"command": shlex.join(command), "wall_seconds": seconds, "machine": machine}
     if earlier_epochs:
         # The interrupted call's start-up time is not in its epochs' times, so it is not counted.
@@ -87,12 +92,48 @@ def train_run(label, run_dir, command, *, resume, concurrent=1, log=print):
     log(f"[{label}] trained in {seconds:.0f} s")
 
 
-def in_parallel(calls, parallel):
+def core_slots(parallel):
+    """The cores this process may use, split into `parallel` disjoint sets of equal size (the
+    remainder unused), one per run training at once; refused where there are fewer cores than runs
+    or no `taskset` to pin them with."""
+    if not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None:
+        raise SystemExit("Pinning runs to cores needs Linux's taskset (util-linux), not found here; "
+                         "train without pinning.")
+    cores = sorted(os.sched_getaffinity(0))
+    if parallel > len(cores):
+        raise SystemExit(f"{parallel} runs at once, each pinned to its own cores, need at least "
+                         f"{parallel} cores; this process may use {len(cores)}.")
+    share = len(cores) // parallel
+    return [frozenset(cores[i * share:(i + 1) * share]) for i in range(parallel)]
+
+
+def in_parallel(calls, parallel, slots=None):
     """Runs the `calls` (each starts a process of its own and waits for it) `parallel` at once,
     in order; a failure (SystemExit) stops none of the others, and all are raised together at the
-    end as one SystemExit, one line each, sorted."""
-    import concurrent.futures
+    end as one SystemExit, one line each, sorted.
 
+    With `slots` (`parallel` of them, e.g. `core_slots(parallel)`), each call is made as
+    `call(slot)` with a slot no other running call holds, and gives it back when it ends: the next
+    waiting call takes the first one freed, so runs of uneven length still keep every slot busy.
+    """
+    import concurrent.futures
+    import queue
+
+    if slots is not None:
+        if len(slots) != parallel:
+            raise ValueError(f"in_parallel: {len(slots)} slots for {parallel} calls at once.")
+        free = queue.SimpleQueue()
+        for slot in slots:
+            free.put(slot)
+
+        def holding_a_slot(call):
+            slot = free.get()
+            try:
+                return call(slot)
+            finally:
+                free.put(slot)
+
+        calls = [lambda call=call: holding_a_slot(call) for call in calls]
     failed = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         for future in concurrent.futures.as_completed([pool.submit(call) for call in calls]):
@@ -104,8 +145,9 @@ def in_parallel(calls, parallel):
         raise SystemExit("\n".join(sorted(failed)))
 
 
-def describe_machine():
-    """The machine a run trains on, for the model card: the accelerator, else the CPU cores."""
+def describe_machine(cores=None):
+    """The machine a run trains on, for the model card: the accelerator, else the CPU cores (those
+    this process may use, or `cores` where the run was pinned to them)."""
     if os.environ.get("KERAS_BACKEND") == "jax":
         try:
             import jax
@@ -115,7 +157,10 @@ def describe_machine():
             devices = []
         if devices:
             return f"{len(devices)} x {devices[0].device_kind} (JAX backend)"
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cores:
+        usable = len(cores)
+    else:
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = (f"{os.cpu_count()} CPU cores" if usable == os.cpu_count()
              else f"{usable} of {os.cpu_count()} CPU cores (pinned)")
     return f"{cores}, no GPU ({os.environ.get('KERAS_BACKEND', 'tensorflow')} " \
