@@ -63,7 +63,7 @@ def test_python_blocks_run_as_written(path, tmp_path):
 
 # ------------------------------------------------------------------ command lines in the docs
 
-FLAG_DOCUMENTS = ["docs/deploy.md", "docs/analysis.md"]
+FLAG_DOCUMENTS = ["docs/deploy.md", "docs/analysis.md", "docs/zoo.md"]
 _COMMAND = re.compile(r"python (?P<script>(?:training|benchmarks)/\w+\.py)(?P<args>(?:\\\n|[^`\n])*)")
 _DEFINE = re.compile(r"flags\.DEFINE_\w+\(\s*\"(\w+)\"")
 
@@ -99,11 +99,15 @@ def test_every_flag_the_docs_give_exists(path):
     for command in commands:
         flags = defined_flags(command.group("script"))
         known |= flags
-        for name in re.findall(r"--(\w+)", command.group("args")):
+        # A flag inside another's value (`--extra_train_flags=--epochs=60`) is another program's.
+        for name in re.findall(r"(?<![=,])--(\w+)", command.group("args")):
             assert name in flags or (name.startswith("no") and name[2:] in flags), (
                 f"{path}: `{command.group(0).strip()}` passes --{name}, which "
                 f"{command.group('script')} does not define")
-    # Flags named in the prose belong to one of the programs the page runs.
+    # Flags named in the prose belong to one of the programs the page runs or names.
+    for script in set(re.findall(r"(?:training|benchmarks)/\w+\.py", text)):
+        if os.path.isfile(os.path.join(REPO_ROOT, script)):
+            known |= defined_flags(script)
     prose = _COMMAND.sub("", text)
     for name in set(re.findall(r"`--(\w+)", prose)):
         assert name in known or (name.startswith("no") and name[2:] in known), (
