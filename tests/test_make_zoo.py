@@ -197,6 +197,35 @@ def test_pinned_runs_hold_disjoint_cores_and_a_long_run_holds_up_no_other(
     assert record["machine"].endswith("; 2 runs at once")
 
 
+def test_several_recipes_train_in_one_queue(make_zoo, tmp_path, monkeypatch):
+    # The next recipe's runs start while the last of the previous one trains: no core idles
+    # between recipes (the CNN's last runs, then the ViT's, on a 2-core CPU).
+    import threading
+
+    recipe = make_zoo.RECIPES[MULTI]
+    last_of_first = f"--model_dir={tmp_path / MULTI / recipe_arms(recipe)[-1] / 'seed_2'}"
+    second_started = threading.Event()
+
+    def fake_run(command, **kwargs):
+        if command[-1] == last_of_first:
+            assert second_started.wait(timeout=30), "the second recipe waited for the first"
+        if command[-1] == f"--model_dir={tmp_path / NAME}":
+            second_started.set()
+        make_zoo.calls.append(command)
+        kwargs["stdout"].write("trained\n")
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    flags.FLAGS.parallel = 2
+    make_zoo.run_training(MULTI, NAME)
+    assert len(make_zoo.calls) == len(recipe_arms(recipe)) * len(recipe["seeds"]) + 1
+    assert make_zoo.calls[-1][-1] == last_of_first
+
+
+def recipe_arms(recipe):
+    return ["preset", *recipe["arms"]]
+
+
 @pytest.mark.parametrize("parallel, which, message", [
     (1, True, r"--pin_cores shares the cores between runs trained at once: pass --parallel=2"),
     (6, True, r"6 runs at once, each pinned to its own cores, need at least 6 cores; this process "

@@ -40,6 +40,10 @@ Examples:
   # run taking the first core freed; killed, the same command resumes every unfinished run:
   python training/make_zoo.py --names=glonet_vit_fashion_mnist --steps=train --resume \
       --parallel=2 --pin_cores
+  # Several names train in one queue (the next recipe's runs start while the last of the
+  # previous one trains), before any other step:
+  python training/make_zoo.py --names=glonet_cnn_fashion_mnist,glonet_vit_fashion_mnist \
+      --steps=train --resume --parallel=2 --pin_cores
   # or split the runs between machines (or processes) by hand: --arms=... --seeds=... with
   # --runs_at_once=<how many share the machine> for the cards' machine record.
 """
@@ -340,21 +344,12 @@ def train_run(label, run_dir, command, concurrent=1, cores=None):
                          cores=cores, log=lambda message: print(message, flush=True))
 
 
-def run_training(name):
-    """Trains a preset: its one run, or every arm x seed of a multi-seed recipe (zoo_protocol),
-    --parallel of them at once (in arm, then seed, order; a failed run stops none of the others)."""
-    selection = selected_runs(name)
-    if selection is None:
-        run_dir = Path(FLAGS.runs_dir) / name
-        train_run(name, run_dir, train_command(name, _display_path(run_dir)))
-        return
-    runs = []
-    arms, seeds = selection
-    for arm in arms:
-        for seed in seeds:
-            run_dir = zoo_protocol.run_directory(FLAGS.runs_dir, name, arm, seed)
-            runs.append((f"{name} {arm} seed {seed}", run_dir,
-                         train_command(name, _display_path(run_dir), arm, seed)))
+def run_training(*names):
+    """Trains the named presets: each one-run recipe's run and every arm x seed of a multi-seed
+    recipe (zoo_protocol), in one queue (name, arm, then seed order), --parallel of them at once
+    (pinned to cores with --pin_cores), so the runs of the next recipe start while the last of the
+    previous one trains; a failed run stops none of the others."""
+    runs = [run for name in names for run in planned_runs(name)]
     concurrent = FLAGS.runs_at_once or min(FLAGS.parallel, len(runs))
     if FLAGS.parallel == 1:
         for run in runs:
@@ -367,6 +362,23 @@ def run_training(name):
         return
     train_runs.in_parallel([lambda run=run: train_run(*run, concurrent=concurrent) for run in runs],
                            FLAGS.parallel)
+
+
+def planned_runs(name):
+    """`(label, run_dir, command)` of each run `--steps=train` trains for preset `name`: its one
+    run, or the arms x seeds --arms and --seeds select of a multi-seed recipe."""
+    selection = selected_runs(name)
+    if selection is None:
+        run_dir = Path(FLAGS.runs_dir) / name
+        return [(name, run_dir, train_command(name, _display_path(run_dir)))]
+    arms, seeds = selection
+    runs = []
+    for arm in arms:
+        for seed in seeds:
+            run_dir = zoo_protocol.run_directory(FLAGS.runs_dir, name, arm, seed)
+            runs.append((f"{name} {arm} seed {seed}", run_dir,
+                         train_command(name, _display_path(run_dir), arm, seed)))
+    return runs
 
 
 def selected_runs(name):
@@ -871,9 +883,9 @@ def main(argv):
                 raise SystemExit("--pin_cores shares the cores between runs trained at once: pass "
                                  "--parallel=2 or more.")
             train_runs.core_slots(FLAGS.parallel)  # enough cores, and taskset to pin them
+    if "train" in steps:
+        run_training(*names)
     for name in names:
-        if "train" in steps:
-            run_training(name)
         if "protocol" in steps:
             run_protocol(name)
         if "package" in steps:
