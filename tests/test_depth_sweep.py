@@ -344,13 +344,14 @@ def test_parallel_training_runs_several_at_once_and_reports_every_failure(tmp_pa
     import threading
     import time
 
-    running, most, calls, lock = [0], [0], [], threading.Lock()
+    running, most, calls, pins, lock = [0], [0], [], [], threading.Lock()
 
-    def fake_run(label, run_dir, command, *, resume, concurrent=1, log=print):
+    def fake_run(label, run_dir, command, *, resume, concurrent=1, cores=None, log=print):
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
             calls.append((label, concurrent, command[-1]))
+            pins.append(cores)
         time.sleep(0.2)
         with lock:
             running[0] -= 1
@@ -365,8 +366,21 @@ def test_parallel_training_runs_several_at_once_and_reports_every_failure(tmp_pa
     assert {concurrent for _, concurrent, _ in calls} == {3}
     assert str(failure.value).splitlines() == ["[cnn glonet depth 20 seed 1] train.py failed",
                                                "[cnn plain depth 20 seed 1] train.py failed"]
+    assert pins == [None] * 6  # not pinned unless asked
     with pytest.raises(SystemExit, match="--parallel must be at least 1"):
         depth_sweep.train("cnn", tmp_path, parallel=0)
+
+    # --pin_cores on 3 cores: each of 3 runs at once holds one core of its own.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    calls.clear()
+    pins.clear()
+    with pytest.raises(SystemExit):
+        depth_sweep.train("cnn", tmp_path, depths=[20], families=["glonet", "plain"], parallel=3,
+                          pin_cores=True, log=lambda message: None)
+    assert len(calls) == 6 and set(pins) == {frozenset({0}), frozenset({1}), frozenset({2})}
+    with pytest.raises(SystemExit, match="pass --parallel=2 or more"):
+        depth_sweep.train("cnn", tmp_path, parallel=1, pin_cores=True)
 
 
 def test_extra_flags_may_not_change_the_recipe(tmp_path, monkeypatch):

@@ -192,9 +192,10 @@ def overridden_flags(extra_flags):
 
 
 def train(sweep, runs_dir, *, resume=True, extra_flags=(), depths=None, families=None,
-          seeds=None, parallel=1, allow_overrides=False, log=print):
+          seeds=None, parallel=1, pin_cores=False, allow_overrides=False, log=print):
     """The `train` step (see the module docstring). `parallel` runs train.py processes at once (a
-    GPU has room for several of these small models); the runs start in the sweep's order. Extra
+    GPU has room for several of these small models), each pinned to its own share of the cores
+    with `pin_cores` (a CPU); the runs start in the sweep's order. Extra
     flags that would change a run's recipe are refused unless `allow_overrides` (a smoke test):
     such runs are not the sweep's, and `load_evaluations` refuses their evaluations."""
     overridden = overridden_flags(extra_flags)
@@ -203,6 +204,7 @@ def train(sweep, runs_dir, *, resume=True, extra_flags=(), depths=None, families
                          f"extras may only set {', '.join(RUN_SETTINGS)}.")
     if parallel < 1:
         raise SystemExit(f"--parallel must be at least 1, received {parallel}.")
+    slots = train_runs.core_slots(parallel) if pin_cores else None
     pending = []
     for family, depth, seed in runs(sweep, depths, families, seeds):
         run_dir = run_directory(runs_dir, sweep, family, depth, seed)
@@ -220,8 +222,10 @@ def train(sweep, runs_dir, *, resume=True, extra_flags=(), depths=None, families
             train_runs.train_run(label, run_dir, command, resume=resume, log=log)
         return
     concurrent = min(parallel, len(pending))
-    in_parallel([lambda r=r: train_runs.train_run(*r, resume=resume, concurrent=concurrent, log=log)
-                 for r in pending], parallel)
+    in_parallel([lambda cores=None, r=r: train_runs.train_run(*r, resume=resume,
+                                                              concurrent=concurrent, cores=cores,
+                                                              log=log)
+                 for r in pending], parallel, slots=slots)
 
 
 # ----------------------------------------------------------------------------------- evaluating
@@ -776,6 +780,8 @@ def define_flags():
     flags.DEFINE_integer("parallel", 1, "train, evaluate: how many runs train (train.py "
                          "processes) or are evaluated at once (a GPU fits several; on a CPU they "
                          "share the cores).")
+    flags.DEFINE_bool("pin_cores", False, "train, with --parallel=N on a CPU: pin each run "
+                      "(taskset) to its own Nth of the cores, the next run taking the first freed.")
     flags.DEFINE_bool("allow_overrides", False, "train: let --extra_train_flags change the recipe "
                       "(smoke tests only: the report refuses such runs' evaluations).")
     flags.DEFINE_string("section", str(SECTION_PATH), "The section file the report rewrites.")
@@ -805,7 +811,7 @@ def main(argv):
         if "train" in steps:
             train(sweep, FLAGS.runs_dir, resume=FLAGS.resume, extra_flags=FLAGS.extra_train_flags,
                   depths=depths, families=families, seeds=seeds, parallel=FLAGS.parallel,
-                  allow_overrides=FLAGS.allow_overrides, log=log)
+                  pin_cores=FLAGS.pin_cores, allow_overrides=FLAGS.allow_overrides, log=log)
         if "evaluate" in steps:
             evaluate(sweep, FLAGS.runs_dir, FLAGS.evaluations_dir, depths=depths,
                      families=families, seeds=seeds, parallel=FLAGS.parallel, log=log)

@@ -879,10 +879,7 @@ def main(argv):
         for name in names:  # a bad --arms or --seeds is refused before any run trains
             selected_runs(name)
         if FLAGS.pin_cores:
-            if FLAGS.parallel < 2:
-                raise SystemExit("--pin_cores shares the cores between runs trained at once: pass "
-                                 "--parallel=2 or more.")
-            train_runs.core_slots(FLAGS.parallel)  # enough cores, and taskset to pin them
+            train_runs.core_slots(FLAGS.parallel)  # two runs or more, enough cores, and taskset
     if "train" in steps:
         run_training(*names)
     for name in names:

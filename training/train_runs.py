@@ -93,12 +93,15 @@ def train_run(label, run_dir, command, *, resume, concurrent=1, cores=None, log=
 
 
 def core_slots(parallel):
-    """The cores this process may use, split into `parallel` disjoint sets of equal size (the
-    remainder unused), one per run training at once; refused where there are fewer cores than runs
-    or no `taskset` to pin them with."""
+    """The cores this process may use, split into `parallel` (at least 2) disjoint sets of equal
+    size (the remainder unused), one per run training at once; refused where there are fewer cores
+    than runs or no `taskset` to pin them with (`--pin_cores` of make_zoo.py and depth_sweep.py)."""
     if not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None:
         raise SystemExit("Pinning runs to cores needs Linux's taskset (util-linux), not found here; "
                          "train without pinning.")
+    if parallel < 2:
+        raise SystemExit("--pin_cores shares the cores between runs trained at once: pass "
+                         "--parallel=2 or more.")
     cores = sorted(os.sched_getaffinity(0))
     if parallel > len(cores):
         raise SystemExit(f"{parallel} runs at once, each pinned to its own cores, need at least "
