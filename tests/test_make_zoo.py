@@ -247,6 +247,34 @@ def test_pinning_runs_the_cores_cannot_hold_is_refused_before_anything_trains(
     assert make_zoo.calls == []
 
 
+def test_status_says_where_each_run_stands_and_never_shows_the_test_split(make_zoo, tmp_path,
+                                                                          capsys):
+    finished = tmp_path / MULTI / "preset" / "seed_0"
+    finished.mkdir(parents=True)
+    (finished / "metrics.json").write_text(json.dumps({
+        "status": "finished", "epochs": 20, "seconds_per_epoch": [600.0, 650.0],
+        "validation": {"accuracy": 0.9061}, "test": {"accuracy": 0.8765}}))
+    interrupted_run(tmp_path / MULTI / "preset" / "seed_1", epochs=2, seconds=(40.0, 41.5))
+    corrupt = tmp_path / MULTI / "preset" / "seed_2"
+    corrupt.mkdir(parents=True)
+    (corrupt / "metrics.json").write_text("{not json")
+    flags.FLAGS.steps = ["status"]
+    flags.FLAGS.names = [MULTI]
+    make_zoo.main([])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [
+        f"[{MULTI} preset seed 0] finished: 20 epochs in 1,250 s, validation 90.61 %",
+        f"[{MULTI} preset seed 1] training or interrupted: 2 of 20 epochs saved (82 s); "
+        "--steps=train --resume continues it",
+        f"[{MULTI} preset seed 2] unreadable record in {corrupt}: Expecting property name enclosed "
+        "in double quotes: line 1 column 2 (char 1)",
+    ]
+    runs = len(recipe_arms(make_zoo.RECIPES[MULTI])) * len(make_zoo.RECIPES[MULTI]["seeds"])
+    assert lines[-1] == f"[{MULTI}] 1 finished, 1 training, 1 unreadable, {runs - 3} not started"
+    assert "87.65" not in "\n".join(lines)  # the test split waits for --steps=protocol
+    assert make_zoo.calls == []  # nothing trains
+
+
 def test_an_arm_shares_the_recipe_but_its_overrides(make_zoo):
     preset = make_zoo.run_flags(MULTI, "preset", 2)
     twin = make_zoo.run_flags(MULTI, "resnet_v2_twin", 2)

@@ -1,6 +1,9 @@
 """Reproduces the model zoo: trains every preset with training/train.py, measures it, publishes it.
 
 Steps (`--steps`, in this order):
+  status   without training: where each run of the named presets stands (finished, with its epochs,
+           time and validation accuracy; epoch k of n done; not started), for a recipe trained
+           across days; the test split is never printed before --steps=protocol reads it
   train    run `python training/train.py <recipe flags> --model_dir=runs/zoo/<name>` per preset
   protocol (multi-seed recipes: zoo v2) measure every arm x seed, choices on the validation split
            first, then the test split once (training/zoo_protocol.py): runs/zoo/<name>/protocol.json
@@ -65,7 +68,8 @@ from zoo_docs import (  # noqa: E402  (training/ is on sys.path when this script
 
 REPO = train_runs.REPO
 REGISTRY_PATH = REPO / "glonet_keras" / "presets" / "zoo_registry.json"
-STEPS = ("train", "protocol", "package", "refresh", "subset", "deployment", "docs", "export")
+STEPS = ("status", "train", "protocol", "package", "refresh", "subset", "deployment", "docs",
+         "export")
 #: The fast test suite re-measures a preset whose test split is larger on its first this many test
 #: images, against metrics.check_subset (the whole split: make test-slow).
 CHECK_EXAMPLES = 2000
@@ -362,6 +366,46 @@ def run_training(*names):
         return
     train_runs.in_parallel([lambda run=run: train_run(*run, concurrent=concurrent) for run in runs],
                            FLAGS.parallel)
+
+
+def show_status(name):
+    """Prints where each run --steps=train would train for `name` stands, then a count."""
+    counts = {}
+    for label, run_dir, command in planned_runs(name):
+        state, text = run_status(run_dir, command)
+        counts[state] = counts.get(state, 0) + 1
+        print(f"[{label}] {text}", flush=True)
+    print(f"[{name}] " + ", ".join(f"{number} {state}" for state, number in counts.items()),
+          flush=True)
+
+
+def run_status(run_dir, command):
+    """`(state, text)` of one run directory: "finished" (its epochs, training time and validation
+    accuracy, never the test split's), "training" (in progress or interrupted: the epochs its
+    last saved state holds, of those the command asks), "not started", or "unreadable"."""
+    from glonet_keras.training import rundir
+
+    epochs = next((flag.split("=", 1)[1] for flag in command if flag.startswith("--epochs=")), "?")
+    run_dir = Path(run_dir)
+    try:
+        if (run_dir / "metrics.json").exists():
+            record = json.loads((run_dir / "metrics.json").read_text())
+            if record.get("status") == "finished":
+                seconds = sum(record.get("seconds_per_epoch") or [])
+                accuracy = (record.get("validation") or {}).get("accuracy")
+                shown = "?" if accuracy is None else f"{accuracy * 100:.2f} %"
+                return "finished", (f"finished: {record.get('epochs')} epochs in {seconds:,.0f} s, "
+                                    f"validation {shown}")
+        record = train_runs.run_record(run_dir)
+    except (OSError, ValueError, AttributeError) as error:
+        return "unreadable", f"unreadable record in {_display_path(run_dir)}: {error}"
+    if record is None:
+        return "not started", "not started"
+    state = rundir.RunDirectory(run_dir).latest_state()
+    done = state.epoch if state else 0
+    seconds = sum(state.seconds_per_epoch) if state else 0.0
+    return "training", (f"training or interrupted: {done} of {epochs} epochs saved ({seconds:,.0f} s); "
+                        "--steps=train --resume continues it")
 
 
 def planned_runs(name):
@@ -880,6 +924,9 @@ def main(argv):
             selected_runs(name)
         if FLAGS.pin_cores:
             train_runs.core_slots(FLAGS.parallel)  # two runs or more, enough cores, and taskset
+    if "status" in steps:
+        for name in names:
+            show_status(name)
     if "train" in steps:
         run_training(*names)
     for name in names:
