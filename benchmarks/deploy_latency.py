@@ -40,20 +40,26 @@ if __package__ in (None, ""):
 from benchmarks.timing import describe_machine  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["mlp", "cnn"], "Which models: mlp, cnn.")
-flags.DEFINE_integer("mlp_blocks", 100, "Blocks of the GloNet MLP.")
-flags.DEFINE_integer("mlp_width", 512, "Width of the GloNet MLP.")
-flags.DEFINE_integer("cnn_depth", 56, "Depth of the CIFAR-layout GloNet CNN (6n + 2).")
-flags.DEFINE_integer("epochs", 3, "Training epochs on digits (so that confidence varies by input).")
-flags.DEFINE_float("threshold", None, "Anytime confidence threshold; default per model: 0.9, or "
-                   "lower if fewer than 20 % of the test inputs reach 0.9 within L/4 blocks.")
-flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
-flags.DEFINE_integer("reps", 3, "Repetitions (>= 3) of the whole timing round.")
-flags.DEFINE_integer("calls", 30, "Timed calls per variant and repetition.")
-flags.DEFINE_integer("check_every", 10, "Also time an anytime signature that checks confidence "
-                     "every N blocks only (anytime_exits); 0 or 1: skip it.")
-flags.DEFINE_bool("onnx", False, "Also time the ONNX graphs in ONNX Runtime.")
-flags.DEFINE_string("output", None, "Optional JSON file for the results.")
+
+
+def define_flags():
+    """The program's flags, defined only when it runs (other programs define --epochs and --output
+    too, and the tests import several into one process)."""
+    flags.DEFINE_list("models", ["mlp", "cnn"], "Which models: mlp, cnn.")
+    flags.DEFINE_integer("mlp_blocks", 100, "Blocks of the GloNet MLP.")
+    flags.DEFINE_integer("mlp_width", 512, "Width of the GloNet MLP.")
+    flags.DEFINE_integer("cnn_depth", 56, "Depth of the CIFAR-layout GloNet CNN (6n + 2).")
+    flags.DEFINE_integer("epochs", 3,
+                         "Training epochs on digits (so that confidence varies by input).")
+    flags.DEFINE_float("threshold", None, "Anytime confidence threshold; default per model: 0.9, "
+                       "or lower if fewer than 20 % of the test inputs reach 0.9 within L/4 blocks.")
+    flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes to time.")
+    flags.DEFINE_integer("reps", 3, "Repetitions (>= 3) of the whole timing round.")
+    flags.DEFINE_integer("calls", 30, "Timed calls per variant and repetition.")
+    flags.DEFINE_integer("check_every", 10, "Also time an anytime signature that checks confidence "
+                         "every N blocks only (anytime_exits); 0 or 1: skip it.")
+    flags.DEFINE_bool("onnx", False, "Also time the ONNX graphs in ONNX Runtime.")
+    flags.DEFINE_string("output", None, "Optional JSON file for the results.")
 
 
 def build_and_train(family, epochs, seed=0):
@@ -245,4 +251,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -182,3 +182,23 @@ def test_the_published_report_holds_every_kept_section():
         assert section.read_text().strip("\n") in report, section.name
         for line in reproduce.kept_section_findings(section.read_text()):
             assert f"- {line}\n" in findings, (section.name, line)
+
+
+def test_every_program_imports_beside_every_other():
+    # The tests import the training/ and benchmarks/ programs into one process for their functions;
+    # a program that defines at import a flag another also defines (make_zoo's and reproduce's
+    # --seeds) breaks whichever is imported second, and only where xdist happens to put both tests
+    # on one worker. Programs whose flags collide define them in define_flags(), when they run.
+    code = (
+        "import glob, importlib, os, sys\n"
+        "sys.path[:0] = ['training', '.']\n"
+        "names = [os.path.basename(p)[:-3] for p in sorted(glob.glob('training/*.py'))]\n"
+        "names += ['benchmarks.' + os.path.basename(p)[:-3]\n"
+        "          for p in sorted(glob.glob('benchmarks/*.py')) if not p.endswith('__init__.py')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "print(len(names))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, cwd=REPO_ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout.split()[-1]) > 10  # the globs found the programs (20 today)

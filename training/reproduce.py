@@ -42,16 +42,24 @@ DIGITS_EXPERIMENTS = ("depth_sweep", "early_exit", "self_regulation", "speed", "
 EXPERIMENTS = DIGITS_EXPERIMENTS + fashion_experiments.EXPERIMENTS
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("experiments", list(EXPERIMENTS), f"Experiments to run, among {EXPERIMENTS}.")
-flags.DEFINE_bool("quick", False, "A minutes-long run: fewer depths, epochs and rows.")
-flags.DEFINE_bool("smoke", False, "A seconds-long run of every code path (tests); numbers mean nothing.")
-flags.DEFINE_integer("seeds", 3, "Seeds per configuration (mean +- std over them).")
-flags.DEFINE_list("depth_sweep_families", ["mlp", "cnn"],
-                  "Families the depth_sweep experiment runs (mlp, cnn); the other keeps its results.")
-flags.DEFINE_bool("report_only", False,
-                  "Only re-render RESULTS.md from <output_dir>/results.json; train nothing.")
-flags.DEFINE_string("output_dir", os.path.join(REPO_ROOT, "docs"),
-                    "Where RESULTS.md, results.json and figures/ are written.")
+
+
+def define_flags():
+    """The program's flags, defined only when it runs: make_zoo.py defines flags of the same names
+    (`--seeds`) at import, and one test process imports both modules for their functions."""
+    flags.DEFINE_list("experiments", list(EXPERIMENTS), f"Experiments to run, among {EXPERIMENTS}.")
+    flags.DEFINE_bool("quick", False, "A minutes-long run: fewer depths, epochs and rows.")
+    flags.DEFINE_bool("smoke", False,
+                      "A seconds-long run of every code path (tests); numbers mean nothing.")
+    flags.DEFINE_integer("seeds", 3, "Seeds per configuration (mean +- std over them).")
+    flags.DEFINE_list("depth_sweep_families", ["mlp", "cnn"],
+                      "Families the depth_sweep experiment runs (mlp, cnn); the other keeps its "
+                      "results.")
+    flags.DEFINE_bool("report_only", False,
+                      "Only re-render RESULTS.md from <output_dir>/results.json; train nothing.")
+    flags.DEFINE_string("output_dir", os.path.join(REPO_ROOT, "docs"),
+                        "Where RESULTS.md, results.json and figures/ are written.")
+
 
 # Budgets. "full" is what docs/RESULTS.md reports.
 BUDGETS = {
@@ -605,7 +613,8 @@ VERDICT_RULES = [
 ]
 
 
-# Verdict words of the kept sections' "**Verdicts**" bullets, longest first ("held" is in the others).
+# Verdict words of the kept sections' "**Verdicts**" bullets, longest first ("held" is in the
+# others).
 _VERDICT_WORDS = ("inconclusive", "did not hold", "partly held", "mostly held", "held")
 
 
@@ -822,4 +831,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
