@@ -395,8 +395,9 @@ def deep_section(result, findings):
             f"{shares[half:].sum() * 100:.0f} % after training (update share "
             f"{updates[half:].sum() * 100:.0f} %).{probe_text} Early exit held = within 2 points "
             "with at most half the blocks; self-regulation held = the deeper half's tap share falls "
-            f"by at least 10 % (relative) in training. A short budget ({result['train_examples']:,} "
-            f"images, {result['epochs']} epochs); section 11 re-measures the CIFAR-layout CNN at "
+            "by at least 10 % (relative) in training. A short budget "
+            f"({result['train_examples']:,} images, {result['epochs']} epochs); section 11 "
+            "re-measures the CIFAR-layout CNN at "
             "depth 110 and the ViT at 6, 12 and 24 blocks with 20,000 images, 10 epochs and 3 "
             "seeds.")
     lines += [table(["model", "parameters", "accuracy %", "k within 1 pt", "k within 2 pt",

@@ -52,6 +52,7 @@ Examples:
 """
 
 import json
+import os
 from pathlib import Path
 
 from absl import app, flags
@@ -92,10 +93,10 @@ flags.DEFINE_integer("parallel", 1,
                      "Train this many runs of a multi-seed recipe at once (a GPU has room for "
                      "several of these small models); their cards say so.", lower_bound=1)
 flags.DEFINE_bool("pin_cores", False,
-                  "With --parallel=N on a CPU: split this process's cores into N equal sets and pin "
-                  "each training run to one (taskset), the next waiting run taking the first set "
-                  "freed; train.py sizes its thread pools to its set (N unpinned runs would fight "
-                  "over every core).")
+                  "With --parallel=N on a CPU: split this process's cores into N equal sets and "
+                  "pin each training run to one (taskset), the next waiting run taking the first "
+                  "set freed; train.py sizes its thread pools to its set (N unpinned runs would "
+                  "fight over every core).")
 flags.DEFINE_list("seeds", None,
                   "--steps=train of a multi-seed recipe: train only these of its seeds (default: "
                   "all). With --arms, this splits a recipe's runs between processes, e.g. one per "
@@ -388,8 +389,8 @@ def run_status(run_dir, command):
     epochs = next((flag.split("=", 1)[1] for flag in command if flag.startswith("--epochs=")), "?")
     run_dir = Path(run_dir)
     try:
-        if (run_dir / "metrics.json").exists():
-            record = json.loads((run_dir / "metrics.json").read_text())
+        if os.path.lexists(run_dir / "metrics.json"):  # read_json_record: regular and bounded
+            record = rundir.read_json_record(run_dir / "metrics.json")
             if record.get("status") == "finished":
                 seconds = sum(record.get("seconds_per_epoch") or [])
                 accuracy = (record.get("validation") or {}).get("accuracy")
@@ -397,15 +398,15 @@ def run_status(run_dir, command):
                 return "finished", (f"finished: {record.get('epochs')} epochs in {seconds:,.0f} s, "
                                     f"validation {shown}")
         record = train_runs.run_record(run_dir)
-    except (OSError, ValueError, AttributeError) as error:
+    except (OSError, ValueError) as error:  # RunDirectoryError is a ValueError
         return "unreadable", f"unreadable record in {_display_path(run_dir)}: {error}"
     if record is None:
         return "not started", "not started"
     state = rundir.RunDirectory(run_dir).latest_state()
     done = state.epoch if state else 0
     seconds = sum(state.seconds_per_epoch) if state else 0.0
-    return "training", (f"training or interrupted: {done} of {epochs} epochs saved ({seconds:,.0f} s); "
-                        "--steps=train --resume continues it")
+    return "training", (f"training or interrupted: {done} of {epochs} epochs saved "
+                        f"({seconds:,.0f} s); --steps=train --resume continues it")
 
 
 def planned_runs(name):

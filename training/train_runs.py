@@ -97,8 +97,8 @@ def core_slots(parallel):
     size (the remainder unused), one per run training at once; refused where there are fewer cores
     than runs or no `taskset` to pin them with (`--pin_cores` of make_zoo.py and depth_sweep.py)."""
     if not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None:
-        raise SystemExit("Pinning runs to cores needs Linux's taskset (util-linux), not found here; "
-                         "train without pinning.")
+        raise SystemExit("Pinning runs to cores needs Linux's taskset (util-linux), not found "
+                         "here; train without pinning.")
     if parallel < 2:
         raise SystemExit("--pin_cores shares the cores between runs trained at once: pass "
                          "--parallel=2 or more.")
@@ -163,7 +163,8 @@ def describe_machine(cores=None):
     if cores:
         usable = len(cores)
     else:
-        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        usable = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                  else os.cpu_count())
     cores = (f"{os.cpu_count()} CPU cores" if usable == os.cpu_count()
              else f"{usable} of {os.cpu_count()} CPU cores (pinned)")
     return f"{cores}, no GPU ({os.environ.get('KERAS_BACKEND', 'tensorflow')} " \
