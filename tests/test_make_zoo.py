@@ -264,8 +264,8 @@ def test_status_says_where_each_run_stands_and_never_shows_the_test_split(make_z
     lines = capsys.readouterr().out.splitlines()
     assert lines[:3] == [
         f"[{MULTI} preset seed 0] finished: 20 epochs in 1,250 s, validation 90.61 %",
-        f"[{MULTI} preset seed 1] training or interrupted: 2 of 20 epochs saved (82 s); "
-        "--steps=train --resume continues it",
+        f"[{MULTI} preset seed 1] training or interrupted: 2 of 20 epochs saved (82 s, about "
+        "12 min left); --steps=train --resume continues it",
         f"[{MULTI} preset seed 2] unreadable record in {corrupt}: {corrupt / 'metrics.json'} is "
         "not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 "
         "(char 1))",

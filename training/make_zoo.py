@@ -404,9 +404,12 @@ def run_status(run_dir, command):
         return "not started", "not started"
     state = rundir.RunDirectory(run_dir).latest_state()
     done = state.epoch if state else 0
-    seconds = sum(state.seconds_per_epoch) if state else 0.0
+    times = sorted(state.seconds_per_epoch) if state else []
+    left = ""
+    if times and epochs.isdigit():  # At its median epoch so far, on the machine it trained on.
+        left = f", about {times[len(times) // 2] * (int(epochs) - done) / 60:,.0f} min left"
     return "training", (f"training or interrupted: {done} of {epochs} epochs saved "
-                        f"({seconds:,.0f} s); --steps=train --resume continues it")
+                        f"({sum(times):,.0f} s{left}); --steps=train --resume continues it")
 
 
 def planned_runs(name):
