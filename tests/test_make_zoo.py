@@ -86,6 +86,35 @@ def test_resume_of_a_finished_run_trains_nothing(make_zoo, tmp_path):
     assert json.loads((run_dir / "command.json").read_text()) == {"wall_seconds": 7}
 
 
+def test_a_run_finished_before_its_command_was_recorded_is_recorded_not_retrained(make_zoo,
+                                                                                  tmp_path):
+    # Killed between train.py's end and make_zoo's command.json: the run is finished and is the
+    # recipe's (run.json holds the same command), so it is recorded, not trained again.
+    run_dir = tmp_path / NAME
+    command = make_zoo.train_command(NAME, str(run_dir))
+    run = rundir.RunDirectory(run_dir)
+    run.claim({"model": "test"}, epochs=2, command=command)
+    (run_dir / "metrics.json").write_text(json.dumps(
+        {"status": "finished", "seconds_per_epoch": [40.0, 41.5]}))
+    run.finish("done")
+    flags.FLAGS.resume = True
+    make_zoo.run_training(NAME)
+    assert make_zoo.calls == []
+    record = json.loads((run_dir / "command.json").read_text())
+    assert record["command"] == " ".join(command) and record["wall_seconds"] == 81.5
+    assert "the sum of the epochs' times" in record["recovered"]
+
+    # Another command (the recipe changed since) is still refused: that run is not this recipe's.
+    (run_dir / "command.json").unlink()
+    flags.FLAGS.extra_train_flags = ["--epochs=3"]
+    try:
+        with pytest.raises(SystemExit, match="without the command.json"):
+            make_zoo.run_training(NAME)
+    finally:
+        flags.FLAGS.extra_train_flags = []
+    assert not (run_dir / "command.json").exists() and make_zoo.calls == []
+
+
 def test_check_subset_records_the_first_images_accuracies():
     module = training_module("make_zoo")
     n = module.CHECK_EXAMPLES

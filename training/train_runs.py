@@ -61,6 +61,10 @@ def train_run(label, run_dir, command, *, resume, concurrent=1, cores=None, log=
             if (run_dir / COMMAND_FILE).exists():
                 log(f"[{label}] already trained in {display_path(run_dir)}; nothing to resume")
                 return
+            if _recover_command_record(run_dir, command, concurrent, cores):
+                log(f"[{label}] finished in {display_path(run_dir)} before its command.json was "
+                    "written (stopped at that moment); recorded it from run.json and metrics.json")
+                return
             raise SystemExit(f"[{label}] {display_path(run_dir)} holds a finished run without the "
                              "command.json this script writes; train it afresh (without --resume).")
         earlier_epochs, earlier_seconds = earlier_training(run_dir)
@@ -87,9 +91,35 @@ def train_run(label, run_dir, command, *, resume, concurrent=1, cores=None, log=
     if earlier_epochs:
         # The interrupted call's start-up time is not in its epochs' times, so it is not counted.
         record["resumed_after_epoch"] = earlier_epochs
-    with open(run_dir / COMMAND_FILE, "w") as handle:
-        json.dump(record, handle)
+    from glonet_keras.training import rundir
+
+    # Atomic: a kill mid-write would leave a command.json that says "trained" and reads as nothing.
+    rundir.write_json(run_dir / COMMAND_FILE, record)
     log(f"[{label}] trained in {seconds:.0f} s")
+
+
+def _recover_command_record(run_dir, command, concurrent, cores):
+    """Writes the command.json of a run train.py finished but these programs were stopped before
+    recording (a kill between the two), when its run.json says it ran exactly `command`; False
+    (nothing written) otherwise. Its wall time is the sum of its epochs' times (the start-up and
+    evaluation are not in it), and it says so."""
+    from glonet_keras.training import rundir
+
+    try:
+        record = run_record(run_dir)
+        metrics = rundir.read_json_record(Path(run_dir) / "metrics.json")
+        seconds = float(sum(metrics["seconds_per_epoch"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if record.get("command") != list(command) or metrics.get("status") != "finished":
+        return False
+    machine = describe_machine(cores) + (f"; {concurrent} runs at once" if concurrent > 1 else "")
+    rundir.write_json(Path(run_dir) / COMMAND_FILE, {
+        "command": shlex.join(command), "wall_seconds": seconds, "machine": machine,
+        "recovered": "written after train.py finished, from run.json and metrics.json: the program "
+                     "that ran it was stopped before recording it; wall_seconds is the sum of the "
+                     "epochs' times and machine describes the invocation that recorded it"})
+    return True
 
 
 def core_slots(parallel):
