@@ -187,3 +187,16 @@ def test_only_selects_runs_by_their_path_and_other_folders_are_not_runs(interrup
         f"{RUN}: carried (2 epochs saved, 4 files)"]
     assert not (carried / "other").exists() and not (carried / "recipe" / "notes").exists()
     assert carry_runs.find_runs(interrupted, "run.json") == ["other/preset/seed_0", RUN]
+
+
+def test_what_a_killed_save_left_is_removed_by_the_next_and_never_committed(interrupted, tmp_path):
+    carried = tmp_path / "carried"
+    parent = carried / "recipe" / "preset"
+    parent.mkdir(parents=True)
+    # A save killed mid-copy: its staging folder and its log's temporary file, under the
+    # library's temporary names (which `git add` would otherwise pick up).
+    (parent / ".partial-123-0123abcd-seed_0" / "backup").mkdir(parents=True)
+    (parent / ".partial-123-0123abcd-seed_0.log").write_text("half")
+    (parent / "notes.md").write_text("someone's notes")
+    assert _save(interrupted, carried)[0] == 0
+    assert sorted(os.listdir(parent)) == ["notes.md", "seed_0", "seed_0.log"]

@@ -197,27 +197,66 @@ def _copy(source, target):
         os.fsync(writer.fileno())
 
 
-def _install(staging, target, log_pairs=()):
-    """Renames the complete `staging` folder to `target` (replacing an older `target`, which is
-    removed only after), then moves the logs `(staged, final)` into place."""
-    old = None
-    if target.exists():
-        old = target.parent / rundir.partial_name(target.name)
-        os.rename(target, old)
-    os.rename(staging, target)
-    for staged, final in log_pairs:
-        os.replace(staged, final)
-    if old is not None:
-        shutil.rmtree(old)
+def _copy_run(entries, source, target, *, before_install=None, keep_logs=False):
+    """Copies the files `entries` of the run in `source` (its log as `../<name>.log`) to `target`.
+
+    They are staged beside `target` under temporary names and renamed into place once all are
+    copied (an older `target` is replaced, and removed only after), so a failure or a kill leaves
+    the old run or the new one, never part of one; a leftover temporary is removed by the next
+    call. `before_install(staging, copied)` may check the copies, `copied` being {entry: {"sha256",
+    "bytes"}}, and add files to `staging`. With `keep_logs`, a log already at `target` is kept.
+    Returns `copied`.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for entry in os.listdir(target.parent):  # Left by a killed call.
+        if rundir.is_partial_name(entry):
+            leftover = target.parent / entry
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+    staging = target.parent / rundir.partial_name(target.name)
+    logs, copied = [], {}
+    try:
+        for entry in entries:
+            if entry.startswith("../"):
+                final = target.parent / entry[3:]
+                if keep_logs and (final.exists() or final.is_symlink()):
+                    continue
+                copy_to = target.parent / rundir.partial_name(entry[3:])
+                logs.append((copy_to, final))
+                from_path = source.parent / entry[3:]
+            else:
+                copy_to, from_path = staging / entry, source / entry
+            copy_to.parent.mkdir(parents=True, exist_ok=True)
+            _copy(from_path, copy_to)
+            copied[entry] = {"sha256": rundir.sha256(copy_to), "bytes": copy_to.stat().st_size}
+        if before_install is not None:
+            before_install(staging, copied)
+        old = None
+        if target.exists():
+            old = target.parent / rundir.partial_name(target.name)
+            os.rename(target, old)
+        os.rename(staging, target)
+        for staged, final in logs:
+            os.replace(staged, final)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+        for staged, _ in logs:
+            if staged.exists():
+                staged.unlink()
+    return copied
 
 
-def save_run(runs_dir, carried_dir, relative, log=print):
+def save_run(runs_dir, carried_dir, relative):
     """Carries the run `runs_dir/relative` into `carried_dir/relative`; returns what it did."""
     source = Path(runs_dir) / _relative(relative)
     target = Path(carried_dir) / relative
-    name = source.name
     for attempt in range(3):  # A run training now may drop a state between choosing and copying.
-        status, epoch, chosen = _files_to_carry(source, name)
+        status, epoch, chosen = _files_to_carry(source, source.name)
         if target.exists():
             try:
                 old = read_record(target)
@@ -232,45 +271,24 @@ def save_run(runs_dir, carried_dir, relative, log=print):
                     return f"{relative}: already carried ({_describe(status, epoch)})"
                 except CarryError:
                     pass  # Damaged: carried again below.
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / rundir.partial_name(name)
-        staged_logs = []
-        try:
-            entries = {}
-            for entry in chosen:
-                if entry.startswith("../"):
-                    final = target.parent / entry[3:]
-                    copy_to = target.parent / rundir.partial_name(entry[3:])
-                    staged_logs.append((copy_to, final))
-                    from_path = source.parent / entry[3:]
-                else:
-                    copy_to = staging / entry
-                    from_path = source / entry
-                copy_to.parent.mkdir(parents=True, exist_ok=True)
-                _copy(from_path, copy_to)
-                entries[entry] = {"sha256": rundir.sha256(copy_to),
-                                  "bytes": copy_to.stat().st_size}
-            for entry in chosen:  # The states copied must be the ones their records describe.
+
+        def check_and_record(staging, copied):
+            for entry in copied:  # The states copied must be the ones their records describe.
                 match = STATE.fullmatch(entry)
                 if match and match.group(2) == "json":
-                    record = rundir.read_json_record(staging / entry)
-                    keras_entry = entry[:-len("json")] + "keras"
-                    if record.get("model_sha256") != entries[keras_entry]["sha256"]:
+                    state = rundir.read_json_record(staging / entry)
+                    if state.get("model_sha256") != copied[entry[:-len("json")] + "keras"]["sha256"]:
                         raise FileNotFoundError(f"{entry} changed while it was copied")
             rundir.write_json(staging / RECORD, {
-                "format": FORMAT, "status": status, "epoch": epoch, "files": entries})
-            _install(staging, target, staged_logs)
-            return f"{relative}: carried ({_describe(status, epoch)}, {len(entries)} files)"
+                "format": FORMAT, "status": status, "epoch": epoch, "files": copied})
+
+        try:
+            copied = _copy_run(chosen, source, target, before_install=check_and_record)
+            return f"{relative}: carried ({_describe(status, epoch)}, {len(copied)} files)"
         except FileNotFoundError:
             if attempt == 2:
                 raise CarryError(f"{source} kept changing while it was copied: pause its training "
                                  "(kill -STOP) and save again") from None
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
-            for staged, _ in staged_logs:
-                if staged.exists():
-                    staged.unlink()
 
 
 def restore_run(carried_dir, runs_dir, relative):
@@ -286,28 +304,7 @@ def restore_run(carried_dir, runs_dir, relative):
         return (f"left {relative} as it is ({here}; carried: "
                 f"{_describe(record['status'], record['epoch'])}): delete it to take the carried one")
     _check_files(source, record)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / rundir.partial_name(target.name)
-    staged_logs = []
-    try:
-        for entry in record["files"]:
-            if entry.startswith("../"):
-                final = target.parent / entry[3:]
-                if final.exists() or final.is_symlink():
-                    continue  # A log already here is the newer one.
-                copy_to = target.parent / rundir.partial_name(entry[3:])
-                staged_logs.append((copy_to, final))
-                _copy(source.parent / entry[3:], copy_to)
-            else:
-                (staging / entry).parent.mkdir(parents=True, exist_ok=True)
-                _copy(source / entry, staging / entry)
-        _install(staging, target, staged_logs)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-        for staged, _ in staged_logs:
-            if staged.exists():
-                staged.unlink()
+    _copy_run(list(record["files"]), source, target, keep_logs=True)  # A log here is newer.
     return f"{relative}: restored ({_describe(record['status'], record['epoch'])})"
 
 
@@ -322,29 +319,29 @@ def _selected(paths, only):
                                           for prefix in only)]
 
 
-def save(runs_dir, carried_dir, only=(), log=print):
-    """Carries every run below `runs_dir` (or those under the `only` prefixes); a run that cannot
-    be carried is reported and the others go on. Returns the number of failures."""
+def _each(runs, carry, failed, log):
+    """Calls `carry(relative)` for each run, logging what it did; a run that fails is logged as
+    `<relative>: <failed>: <why>` and the others go on. Returns the number of failures."""
     failures = 0
-    for relative in _selected(find_runs(runs_dir, "run.json"), only):
+    for relative in runs:
         try:
-            log(save_run(runs_dir, carried_dir, relative))
+            log(carry(relative))
         except (CarryError, OSError) as error:
             failures += 1
-            log(f"{relative}: NOT carried: {error}")
+            log(f"{relative}: {failed}: {error}")
     return failures
+
+
+def save(runs_dir, carried_dir, only=(), log=print):
+    """Carries every run below `runs_dir` (or those under the `only` prefixes); returns failures."""
+    return _each(_selected(find_runs(runs_dir, "run.json"), only),
+                 lambda relative: save_run(runs_dir, carried_dir, relative), "NOT carried", log)
 
 
 def restore(carried_dir, runs_dir, only=(), log=print):
     """Restores every carried run (or those under `only`) that is not here yet; returns failures."""
-    failures = 0
-    for relative in _selected(find_runs(carried_dir, RECORD), only):
-        try:
-            log(restore_run(carried_dir, runs_dir, relative))
-        except (CarryError, OSError) as error:
-            failures += 1
-            log(f"{relative}: NOT restored: {error}")
-    return failures
+    return _each(_selected(find_runs(carried_dir, RECORD), only),
+                 lambda relative: restore_run(carried_dir, runs_dir, relative), "NOT restored", log)
 
 
 def define_flags():
