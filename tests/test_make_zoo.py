@@ -5,6 +5,7 @@ test_rundir.py); what is tested is what make_zoo.py keeps, deletes and records a
 """
 
 import json
+import shutil
 import subprocess
 import types
 from pathlib import Path
@@ -36,7 +37,7 @@ def make_zoo(tmp_path, monkeypatch):
     module.calls = calls
     yield module
     for key in ("resume", "runs_dir", "parallel", "arms", "seeds", "runs_at_once", "steps",
-                "names", "pin_cores"):
+                "names", "pin_cores", "carried_dir"):
         flags.FLAGS[key].value = saved[key]
 
 
@@ -448,3 +449,41 @@ def test_the_vit_recipe_is_v1s_under_the_protocol_beside_a_standard_vit_twin(mak
         v1 = shlex.split(metadata["training"]["command"])
         ours = make_zoo.train_command(name, f"runs/zoo/{name}", "preset", 0)
         assert ours[1:] == v1[1:]
+
+
+def test_a_run_carried_through_git_is_restored_before_it_resumes_and_status_says_so(
+        make_zoo, tmp_path, capsys):
+    # A session on a fresh clone: runs/ is empty, carried_runs/ holds the last session's run.
+    carry_runs = training_module("carry_runs")
+    interrupted_run(tmp_path / "elsewhere" / NAME)
+    carried = tmp_path / "carried"
+    assert carry_runs.save(tmp_path / "elsewhere", carried, log=lambda line: None) == 0
+    runs = tmp_path / "runs"
+    flags.FLAGS.runs_dir, flags.FLAGS.carried_dir = str(runs), str(carried)
+    flags.FLAGS.names, flags.FLAGS.steps = [NAME], ["status"]
+    make_zoo.main([])
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"[{NAME}] carried in {carried}: 2 epochs saved; --steps=train --resume (or protocol, "
+        "package) restores it here first")
+    assert not runs.exists()  # status changes nothing
+    flags.FLAGS.steps, flags.FLAGS.resume = ["train"], True
+    make_zoo.main([])
+    assert f"[{NAME}] {NAME}: restored (2 epochs saved) from {carried}" in capsys.readouterr().out
+    assert json.loads((runs / NAME / "command.json").read_text())["resumed_after_epoch"] == 2
+    assert (runs / f"{NAME}.log").read_text() == "epochs 1-2\ntrained\n"
+    # A damaged carried run stops the resume instead of training it again from nothing.
+    shutil.rmtree(runs)
+    state = carried / NAME / "backup" / "epoch_0002.keras"
+    state.write_bytes(state.read_bytes()[:-1])
+    make_zoo.calls.clear()
+    with pytest.raises(SystemExit, match="does not match the sha256"):
+        make_zoo.main([])
+    assert make_zoo.calls == [] and not (runs / NAME).exists()
+
+
+def test_runs_are_carried_from_carried_runs_only_for_the_default_runs_dir(make_zoo, tmp_path):
+    assert make_zoo.carried_dir() is None  # the fixture's --runs_dir: a test's folder
+    flags.FLAGS.runs_dir = flags.FLAGS["runs_dir"].default
+    assert make_zoo.carried_dir() == make_zoo.REPO / "carried_runs" / "zoo"
+    flags.FLAGS.carried_dir = str(tmp_path)
+    assert make_zoo.carried_dir() == tmp_path

@@ -263,12 +263,12 @@ def save_run(runs_dir, carried_dir, relative):
             except CarryError:
                 old = None
             if old is not None and _rank(old["status"], old["epoch"]) > _rank(status, epoch):
-                return (f"kept the carried {relative} ({_describe(old['status'], old['epoch'])}): "
-                        f"the run here got less far ({_describe(status, epoch)}); restore first")
+                return (f"kept the carried {relative} ({describe(old['status'], old['epoch'])}): "
+                        f"the run here got less far ({describe(status, epoch)}); restore first")
             if old is not None and _rank(old["status"], old["epoch"]) == _rank(status, epoch):
                 try:
                     _check_files(target, old)
-                    return f"{relative}: already carried ({_describe(status, epoch)})"
+                    return f"{relative}: already carried ({describe(status, epoch)})"
                 except CarryError:
                     pass  # Damaged: carried again below.
 
@@ -284,7 +284,7 @@ def save_run(runs_dir, carried_dir, relative):
 
         try:
             copied = _copy_run(chosen, source, target, before_install=check_and_record)
-            return f"{relative}: carried ({_describe(status, epoch)}, {len(copied)} files)"
+            return f"{relative}: carried ({describe(status, epoch)}, {len(copied)} files)"
         except FileNotFoundError:
             if attempt == 2:
                 raise CarryError(f"{source} kept changing while it was copied: pause its training "
@@ -298,17 +298,17 @@ def restore_run(carried_dir, runs_dir, relative):
     record = read_record(source)
     if target.exists() or target.is_symlink():
         try:
-            here = _describe(*progress(target))
+            here = describe(*progress(target))
         except CarryError:
             here = "not a readable run"
         return (f"left {relative} as it is ({here}; carried: "
-                f"{_describe(record['status'], record['epoch'])}): delete it to take the carried one")
+                f"{describe(record['status'], record['epoch'])}): delete it to take the carried one")
     _check_files(source, record)
     _copy_run(list(record["files"]), source, target, keep_logs=True)  # A log here is newer.
-    return f"{relative}: restored ({_describe(record['status'], record['epoch'])})"
+    return f"{relative}: restored ({describe(record['status'], record['epoch'])})"
 
 
-def _describe(status, epoch):
+def describe(status, epoch):
     return f"finished, {epoch} epochs" if status == "finished" else f"{epoch} epochs saved"
 
 

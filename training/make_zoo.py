@@ -49,6 +49,8 @@ Examples:
       --steps=train --resume --parallel=2 --pin_cores
   # or split the runs between machines (or processes) by hand: --arms=... --seeds=... with
   # --runs_at_once=<how many share the machine> for the cards' machine record.
+  # Across machines whose disk does not last (each session a fresh clone): training/carry_runs.py
+  # save commits the runs to carried_runs/, and --resume, protocol and package restore them first.
 """
 
 import json
@@ -57,6 +59,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+import carry_runs  # noqa: E402  (training/ is on sys.path when this script runs)
 import train_runs  # noqa: E402  (training/ is on sys.path when this script runs)
 import zoo_protocol  # noqa: E402  (training/ is on sys.path when this script runs)
 from train_runs import describe_machine, earlier_training  # noqa: E402,F401  (re-exported)
@@ -108,6 +111,12 @@ flags.DEFINE_integer("runs_at_once", None,
                      "How many runs share the machine, for each run's machine record (default: "
                      "--parallel); say so where other processes train beside this one (--seeds or "
                      "--arms split between processes).", lower_bound=1)
+flags.DEFINE_string("carried_dir", None,
+                    "Runs carried between machines through git (training/carry_runs.py, "
+                    "carried_runs/README.md): a run missing from --runs_dir is restored from here "
+                    "before --steps=train --resume, protocol or package, and --steps=status says "
+                    "how far it got. Default: carried_runs/zoo when --runs_dir is its default, "
+                    "else none.")
 flags.DEFINE_string("export_dir", None, "Write a SavedModel of each preset under this directory.")
 flags.DEFINE_integer("export_version", 1, "Version folder of the exported SavedModels.")
 
@@ -369,11 +378,59 @@ def run_training(*names):
                            FLAGS.parallel)
 
 
+def carried_dir():
+    """Where runs are carried between machines (--carried_dir), or None."""
+    if FLAGS.carried_dir is not None:
+        return Path(FLAGS.carried_dir)
+    if Path(FLAGS.runs_dir).resolve() == Path(FLAGS["runs_dir"].default).resolve():
+        return REPO / "carried_runs" / "zoo"
+    return None
+
+
+def carried_run(run_dir):
+    """The relative path of the carried copy of `run_dir` when --runs_dir lacks the run and
+    --carried_dir holds it, else None."""
+    folder = carried_dir()
+    if folder is None or os.path.lexists(run_dir):
+        return None
+    relative = Path(run_dir).resolve().relative_to(Path(FLAGS.runs_dir).resolve()).as_posix()
+    return relative if (folder / relative / carry_runs.RECORD).is_file() else None
+
+
+def restore_carried(names):
+    """Restores into --runs_dir every run of `names` that it lacks and --carried_dir carries (a run
+    already here is never touched); refuses to go on when one cannot be restored, rather than
+    training it again from nothing."""
+    failed = []
+    for name in names:
+        for label, run_dir, _ in planned_runs(name):
+            relative = carried_run(run_dir)
+            if relative is None:
+                continue
+            try:
+                print(f"[{label}] " + carry_runs.restore_run(carried_dir(), FLAGS.runs_dir, relative)
+                      + f" from {_display_path(carried_dir())}", flush=True)
+            except (carry_runs.CarryError, OSError) as error:
+                failed.append(f"[{label}] not restored from {_display_path(carried_dir())}: {error}")
+    if failed:
+        raise SystemExit("\n".join(failed))
+
+
 def show_status(name):
     """Prints where each run --steps=train would train for `name` stands, then a count."""
     counts = {}
     for label, run_dir, command in planned_runs(name):
         state, text = run_status(run_dir, command)
+        relative = carried_run(run_dir)
+        if relative is not None:
+            try:
+                record = carry_runs.read_record(carried_dir() / relative)
+                state = "carried"
+                text = (f"carried in {_display_path(carried_dir())}: "
+                        f"{carry_runs.describe(record['status'], record['epoch'])}; "
+                        "--steps=train --resume (or protocol, package) restores it here first")
+            except carry_runs.CarryError as error:
+                state, text = "unreadable", f"unreadable carried record: {error}"
         counts[state] = counts.get(state, 0) + 1
         print(f"[{label}] {text}", flush=True)
     print(f"[{name}] " + ", ".join(f"{number} {state}" for state, number in counts.items()),
@@ -931,6 +988,8 @@ def main(argv):
     if "status" in steps:
         for name in names:
             show_status(name)
+    if steps & {"protocol", "package"} or ("train" in steps and FLAGS.resume):
+        restore_carried(names)
     if "train" in steps:
         run_training(*names)
     for name in names:
