@@ -200,3 +200,17 @@ def test_what_a_killed_save_left_is_removed_by_the_next_and_never_committed(inte
     (parent / "notes.md").write_text("someone's notes")
     assert _save(interrupted, carried)[0] == 0
     assert sorted(os.listdir(parent)) == ["notes.md", "seed_0", "seed_0.log"]
+
+
+def test_a_linked_folder_on_the_way_is_never_followed_either_way(interrupted, tmp_path):
+    outside = tmp_path / "outside"
+    carried = tmp_path / "carried"
+    _save(interrupted, carried)
+    shutil.move(carried / "recipe", outside)
+    (carried / "recipe").symlink_to(outside)  # e.g. committed as a link by someone else
+    with pytest.raises(carry_runs.CarryError, match="is a symbolic link"):
+        carry_runs.restore_run(carried, tmp_path / "out", RUN)
+    assert not (tmp_path / "out").exists()
+    before = sorted(p for p in outside.rglob("*"))
+    assert _save(interrupted, carried)[0] == 1  # would write through the link
+    assert sorted(p for p in outside.rglob("*")) == before

@@ -71,6 +71,19 @@ def _relative(path):
     return path
 
 
+def _under(folder, relative):
+    """`folder/relative`, refused (CarryError) where `relative` is not a run path this program
+    writes or where any folder on the way below `folder` is a symbolic link (which would carry
+    files from, or write them to, somewhere else)."""
+    path = Path(folder)
+    for part in _relative(relative).split("/"):
+        path = path / part
+        if path.is_symlink():
+            raise CarryError(f"{path} is a symbolic link; runs are carried only within "
+                             f"{folder}")
+    return path
+
+
 def find_runs(folder, marker):
     """The run directories below `folder` (relative paths, sorted): folders holding a regular
     file `marker` (run.json, or carried.json in the carried folder). Symbolic links are not
@@ -253,8 +266,7 @@ def _copy_run(entries, source, target, *, before_install=None, keep_logs=False):
 
 def save_run(runs_dir, carried_dir, relative):
     """Carries the run `runs_dir/relative` into `carried_dir/relative`; returns what it did."""
-    source = Path(runs_dir) / _relative(relative)
-    target = Path(carried_dir) / relative
+    source, target = _under(runs_dir, relative), _under(carried_dir, relative)
     for attempt in range(3):  # A run training now may drop a state between choosing and copying.
         status, epoch, chosen = _files_to_carry(source, source.name)
         if target.exists():
@@ -293,10 +305,9 @@ def save_run(runs_dir, carried_dir, relative):
 
 def restore_run(carried_dir, runs_dir, relative):
     """Copies the carried run `carried_dir/relative` into `runs_dir/relative` when no run is there."""
-    source = Path(carried_dir) / _relative(relative)
-    target = Path(runs_dir) / relative
+    source, target = _under(carried_dir, relative), _under(runs_dir, relative)
     record = read_record(source)
-    if target.exists() or target.is_symlink():
+    if target.exists():
         try:
             here = describe(*progress(target))
         except CarryError:
