@@ -7,7 +7,8 @@ finished, to be measured) into `carried_runs/` (tracked), and copies it back int
 
     python training/carry_runs.py save      # at the end of a session (pause or stop training first)
     git add carried_runs && git commit -m "..."
-    python training/carry_runs.py restore   # at the start of the next one, before --resume
+    python training/carry_runs.py restore   # at the start of the next one (make_zoo.py does it
+                                            # itself before --resume, protocol and package)
 
 What is carried, per run directory (one holding a run.json), under the same relative path:
   finished     run.json, metrics.json, preprocessing.json, model.keras, command.json (make_zoo's
