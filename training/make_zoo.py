@@ -401,17 +401,17 @@ def restore_carried(names):
     """Restores into --runs_dir every run of `names` that it lacks and --carried_dir carries (a run
     already here is never touched); refuses to go on when one cannot be restored, rather than
     training it again from nothing."""
-    failed = []
+    failed, folder = [], carried_dir()
     for name in names:
         for label, run_dir, _ in planned_runs(name):
             relative = carried_run(run_dir)
             if relative is None:
                 continue
             try:
-                print(f"[{label}] " + carry_runs.restore_run(carried_dir(), FLAGS.runs_dir, relative)
-                      + f" from {_display_path(carried_dir())}", flush=True)
+                print(f"[{label}] " + carry_runs.restore_run(folder, FLAGS.runs_dir, relative)
+                      + f" from {_display_path(folder)}", flush=True)
             except (carry_runs.CarryError, OSError) as error:
-                failed.append(f"[{label}] not restored from {_display_path(carried_dir())}: {error}")
+                failed.append(f"[{label}] not restored from {_display_path(folder)}: {error}")
     if failed:
         raise SystemExit("\n".join(failed))
 
