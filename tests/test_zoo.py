@@ -25,7 +25,9 @@ REQUIRED = ("glonet_mlp_digits", "glonet_cnn_digits", "glonet_vit_digits", "resn
             "glonet_mlp_mnist1d", "glonet_cnn_mnist1d",
             # Fashion-MNIST (issue 8): the GloNet CNN, its ResNet-v2 baseline, the MLP and the ViT.
             "glonet_cnn_bn_fashion_mnist", "resnet_cnn_fashion_mnist", "glonet_mlp_fashion_mnist",
-            "glonet_vit_fashion_mnist")
+            "glonet_vit_fashion_mnist",
+            # Zoo v2 (issue 21): the BN-free GloNet CNN of RESULTS.md section 12.
+            "glonet_cnn_fashion_mnist")
 TOLERANCE = 0.005  # 0.5 points of accuracy.
 
 
@@ -250,7 +252,7 @@ PROTOCOL_PRESETS = [name for name in PUBLISHED if "protocol" in _metadata(name)]
 
 
 def test_zoo_v2_presets_are_the_published_seed_of_their_protocol():
-    assert "glonet_mlp_fashion_mnist" in PROTOCOL_PRESETS
+    assert {"glonet_mlp_fashion_mnist", "glonet_cnn_fashion_mnist"} <= set(PROTOCOL_PRESETS)
     for name in PROTOCOL_PRESETS:
         metadata = _metadata(name)
         protocol = metadata["protocol"]
