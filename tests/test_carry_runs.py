@@ -189,6 +189,19 @@ def test_only_selects_runs_by_their_path_and_other_folders_are_not_runs(interrup
     assert carry_runs.find_runs(interrupted, "run.json") == ["other/preset/seed_0", RUN]
 
 
+def test_a_measured_recipe_is_not_carried_again_unless_only_names_it(interrupted, tmp_path):
+    shutil.copytree(interrupted / "recipe", interrupted / "measured")
+    (interrupted / "measured" / carry_runs.PROTOCOL).write_text("{}")
+    carried = tmp_path / "carried"
+    assert _save(interrupted, carried)[1] == [
+        "measured/preset/seed_0: skipped (its recipe's protocol.json says it is measured; "
+        "--only=measured/preset/seed_0 carries it)",
+        f"{RUN}: carried (2 epochs saved, 4 files)"]
+    assert not (carried / "measured").exists()
+    assert _save(interrupted, carried, only=["measured"])[1] == [
+        "measured/preset/seed_0: carried (2 epochs saved, 4 files)"]
+
+
 def test_what_a_killed_save_left_is_removed_by_the_next_and_never_committed(interrupted, tmp_path):
     carried = tmp_path / "carried"
     parent = carried / "recipe" / "preset"

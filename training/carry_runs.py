@@ -344,10 +344,26 @@ def _each(runs, carry, failed, log):
     return failures
 
 
+# make_zoo --steps=protocol writes it beside a recipe's runs once it has read their test split.
+PROTOCOL = "protocol.json"
+
+
 def save(runs_dir, carried_dir, only=(), log=print):
-    """Carries every run below `runs_dir` (or those under the `only` prefixes); returns failures."""
-    return _each(_selected(find_runs(runs_dir, "run.json"), only),
-                 lambda relative: save_run(runs_dir, carried_dir, relative), "NOT carried", log)
+    """Carries every run below `runs_dir` (or those under the `only` prefixes); returns failures.
+
+    Without `only`, a run of a recipe whose protocol was read (`<recipe>/protocol.json`) is
+    skipped and logged: its preset is published and its runs are done, so carrying them again would
+    only add megabytes to git each session. `only` naming it carries it all the same."""
+    runs = _selected(find_runs(runs_dir, "run.json"), only)
+    if not only:
+        done = [relative for relative in runs
+                if (Path(runs_dir) / relative.split("/")[0] / PROTOCOL).is_file()]
+        for relative in done:
+            log(f"{relative}: skipped (its recipe's {PROTOCOL} says it is measured; "
+                f"--only={relative} carries it)")
+        runs = [relative for relative in runs if relative not in done]
+    return _each(runs, lambda relative: save_run(runs_dir, carried_dir, relative),
+                 "NOT carried", log)
 
 
 def restore(carried_dir, runs_dir, only=(), log=print):
