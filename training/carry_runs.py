@@ -344,7 +344,8 @@ def _each(runs, carry, failed, log):
     return failures
 
 
-# make_zoo --steps=protocol writes it beside a recipe's runs once it has read their test split.
+# make_zoo --steps=protocol writes it (under this name) beside a recipe's runs once it has read
+# their test split.
 PROTOCOL = "protocol.json"
 
 

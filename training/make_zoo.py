@@ -631,7 +631,8 @@ def package(name):
 
 def protocol_paths(name):
     directory = Path(FLAGS.runs_dir) / name
-    return directory / "protocol.json", directory / "protocol.md"
+    # carry_runs.PROTOCOL: `carry_runs.py save` skips a recipe once this file exists.
+    return directory / carry_runs.PROTOCOL, directory / "protocol.md"
 
 
 def run_protocol(name):
