@@ -351,6 +351,34 @@ def test_a_recipes_caveats_reach_the_card_and_leave_it_with_the_recipe(make_zoo,
         flags.FLAGS["zoo_dir"].value = saved
 
 
+def test_refresh_gives_a_protocol_card_the_verdicts_of_its_recipes_targets(make_zoo, tmp_path):
+    """A card packaged before records carried the targets gets them from the recipe on refresh,
+    and with them its verdicts; nothing is measured again."""
+    import shutil
+
+    name = "glonet_mlp_fashion_mnist"
+    zoo_dir = tmp_path / "zoo"
+    shutil.copytree(make_zoo.REPO / "zoo" / name, zoo_dir / name)
+    path = zoo_dir / name / "metadata.json"
+    metadata = json.loads(path.read_text())
+    del metadata["protocol"]["targets"]
+    path.write_text(json.dumps(metadata))
+    saved = flags.FLAGS["zoo_dir"].value
+    flags.FLAGS["zoo_dir"].value = str(zoo_dir)
+    try:
+        make_zoo.refresh(name)
+    finally:
+        flags.FLAGS["zoo_dir"].value = saved
+    refreshed = json.loads(path.read_text())
+    targets = make_zoo.RECIPES[name]["targets"]
+    assert refreshed["protocol"]["targets"] == json.loads(json.dumps(targets))
+    assert refreshed["protocol"]["arms"] == metadata["protocol"]["arms"]  # not measured again
+    card = (zoo_dir / name / "README.md").read_text()
+    assert "Verdicts, by the rules written down before any run" in card
+    for rule in ("accuracy", "twin", "half_exit", "anytime_saving", "anytime_cost", "without"):
+        assert f"- **{rule}** (" in card, rule
+
+
 def test_the_v1_cnn_cards_say_their_recipe_was_chosen_after_a_test_score():
     from pathlib import Path
 

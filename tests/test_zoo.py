@@ -189,11 +189,9 @@ def test_round_trip_through_save_to_preset_and_export(name, tmp_path):
 
 
 def test_tables_and_registry_are_generated_from_the_zoo():
-    import importlib.util
+    from tests.harness import training_module
 
-    spec = importlib.util.spec_from_file_location("zoo_docs", ZOO.parent / "training" / "zoo_docs.py")
-    zoo_docs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(zoo_docs)
+    zoo_docs = training_module("zoo_docs")
     entries = zoo_docs.load_zoo(ZOO)
     table = zoo_docs.zoo_table(entries)
     for name, metadata, _ in entries:
@@ -271,6 +269,15 @@ def test_zoo_v2_presets_are_the_published_seed_of_their_protocol():
         assert len(protocol["arms"]) >= 2, f"{name}: no twin arm"
         card = (ZOO / name / "README.md").read_text()
         assert f"{100 * preset['test']['mean']:.2f} ± {100 * preset['test']['std']:.2f}" in card
+        # The card judges the recipe's accuracy target on these seeds, as docs/RESULTS.md does.
+        shortfall = 100 * (protocol["targets"]["accuracy"] - values)
+        expected = ("inconclusive at the held threshold"
+                    if abs(shortfall.mean()) <= shortfall.std() else
+                    "held" if shortfall.mean() <= 0 else "did not hold")
+        assert (f"- **accuracy** (test accuracy at least "
+                f"{100 * protocol['targets']['accuracy']:.1f} %; the values: target minus "
+                f"accuracy): **{expected}**: "
+                f"{shortfall.mean():.2f} ± {shortfall.std():.2f}") in card
 
 
 def test_a_shipped_anytime_threshold_is_recalibrated_on_the_validation_split():

@@ -244,3 +244,30 @@ def test_the_card_gives_the_time_against_the_twin(protocol_module):
     card = "\n".join(zoo_docs.protocol_section({"protocol": protocol_module.summary(protocol)}))
     assert "Time per epoch against twin (paired by seed, same machine): 0.25 ± 0.00 of its time." \
         in card
+
+
+def test_the_card_judges_its_record_by_the_protocols_rules(protocol_module):
+    """A card is written from metadata.json's record (`summary`), not the protocol file; its
+    verdicts must be the protocol's, rule by rule and value by value."""
+    zoo_docs = training_module("zoo_docs")
+    for test, twin, blocks, cost in (([0.905, 0.906, 0.907], [0.900, 0.901, 0.902], 2.0, 0.3),
+                                     ([0.890, 0.891, 0.892], [0.900, 0.901, 0.902], 6.0, 0.8),
+                                     ([0.895, 0.900, 0.908], [0.900, 0.900, 0.900], 2.0, 0.3)):
+        protocol = synthetic(test, twin, blocks=blocks, cost=cost)
+        protocol["calibration"] = {}
+        # As metadata.json stores it.
+        record = json.loads(json.dumps(protocol_module.summary(protocol)))
+        expected = protocol_module.verdicts(protocol)
+        found = protocol_module.summary_verdicts(record)
+        assert list(found) == list(expected)
+        for key, (result, values, words, unit) in expected.items():
+            assert found[key][0] == result and found[key][2:] == (words, unit), key
+            np.testing.assert_allclose(found[key][1] or [], values or [], rtol=1e-12)
+        card = "\n".join(zoo_docs.protocol_section({"protocol": record}))
+        assert "Verdicts, by the rules written down before any run" in card
+        for line in protocol_module.verdict_lines(expected):
+            assert line in card
+    # A record packaged before records carried the targets: no verdicts rather than wrong ones.
+    del record["targets"]
+    assert protocol_module.summary_verdicts(record) == {}
+    assert "Verdicts" not in "\n".join(zoo_docs.protocol_section({"protocol": record}))

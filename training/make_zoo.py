@@ -205,7 +205,8 @@ RECIPES = {
     ),
     # Zoo v2 (issue 21): trained under the protocol of training/zoo_protocol.py. Three seeds per
     # arm; the published weights are the preset arm's seed with the best validation accuracy; the
-    # card gives every arm's mean ± std. docs/RESULTS.md section 10 has the rules and the verdicts.
+    # card gives every arm's mean ± std and the verdicts of the recipe's `targets` (the rules that
+    # docs/RESULTS.md's section for the recipe wrote down before any run).
     "glonet_mlp_fashion_mnist": dict(
         summary="GloNet MLP, 8 dense blocks of width 256 (dropout 0.2 before the head), trained "
                 "with its prefix exits in the loss (an anytime GloNet: its shipped anytime "
@@ -753,9 +754,11 @@ def refresh(name):
     directory = Path(FLAGS.zoo_dir) / name
     name_model_after_preset(directory)
     metadata = json.loads((directory / presets.METADATA_FILE).read_text())
-    if name in RECIPES:  # The recipe's description and caveats are the source of the card's.
+    if name in RECIPES:  # The recipe's description, caveats and targets are the card's source.
         metadata["summary"] = RECIPES[name]["summary"]
         _set_caveats(metadata, RECIPES[name])
+        if metadata.get("protocol"):  # Its verdicts: the recipe's rules on the recorded seeds.
+            metadata["protocol"]["targets"] = RECIPES[name].get("targets", {})
     write_card_and_metadata(directory, metadata)
     print(f"[{name}] refreshed", flush=True)
 

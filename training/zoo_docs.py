@@ -4,6 +4,9 @@ generated from zoo/*/ only (kept apart from make_zoo.py's flags so tests can imp
 import json
 from pathlib import Path
 
+# training/ is on sys.path for its programs (tests: harness.training_module).
+from zoo_protocol import summary_verdicts, verdict_lines
+
 README_BEGIN, README_END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
 FASHION_BEGIN, FASHION_END = "<!-- fashion-zoo:begin -->", "<!-- fashion-zoo:end -->"
 # The test accuracies asked of the Fashion-MNIST presets, by model family (issue 21, zoo v2; issue 8
@@ -218,7 +221,8 @@ def _mean_std(entry, scale=100.0, digits=2):
 
 def protocol_section(metadata):
     """The model card's zoo-v2 protocol lines (metadata["protocol"]: training/zoo_protocol.py's
-    summary): every arm's mean ± std over the seeds, robustness and time per epoch ([] if none)."""
+    summary): every arm's mean ± std over the seeds, robustness, time per epoch and the verdicts of
+    the recipe's targets ([] if none)."""
     protocol = metadata.get("protocol")
     if not protocol:
         return []
@@ -255,6 +259,11 @@ def protocol_section(metadata):
             f"on average, a cost of {_mean_std(ours['cost'], 1.0, 2)} points; the exit at L/2 is "
             f"{_mean_std(ours['half_gap'], 1.0, 2)} points below the full model.",
         ]
+    found = summary_verdicts(protocol)
+    if found:
+        lines += ["", "Verdicts, by the rules written down before any run (docs/RESULTS.md; a "
+                      "mean within one std of its threshold is inconclusive):", "",
+                  *verdict_lines(found)]
     return lines + [""]
 
 

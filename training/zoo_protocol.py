@@ -297,6 +297,7 @@ def summary(protocol):
                                           **mean_std(time_ratio(protocol, against))}
     return {"seeds": protocol["seeds"], "published_seed": protocol["published_seed"],
             "calibration": protocol["calibration"], "arms": arms,
+            "targets": protocol.get("targets", {}),
             "selection": "the preset arm's seed with the highest validation accuracy",
             "robustness": f"test accuracy under {SHIFT_PIXELS}-pixel shifts (mean of four, zero "
                           f"fill) and Gaussian noise sigma {', '.join(map(str, NOISE_SIGMAS))} on "
@@ -324,33 +325,51 @@ def time_ratio(protocol, arm):
 
 def verdicts(protocol):
     """The recipe's `targets` applied (docs/RESULTS.md's rules): {name: (verdict, per-seed values,
-    the rule in words)}. Each rule judges a per-seed quantity's mean against its threshold, a mean
-    within one std being "inconclusive" (experiment_common.verdict)."""
-    targets = protocol["targets"]
-    ours = quantities(protocol, PRESET_ARM)
+    the rule in words, unit)}. Each rule judges a per-seed quantity's mean against its threshold, a
+    mean within one std being "inconclusive" (experiment_common.verdict)."""
+    return judge(protocol["targets"], lambda arm: quantities(protocol, arm))
+
+
+def summary_verdicts(record):
+    """`verdicts` from a card's record (`summary`: per arm, each quantity's per-seed `values`), so
+    a card is judged by the same rules without the protocol file; {} for a record without targets
+    (a card packaged before the record carried them)."""
+    def per_seed_of(arm):
+        return {key: entry["values"] for key, entry in record["arms"][arm].items()
+                if isinstance(entry, dict) and "values" in entry}
+
+    return judge(record.get("targets") or {}, per_seed_of)
+
+
+def judge(targets, per_seed_of):
+    """`targets` applied to `per_seed_of(arm)`: {quantity: per-seed values in seed order} of an
+    arm (`quantities`' keys)."""
+    if not targets:
+        return {}
+    ours = per_seed_of(PRESET_ARM)
     found = {}
 
-    def judge(key, values, threshold, words, unit="points"):  # held = mean(values) <= threshold
+    def rule(key, values, threshold, words, unit="points"):  # held = mean(values) <= threshold
         found[key] = (verdict([("held", values, threshold)]), values, words, unit)
 
     if "accuracy" in targets:
-        judge("accuracy", [100 * (targets["accuracy"] - v) for v in ours["test"]], 0.0,
+        rule("accuracy", [100 * (targets["accuracy"] - v) for v in ours["test"]], 0.0,
               f"test accuracy at least {100 * targets['accuracy']:.1f} %; the values: target "
               "minus accuracy")
     twins = twin_arms(targets)
     for arm in twins:  # One twin: the rule "twin"; several: "twin <arm>" each.
-        twin = quantities(protocol, arm)
-        judge("twin" if len(twins) == 1 else f"twin {arm}",
+        twin = per_seed_of(arm)
+        rule("twin" if len(twins) == 1 else f"twin {arm}",
               [100 * (t - o) for t, o in zip(twin["test"], ours["test"])], 0.0,
               f"the preset at least level with {arm}; the values: twin minus preset")
     if "half_exit" in targets:
-        judge("half_exit", ours["half_gap"], targets["half_exit"],
+        rule("half_exit", ours["half_gap"], targets["half_exit"],
               f"full model minus exit L/2 at most {targets['half_exit']:g} point")
     if "anytime_saving" in targets:
-        judge("anytime_saving", ours["block_fraction"], targets["anytime_saving"],
+        rule("anytime_saving", ours["block_fraction"], targets["anytime_saving"],
               f"mean blocks run at most {targets['anytime_saving']:g} of L", unit="of L")
     if "anytime_cost" in targets:
-        judge("anytime_cost", ours["cost"], targets["anytime_cost"],
+        rule("anytime_cost", ours["cost"], targets["anytime_cost"],
               f"anytime cost at most {targets['anytime_cost']:g} point")
     parts = [found[key][0] for key in ("anytime_saving", "anytime_cost") if key in found]
     if len(parts) == 2:
@@ -358,8 +377,8 @@ def verdicts(protocol):
                    if any(p.startswith("did not hold") for p in parts) else "inconclusive")
         found["anytime"] = (overall, None, "saving and cost both held", None)
     if "without" in targets:
-        without = quantities(protocol, targets["without"])
-        judge("without", [100 * (w - o) for w, o in zip(without["test"], ours["test"])],
+        without = per_seed_of(targets["without"])
+        rule("without", [100 * (w - o) for w, o in zip(without["test"], ours["test"])],
               targets.get("without_cost", 0.5),
               f"{targets['without']} minus preset at most {targets.get('without_cost', 0.5):g} "
               "point")
@@ -431,8 +450,16 @@ def report(protocol):
     lines.append("**Verdicts** (the rules above; a mean within one std of its threshold is "
                  "inconclusive):")
     lines.append("")
-    for key, (result, values, words, unit) in verdicts(protocol).items():
+    lines += verdict_lines(verdicts(protocol))
+    return "\n".join(lines)
+
+
+def verdict_lines(found):
+    """One markdown line per verdict (`verdicts`' or `summary_verdicts`' record): the rule, the
+    verdict, and the per-seed values it was judged on."""
+    lines = []
+    for key, (result, values, words, unit) in found.items():
         numbers = "" if values is None else f": {_fmt(values, 1, 2)} {unit} (mean ± std of seeds " \
             + ", ".join(f"{v:.2f}" for v in values) + ")"
         lines.append(f"- **{key}** ({words}): **{result}**{numbers}.")
-    return "\n".join(lines)
+    return lines
