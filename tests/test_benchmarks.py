@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks import cnn_speed, fit_overhead, memory, mlp_speed, report, timing
+from benchmarks import cnn_speed, fit_overhead, memory, mlp_speed, onednn, report, timing
 from tests.harness import REPO_ROOT
 
 QUIET = dict(log=lambda line: None)
@@ -360,6 +360,54 @@ def test_every_benchmark_defaults_to_at_least_three_repetitions():
     assert timing.REPETITIONS >= 3
     for function in (mlp_speed.run_benchmark, cnn_speed.run_benchmark, fit_overhead.run_benchmark):
         assert inspect.signature(function).parameters["repetitions"].default >= 3
+
+
+# ---- onednn.py ------------------------------------------------------------------------------
+
+def test_onednn_rounds_rotate_the_settings_and_pair_them_by_round(capsys):
+    started = []
+
+    def run(setting):  # round r: off 2r+2 s per step, on 1 s; the CNN twice its twin on both
+        started.append(setting)
+        scale = {"0": 2.0 + len(started) // 2, "1": 1.0}[setting]
+        return {"glonet_cnn_fashion_mnist": scale, "resnet_cnn_fashion_mnist": 2 * scale}
+
+    found = onednn.rounds(3, run)
+    assert started == ["0", "1", "1", "0", "0", "1"]  # a slow phase hits both settings alike
+    presets = ["glonet_cnn_fashion_mnist", "resnet_cnn_fashion_mnist"]
+    rows, ratios = onednn.summarize(found, presets)
+    assert rows[0]["speedup"] == timing.paired_ratios([r["0"][presets[0]] for r in found],
+                                                      [1.0, 1.0, 1.0])
+    assert rows[0]["on_ms"]["median"] == 1000.0 and rows[1]["on_ms"]["median"] == 2000.0
+    assert ratios[0]["0"]["median"] == ratios[0]["1"]["median"] == 0.5
+    onednn.print_summary(rows, ratios)
+    out = capsys.readouterr().out
+    assert "glonet_cnn_fashion_mnist / resnet_cnn_fashion_mnist: oneDNN off 0.50" in out
+
+
+def test_onednn_times_a_preset_as_its_recipe_compiles_it():
+    seconds = onednn.measure(["glonet_mlp_digits"], steps=2, batch_size=8, epochs=1)
+    assert set(seconds) == {"glonet_mlp_digits"} and 0 < seconds["glonet_mlp_digits"] < 60
+    assert onednn.recipe("glonet_cnn_fashion_mnist")["jit_compile"] is False  # as the CNNs trained
+
+
+def test_onednn_refuses_another_backend():
+    result = subprocess.run([sys.executable, "benchmarks/onednn.py"], cwd=REPO_ROOT,
+                            env=dict(os.environ, KERAS_BACKEND="jax"), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode != 0 and "oneDNN is a TensorFlow setting" in result.stderr
+
+
+@pytest.mark.slow
+def test_onednn_times_each_setting_in_a_process_of_its_own(tmp_path):
+    output = tmp_path / "onednn.json"
+    result = subprocess.run([sys.executable, "benchmarks/onednn.py", "--presets=glonet_mlp_digits",
+                             "--steps=2", "--batch_size=8", "--repetitions=1",
+                             "--epochs_per_process=1", f"--output={output}"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(output.read_text())
+    assert set(record["rounds"][0]) == {"0", "1"} and "off / on" in result.stdout
 
 
 # ---- training/gpu_zoo.sh --------------------------------------------------------------------

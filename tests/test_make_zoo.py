@@ -176,6 +176,37 @@ def test_parallel_trains_every_run_at_once_and_says_so_and_a_failure_stops_no_ot
             assert json.loads(record_path.read_text())["machine"].endswith(f"; {runs} runs at once")
 
 
+def test_runs_get_tensorflows_onednn_kernels_unless_the_caller_says_otherwise(
+        make_zoo, tmp_path, monkeypatch):
+    """TensorFlow turns oneDNN on by itself only on CPUs with AVX-512 VNNI and the like; the runs
+    these programs start get it everywhere (a resumed run keeps its kernels on another CPU), unless
+    the caller's environment sets TF_ENABLE_ONEDNN_OPTS, and the machine record says which."""
+    seen = []
+
+    def fake_run(command, **kwargs):
+        seen.append(kwargs["env"].get("TF_ENABLE_ONEDNN_OPTS"))
+        kwargs["stdout"].write("trained\n")
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    for caller, expected in ((None, "1"), ("0", "0")):
+        if caller is None:
+            monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+        else:
+            monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", caller)
+        run_dir = tmp_path / f"run_{expected}"
+        make_zoo.train_runs.train_run("tiny", run_dir, ["python", "train.py"], resume=False,
+                                      log=lambda line: None)
+        assert seen[-1] == expected
+        machine = json.loads((run_dir / "command.json").read_text())["machine"]
+        assert f"(tensorflow backend, TF_ENABLE_ONEDNN_OPTS={expected};" in machine, machine
+    # On JAX the variable means nothing, and the record does not mention it.
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    assert "ONEDNN" not in make_zoo.train_runs.describe_machine(
+        env=make_zoo.train_runs.run_environment())
+
+
 @pytest.fixture
 def five_of_eight_cores(monkeypatch):
     """This process may use cores 0-4 of 8, and taskset is installed."""

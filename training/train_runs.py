@@ -18,6 +18,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND_FILE = "command.json"
+#: TF_ENABLE_ONEDNN_OPTS for every run these programs start, unless the caller's environment sets
+#: it. TensorFlow reads it once, when it loads, and where it is unset turns its oneDNN kernels on
+#: only on x86 CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX. On an AVX2-only CPU (an AMD
+#: EPYC of the Zen 2 generation) they made a training step of the Fashion-MNIST presets 1.48x (the
+#: GloNet CNN), 1.36x (its ResNet-v2 twin) and 1.50x (the ViT) faster and the MLP's no different
+#: (`benchmarks/onednn.py`, benchmarks/README.md); pinned, a run resumed on another CPU also keeps
+#: its kernels.
+ONEDNN_DEFAULT = "1"
 
 
 def display_path(path):
@@ -74,7 +82,7 @@ def train_run(label, run_dir, command, *, resume, concurrent=1, cores=None, log=
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log(f"[{label}] {shlex.join(command)}")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env = run_environment()
     start = time.perf_counter()
     log_path = run_dir.parent / f"{run_dir.name}.log"
     with open(log_path, "a" if earlier_epochs else "w") as stream:
@@ -86,7 +94,8 @@ def train_run(label, run_dir, command, *, resume, concurrent=1, cores=None, log=
     if process.returncode:
         raise SystemExit(f"[{label}] train.py failed (exit {process.returncode}); see {log_path}")
     seconds = time.perf_counter() - start + earlier_seconds
-    machine = describe_machine(cores) + (f"; {concurrent} runs at once" if concurrent > 1 else "")
+    machine = describe_machine(cores, env) + (f"; {concurrent} runs at once" if concurrent > 1
+                                              else "")
     record = {"command": shlex.join(command), "wall_seconds": seconds, "machine": machine}
     if earlier_epochs:
         # The interrupted call's start-up time is not in its epochs' times, so it is not counted.
@@ -96,6 +105,15 @@ def train_run(label, run_dir, command, *, resume, concurrent=1, cores=None, log=
     # Atomic: a kill mid-write would leave a command.json that says "trained" and reads as nothing.
     rundir.write_json(run_dir / COMMAND_FILE, record)
     log(f"[{label}] trained in {seconds:.0f} s")
+
+
+def run_environment():
+    """The environment a train.py run starts with: this one, TensorFlow's C++ log quiet, output
+    unbuffered (the log is read while it trains), and TF_ENABLE_ONEDNN_OPTS=`ONEDNN_DEFAULT` unless
+    this environment sets it."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", ONEDNN_DEFAULT)
+    return env
 
 
 def _recover_command_record(run_dir, command, concurrent, cores):
@@ -113,7 +131,8 @@ def _recover_command_record(run_dir, command, concurrent, cores):
         return False
     if record.get("command") != list(command) or metrics.get("status") != "finished":
         return False
-    machine = describe_machine(cores) + (f"; {concurrent} runs at once" if concurrent > 1 else "")
+    machine = describe_machine(cores, run_environment()) + (
+        f"; {concurrent} runs at once" if concurrent > 1 else "")
     rundir.write_json(Path(run_dir) / COMMAND_FILE, {
         "command": shlex.join(command), "wall_seconds": seconds, "machine": machine,
         "recovered": "written after train.py finished, from run.json and metrics.json: the program "
@@ -178,9 +197,10 @@ def in_parallel(calls, parallel, slots=None):
         raise SystemExit("\n".join(sorted(failed)))
 
 
-def describe_machine(cores=None):
+def describe_machine(cores=None, env=None):
     """The machine a run trains on, for the model card: the accelerator, else the CPU cores (those
-    this process may use, or `cores` where the run was pinned to them)."""
+    this process may use, or `cores` where the run was pinned to them), and on TensorFlow the
+    TF_ENABLE_ONEDNN_OPTS of the run's environment `env`, where set (its kernels depend on it)."""
     if os.environ.get("KERAS_BACKEND") == "jax":
         try:
             import jax
@@ -197,5 +217,8 @@ def describe_machine(cores=None):
                   else os.cpu_count())
     cores = (f"{os.cpu_count()} CPU cores" if usable == os.cpu_count()
              else f"{usable} of {os.cpu_count()} CPU cores (pinned)")
-    return f"{cores}, no GPU ({os.environ.get('KERAS_BACKEND', 'tensorflow')} " \
-           "backend; timings noisy when shared)"
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    onednn = (env or {}).get("TF_ENABLE_ONEDNN_OPTS") if backend == "tensorflow" else None
+    return (f"{cores}, no GPU ({backend} backend"
+            + (f", TF_ENABLE_ONEDNN_OPTS={onednn}" if onednn is not None else "")
+            + "; timings noisy when shared)")
