@@ -354,23 +354,23 @@ def judge(targets, per_seed_of):
 
     if "accuracy" in targets:
         rule("accuracy", [100 * (targets["accuracy"] - v) for v in ours["test"]], 0.0,
-              f"test accuracy at least {100 * targets['accuracy']:.1f} %; the values: target "
-              "minus accuracy")
+             f"test accuracy at least {100 * targets['accuracy']:.1f} %; the values: target "
+             "minus accuracy")
     twins = twin_arms(targets)
     for arm in twins:  # One twin: the rule "twin"; several: "twin <arm>" each.
         twin = per_seed_of(arm)
         rule("twin" if len(twins) == 1 else f"twin {arm}",
-              [100 * (t - o) for t, o in zip(twin["test"], ours["test"])], 0.0,
-              f"the preset at least level with {arm}; the values: twin minus preset")
+             [100 * (t - o) for t, o in zip(twin["test"], ours["test"])], 0.0,
+             f"the preset at least level with {arm}; the values: twin minus preset")
     if "half_exit" in targets:
         rule("half_exit", ours["half_gap"], targets["half_exit"],
-              f"full model minus exit L/2 at most {targets['half_exit']:g} point")
+             f"full model minus exit L/2 at most {targets['half_exit']:g} point")
     if "anytime_saving" in targets:
         rule("anytime_saving", ours["block_fraction"], targets["anytime_saving"],
-              f"mean blocks run at most {targets['anytime_saving']:g} of L", unit="of L")
+             f"mean blocks run at most {targets['anytime_saving']:g} of L", unit="of L")
     if "anytime_cost" in targets:
         rule("anytime_cost", ours["cost"], targets["anytime_cost"],
-              f"anytime cost at most {targets['anytime_cost']:g} point")
+             f"anytime cost at most {targets['anytime_cost']:g} point")
     parts = [found[key][0] for key in ("anytime_saving", "anytime_cost") if key in found]
     if len(parts) == 2:
         overall = ("held" if all(p == "held" for p in parts) else "did not hold"
@@ -379,9 +379,9 @@ def judge(targets, per_seed_of):
     if "without" in targets:
         without = per_seed_of(targets["without"])
         rule("without", [100 * (w - o) for w, o in zip(without["test"], ours["test"])],
-              targets.get("without_cost", 0.5),
-              f"{targets['without']} minus preset at most {targets.get('without_cost', 0.5):g} "
-              "point")
+             targets.get("without_cost", 0.5),
+             f"{targets['without']} minus preset at most {targets.get('without_cost', 0.5):g} "
+             "point")
     return found
 
 
