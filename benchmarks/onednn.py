@@ -66,8 +66,9 @@ def preset_task(name, steps, batch_size, seed=0):
     y = rng.integers(0, model.output_shape[-1], len(x)).astype("int32")
     spe = config.get("steps_per_execution", "auto")
     if spe == "auto":
-        spe = fastfit.auto_steps_per_execution(steps, fastfit.estimate_step_seconds(model, batch_size),
-                                               batch_bytes=timing.batch_nbytes(x, y, batch_size))
+        spe = fastfit.auto_steps_per_execution(
+            steps, fastfit.estimate_step_seconds(model, batch_size),
+            batch_bytes=timing.batch_nbytes(x, y, batch_size))
     model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.05),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   steps_per_execution=int(spe), jit_compile=config.get("jit_compile", "auto"))
@@ -110,7 +111,7 @@ def run_child(setting, presets, steps, batch_size, epochs):
 
 
 def rounds(repetitions, run):
-    """[{setting: run(setting)}] for `repetitions` rounds, the settings' order rotated each round."""
+    """[{setting: run(setting)}] for `repetitions` rounds, the settings' order rotated by round."""
     found = []
     for index in range(repetitions):
         order = SETTINGS[index % 2:] + SETTINGS[:index % 2]

@@ -459,7 +459,8 @@ def verdict_lines(found):
     verdict, and the per-seed values it was judged on."""
     lines = []
     for key, (result, values, words, unit) in found.items():
-        numbers = "" if values is None else f": {_fmt(values, 1, 2)} {unit} (mean ± std of seeds " \
-            + ", ".join(f"{v:.2f}" for v in values) + ")"
+        numbers = "" if values is None else (
+            f": {_fmt(values, 1, 2)} {unit} (mean ± std of seeds "
+            + ", ".join(f"{v:.2f}" for v in values) + ")")
         lines.append(f"- **{key}** ({words}): **{result}**{numbers}.")
     return lines
