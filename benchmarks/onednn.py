@@ -57,21 +57,19 @@ def preset_task(name, steps, batch_size, seed=0):
     import numpy as np
 
     import glonet_keras
-    from glonet_keras.training import fastfit
 
     model = glonet_keras.create_model(name)
     config = recipe(name)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((steps * batch_size, *model.input_shape[1:])).astype("float32")
     y = rng.integers(0, model.output_shape[-1], len(x)).astype("int32")
-    spe = config.get("steps_per_execution", "auto")
-    if spe == "auto":
-        spe = fastfit.auto_steps_per_execution(
-            steps, fastfit.estimate_step_seconds(model, batch_size),
-            batch_bytes=timing.batch_nbytes(x, y, batch_size))
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.05),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  steps_per_execution=int(spe), jit_compile=config.get("jit_compile", "auto"))
+    timing.compile_for_fit(
+        model, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        batch_size=batch_size, steps_per_epoch=steps,
+        batch_bytes=timing.batch_nbytes(x, y, batch_size),
+        steps_per_execution=config.get("steps_per_execution", "auto"),
+        jit_compile=config.get("jit_compile", "auto"),
+        optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.05))
     return timing.fit_epoch_task(model, (x, y), {"batch_size": batch_size, "shuffle": True})
 
 
@@ -172,12 +170,12 @@ def main(argv):
     found = rounds(FLAGS.repetitions, lambda setting: run_child(
         setting, presets, FLAGS.steps, FLAGS.batch_size, FLAGS.epochs_per_process))
     rows, ratios = summarize(found, presets)
+    machine, features = timing.describe_machine(), cpu_flags()
     if FLAGS.output:
-        timing.write_json(FLAGS.output, {"machine": timing.describe_machine(),
-                                         "cpu_flags": cpu_flags(), "steps": FLAGS.steps,
-                                         "batch_size": FLAGS.batch_size, "rounds": found,
-                                         "rows": rows, "ratios": ratios})
-    print(f"machine: {timing.describe_machine()}; CPU: {', '.join(cpu_flags()) or 'unknown'}; "
+        timing.write_json(FLAGS.output, {"machine": machine, "cpu_flags": features,
+                                         "steps": FLAGS.steps, "batch_size": FLAGS.batch_size,
+                                         "rounds": found, "rows": rows, "ratios": ratios})
+    print(f"machine: {machine}; CPU: {', '.join(features) or 'unknown'}; "
           f"{FLAGS.repetitions} rounds, {FLAGS.steps} steps of {FLAGS.batch_size}")
     print_summary(rows, ratios)
 

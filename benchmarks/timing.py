@@ -79,8 +79,10 @@ FORMS = ("auto", "numpy", "device", "tfdata")
 
 
 def compile_for_fit(model, *, loss, batch_size, steps_per_epoch, batch_bytes=None,
-                    steps_per_execution="auto", fuse=False, jit_compile="auto", learning_rate=1e-3):
-    """Compiles `model` with Adam for the fast fit path; returns (steps_per_execution, fused).
+                    steps_per_execution="auto", fuse=False, jit_compile="auto", learning_rate=1e-3,
+                    optimizer=None):
+    """Compiles `model` with `optimizer` (default: Adam at `learning_rate`) for the fast fit path;
+    returns (steps_per_execution, fused).
 
     `steps_per_execution="auto"` asks `fastfit.auto_steps_per_execution` (from a FLOP estimate of
     the step); `fuse` installs `fastfit.fuse_train_steps` (JAX only; False elsewhere).
@@ -94,7 +96,7 @@ def compile_for_fit(model, *, loss, batch_size, steps_per_epoch, batch_bytes=Non
             steps_per_epoch, fastfit.estimate_step_seconds(model, batch_size),
             batch_bytes=batch_bytes,
         )
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(learning_rate), loss=loss,
                   steps_per_execution=int(steps_per_execution), jit_compile=jit_compile)
     fused = fastfit.fuse_train_steps(model) if fuse else False
     return int(steps_per_execution), fused

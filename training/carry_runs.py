@@ -357,9 +357,9 @@ def save(runs_dir, carried_dir, only=(), log=print):
     only add megabytes to git each session. `only` naming it carries it all the same."""
     runs = _selected(find_runs(runs_dir, "run.json"), only)
     if not only:
-        done = [relative for relative in runs
-                if (Path(runs_dir) / relative.split("/")[0] / PROTOCOL).is_file()]
-        for relative in done:
+        done = {relative for relative in runs
+                if (Path(runs_dir) / relative.split("/")[0] / PROTOCOL).is_file()}
+        for relative in sorted(done):
             log(f"{relative}: skipped (its recipe's {PROTOCOL} says it is measured; "
                 f"--only={relative} carries it)")
         runs = [relative for relative in runs if relative not in done]
